@@ -1,0 +1,226 @@
+"""What every benchmark shares: interleaved timing, the results table, server processes.
+
+Rules of the harness:
+
+* Every measurement is repeated, and the shoal and baseline runs alternate (the order
+  flips every repeat), so that noise on this shared machine hits both sides alike.
+  The table shows medians and the min-max range.
+* A server process is started with ``sys.executable`` running ``_servers.py``; it binds
+  a random port (or an ipc path in a temporary folder), prints ``READY <address>`` and
+  serves until it is terminated. :func:`server` always ends it (terminate, then kill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SERVERS = HERE / "_servers.py"
+KEY_ENV = "SHOAL_BENCH_KEY"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Median and range of repeated samples."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Stats:
+        return cls(statistics.median(samples), min(samples), max(samples), len(samples))
+
+
+def interleave(
+    shoal: Callable[[], float], baseline: Callable[[], float], repeats: int, warmup: int = 1
+) -> tuple[Stats, Stats]:
+    """Run ``shoal`` and ``baseline`` ``repeats`` times each, alternating who goes first.
+
+    Each callable returns one sample (its own measurement, e.g. us per round trip).
+    """
+    for _ in range(warmup):
+        shoal()
+        baseline()
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(repeats):
+        pair = ((shoal, a), (baseline, b)) if i % 2 == 0 else ((baseline, b), (shoal, a))
+        for fn, out in pair:
+            gc.collect()
+            out.append(fn())
+    return Stats.of(a), Stats.of(b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the results table.
+
+    The ratio is shoal/baseline (``s/b``), or baseline/shoal (``b/s``) when
+    ``inverse`` is set, so that it reads in the same terms as the row's target
+    (e.g. "<= 1.5x raw" time is s/b; ">= 20x faster" is b/s; ">= 80% of raw" GB/s is s/b).
+    """
+
+    name: str
+    unit: str
+    shoal: Stats
+    baseline_name: str
+    baseline: Stats
+    target: str
+    target_ok: bool | None  # None: no target, only the ratio is reported
+    inverse: bool = False
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.inverse:
+            return self.baseline.median / self.shoal.median
+        return self.shoal.median / self.baseline.median
+
+
+def _fmt(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 0.1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _cell(s: Stats) -> str:
+    return f"{_fmt(s.median)} [{_fmt(s.low)}-{_fmt(s.high)}]"
+
+
+def format_table(rows: Sequence[Row], title: str) -> str:
+    """The plain-text results table, columns aligned."""
+    header = (
+        "benchmark",
+        "unit",
+        "shoal median [min-max]",
+        "baseline",
+        "baseline median [min-max]",
+        "ratio",
+        "target",
+        "met",
+    )
+    body = [
+        (
+            r.name,
+            r.unit,
+            _cell(r.shoal),
+            r.baseline_name,
+            _cell(r.baseline),
+            f"{r.ratio:,.2f} {'b/s' if r.inverse else 's/b'}",
+            r.target,
+            "-" if r.target_ok is None else "yes" if r.target_ok else "NO",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    right = {2, 4, 5}
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "-" * len(line(header))
+    out = [title, rule, line(header), rule, *(line(b) for b in body), rule]
+    out.append(
+        "ratio: s/b = shoal median / baseline median, b/s = baseline / shoal"
+        " (each in the terms of its target); us/rt and ms: lower is better, GB/s: higher."
+    )
+    notes: dict[str, list[str]] = {}
+    for r in rows:
+        if r.note:
+            notes.setdefault(r.note, []).append(r.name)
+    out.extend(f"  {'; '.join(names)}: {text}" for text, names in notes.items())
+    return "\n".join(out)
+
+
+# -- server processes ------------------------------------------------------------------
+class Server:
+    """A running server process and the address it reported."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+
+def _read_ready(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            raise RuntimeError(f"server {proc.args!r} did not report READY (got {buf!r})")
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                continue
+            buf += chunk
+    line = buf.split(b"\n", 1)[0].decode()
+    if not line.startswith("READY "):
+        raise RuntimeError(f"server said {line!r}, expected 'READY <address>'")
+    return line.split(" ", 1)[1]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """End ``proc``: terminate, wait, then kill by PID if it is still there."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            stream.close()
+
+
+@contextlib.contextmanager
+def server(kind: str, *args: str, key: bytes = b"", timeout: float = 60.0) -> Iterator[Server]:
+    """Start ``_servers.py kind *args``; yield once it is ready; always end it."""
+    env = dict(os.environ)
+    env[KEY_ENV] = key.decode("ascii")
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVERS), kind, *args],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        address = _read_ready(proc, timeout)
+        yield Server(proc, address)
+    finally:
+        stop(proc)
+
+
+class Skipped(Exception):
+    """A benchmark cannot run here (e.g. the code it measures does not exist yet)."""
+
+
+def note(text: str) -> None:
+    """A progress line (stderr, so the table on stdout stays clean)."""
+    print(f"  .. {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,99 @@
+"""Run shoal's wire benchmarks against their baselines and print one table.
+
+    hatch run bench                  # the full run (a few minutes)
+    hatch run bench -- --quick       # small sizes, few repeats: a smoke run
+    hatch run bench -- --only roundtrip
+
+Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
+connection. These are measurements, not tests: nothing fails when a target is missed;
+the ``met`` column says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import zmq
+from _common import Row, Skipped, format_table
+from bench_connection import bench_connection
+from bench_wire import (
+    bench_roundtrip,
+    bench_serialize_array,
+    bench_serialize_small,
+    bench_transfer,
+)
+
+import shoal.wire
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sizes and repeat counts for one run."""
+
+    repeats: int = 9
+    roundtrips: int = 3000
+    array_mib: int = 512
+    transfer_mib: int = 512
+    small_items: int = 100_000
+
+
+FULL = Config()
+QUICK = Config(repeats=3, roundtrips=300, array_mib=16, transfer_mib=16, small_items=10_000)
+
+BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
+    "roundtrip": bench_roundtrip,
+    "serialize-array": bench_serialize_array,
+    "serialize-small": bench_serialize_small,
+    "transfer": bench_transfer,
+    "connection": bench_connection,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
+    parser.add_argument("--repeats", type=int, help="override the number of repeats")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    if args.repeats:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    names = [args.only] if args.only else list(BENCHMARKS)
+
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    skipped: list[str] = []
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(BENCHMARKS[name](cfg))
+        except Skipped as exc:
+            print(f"  .. skipped: {exc}", file=sys.stderr, flush=True)
+            skipped.append(f"skipped {name}: {exc}")
+    elapsed = time.perf_counter() - t0
+
+    title = (
+        f"shoal.wire {shoal.wire.__version__} benchmarks"
+        f"{' (--quick)' if args.quick else ''}: median of {cfg.repeats} interleaved runs"
+        f" | Python {platform.python_version()}, pyzmq {zmq.__version__},"
+        f" libzmq {zmq.zmq_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs"
+        f" | {elapsed:.0f} s"
+    )
+    print(format_table(rows, title))
+    for line in skipped:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""shoal.wire: signed messages, dill serialization with zero-copy buffers, zmq sessions.
+
+Usable alone: ``pip install shoal-wire`` needs only pyzmq and dill.
+"""
+
+from importlib.metadata import version as _version
+
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ConnectionFileError as ConnectionFileError
+from ._errors import FrameCountError as FrameCountError
+from ._errors import FrameTooLargeError as FrameTooLargeError
+from ._errors import HeaderDecodeError as HeaderDecodeError
+from ._errors import InsecureBindError as InsecureBindError
+from ._errors import InvalidKeyError as InvalidKeyError
+from ._errors import LocalUsageError as LocalUsageError
+from ._errors import MalformedMessageError as MalformedMessageError
+from ._errors import RemoteInputError as RemoteInputError
+from ._errors import ReplayError as ReplayError
+from ._errors import UnpicklableError as UnpicklableError
+from ._errors import VersionMismatchError as VersionMismatchError
+from ._errors import WireError as WireError
+from ._files import ConnectionInfo as ConnectionInfo
+from ._files import CurveKeys as CurveKeys
+from ._files import generate_key as generate_key
+from ._files import read_connection_file as read_connection_file
+from ._files import read_private_file as read_private_file
+from ._files import write_connection_file as write_connection_file
+from ._files import write_private_file as write_private_file
+from ._message import DELIMITER as DELIMITER
+from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._message import Codec as Codec
+from ._message import Header as Header
+from ._message import Message as Message
+from ._message import RawContent as RawContent
+from ._message import ReplayGuard as ReplayGuard
+from ._message import decode as decode
+from ._message import encode as encode
+from ._message import new_header as new_header
+from ._serialize import Buffer as Buffer
+from ._serialize import Serializer as Serializer
+from ._session import AsyncSession as AsyncSession
+from ._session import Session as Session
+from ._session import SessionStatistics as SessionStatistics
+
+__version__: str = _version("shoal-wire")
+
+__all__ = [
+    "DELIMITER",
+    "PROTOCOL_VERSION",
+    "AsyncSession",
+    "AuthenticationError",
+    "Buffer",
+    "Codec",
+    "Header",
+    "Message",
+    "RawContent",
+    "ReplayGuard",
+    "Serializer",
+    "Session",
+    "SessionStatistics",
+    "decode",
+    "encode",
+    "new_header",
+    "ConnectionFileError",
+    "ConnectionInfo",
+    "CurveKeys",
+    "FrameCountError",
+    "FrameTooLargeError",
+    "HeaderDecodeError",
+    "InsecureBindError",
+    "InvalidKeyError",
+    "LocalUsageError",
+    "MalformedMessageError",
+    "RemoteInputError",
+    "ReplayError",
+    "UnpicklableError",
+    "VersionMismatchError",
+    "WireError",
+    "generate_key",
+    "read_connection_file",
+    "read_private_file",
+    "write_connection_file",
+    "write_private_file",
+]
+
+# Tracebacks and pickles show the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("shoal.wire._"):
+        _obj.__module__ = "shoal.wire"
+del _name, _obj

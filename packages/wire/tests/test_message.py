@@ -1,0 +1,327 @@
+"""The sans-I/O codec: golden frames, integrity of every frame, replays, caps, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.wire import (
+    AuthenticationError,
+    Codec,
+    FrameCountError,
+    FrameTooLargeError,
+    Header,
+    HeaderDecodeError,
+    InvalidKeyError,
+    MalformedMessageError,
+    Message,
+    RawContent,
+    RemoteInputError,
+    ReplayError,
+    Serializer,
+    VersionMismatchError,
+    WireError,
+    decode,
+    encode,
+    new_header,
+)
+
+KEY = b"k" * 32
+GOLDEN_MESSAGE = Message(
+    Header("m-1", "ping", "sess", 1700000000.5, "1", "alice"),
+    Header("m-0", "req", "sess", 1700000000.0, "1", "bob"),
+    {"engine": 3},
+    {"n": 1},
+    (b"raw",),
+    (b"id1",),
+)
+# The frames of GOLDEN_MESSAGE: the wire format, fixed. Changing it needs a new version.
+GOLDEN_FRAMES = [
+    b"id1",
+    b"<SHOAL|1>336d2ddc4ef73ad5ce3bd743807fcd867e3a5ed59a9f2b6c021986bf3b3d1cf8"
+    b"k\x00\x00\x00"
+    b'[["m-1","ping","sess",1700000000.5,"1","alice"],'
+    b'["m-0","req","sess",1700000000.0,"1","bob"],{"engine":3},1]'
+    b"\x80\x05\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01n\x94K\x01s.",
+    b"raw",
+]
+
+
+def fresh(msg_type: str = "ping", content: Any = None, **kw: Any) -> Message:
+    return Message(new_header(msg_type, "s"), content=content, **kw)
+
+
+def as_bytes(frames: list[Any]) -> list[bytes]:
+    return [bytes(memoryview(f)) for f in frames]
+
+
+def test_golden_frames_encode() -> None:
+    """Encoding the reference message gives exactly the reference frames."""
+    assert as_bytes(encode(GOLDEN_MESSAGE, KEY)) == GOLDEN_FRAMES
+
+
+def test_golden_frames_decode() -> None:
+    """Decoding the reference frames gives exactly the reference message."""
+    msg = decode(GOLDEN_FRAMES, KEY)
+    assert msg.header == GOLDEN_MESSAGE.header
+    assert msg.parent_header == GOLDEN_MESSAGE.parent_header
+    assert msg.metadata == {"engine": 3}
+    assert msg.content == {"n": 1}
+    assert [bytes(b) for b in msg.buffers] == [b"raw"]
+    assert msg.identities == (b"id1",)
+
+
+def test_signature_is_hmac_sha256_of_every_frame() -> None:
+    """The signature is plain HMAC-SHA256, so other implementations can check it."""
+    head = GOLDEN_FRAMES[1]
+    body = head[9 + 64 :]
+    mac = hmac.new(KEY, body, hashlib.sha256)
+    mac.update(len(b"raw").to_bytes(8, "little") + b"raw")
+    assert head[9 : 9 + 64] == mac.hexdigest().encode()
+
+
+def test_roundtrip_with_array_buffers() -> None:
+    """Content with a large array and extra buffers survives, the array out of band."""
+    array = np.arange(1 << 18, dtype=np.float32)
+    frames = encode(fresh(content={"a": array}, buffers=(b"x" * 10,)), KEY)
+    assert len(frames) == 3  # head, array, extra buffer
+    msg = decode(frames, KEY)
+    np.testing.assert_array_equal(msg.content["a"], array)
+    assert bytes(msg.buffers[0]) == b"x" * 10
+
+
+def test_tampered_head_refused() -> None:
+    """Changing one byte of the head makes the signature fail."""
+    frames = as_bytes(encode(fresh(content={"n": 1}), KEY))
+    bad = bytearray(frames[0])
+    bad[-3] ^= 1
+    with pytest.raises(AuthenticationError):
+        decode([bytes(bad)], KEY)
+
+
+@pytest.mark.parametrize("size", [100, 200_000, 3 << 20], ids=["small", "mid", "bulk"])
+def test_swapped_buffer_refused(size: int) -> None:
+    """A buffer swapped under a valid signature is refused (the peers accept it)."""
+    frames = as_bytes(encode(fresh(content=None, buffers=(b"a" * size,)), KEY))
+    frames[-1] = b"b" + frames[-1][1:]
+    with pytest.raises(AuthenticationError):
+        decode(frames, KEY)
+
+
+def test_resplit_buffers_refused() -> None:
+    """Moving bytes from one buffer frame to the next breaks the signature."""
+    frames = as_bytes(encode(fresh(buffers=(b"abcd", b"efgh")), KEY))
+    frames[-2], frames[-1] = b"abc", b"defgh"
+    with pytest.raises(AuthenticationError):
+        decode(frames, KEY)
+
+
+def test_wrong_key_refused() -> None:
+    """A message signed with another key fails authentication."""
+    frames = encode(fresh(), b"x" * 32)
+    with pytest.raises(AuthenticationError, match="signature"):
+        decode(frames, KEY)
+
+
+def test_content_not_loaded_before_verification() -> None:
+    """A forged pickle that would run code is refused before any unpickling."""
+
+    class Boom:
+        def __reduce__(self) -> Any:
+            return (pytest.fail, ("unpickled before verification",))
+
+    frames = as_bytes(encode(fresh(content=Boom()), b"x" * 32))
+    with pytest.raises(AuthenticationError):
+        decode(frames, KEY)
+
+
+def test_replay_refused_by_codec() -> None:
+    """The same frames decoded twice by one Codec: the second time is a replay."""
+    codec = Codec(KEY)
+    frames = codec.encode(fresh())
+    codec.decode(frames)
+    with pytest.raises(ReplayError, match="replay"):
+        codec.decode(frames)
+
+
+def test_forged_copy_does_not_poison_history() -> None:
+    """A forgery carrying a sniffed signature fails and the genuine message still passes."""
+    codec = Codec(KEY)
+    genuine = as_bytes(codec.encode(fresh(content="genuine")))
+    forged = list(genuine)
+    forged[0] = forged[0][:-5] + b"XXXXX"
+    with pytest.raises(AuthenticationError):
+        codec.decode(forged)
+    assert codec.decode(genuine).content == "genuine"
+
+
+def test_old_message_refused() -> None:
+    """A message dated outside the replay window is refused, naming the window."""
+    codec = Codec(KEY)
+    old = Message(Header("id", "t", "s", time.time() - 3600))
+    with pytest.raises(ReplayError, match="window"):
+        codec.decode(codec.encode(old))
+
+
+def test_replay_history_is_bounded_and_safe() -> None:
+    """A full history forgets the oldest signature but then refuses anything that old."""
+    from shoal.wire import ReplayGuard
+
+    guard = ReplayGuard(window=60, max_entries=3)
+    now = 1000.0
+    for i in range(3):
+        guard.check(b"sig%d" % i, now + i, now=now + 3)
+    guard.check(b"sig3", now + 3, now=now + 3)
+    assert len(guard) == 3
+    with pytest.raises(ReplayError, match="predates"):
+        guard.check(b"sig0", now, now=now + 3)
+
+
+def test_replay_history_expires_with_window() -> None:
+    """Signatures older than the window are forgotten (the window refuses them anyway)."""
+    from shoal.wire import ReplayGuard
+
+    guard = ReplayGuard(window=10, max_entries=100)
+    guard.check(b"a", 100.0, now=100.0)
+    guard.check(b"b", 200.0, now=200.0)
+    assert len(guard) == 1
+
+
+def test_version_mismatch_names_both() -> None:
+    """A peer speaking protocol 2 is told apart from a bad signature, with both versions."""
+    frames = as_bytes(encode(fresh(), KEY))
+    frames[0] = frames[0].replace(b"<SHOAL|1>", b"<SHOAL|2>", 1)
+    with pytest.raises(VersionMismatchError, match=r"'2'.*'1'"):
+        decode(frames, KEY)
+
+
+def test_header_version_mismatch() -> None:
+    """A signed header claiming another version is refused by name."""
+    msg = Message(Header("i", "t", "s", time.time(), version="9"))
+    with pytest.raises(VersionMismatchError, match="'9'"):
+        decode(encode(msg, KEY), KEY)
+
+
+@pytest.mark.parametrize("bad_key", [b"", b"short", "a str key" * 4])
+def test_weak_keys_refused(bad_key: Any) -> None:
+    """Empty, short and non-bytes keys are refused with a hint."""
+    with pytest.raises(InvalidKeyError):
+        Codec(bad_key)
+
+
+def test_frame_count_cap() -> None:
+    """More frames than max_frames are refused before any work."""
+    codec = Codec(KEY, max_frames=4)
+    with pytest.raises(FrameCountError, match="max_frames=4"):
+        codec.decode([b"x"] * 5)
+
+
+def test_frame_size_cap() -> None:
+    """A frame over max_frame_size is refused."""
+    codec = Codec(KEY, max_frame_size=100)
+    frames = codec.encode(fresh(buffers=(b"y" * 101,)))
+    with pytest.raises(FrameTooLargeError, match="max_frame_size=100"):
+        codec.decode(frames)
+
+
+def test_no_delimiter() -> None:
+    """Frames with no head are malformed."""
+    with pytest.raises(MalformedMessageError, match="delimiter"):
+        decode([b"a", b"b"], KEY)
+
+
+def test_signed_garbage_envelope() -> None:
+    """A correctly signed but undecodable envelope raises HeaderDecodeError."""
+    body = (5).to_bytes(4, "little") + b"[1,2]" + b"x"
+    sig = hmac.new(KEY, body, hashlib.sha256).hexdigest().encode()
+    with pytest.raises(HeaderDecodeError):
+        decode([b"<SHOAL|1>" + sig + body], KEY)
+
+
+def test_signed_nbuf_lie() -> None:
+    """A signed envelope claiming more buffers than arrived is refused."""
+    msg = fresh(buffers=(b"a",))
+    frames = as_bytes(encode(msg, KEY))
+    head = frames[0]
+    body = head[73:].replace(b"},1]", b"},7]")
+    sig = hmac.new(KEY, body, hashlib.sha256)
+    sig.update((1).to_bytes(8, "little") + b"a")
+    with pytest.raises(HeaderDecodeError, match="nbuf"):
+        decode([b"<SHOAL|1>" + sig.hexdigest().encode() + body, b"a"], KEY)
+
+
+def test_raw_content_forwarding() -> None:
+    """A router can decode without loading content and forward it re-signed."""
+    array = np.arange(100_000)
+    frames = encode(fresh(content={"a": array}), KEY)
+    routed = decode(frames, KEY, content=False)
+    assert isinstance(routed.content, RawContent)
+    onward = Message(routed.header, content=routed.content)
+    out = decode(encode(onward, b"z" * 32), b"z" * 32)
+    np.testing.assert_array_equal(out.content["a"], array)
+
+
+def test_errors_are_wire_errors_and_builtins() -> None:
+    """Every remote-input error is a WireError and a ValueError; the bases are abstract."""
+    assert issubclass(AuthenticationError, WireError)
+    assert issubclass(ReplayError, ValueError)
+    with pytest.raises(TypeError, match="base class"):
+        WireError("x")
+    with pytest.raises(TypeError, match="base class"):
+        RemoteInputError("x")
+
+
+frame = st.one_of(
+    st.binary(max_size=200),
+    st.just(b"<SHOAL|1>"),
+    st.builds(lambda tail: b"<SHOAL|1>" + tail, st.binary(max_size=200)),
+    st.builds(lambda tail: b"<SHOAL|" + tail, st.binary(max_size=20)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(frame, max_size=8))
+def test_decoder_raises_only_wire_errors(frames: list[bytes]) -> None:
+    """Arbitrary frame lists never escape as anything but a RemoteInputError."""
+    codec = Codec(KEY)
+    try:
+        codec.decode(frames)
+    except RemoteInputError:
+        pass
+
+
+# Fixed frames, so that every example draws from the same shape.
+MUTATION_BASE = as_bytes(
+    encode(
+        Message(Header("m", "t", "s", time.time() + 60), content={"k": [1, 2]}, buffers=(b"b",)),
+        KEY,
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_signed_mutations_raise_only_wire_errors(data: st.DataObject) -> None:
+    """Mutating a valid message anywhere is refused with a RemoteInputError."""
+    frames = list(MUTATION_BASE)
+    i = data.draw(st.integers(0, len(frames) - 1))
+    target = bytearray(frames[i])
+    pos = data.draw(st.integers(0, len(target) - 1))
+    target[pos] ^= data.draw(st.integers(1, 255))
+    frames[i] = bytes(target)
+    with pytest.raises(RemoteInputError):
+        Codec(KEY).decode(frames)
+
+
+def test_serializer_is_pluggable() -> None:
+    """A codec uses the serializer it is given."""
+    s = Serializer(threshold=0)
+    frames = Codec(KEY, serializer=s).encode(fresh(content=np.arange(3)))
+    assert len(frames) == 2
