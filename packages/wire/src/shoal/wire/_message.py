@@ -110,7 +110,9 @@ class Header(NamedTuple):
     def from_list(cls, fields: Any) -> Header:
         """Rebuild a header from :meth:`to_list` output, checking every field's type."""
         if type(fields) is not list or len(fields) != 6:
-            raise HeaderDecodeError(f"a header must be a JSON array of 6 fields, got {fields!r:.200}")
+            raise HeaderDecodeError(
+                f"a header must be a JSON array of 6 fields, got {fields!r:.200}"
+            )
         msg_id, msg_type, session, date, version, sender = fields
         if not (
             type(msg_id) is str
@@ -248,7 +250,9 @@ class ReplayGuard:
 
     def __init__(self, window: float = 600.0, max_entries: int = 1 << 20) -> None:
         if window <= 0 or max_entries <= 0:
-            raise ValueError(f"window and max_entries must be positive, got {window}, {max_entries}")
+            raise ValueError(
+                f"window and max_entries must be positive, got {window}, {max_entries}"
+            )
         self.window = window
         self.max_entries = max_entries
         self._seen: set[bytes] = set()
@@ -329,14 +333,14 @@ class Codec:
         key: bytes,
         *,
         serializer: Serializer | None = None,
-        replay: ReplayGuard | None | bool = True,
+        replay: ReplayGuard | bool | None = True,
         max_frames: int = _DEFAULT_MAX_FRAMES,
         max_frame_size: int = _DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self._signer = _Signer(key)
         self.serializer = serializer if serializer is not None else Serializer()
         self.replay: ReplayGuard | None = (
-            ReplayGuard() if replay is True else (replay or None)  # type: ignore[assignment]
+            ReplayGuard() if replay is True else (replay or None)
         )
         self.max_frames = max_frames
         self.max_frame_size = max_frame_size
@@ -441,8 +445,8 @@ class Codec:
 def _find_head(views: Sequence[memoryview]) -> int:
     """Index of the head frame: the first one that starts with ``<SHOAL|``."""
     for i, view in enumerate(views):
-        if view[:_PREFIX_LEN] == _DELIM_PREFIX:
-            if view[: len(DELIMITER)] != DELIMITER:
+        if view[:_PREFIX_LEN].tobytes() == _DELIM_PREFIX:
+            if view[: len(DELIMITER)].tobytes() != DELIMITER:
                 theirs = bytes(view[_PREFIX_LEN : _PREFIX_LEN + 16]).split(b">")[0]
                 raise VersionMismatchError(
                     f"peer speaks wire protocol version {theirs.decode('ascii', 'replace')!r},"

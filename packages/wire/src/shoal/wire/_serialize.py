@@ -252,7 +252,7 @@ class Serializer:
         self.threshold = threshold
         self._reducers: dict[type, Reducer] = {}
         self._dispatch_table: ChainMap[type, Reducer] = ChainMap(
-            self._reducers, copyreg.dispatch_table  # type: ignore[arg-type]
+            self._reducers, copyreg.dispatch_table
         )
 
     def register(self, cls: type, reducer: Reducer) -> None:
@@ -382,7 +382,7 @@ def _explain(obj: Any, exc: BaseException, serializer: Serializer) -> Unpicklabl
         for suffix, child in _children(culprit):
             try:
                 _DillPickler(io.BytesIO(), serializer, None).dump(child)
-            except Exception:  # noqa: BLE001,S112 -- any failure marks the culprit
+            except Exception:
                 path, culprit = path + suffix, child
                 break
         else:

@@ -17,6 +17,7 @@ the loop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -194,6 +195,7 @@ class Session(_SessionCore):
         frames, big = self._frames(msg)
         if big:
             tracker = self.socket.send_multipart(frames, copy=False, track=True)
+            assert tracker is not None  # noqa: S101 - track=True always returns one
             tracker.wait()  # the buffers must not change before zmq has read them
         else:
             self.socket.send_multipart(frames)
@@ -254,15 +256,15 @@ class AsyncSession(_SessionCore):
         frames, big = self._frames(msg)
         if big:
             tracker = await self.socket.send_multipart(frames, copy=False, track=True)
+            assert tracker is not None  # noqa: S101 - track=True always returns one
             while not tracker.done:  # zmq has no awaitable tracker: poll gently
-                await _sleep(0.0005)
+                await asyncio.sleep(0.0005)
         else:
             await self.socket.send_multipart(frames)
         self._sent += 1
 
     async def recv(self, *, timeout: float | None = None, content: bool = True) -> Message:
         """Receive the next valid message, dropping invalid ones on the way."""
-        import asyncio
 
         async def next_valid() -> Message:
             while True:
@@ -277,9 +279,3 @@ class AsyncSession(_SessionCore):
             return await asyncio.wait_for(next_valid(), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no message arrived within {timeout} s") from None
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
