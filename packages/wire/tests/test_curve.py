@@ -10,16 +10,17 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from shoal.wire._curve import (
+from shoal.wire import (
+    CurveKeys,
     CurveServer,
     CurveSetupError,
+    InsecureBindError,
+    InvalidKeyError,
     bind,
     configure_curve_client,
     curve_keypair,
     is_loopback_url,
 )
-from shoal.wire._errors import InsecureBindError, InvalidKeyError
-from shoal.wire._files import CurveKeys
 
 LOOPBACK = "tcp://127.0.0.1:*"
 #: How long a refused client's message is given to (not) arrive.

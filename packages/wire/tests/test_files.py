@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shoal.wire._errors import ConnectionFileError, InvalidKeyError
-from shoal.wire._files import (
+from shoal.wire import (
+    ConnectionFileError,
     ConnectionInfo,
     CurveKeys,
+    InvalidKeyError,
     generate_key,
     read_connection_file,
     read_private_file,

@@ -6,7 +6,13 @@ Usable alone: ``pip install shoal-wire`` needs only pyzmq and dill.
 from importlib.metadata import version as _version
 
 from ._errors import AuthenticationError as AuthenticationError
+from ._curve import CurveServer as CurveServer
+from ._curve import bind as bind
+from ._curve import configure_curve_client as configure_curve_client
+from ._curve import curve_keypair as curve_keypair
+from ._curve import is_loopback_url as is_loopback_url
 from ._errors import ConnectionFileError as ConnectionFileError
+from ._errors import CurveSetupError as CurveSetupError
 from ._errors import FrameCountError as FrameCountError
 from ._errors import FrameTooLargeError as FrameTooLargeError
 from ._errors import HeaderDecodeError as HeaderDecodeError
@@ -64,6 +70,8 @@ __all__ = [
     "ConnectionFileError",
     "ConnectionInfo",
     "CurveKeys",
+    "CurveServer",
+    "CurveSetupError",
     "FrameCountError",
     "FrameTooLargeError",
     "HeaderDecodeError",
@@ -76,6 +84,10 @@ __all__ = [
     "UnpicklableError",
     "VersionMismatchError",
     "WireError",
+    "bind",
+    "configure_curve_client",
+    "curve_keypair",
+    "is_loopback_url",
     "generate_key",
     "read_connection_file",
     "read_private_file",

@@ -40,12 +40,11 @@ from typing import Any, final
 import zmq
 from zmq.utils import z85
 
-from ._errors import InsecureBindError, InvalidKeyError, LocalUsageError
+from ._errors import CurveSetupError, InsecureBindError, InvalidKeyError
 from ._files import CurveKeys
 
 __all__ = [
     "CurveServer",
-    "CurveSetupError",
     "bind",
     "configure_curve_client",
     "curve_keypair",
@@ -55,16 +54,6 @@ __all__ = [
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _ZAP_VERSION = b"1.0"
 _LOCAL_TRANSPORTS = frozenset({"ipc", "inproc"})
-
-
-class CurveSetupError(LocalUsageError, RuntimeError):
-    """CurveZMQ cannot be set up as asked.
-
-    Raised when libzmq was built without CURVE, when a second ZAP handler is started in
-    one context, or when a socket from another context is given to a
-    :class:`CurveServer` (its handler would never be asked, and every client would get
-    in). The message says which.
-    """
 
 
 def _require_curve() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "ConnectionFileError",
+    "CurveSetupError",
     "FrameCountError",
     "FrameTooLargeError",
     "HeaderDecodeError",
@@ -145,6 +146,16 @@ class InsecureBindError(LocalUsageError, ValueError):
     """
 
     hint = "configure CurveZMQ keys, or pass insecure=True on a trusted network"
+
+
+class CurveSetupError(LocalUsageError, RuntimeError):
+    """CurveZMQ cannot be set up as asked.
+
+    Raised when libzmq was built without CURVE, when a second ZAP handler is started in
+    one context, or when a socket from another context is given to a
+    :class:`CurveServer` (its handler would never be asked, and every client would get
+    in). The message says which.
+    """
 
 
 _ABSTRACT = (WireError, RemoteInputError, LocalUsageError)
