@@ -5,12 +5,14 @@ Usable alone: ``pip install shoal-wire`` needs only pyzmq and dill.
 
 from importlib.metadata import version as _version
 
-from ._errors import AuthenticationError as AuthenticationError
+from . import connection as connection
+from ._connection import HandshakeError as HandshakeError
 from ._curve import CurveServer as CurveServer
 from ._curve import bind as bind
 from ._curve import configure_curve_client as configure_curve_client
 from ._curve import curve_keypair as curve_keypair
 from ._curve import is_loopback_url as is_loopback_url
+from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionFileError as ConnectionFileError
 from ._errors import CurveSetupError as CurveSetupError
 from ._errors import FrameCountError as FrameCountError
@@ -74,6 +76,7 @@ __all__ = [
     "CurveSetupError",
     "FrameCountError",
     "FrameTooLargeError",
+    "HandshakeError",
     "HeaderDecodeError",
     "InsecureBindError",
     "InvalidKeyError",
@@ -85,6 +88,7 @@ __all__ = [
     "VersionMismatchError",
     "WireError",
     "bind",
+    "connection",
     "configure_curve_client",
     "curve_keypair",
     "is_loopback_url",

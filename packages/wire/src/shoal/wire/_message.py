@@ -136,9 +136,8 @@ _process_tag = uuid.uuid4().hex[:12]
 
 def new_header(msg_type: str, session: str, sender: str = "") -> Header:
     """A header with a fresh, unique ``msg_id`` and the current time."""
-    return Header._make(
-        (f"{_process_tag}-{next(_counter)}", msg_type, session, time.time(), PROTOCOL_VERSION, sender)
-    )
+    msg_id = f"{_process_tag}-{next(_counter)}"
+    return Header._make((msg_id, msg_type, session, time.time(), PROTOCOL_VERSION, sender))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,7 +249,7 @@ class ReplayGuard:
         then on, so a replay is never accepted.
     """
 
-    def __init__(self, window: float = 600.0, max_entries: int = 1 << 20) -> None:
+    def __init__(self, window: float = 600.0, max_entries: int = 1 << 18) -> None:
         if window <= 0 or max_entries <= 0:
             raise ValueError(
                 f"window and max_entries must be positive, got {window}, {max_entries}"
@@ -449,7 +448,11 @@ class Codec:
 def _find_head(views: Sequence[memoryview]) -> int:
     """Index of the head frame: the first one that starts with ``<SHOAL|``."""
     for i, view in enumerate(views):
-        if view.nbytes >= _PREFIX_LEN and view[0] == 60 and bytes(view[:_PREFIX_LEN]) == _DELIM_PREFIX:
+        if (
+            view.nbytes >= _PREFIX_LEN
+            and view[0] == 60  # ord("<"): rejects routing identities before any copy
+            and bytes(view[:_PREFIX_LEN]) == _DELIM_PREFIX
+        ):
             if view[: len(DELIMITER)].tobytes() != DELIMITER:
                 theirs = bytes(view[_PREFIX_LEN : _PREFIX_LEN + 16]).split(b">")[0]
                 raise VersionMismatchError(

@@ -220,8 +220,8 @@ class Session(_SessionCore):
         recv = self.socket.recv
         while True:
             if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self.socket.poll(remaining_ms):  # timeout=0: look once, don't wait
                     raise TimeoutError(f"no message arrived within {timeout} s")
             frame = recv(copy=False)
             frames = [frame]
