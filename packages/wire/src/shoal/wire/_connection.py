@@ -17,13 +17,13 @@ counted and logged, never answered and never unpickled. The rules:
    interface, or a new ipc path beside the listener's), then waits for the client's
    signed ``hello`` there. A client whose key is wrong is never answered, so ``Client``
    gives up after ``timeout`` seconds with :class:`HandshakeError`.
-3. **Pipes.** ``Pipe()`` binds nothing: each end knows two ipc paths in a private
-   (0700) folder and opens its sockets *lazily, in the process that first uses it* -- a
-   PULL bound on its own path and a PUSH connected to its peer's. zmq sockets do not
-   survive ``fork`` and cannot be pickled, so an end carries only (paths, key, role):
-   a ``fork`` child or an unpickling ``spawn`` child opens fresh sockets for it. A
-   connected PUSH queues messages before the peer exists, so sending never waits for
-   the other end to be opened.
+3. **Pipes.** ``Pipe()`` makes, for each end, a listening Unix socket on an ipc path
+   in a private (0700) folder. An end opens its zmq sockets *lazily, in the process
+   that first uses it*: a PULL that adopts its listening socket (``ZMQ_USE_FD``) and a
+   PUSH connected to its peer's path. So a peer can connect and send before the end is
+   opened, and nothing sent is lost. zmq sockets do not survive ``fork`` and cannot be
+   pickled, so an end carries only (paths, listening fd, key, role): a ``fork`` child
+   inherits the fd, a ``spawn`` child gets it through ``DupFd``.
 4. **End of file.** ``close`` sends a signed ``close`` message; the peer's ``recv``
    returns what came before it and then raises :class:`EOFError`. A peer that dies
    without closing is noticed by a socket monitor: once a peer connection completed
