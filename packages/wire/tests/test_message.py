@@ -324,3 +324,37 @@ def test_serializer_is_pluggable() -> None:
     s = Serializer(threshold=0)
     frames = Codec(KEY, serializer=s).encode(fresh(content=np.arange(3)))
     assert len(frames) == 2
+
+
+json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelope=json_value, nbuffers=st.integers(0, 3))
+def test_signed_arbitrary_envelopes_raise_only_wire_errors(envelope: Any, nbuffers: int) -> None:
+    """A correctly signed but arbitrary envelope is refused with a RemoteInputError."""
+    import orjson
+
+    env = orjson.dumps(envelope)
+    body = len(env).to_bytes(4, "little") + env + pickle_none()
+    buffers = [b"b%d" % i for i in range(nbuffers)]
+    mac = hmac.new(KEY, body, hashlib.sha256)
+    for buf in buffers:
+        mac.update(len(buf).to_bytes(8, "little") + buf)
+    frames = [b"<SHOAL|1>" + mac.hexdigest().encode() + body, *buffers]
+    with contextlib.suppress(RemoteInputError):
+        Codec(KEY).decode(frames)
+
+
+def pickle_none() -> bytes:
+    import pickle
+
+    return pickle.dumps(None, 5)
