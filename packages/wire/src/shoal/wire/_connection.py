@@ -278,6 +278,7 @@ class _Link:
         self.confirmed: set[tuple[int, int]] = set()
         self.seen = False  # a peer completed a handshake at some time
         self.closed = False
+        self._poller: zmq.Poller | None = None
         ctx = _context()
         codec = Codec(key)
         self.sockets: list[zmq.Socket[Any]] = []
@@ -350,22 +351,27 @@ class _Link:
                     self.confirmed.discard(key)
 
     def pump(self) -> None:
-        """Note monitor events, then read valid messages until one is pending."""
-        self.drain_monitors()
+        """Read valid messages until one is pending; note monitor events when none is."""
         sock, session = self.inbox, self.in_session
-        if sock is None or session is None:
-            return
-        while not self.pending and not self.peer_closed and sock.poll(0):
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            msg = session._vet(frames, False)  # counts, logs and drops bad messages
-            if msg is None:
-                continue
-            if msg.msg_type == _CLOSE:
-                self.peer_closed = True
-            elif msg.msg_type == _HELLO:
-                self.greeted = True
-            else:
-                self.pending.append(msg)
+        if sock is not None and session is not None:
+            # Try the inbox first: on the hot path a message is there and the monitors
+            # (only needed to notice a dead peer) cost system calls for nothing.
+            while not self.pending and not self.peer_closed:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                msg = session._vet(frames, False)  # counts, logs and drops bad messages
+                if msg is None:
+                    continue
+                if msg.msg_type == _CLOSE:
+                    self.peer_closed = True
+                elif msg.msg_type == _HELLO:
+                    self.greeted = True
+                else:
+                    self.pending.append(msg)
+        if not self.pending:
+            self.drain_monitors()
 
     def done_greeting(self) -> bool:
         return self.greeted or self.gone
@@ -377,15 +383,30 @@ class _Link:
         """What to poll for input: the inbox and every monitor."""
         return [*self.monitors, *([self.inbox] if self.inbox is not None else [])]
 
+    def poller(self) -> zmq.Poller:
+        """A poller for input on :meth:`watched` (made once)."""
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for sock in self.watched():
+                self._poller.register(sock, zmq.POLLIN)
+        return self._poller
+
     def send(self, msg_type: str, content: Any, buffers: tuple[Buffer, ...], name: str) -> None:
         """Sign and send; wait until zmq is done with large buffers, or the peer is gone."""
         sock, session = self.outbox, self.out_session
         if sock is None or session is None:
             raise OSError(f"connection {name} is read-only")
         frames = session.codec.encode(session.message(msg_type, content, buffers=buffers))
-        self._wait_writable(name)
         threshold = sock.copy_threshold
         big = any(memoryview(f).nbytes >= threshold for f in frames)
+        if not big and not self.gone:
+            try:  # the hot path: room to write, no monitor or poll system calls
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            else:
+                return
+        self._wait_writable(name)
         if not big:
             sock.send_multipart(frames)
         elif not self.seen:
@@ -812,10 +833,7 @@ def _wait_link(link: _Link, ready: Callable[[], bool], timeout: float | None) ->
         ms = _remaining_ms(deadline)
         if ms == 0:
             return False
-        poller = zmq.Poller()
-        for sock in link.watched():
-            poller.register(sock, zmq.POLLIN)
-        poller.poll(ms)
+        link.poller().poll(ms)
 
 
 # -- Pipe -------------------------------------------------------------------------------
