@@ -6,13 +6,19 @@ from ._errors import EngineDiedError as EngineDiedError
 from ._errors import EngineError as EngineError
 from ._errors import NoSuchObjectError as NoSuchObjectError
 from ._errors import RemoteError as RemoteError
+from ._kernel import Kernel as Kernel
+from ._objects import ObjectStore as ObjectStore
+from ._objects import Ref as Ref
 
 __version__: str = _version("shoal-engine")
 
 __all__ = [
     "EngineDiedError",
     "EngineError",
+    "Kernel",
     "NoSuchObjectError",
+    "ObjectStore",
+    "Ref",
     "RemoteError",
 ]
 
