@@ -7,6 +7,7 @@ from ._errors import EngineError as EngineError
 from ._errors import NoSuchObjectError as NoSuchObjectError
 from ._errors import RemoteError as RemoteError
 from ._kernel import Kernel as Kernel
+from ._manager import KernelManager as KernelManager
 from ._objects import ObjectStore as ObjectStore
 from ._objects import Ref as Ref
 
@@ -16,6 +17,7 @@ __all__ = [
     "EngineDiedError",
     "EngineError",
     "Kernel",
+    "KernelManager",
     "NoSuchObjectError",
     "ObjectStore",
     "Ref",

@@ -1,0 +1,360 @@
+"""KernelManager: one engine subprocess, driven from the parent, surviving its crashes.
+
+Theory of operation
+-------------------
+The manager binds three ROUTER sockets on loopback (shell, control, heartbeat),
+writes them and a fresh key into a private connection file, and starts
+``python -m shoal.engine`` with a zmq identity of its own. It waits for the engine's
+``engine_ready`` before anything is sent.
+
+Every wait for a reply polls the engine's sockets *and* the process: when the process
+ends, the wait raises :class:`EngineDiedError` naming the exit code or the signal, and
+the manager can :meth:`restart`. Output the engine streams while a request runs is
+handed to ``on_stream`` (by default, written to this process's stdout/stderr) as it
+arrives.
+
+Interrupting: :meth:`interrupt` asks the engine's I/O thread to raise
+``KeyboardInterrupt`` in the running code. A Ctrl-C in the parent while it waits does
+the same. Code that does not stop within ``interrupt_grace`` seconds (a C call that never
+returns to Python) is escalated: SIGTERM, then SIGKILL, and a new engine replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from shoal.wire import (
+    Codec,
+    ConnectionInfo,
+    Message,
+    RemoteInputError,
+    generate_key,
+    new_header,
+    write_connection_file,
+)
+
+from ._errors import EngineDiedError, RemoteError
+
+__all__ = ["KernelManager"]
+
+_CHANNELS = ("shell", "control", "heartbeat")
+_POLL_MS = 50
+
+
+def _print_stream(name: str, text: str) -> None:
+    stream = sys.stderr if name == "stderr" else sys.stdout
+    stream.write(text)
+    stream.flush()
+
+
+class KernelManager:
+    """Start one engine subprocess and run code in it, with no hub at all.
+
+    Parameters
+    ----------
+    on_stream : callable, optional
+        ``on_stream(name, text)`` receives the engine's stdout/stderr as it is written
+        (``name`` is ``"stdout"`` or ``"stderr"``). Default: write it to this process's
+        own streams.
+    startup_timeout : float
+        Seconds to wait for a new engine to say it is ready.
+    interrupt_grace : float
+        Seconds an interrupted request has to stop before the engine is terminated and
+        replaced.
+
+    Examples
+    --------
+    >>> with KernelManager() as km:               # doctest: +SKIP
+    ...     km.execute("import math; x = math.pi")
+    ...     km.apply(lambda r: r * 2, 21)
+    42
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        *,
+        on_stream: Callable[[str, str], None] | None = None,
+        startup_timeout: float = 30.0,
+        interrupt_grace: float = 1.0,
+    ) -> None:
+        self.on_stream = on_stream or _print_stream
+        self.startup_timeout = startup_timeout
+        self.interrupt_grace = interrupt_grace
+        self.process: subprocess.Popen[bytes] | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._sockets: dict[str, zmq.Socket[Any]] = {}
+        self._folder: str | None = None
+        self._codec: Codec | None = None
+        self._identity = b""
+        self._session = uuid.uuid4().hex
+        self._replies: dict[str, Message] = {}
+        self._interrupt_deadline: float | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine and wait until it is ready."""
+        if self.process is not None:
+            raise RuntimeError("this KernelManager's engine is already started")
+        ctx: zmq.Context[Any] = zmq.Context()
+        self._context = ctx
+        urls = {}
+        for name in _CHANNELS:
+            sock = ctx.socket(zmq.ROUTER)
+            sock.linger = 0
+            sock.router_mandatory = True  # a send to a gone engine fails, never vanishes
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            urls[name] = f"tcp://127.0.0.1:{port}"
+            self._sockets[name] = sock
+        key = generate_key()
+        self._codec = Codec(key)
+        self._folder = tempfile.mkdtemp(prefix="shoal-kernel-")
+        path = os.path.join(self._folder, "engine.json")
+        write_connection_file(path, ConnectionInfo(urls=urls, key=key))
+        self._identity = f"engine-{uuid.uuid4().hex[:12]}".encode()
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "shoal.engine",
+                "--connection-file",
+                path,
+                "--identity",
+                self._identity.decode(),
+            ],
+        )
+        try:
+            self._wait_for(lambda: "engine_ready" in self._replies, self.startup_timeout)
+        except BaseException:
+            self._cleanup(kill=True)
+            raise
+        del self._replies["engine_ready"]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask the engine to exit; kill it if it does not within ``timeout`` seconds."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self._send("control", "shutdown_request", {})
+                self.process.wait(timeout)
+            except (zmq.ZMQError, subprocess.TimeoutExpired):
+                pass
+        self._cleanup(kill=True)
+
+    def restart(self) -> None:
+        """Replace the engine with a fresh one (its namespace and objects are gone)."""
+        self.shutdown(timeout=2.0)
+        self.start()
+
+    def is_alive(self) -> bool:
+        """Whether the engine process is running."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id, or None before start."""
+        return None if self.process is None else self.process.pid
+
+    def __enter__(self) -> KernelManager:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- requests -------------------------------------------------------------------------
+    def execute(self, code: str, *, silent: bool = False, timeout: float | None = None) -> Any:
+        """Run ``code`` in the engine; returns the value of a final expression, or None."""
+        return self._call("execute_request", {"code": code, "silent": silent}, timeout)
+
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``f(*args, **kwargs)`` in the engine and return its result."""
+        return self._call("apply_request", {"f": f, "args": args, "kwargs": kwargs}, None)
+
+    def push(self, namespace: Mapping[str, Any]) -> None:
+        """Set many names in the engine's namespace at once."""
+        self._call("push_request", {"namespace": dict(namespace)}, None)
+
+    def pull(self, names: str | list[str]) -> Any:
+        """The value of a name or expression (a str), or a list of them."""
+        return self._call("pull_request", {"names": names}, None)
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The engine's pid, host, cores, memory, queue length and uptime."""
+        header = self._send("control", "status_request", {})
+        reply = self._wait_reply(header.msg_id, timeout)
+        return dict(reply.content)
+
+    def interrupt(self) -> None:
+        """Raise ``KeyboardInterrupt`` in the code the engine runs (safe from any thread).
+
+        The waiting call then raises :class:`RemoteError` (``KeyboardInterrupt``); if the
+        code ignores the interrupt for ``interrupt_grace`` seconds, the engine is
+        replaced and the waiting call raises :class:`EngineDiedError`.
+        """
+        self._interrupt_deadline = time.monotonic() + self.interrupt_grace
+        self._send("control", "interrupt_request", {})
+
+    def ping(self, timeout: float = 1.0) -> float:
+        """Round trip of a heartbeat, in seconds; answered even while user code runs.
+
+        Raises
+        ------
+        TimeoutError
+            When no echo came back within ``timeout`` seconds.
+        """
+        sock = self._sockets["heartbeat"]
+        token = uuid.uuid4().bytes
+        start = time.perf_counter()
+        sock.send_multipart([self._identity, token])
+        deadline = start + timeout
+        while (left := deadline - time.perf_counter()) > 0:
+            if sock.poll(int(left * 1000) + 1) and sock.recv_multipart()[-1] == token:
+                return time.perf_counter() - start
+        raise TimeoutError(f"the engine did not echo a heartbeat within {timeout} s")
+
+    def request(
+        self, msg_type: str, content: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send any shell request of PROTOCOL.md and return its reply content as is."""
+        return self.get_reply(self.submit(msg_type, content), timeout)
+
+    def submit(self, msg_type: str, content: Mapping[str, Any]) -> str:
+        """Send a shell request without waiting; returns its msg_id for :meth:`get_reply`.
+
+        Requests run one at a time, in the order submitted.
+        """
+        return str(self._send("shell", msg_type, dict(content)).msg_id)
+
+    def get_reply(self, msg_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the reply to a submitted request; its content as is."""
+        return dict(self._wait_reply(msg_id, timeout).content)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _call(self, msg_type: str, content: dict[str, Any], timeout: float | None) -> Any:
+        reply = self.request(msg_type, content, timeout)
+        if reply.get("status") == "error":
+            raise RemoteError.from_reply(reply)
+        if reply.get("status") == "aborted":
+            raise RemoteError("Aborted", f"{msg_type} was aborted before it ran")
+        return reply.get("result")
+
+    def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> Any:
+        if self.process is None or self._codec is None:
+            raise RuntimeError("start() the KernelManager before sending it requests")
+        header = new_header(msg_type, self._session, "kernel-manager")
+        frames = self._codec.encode(Message(header, None, {}, content))
+        try:
+            self._sockets[channel].send_multipart([self._identity, *frames], copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the engine's socket is gone
+            raise self._died("before the request could be sent") from exc
+        return header
+
+    def _wait_reply(self, msg_id: str, timeout: float | None) -> Message:
+        try:
+            self._wait_for(lambda: msg_id in self._replies, timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C here interrupts the engine too, then lets the caller see it.
+            self.interrupt()
+            try:
+                self._wait_for(lambda: msg_id in self._replies, None)
+            finally:
+                self._replies.pop(msg_id, None)
+            raise
+        return self._replies.pop(msg_id)
+
+    def _wait_for(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = zmq.Poller()
+        for name in ("shell", "control"):
+            poller.register(self._sockets[name], zmq.POLLIN)
+        while not ready():
+            for sock, _ in poller.poll(_POLL_MS):
+                self._receive(sock)
+            if ready():
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise self._died("while a request was outstanding")
+            now = time.monotonic()
+            if self._interrupt_deadline is not None and now > self._interrupt_deadline:
+                self._interrupt_deadline = None
+                self._escalate()
+            if deadline is not None and now > deadline:
+                raise TimeoutError(f"no reply from the engine within {timeout} s")
+
+    def _receive(self, sock: zmq.Socket[Any]) -> None:
+        assert self._codec is not None  # noqa: S101 - set by start()
+        frames = sock.recv_multipart(copy=False)
+        try:
+            msg = self._codec.decode(frames[1:])
+        except RemoteInputError:
+            return  # dropped: never answered
+        if msg.msg_type == "stream":
+            self.on_stream(str(msg.content["name"]), str(msg.content["text"]))
+        elif msg.msg_type == "engine_ready":
+            self._replies["engine_ready"] = msg
+        elif msg.parent_header is not None:
+            self._replies[msg.parent_header.msg_id] = msg
+            if msg.msg_type != "interrupt_reply":
+                self._interrupt_deadline = None  # the interrupted request answered
+
+    def _escalate(self) -> None:
+        """The engine ignored an interrupt: SIGTERM, then SIGKILL; a new one is started
+        by the next restart()."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(self.interrupt_grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _died(self, when: str) -> EngineDiedError:
+        process = self.process
+        code = None if process is None else process.poll()
+        if code is None:
+            cause = "its socket is gone"
+        elif code < 0:
+            cause = f"it was killed by {signal.Signals(-code).name}"
+        else:
+            cause = f"it exited with code {code}"
+        pid = None if process is None else process.pid
+        return EngineDiedError(f"the engine (pid {pid}) died {when}: {cause}; call restart()")
+
+    def _cleanup(self, *, kill: bool) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None and kill:
+            process.kill()
+        if process is not None:
+            process.wait()
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self._replies.clear()
