@@ -352,26 +352,33 @@ class _Link:
 
     def pump(self) -> None:
         """Read valid messages until one is pending; note monitor events when none is."""
-        sock, session = self.inbox, self.in_session
-        if sock is not None and session is not None:
-            # Try the inbox first: on the hot path a message is there and the monitors
-            # (only needed to notice a dead peer) cost system calls for nothing.
-            while not self.pending and not self.peer_closed:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                msg = session._vet(frames, False)  # counts, logs and drops bad messages
-                if msg is None:
-                    continue
-                if msg.msg_type == _CLOSE:
-                    self.peer_closed = True
-                elif msg.msg_type == _HELLO:
-                    self.greeted = True
-                else:
-                    self.pending.append(msg)
+        # The inbox first: on the hot path a message is there, and the monitors (only
+        # needed to notice a dead peer) would cost system calls for nothing.
+        self._read_inbox()
         if not self.pending:
             self.drain_monitors()
+            # Read again: a peer that sent and then left has its last messages in the
+            # inbox before its disconnect shows in a monitor; they must not be lost.
+            self._read_inbox()
+
+    def _read_inbox(self) -> None:
+        sock, session = self.inbox, self.in_session
+        if sock is None or session is None:
+            return
+        while not self.pending and not self.peer_closed:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            msg = session._vet(frames, False)  # counts, logs and drops bad messages
+            if msg is None:
+                continue
+            if msg.msg_type == _CLOSE:
+                self.peer_closed = True
+            elif msg.msg_type == _HELLO:
+                self.greeted = True
+            else:
+                self.pending.append(msg)
 
     def done_greeting(self) -> bool:
         return self.greeted or self.gone
