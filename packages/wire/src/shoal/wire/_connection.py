@@ -279,6 +279,7 @@ class _Link:
         self.seen = False  # a peer completed a handshake at some time
         self.closed = False
         self._poller: zmq.Poller | None = None
+        self._mourned = False  # waited once for a dead peer's last messages
         ctx = _context()
         codec = Codec(key)
         self.sockets: list[zmq.Socket[Any]] = []
@@ -357,9 +358,13 @@ class _Link:
         self._read_inbox()
         if not self.pending:
             self.drain_monitors()
-            # Read again: a peer that sent and then left has its last messages in the
-            # inbox before its disconnect shows in a monitor; they must not be lost.
             self._read_inbox()
+        if not self.pending and self.gone and not self.peer_closed and not self._mourned:
+            # A peer that sent and then died: its last messages can become readable after
+            # its disconnect shows in a monitor. Give them a moment, once, before EOF.
+            self._mourned = True
+            if self.inbox is not None and self.inbox.poll(_LAST_WORDS_MS):
+                self._read_inbox()
 
     def _read_inbox(self) -> None:
         sock, session = self.inbox, self.in_session
@@ -477,6 +482,9 @@ class _Link:
             sock.close(linger=linger)
         for monitor in self.monitors:
             monitor.close(linger=0)
+
+
+_LAST_WORDS_MS = 250
 
 
 def _finalize_link(link: _Link) -> None:
