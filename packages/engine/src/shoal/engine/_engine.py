@@ -193,12 +193,17 @@ class EngineProcess:
             sock.linger = 1000
             sock.connect(urls[name])
             sockets[name] = sock
+        shell, control = sockets["shell"], sockets["control"]
+        codec = Codec(self.info.key, serializer=self.serializer)
+        # Say hello on control and heartbeat too: the peer's ROUTERs can address this
+        # engine on a channel only once they have heard from it there.
+        header = new_header("engine_ready", self.identity.decode(), f"engine.{self.engine_id}")
+        control.send_multipart(codec.encode(Message(header, None, {}, {"pid": os.getpid()})))
+        sockets["heartbeat"].send(b"ready")
         heart = threading.Thread(
             target=_echo, args=(sockets["heartbeat"],), name="shoal-engine-heart", daemon=True
         )
         heart.start()
-        shell, control = sockets["shell"], sockets["control"]
-        codec = Codec(self.info.key, serializer=self.serializer)
         poller = zmq.Poller()
         for sock in (shell, control, from_main):
             poller.register(sock, zmq.POLLIN)

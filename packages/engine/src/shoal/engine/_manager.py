@@ -5,7 +5,7 @@ Theory of operation
 The manager binds three ROUTER sockets on loopback (shell, control, heartbeat),
 writes them and a fresh key into a private connection file, and starts
 ``python -m shoal.engine`` with a zmq identity of its own. It waits for the engine's
-``engine_ready`` before anything is sent.
+``engine_ready`` on every channel (only then can its ROUTERs address the engine).
 
 Every wait for a reply polls the engine's sockets *and* the process: when the process
 ends, the wait raises :class:`EngineDiedError` naming the exit code or the signal, and
@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -103,6 +104,9 @@ class KernelManager:
         self._session = uuid.uuid4().hex
         self._replies: dict[str, Message] = {}
         self._interrupt_deadline: float | None = None
+        self._interrupt_wanted = False  # set by interrupt() from another thread
+        self._owner = threading.get_ident()  # zmq sockets are used from this thread only
+        self._ready: set[str] = set()  # channels the engine said hello on
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -136,12 +140,12 @@ class KernelManager:
                 self._identity.decode(),
             ],
         )
+        self._ready.clear()
         try:
-            self._wait_for(lambda: "engine_ready" in self._replies, self.startup_timeout)
+            self._wait_for(lambda: len(self._ready) == len(_CHANNELS), self.startup_timeout)
         except BaseException:
             self._cleanup(kill=True)
             raise
-        del self._replies["engine_ready"]
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the engine to exit; kill it if it does not within ``timeout`` seconds."""
@@ -151,8 +155,8 @@ class KernelManager:
             try:
                 self._send("control", "shutdown_request", {})
                 self.process.wait(timeout)
-            except (zmq.ZMQError, subprocess.TimeoutExpired):
-                pass
+            except (EngineDiedError, subprocess.TimeoutExpired):
+                pass  # killed below
         self._cleanup(kill=True)
 
     def restart(self) -> None:
@@ -205,12 +209,18 @@ class KernelManager:
         return dict(reply.content)
 
     def interrupt(self) -> None:
-        """Raise ``KeyboardInterrupt`` in the code the engine runs (safe from any thread).
+        """Raise ``KeyboardInterrupt`` in the code the engine runs.
+
+        Safe from any thread: from another thread than the one that started the manager,
+        it is sent by that thread while it waits for a reply (within 50 ms).
 
         The waiting call then raises :class:`RemoteError` (``KeyboardInterrupt``); if the
         code ignores the interrupt for ``interrupt_grace`` seconds, the engine is
         replaced and the waiting call raises :class:`EngineDiedError`.
         """
+        if threading.get_ident() != self._owner:
+            self._interrupt_wanted = True  # the waiting thread sends it (sockets are its)
+            return
         self._interrupt_deadline = time.monotonic() + self.interrupt_grace
         self._send("control", "interrupt_request", {})
 
@@ -285,9 +295,12 @@ class KernelManager:
     def _wait_for(self, ready: Callable[[], bool], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = zmq.Poller()
-        for name in ("shell", "control"):
-            poller.register(self._sockets[name], zmq.POLLIN)
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLIN)
         while not ready():
+            if self._interrupt_wanted:
+                self._interrupt_wanted = False
+                self.interrupt()
             for sock, _ in poller.poll(_POLL_MS):
                 self._receive(sock)
             if ready():
@@ -304,6 +317,9 @@ class KernelManager:
     def _receive(self, sock: zmq.Socket[Any]) -> None:
         assert self._codec is not None  # noqa: S101 - set by start()
         frames = sock.recv_multipart(copy=False)
+        if sock is self._sockets["heartbeat"]:
+            self._ready.add("heartbeat")  # its hello, or a late echo: either says "here"
+            return
         try:
             msg = self._codec.decode(frames[1:])
         except RemoteInputError:
@@ -311,7 +327,7 @@ class KernelManager:
         if msg.msg_type == "stream":
             self.on_stream(str(msg.content["name"]), str(msg.content["text"]))
         elif msg.msg_type == "engine_ready":
-            self._replies["engine_ready"] = msg
+            self._ready.add("shell" if sock is self._sockets["shell"] else "control")
         elif msg.parent_header is not None:
             self._replies[msg.parent_header.msg_id] = msg
             if msg.msg_type != "interrupt_reply":
