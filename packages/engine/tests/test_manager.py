@@ -242,3 +242,13 @@ def test_shutdown_leaves_no_process() -> None:
         assert pid is not None
         assert _alive(pid)
     assert not _alive(pid)
+
+
+def test_unknown_control_request_is_answered(km: KernelManager) -> None:
+    """An unknown control request gets an error reply naming it and the known ones."""
+    header = km._send("control", "frobnicate_request", {})
+    reply = km._wait_reply(header.msg_id, 10).content
+    assert reply["status"] == "error"
+    assert "frobnicate_request" in reply["evalue"]
+    assert "interrupt_request" in reply["evalue"]
+    assert km.execute("5") == 5

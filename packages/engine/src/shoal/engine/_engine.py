@@ -240,14 +240,9 @@ class EngineProcess:
         elif kind == "shutdown_request":
             pass
         else:
-            content = {
-                "status": "error",
-                "ename": "ValueError",
-                "evalue": f"unknown control request {kind!r}",
-                "traceback": "",
-                "engine_id": self.engine_id,
-                "exception": None,
-            }
+            known = "interrupt_request, status_request, shutdown_request"
+            problem = ValueError(f"unknown control request {kind!r}; known: {known}")
+            content = error_reply(problem, engine_id=self.engine_id, serializer=None)
         reply_type = kind.replace("_request", "_reply")
         header = new_header(reply_type, self.identity.decode(), f"engine.{self.engine_id}")
         frames = codec.encode(Message(header, msg.header, {}, content))
