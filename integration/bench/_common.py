@@ -21,6 +21,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -224,3 +225,13 @@ class Skipped(Exception):
 def note(text: str) -> None:
     """A progress line (stderr, so the table on stdout stays clean)."""
     print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def open_link(kind: str) -> Iterator[str]:
+    """The server ``LINK`` argument for ``kind`` (ipc gets a fresh temporary folder)."""
+    if kind == "tcp":
+        yield "tcp"
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as folder:
+        yield f"ipc:{folder}"

@@ -7,26 +7,16 @@ imported yet, the benchmark prints a note and returns no rows.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from _common import Row, Skipped, interleave, note, server
+from _common import Row, Skipped, interleave, note, open_link, server
 
 from shoal.wire import generate_key
 
 # shoal tcp vs multiprocess AF_INET; shoal ipc vs multiprocess AF_UNIX.
 LINKS = (("tcp", "tcp 127.0.0.1"), ("ipc", "ipc vs AF_UNIX"))
 
-
-@contextlib.contextmanager
-def _link(kind: str) -> Iterator[str]:
-    if kind == "tcp":
-        yield "tcp"
-        return
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as folder:
-        yield f"ipc:{folder}"
 
 
 def _mp_client(address: str, key: bytes) -> Any:
@@ -62,7 +52,7 @@ def bench_connection(cfg: Any) -> list[Row]:
     for kind, label in LINKS:
         note(f"connection round trip over {label}: {cfg.repeats} x {n} round trips each")
         with contextlib.ExitStack() as stack:
-            link = stack.enter_context(_link(kind))
+            link = stack.enter_context(open_link(kind))
             mp_srv = stack.enter_context(server("mp-conn", link, key=key))
             shoal_srv = stack.enter_context(server("shoal-conn", link, key=key))
             mp_conn = _mp_client(mp_srv.address, key)

@@ -8,29 +8,19 @@ from __future__ import annotations
 import contextlib
 import gc
 import pickle
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import zmq
-from _common import Row, interleave, note, server
+from _common import Row, interleave, note, open_link, server
 
 from shoal.wire import Serializer, Session, generate_key
 
 LINKS = ("tcp", "ipc")
 MiB = 1 << 20
 
-
-@contextlib.contextmanager
-def _link(kind: str) -> Iterator[str]:
-    """The server ``LINK`` argument for ``kind`` (ipc gets a fresh temporary folder)."""
-    if kind == "tcp":
-        yield "tcp"
-        return
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as folder:
-        yield f"ipc:{folder}"
 
 
 @contextlib.contextmanager
@@ -61,7 +51,7 @@ def bench_roundtrip(cfg: Any) -> list[Row]:
 
     for kind in LINKS:
         note(f"round trip over {kind}: {cfg.repeats} x {n} round trips each")
-        with _link(kind) as link, _pair(link, key) as (raw, session):
+        with open_link(kind) as link, _pair(link, key) as (raw, session):
 
             def raw_rt(raw: zmq.Socket[Any] = raw) -> float:
                 send, recv = raw.send, raw.recv
@@ -197,7 +187,7 @@ def bench_transfer(cfg: Any) -> list[Row]:
     for kind in LINKS:
         note(f"{cfg.transfer_mib} MiB array to another process over {kind}: "
              f"{cfg.repeats} repeats each")
-        with _link(kind) as link, _pair(link, key) as (raw, session):
+        with open_link(kind) as link, _pair(link, key) as (raw, session):
 
             def raw_once(raw: zmq.Socket[Any] = raw) -> float:
                 t0 = time.perf_counter()
