@@ -252,3 +252,26 @@ def test_unknown_control_request_is_answered(km: KernelManager) -> None:
     assert "frobnicate_request" in reply["evalue"]
     assert "interrupt_request" in reply["evalue"]
     assert km.execute("5") == 5
+
+
+def test_abort_all_queued(km: KernelManager) -> None:
+    """abort() drops the queued requests, each answered 'aborted'; the running one ends."""
+    running = km.submit("execute_request", {"code": "import time; time.sleep(1); 'done'"})
+    queued = [
+        km.submit("apply_request", {"f": len, "args": ([1],), "kwargs": {}}) for _ in range(3)
+    ]
+    time.sleep(0.2)  # the queued requests reach the engine
+    km.abort()
+    assert [km.get_reply(q, timeout=10)["status"] for q in queued] == ["aborted"] * 3
+    assert km.get_reply(running, timeout=10)["result"] == "done"
+    assert km.apply(len, [1, 2]) == 2  # and it serves on
+
+
+def test_abort_chosen_ids(km: KernelManager) -> None:
+    """abort(msg_ids) drops only those; the blocking call for an aborted one raises."""
+    km.submit("execute_request", {"code": "import time; time.sleep(0.5)"})
+    keep = km.submit("apply_request", {"f": len, "args": ([1],), "kwargs": {}})
+    drop = km.submit("apply_request", {"f": len, "args": ([1, 2],), "kwargs": {}})
+    km.abort([drop])
+    assert km.get_reply(drop, timeout=10) == {"status": "aborted"}
+    assert km.get_reply(keep, timeout=10)["result"] == 1

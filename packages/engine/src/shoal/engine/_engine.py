@@ -4,43 +4,52 @@ Theory of operation
 -------------------
 Two threads, so that an engine busy in user code still answers control requests:
 
-* The **main thread** runs user code: it takes one request at a time from a queue,
-  loads its content, runs :meth:`Kernel.handle` and encodes the reply. What user code
-  prints is encoded as ``stream`` messages as it is written.
-* The **I/O thread** owns the shell and control sockets. It verifies incoming
-  requests (signature, replay) *without* unpickling them and queues them for the main
-  thread; it answers control requests itself (interrupt, shutdown, status); it forwards
-  what the main thread encoded (over an inproc pipe: zmq sockets are not thread-safe) to
-  the peer -- output and the reply on the same socket, so output always arrives before
-  its reply; and it exits the process when the parent process is gone.
+* The **main thread** owns the shell socket and runs user code. It reads requests,
+  loads their content, runs :meth:`Kernel.handle` and sends the reply itself: a request
+  costs no thread hand-off. What user code prints on the main thread is sent on shell
+  as it is written, so output always arrives before its reply. Output written by other
+  threads (and the I/O thread's notices) comes in over an inproc pipe, which the main
+  thread forwards whenever it waits and before every reply.
+* The **I/O thread** owns the control socket: interrupt, abort, shutdown and status are
+  answered even while user code runs. It exits the process when the peer is gone: the
+  parent process (``--parent-pid``) or, for an engine registered with a hub, the hub's
+  heartbeats.
 * The **heartbeat** socket is echoed by ``zmq.proxy`` in a thread of its own, in C and
-  without the GIL, so pings are answered even while user code holds the GIL.
+  without the GIL, so pings are answered even while user code holds the GIL. A copy of
+  each ping goes to the I/O thread (the proxy's capture socket, a PUB that never blocks
+  the echo), which is how an engine learns that its hub stopped pinging.
 
 An interrupt is SIGINT sent to the main thread, but only while user code runs: the
 SIGINT handler raises ``KeyboardInterrupt`` only then, so an interrupt that arrives
 between requests cannot break the engine's own loop.
+
+A hub-connected engine first registers: ``register_request`` on control, answered with
+its engine id and the hub's heartbeat period. Replies carry the request's routing
+identities, so a hub can relay them to the client that asked.
 """
 
 from __future__ import annotations
 
 import argparse
 import builtins
+import collections
 import contextlib
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
 import types
+import uuid
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 import zmq
 
+from shoal.util import connect_engine_logger
 from shoal.wire import (
     Codec,
     ConnectionInfo,
@@ -60,8 +69,9 @@ from ._replies import error_reply
 __all__ = ["EngineProcess", "main"]
 
 log = logging.getLogger("shoal.engine")
-_POLL_MS = 100  # how often the I/O thread looks at its parent
-_SHELL = b"s"
+_POLL_MS = 100  # how often the I/O thread looks at its peer
+_ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
+_CONTROL_REQUESTS = ("interrupt_request", "abort_request", "status_request", "shutdown_request")
 
 
 class EngineProcess:
@@ -71,68 +81,207 @@ class EngineProcess:
     ----------
     info : ConnectionInfo
         ``urls`` must hold ``shell``, ``control`` and ``heartbeat``.
-    identity : bytes
+    identity : bytes, optional
         The zmq identity of every socket, so the peer's ROUTERs can address the engine.
+        A fresh unique one if omitted.
     engine_id : int, optional
-        Reported in replies and status.
+        Reported in replies and status. Ignored when ``register`` is true: the hub gives it.
+    register : bool
+        Register with a hub before serving (``register_request`` on control).
+    parent_pid : int, optional
+        Exit when this process is no longer the engine's parent.
+    log_url : str, optional
+        Publish log records there with :func:`shoal.util.connect_engine_logger`.
     """
 
     def __init__(
-        self, info: ConnectionInfo, *, identity: bytes, engine_id: int | None = None
+        self,
+        info: ConnectionInfo,
+        *,
+        identity: bytes | None = None,
+        engine_id: int | None = None,
+        register: bool = False,
+        parent_pid: int | None = None,
+        log_url: str | None = None,
+        log_level: str | int = logging.WARNING,
+        register_timeout: float = 30.0,
     ) -> None:
         missing = {"shell", "control", "heartbeat"} - set(info.urls)
         if missing:
             raise ValueError(f"connection info lacks urls for {sorted(missing)}")
         self.info = info
-        self.identity = identity
+        self.identity = identity or f"engine-{uuid.uuid4().hex[:12]}".encode()
         self.engine_id = engine_id
+        self.register = register
+        self.register_timeout = register_timeout
+        self.parent_pid = parent_pid
+        self.log_url = log_url
+        self.log_level = log_level
+        self.hub_timeout: float | None = None  # set by registration
         self.started = time.time()
-        self.parent_pid = os.getppid()
         self.serializer = Serializer()
-        self.requests: queue.Queue[Message | None] = queue.Queue()
+        self.pending: collections.deque[Message] = collections.deque()
         self.running: Message | None = None  # the request user code is running now
         self._in_user_code = False
         self._main_ident = threading.main_thread().ident
+        self._abort_ids: set[str] = set()  # filled by the I/O thread
+        self._abort_all = False
         # The user namespace is a bare __main__ module of its own: `python -m` made this
         # package's __main__.py the __main__ module, and clear_request must not empty it.
         user_main = types.ModuleType("__main__")
         user_main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = user_main
-        namespace = user_main.__dict__
         self.kernel = Kernel(
-            namespace,
+            user_main.__dict__,
             engine_id=engine_id,
             on_stream=self._stream,
             objects=ObjectStore(self.serializer, engine_id=engine_id),
         )
         self.context: zmq.Context[Any] = zmq.Context()
-        self._to_io: zmq.Socket[Any] = self.context.socket(zmq.PAIR)
-        self._to_io.bind(f"inproc://shoal-engine-{id(self)}")
-        self._codec = Codec(info.key, serializer=self.serializer, replay=None)
-        self._send_lock = threading.Lock()
+        self._codec = Codec(info.key, serializer=self.serializer)
+        self._pipe_lock = threading.Lock()
+        self._pipe_in: zmq.Socket[Any] = self.context.socket(zmq.PAIR)  # main thread reads
+        self._pipe_in.bind(f"inproc://shoal-engine-{id(self)}")
+        self._pipe_out: zmq.Socket[Any] = self.context.socket(zmq.PAIR)  # others write
+        self._pipe_out.connect(f"inproc://shoal-engine-{id(self)}")
+        self._shell: zmq.Socket[Any] = self._dealer("shell")
+        self._shell.rcvhwm = 0  # requests wait here while user code runs: never refuse one
+
+    @property
+    def id(self) -> int | None:
+        """The engine id (what log topics name), None until registered."""
+        return self.engine_id
+
+    def _dealer(self, channel: str) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        sock.identity = self.identity
+        sock.linger = 1000
+        sock.connect(self.info.urls[channel])
+        return sock
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> int:
         """Serve requests until shutdown; returns the exit code."""
         signal.signal(signal.SIGINT, self._on_sigint)
-        io = threading.Thread(target=self._io_loop, name="shoal-engine-io", daemon=True)
-        io.start()
-        self._send(_SHELL, "engine_ready", {"pid": os.getpid(), "engine_id": self.engine_id})
+        control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
+        if self.register and not self._register(control):
+            return 2
+        if self.log_url:
+            connect_engine_logger(self.context, self.log_url, self, self.log_level)
+        # Say hello on every channel: the peer's ROUTERs can address this engine on a
+        # channel only once they have heard from it there.
+        hello = {"pid": os.getpid(), "engine_id": self.engine_id}
+        control.send_multipart(self._encode("engine_ready", hello))
+        heartbeat.send(b"ready")
+        capture = self.context.socket(zmq.PUB)
+        capture.bind(f"inproc://shoal-heart-{id(self)}")
+        pings = self.context.socket(zmq.SUB)
+        pings.subscribe(b"")
+        pings.connect(f"inproc://shoal-heart-{id(self)}")
+        threading.Thread(
+            target=_echo, args=(heartbeat, capture), name="shoal-engine-heart", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._io_loop, args=(control, pings), name="shoal-engine-io", daemon=True
+        ).start()
+        self._shell.send_multipart(self._encode("engine_ready", hello))
+        poller = zmq.Poller()
+        poller.register(self._shell, zmq.POLLIN)
+        poller.register(self._pipe_in, zmq.POLLIN)
         while True:
             try:
-                request = self.requests.get()
+                while not self.pending:
+                    for sock, _ in poller.poll():
+                        if sock is self._shell:
+                            self._read_shell()
+                        else:
+                            self._forward_pipe()
+                    self._apply_aborts()
+                self._serve(self.pending.popleft())
             except KeyboardInterrupt:  # an interrupt that came too late: nothing runs
                 continue
-            if request is None:
-                return 0
-            self._serve(request)
+
+    def _register(self, control: zmq.Socket[Any]) -> bool:
+        """Ask the hub for an engine id; False when it does not answer or refuses."""
+        info = {"pid": os.getpid(), "hostname": socket.gethostname()}
+        control.send_multipart(self._encode("register_request", info))
+        deadline = time.monotonic() + self.register_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not control.poll(int(left * 1000) + 1):
+                break
+            try:
+                reply = self._codec.decode(control.recv_multipart(copy=False))
+            except RemoteInputError as exc:
+                log.warning("dropped a message while registering: %s", exc)
+                continue
+            if reply.msg_type != "register_reply":
+                continue
+            content = reply.content
+            if content.get("status") != "ok":
+                log.error("the hub refused this engine: %s", content.get("evalue", content))
+                return False
+            self.engine_id = int(content["engine_id"])
+            self.kernel.engine_id = self.engine_id
+            if self.kernel.objects is not None:
+                self.kernel.objects.engine_id = self.engine_id
+            timeout = content.get("hub_timeout")
+            self.hub_timeout = None if timeout is None else float(timeout)
+            return True
+        log.error(
+            "no hub answered at %s within %s s", self.info.urls["control"], self.register_timeout
+        )
+        return False
+
+    def _read_shell(self) -> None:
+        """Move every request waiting on shell into ``pending``, verified, not loaded."""
+        shell, decode = self._shell, self._codec.decode
+        while True:
+            try:
+                frames = shell.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:  # content is loaded when the request runs, not here
+                self.pending.append(decode(frames, content=False))
+            except RemoteInputError as exc:
+                log.warning("dropped a message: %s", exc)
+
+    def _forward_pipe(self) -> None:
+        """Send on shell what other threads wrote to the pipe."""
+        while True:
+            try:
+                frames = self._pipe_in.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) == 1 and frames[0].bytes == _ABORT:
+                self._read_shell()  # everything that arrived before the abort is dropped
+                self._apply_aborts()
+            else:
+                self._shell.send_multipart(frames, copy=False)
+
+    def _apply_aborts(self) -> None:
+        if not self._abort_all and not self._abort_ids:
+            return
+        keep: collections.deque[Message] = collections.deque()
+        abort_all, self._abort_all = self._abort_all, False
+        for request in self.pending:
+            msg_id = request.header.msg_id
+            if abort_all or msg_id in self._abort_ids:
+                self._abort_ids.discard(msg_id)
+                self._reply(request, {"status": "aborted"}, time.time())
+            else:
+                keep.append(request)
+        self.pending = keep
 
     def _serve(self, request: Message) -> None:
+        if request.header.msg_id in self._abort_ids:
+            self._abort_ids.discard(request.header.msg_id)
+            self._reply(request, {"status": "aborted"}, time.time())
+            return
         reply: dict[str, Any] | None = None
         started = time.time()
         self.running = request
         try:
-            assert isinstance(request.content, RawContent)  # noqa: S101 - queued raw
+            assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
             try:
                 content = request.content.load(self.serializer)
             except Exception as exc:
@@ -147,84 +296,72 @@ class EngineProcess:
                 reply = error_reply(exc, engine_id=self.engine_id, serializer=self.serializer)
         finally:
             self.running = None
+        self._forward_pipe()  # other threads' output goes before the reply
         self._reply(request, reply, started)
 
     def _reply(self, request: Message, reply: dict[str, Any], started: float) -> None:
         reply_type = request.msg_type.replace("_request", "_reply")
         meta = {"engine_id": self.engine_id, "started": started, "completed": time.time()}
         try:
-            self._send(_SHELL, reply_type, reply, parent=request, metadata=meta)
+            frames = self._encode(reply_type, reply, parent=request, metadata=meta)
         except UnpicklableError as exc:  # the result itself cannot travel: say so
             fallback = error_reply(exc, engine_id=self.engine_id, serializer=None)
-            self._send(_SHELL, reply_type, fallback, parent=request, metadata=meta)
+            frames = self._encode(reply_type, fallback, parent=request, metadata=meta)
+        self._shell.send_multipart(frames, copy=False)
 
     def _stream(self, name: str, text: str) -> None:
-        parent = self.running
-        self._send(_SHELL, "stream", {"name": name, "text": text}, parent=parent)
+        frames = self._encode("stream", {"name": name, "text": text}, parent=self.running)
+        if threading.get_ident() == self._main_ident:
+            self._shell.send_multipart(frames, copy=False)
+        else:  # zmq sockets are not thread-safe: the main thread sends it
+            with self._pipe_lock:
+                self._pipe_out.send_multipart(frames, copy=False)
 
-    def _send(
+    def _encode(
         self,
-        channel: bytes,
         msg_type: str,
         content: Any,
         *,
         parent: Message | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> list[Any]:
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
-        msg = Message(header, parent.header if parent else None, metadata or {}, content)
-        frames = self._codec.encode(msg)
-        with self._send_lock:  # user threads may print while a request runs
-            self._to_io.send_multipart([channel, *frames], copy=False)
+        if parent is None:
+            msg = Message(header, None, metadata or {}, content)
+        else:
+            msg = Message(header, parent.header, metadata or {}, content, (), parent.identities)
+        return self._codec.encode(msg)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._in_user_code:
             raise KeyboardInterrupt
 
     # -- I/O thread -----------------------------------------------------------------------
-    def _io_loop(self) -> None:
-        ctx, urls = self.context, self.info.urls
-        from_main = ctx.socket(zmq.PAIR)
-        from_main.connect(f"inproc://shoal-engine-{id(self)}")
-        sockets = {}
-        for name in ("shell", "control", "heartbeat"):
-            sock = ctx.socket(zmq.DEALER)
-            sock.identity = self.identity
-            sock.linger = 1000
-            sock.connect(urls[name])
-            sockets[name] = sock
-        shell, control = sockets["shell"], sockets["control"]
+    def _io_loop(self, control: zmq.Socket[Any], pings: zmq.Socket[Any]) -> None:
         codec = Codec(self.info.key, serializer=self.serializer)
-        # Say hello on control and heartbeat too: the peer's ROUTERs can address this
-        # engine on a channel only once they have heard from it there.
-        header = new_header("engine_ready", self.identity.decode(), f"engine.{self.engine_id}")
-        control.send_multipart(codec.encode(Message(header, None, {}, {"pid": os.getpid()})))
-        sockets["heartbeat"].send(b"ready")
-        heart = threading.Thread(
-            target=_echo, args=(sockets["heartbeat"],), name="shoal-engine-heart", daemon=True
-        )
-        heart.start()
         poller = zmq.Poller()
-        for sock in (shell, control, from_main):
-            poller.register(sock, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        poller.register(pings, zmq.POLLIN)
+        last_ping = time.monotonic()
         while True:
             for sock, _ in poller.poll(_POLL_MS):
-                if sock is from_main:
-                    _channel, *frames = from_main.recv_multipart(copy=False)
-                    shell.send_multipart(frames, copy=False)
+                if sock is pings:
+                    while pings.poll(0):
+                        pings.recv(copy=False)
+                    last_ping = time.monotonic()
                     continue
-                frames = sock.recv_multipart(copy=False)
-                try:  # shell content is loaded by the main thread, never here
-                    msg = codec.decode(frames, content=sock is not shell)
+                frames = control.recv_multipart(copy=False)
+                try:
+                    msg = codec.decode(frames)
                 except RemoteInputError as exc:
                     log.warning("dropped a message: %s", exc)
                     continue
-                if sock is shell:
-                    self.requests.put(msg)
-                else:
-                    self._control(control, codec, msg)
-            if os.getppid() != self.parent_pid:
+                self._control(control, codec, msg)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.error("the parent process is gone: exiting")
+                os._exit(1)
+            if self.hub_timeout is not None and time.monotonic() - last_ping > self.hub_timeout:
+                log.error("no heartbeat from the hub for %.1f s: exiting", self.hub_timeout)
                 os._exit(1)
 
     def _control(self, control: zmq.Socket[Any], codec: Codec, msg: Message) -> None:
@@ -235,17 +372,25 @@ class EngineProcess:
             if running and self._main_ident is not None:
                 signal.pthread_kill(self._main_ident, signal.SIGINT)
             content["interrupted"] = running
+        elif kind == "abort_request":
+            msg_ids = msg.content.get("msg_ids") if isinstance(msg.content, dict) else None
+            if msg_ids is None:
+                self._abort_all = True
+            else:
+                self._abort_ids.update(str(m) for m in msg_ids)
+            with self._pipe_lock:  # wake the main thread, which owns the queue
+                self._pipe_out.send(_ABORT)
         elif kind == "status_request":
             content.update(self.status())
-        elif kind == "shutdown_request":
-            pass
-        else:
-            known = "interrupt_request, status_request, shutdown_request"
-            problem = ValueError(f"unknown control request {kind!r}; known: {known}")
+        elif kind not in _CONTROL_REQUESTS:
+            problem = ValueError(
+                f"unknown control request {kind!r}; known: {', '.join(_CONTROL_REQUESTS)}"
+            )
             content = error_reply(problem, engine_id=self.engine_id, serializer=None)
         reply_type = kind.replace("_request", "_reply")
         header = new_header(reply_type, self.identity.decode(), f"engine.{self.engine_id}")
-        frames = codec.encode(Message(header, msg.header, {}, content))
+        reply = Message(header, msg.header, {}, content, (), msg.identities)
+        frames = codec.encode(reply)
         if kind != "shutdown_request":
             control.send_multipart(frames)
             return
@@ -266,7 +411,7 @@ class EngineProcess:
             "cores": os.cpu_count(),
             "memory_rss": rss,
             "memory_total": os.sysconf("SC_PHYS_PAGES") * page,
-            "queue": self.requests.qsize(),
+            "queue": len(self.pending),
             "busy": self.running is not None,
             "uptime": time.time() - self.started,
             "engine_id": self.engine_id,
@@ -274,25 +419,41 @@ class EngineProcess:
         }
 
 
-def _echo(sock: zmq.Socket[Any]) -> None:
+def _echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any]) -> None:
     """Echo heartbeat pings back, in C and without the GIL, until the context ends."""
     try:
-        zmq.proxy(sock, sock)
+        zmq.proxy(sock, sock, capture)
     except zmq.ContextTerminated:
         pass
     finally:
         sock.close(linger=0)
+        capture.close(linger=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shoal.engine --connection-file FILE --identity ID``."""
+    """``python -m shoal.engine --connection-file FILE [--register] [...]``."""
     parser = argparse.ArgumentParser(prog="shoal-engine", description=__doc__.split("\n")[0])
     parser.add_argument("--connection-file", required=True, help="JSON file with urls and key")
-    parser.add_argument("--identity", required=True, help="zmq identity of this engine")
+    parser.add_argument("--identity", default=None, help="zmq identity (default: unique)")
     parser.add_argument("--engine-id", type=int, default=None)
+    parser.add_argument(
+        "--register", action="store_true", help="register with a hub for an engine id"
+    )
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this parent process is gone"
+    )
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-url", default=None, help="publish logs to this zmq url")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
     info = read_connection_file(args.connection_file)
-    engine = EngineProcess(info, identity=args.identity.encode(), engine_id=args.engine_id)
+    engine = EngineProcess(
+        info,
+        identity=None if args.identity is None else args.identity.encode(),
+        engine_id=args.engine_id,
+        register=args.register,
+        parent_pid=args.parent_pid,
+        log_url=args.log_url,
+        log_level=args.log_level.upper(),
+    )
     return engine.run()

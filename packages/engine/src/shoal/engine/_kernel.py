@@ -295,6 +295,7 @@ class Kernel:
         linecache.cache["<shoal-pull>"] = (len(expression), None, [expression], "<shoal-pull>")
         return eval(code, self.namespace)  # noqa: S307 -- pull names expressions on purpose
 
+
 def _field(
     content: Mapping[str, Any],
     request: str,

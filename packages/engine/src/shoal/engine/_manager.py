@@ -138,6 +138,8 @@ class KernelManager:
                 path,
                 "--identity",
                 self._identity.decode(),
+                "--parent-pid",
+                str(os.getpid()),
             ],
         )
         self._ready.clear()
@@ -223,6 +225,17 @@ class KernelManager:
             return
         self._interrupt_deadline = time.monotonic() + self.interrupt_grace
         self._send("control", "interrupt_request", {})
+
+    def abort(self, msg_ids: list[str] | None = None, timeout: float = 5.0) -> None:
+        """Drop queued requests (all of them, or those of ``msg_ids``) before they run.
+
+        Each dropped request is answered ``aborted``: :meth:`get_reply` returns
+        ``{"status": "aborted"}`` for it, and the blocking calls raise :class:`RemoteError`.
+        The request running now is not touched (see :meth:`interrupt`).
+        """
+        content = {"msg_ids": None if msg_ids is None else list(msg_ids)}
+        header = self._send("control", "abort_request", content)
+        self._wait_reply(header.msg_id, timeout)
 
     def ping(self, timeout: float = 1.0) -> float:
         """Round trip of a heartbeat, in seconds; answered even while user code runs.

@@ -84,10 +84,31 @@ def _global_names(code: types.CodeType) -> Iterator[str]:
             yield from _global_names(const)
 
 
+# Code objects are immutable: what is derived from one is computed once per process. The
+# caches are bounded so that a stream of fresh lambdas cannot grow them without limit.
+_CACHE_SIZE: Final = 512
+_code_facts: dict[types.CodeType, tuple[bytes, tuple[str, ...]]] = {}
+_loaded_code: dict[bytes, types.CodeType] = {}
+
+
+def _code_facts_of(code: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
+    """``marshal.dumps(code)`` and the global names it may load."""
+    facts = _code_facts.get(code)
+    if facts is None:
+        if len(_code_facts) >= _CACHE_SIZE:
+            _code_facts.clear()
+        facts = _code_facts[code] = (marshal.dumps(code), tuple(set(_global_names(code))))
+    return facts
+
+
 def _make_function(
     code_bytes: bytes, globals_: dict[str, Any], name: str, ncells: int
 ) -> types.FunctionType:
-    code = marshal.loads(code_bytes)
+    code = _loaded_code.get(code_bytes)
+    if code is None:
+        if len(_loaded_code) >= _CACHE_SIZE:
+            _loaded_code.clear()
+        code = _loaded_code[code_bytes] = marshal.loads(code_bytes)
     globals_.setdefault("__builtins__", builtins)
     closure = tuple(types.CellType() for _ in range(ncells)) or None
     return types.FunctionType(code, globals_, name, None, closure)
@@ -173,9 +194,10 @@ class _Pickler(pickle.Pickler):
         shared = self._globals_by_id.setdefault(
             id(source_globals), {"__name__": source_globals.get("__name__", "__main__")}
         )
+        code_bytes, names = _code_facts_of(func.__code__)
         used = {
             name: source_globals[name]
-            for name in _global_names(func.__code__)
+            for name in names
             if name in source_globals and name != "__builtins__"
         }
         cells = []
@@ -195,7 +217,7 @@ class _Pickler(pickle.Pickler):
             "dict": func.__dict__,
             "annotations": func.__annotations__,
         }
-        args = (marshal.dumps(func.__code__), shared, func.__name__, len(cells))
+        args = (code_bytes, shared, func.__name__, len(cells))
         return (_make_function, args, state, None, None, _set_function_state)
 
 

@@ -1,0 +1,170 @@
+"""The engine as a hub member: registration, hub liveness, log publishing.
+
+The test plays the hub with real zmq sockets and a real engine process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from shoal.wire import (
+    Codec,
+    ConnectionInfo,
+    Message,
+    generate_key,
+    new_header,
+    write_connection_file,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeHub:
+    """Bound ROUTERs on loopback, a connection file, and the engine processes started."""
+
+    def __init__(self, folder: Path) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.key = generate_key()
+        self.codec = Codec(self.key)
+        self.sockets: dict[str, zmq.Socket[Any]] = {}
+        urls = {}
+        for name in ("shell", "control", "heartbeat"):
+            sock = self.ctx.socket(zmq.ROUTER)
+            sock.linger = 0
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            urls[name] = f"tcp://127.0.0.1:{port}"
+            self.sockets[name] = sock
+        self.path = str(folder / "engine.json")
+        write_connection_file(self.path, ConnectionInfo(urls=urls, key=self.key))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start_engine(self, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "shoal.engine", "--connection-file", self.path, *args]
+        proc = subprocess.Popen(cmd)
+        self.procs.append(proc)
+        return proc
+
+    def recv(self, channel: str, timeout: float = 20.0) -> tuple[bytes, Message]:
+        sock = self.sockets[channel]
+        assert sock.poll(int(timeout * 1000)), f"nothing on {channel} within {timeout} s"
+        ident, *frames = sock.recv_multipart()
+        return ident, self.codec.decode(frames)
+
+    def send(
+        self, channel: str, ident: bytes, msg_type: str, content: Any, parent: Message | None = None
+    ) -> Message:
+        msg = Message(
+            new_header(msg_type, "hub"), None if parent is None else parent.header, {}, content
+        )
+        self.sockets[channel].send_multipart([ident, *self.codec.encode(msg)])
+        return msg
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[FakeHub]:
+    h = FakeHub(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _register(hub: FakeHub, engine_id: int, hub_timeout: float | None) -> bytes:
+    ident, request = hub.recv("control")
+    assert request.msg_type == "register_request"
+    assert request.content["pid"] == hub.procs[-1].pid
+    reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": hub_timeout}
+    hub.send("control", ident, "register_reply", reply, parent=request)
+    return ident
+
+
+def test_registered_engine_takes_its_id_and_serves(hub: FakeHub) -> None:
+    """The engine id the hub gives shows in the hello and in replies; identities route back."""
+    hub.start_engine("--register")
+    ident = _register(hub, 7, None)
+    _, hello = hub.recv("shell")
+    assert hello.msg_type == "engine_ready"
+    assert hello.content["engine_id"] == 7
+    # A relayed request carries the client's identity first; the reply must carry it back.
+    msg = Message(
+        new_header("apply_request", "c"), None, {}, {"f": os.getpid, "args": (), "kwargs": {}}
+    )
+    hub.sockets["shell"].send_multipart([ident, b"client-1", *hub.codec.encode(msg)])
+    sock = hub.sockets["shell"]
+    assert sock.poll(20_000)
+    frames = sock.recv_multipart()
+    assert frames[:2] == [ident, b"client-1"]
+    reply = hub.codec.decode(frames[1:])
+    assert reply.content["result"] == hub.procs[-1].pid
+    assert reply.metadata["engine_id"] == 7
+
+
+def test_refused_registration_exits(hub: FakeHub) -> None:
+    proc = hub.start_engine("--register")
+    ident, request = hub.recv("control")
+    hub.send(
+        "control", ident, "register_reply", {"status": "error", "evalue": "full"}, parent=request
+    )
+    assert proc.wait(20) == 2
+
+
+def test_engine_exits_when_hub_stops_pinging(hub: FakeHub) -> None:
+    """Pinged, the engine stays; when pings stop, it exits after hub_timeout."""
+    proc = hub.start_engine("--register")
+    ident = _register(hub, 0, 1.0)
+    heart = hub.sockets["heartbeat"]
+    hub.recv("shell")  # hello: the engine is up and its heartbeat device runs
+    end = time.monotonic() + 2.5  # more than twice the timeout
+    while time.monotonic() < end:
+        heart.send_multipart([ident, b"ping"])
+        time.sleep(0.2)
+        assert proc.poll() is None, "the engine left although it was pinged"
+    stopped = time.monotonic()
+    assert proc.wait(20) == 1
+    assert time.monotonic() - stopped < 10  # about 1 s; generous for a loaded machine
+
+
+def test_logs_published(hub: FakeHub) -> None:
+    """--log-url publishes records under engine.<id>.<LEVEL>."""
+    sub = hub.ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(b"engine.")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        hub.start_engine(
+            "--register", "--log-url", f"tcp://127.0.0.1:{port}", "--log-level", "INFO"
+        )
+        ident = _register(hub, 3, None)
+        hub.recv("shell")
+        code = (
+            "import logging, time\n"
+            "for _ in range(50):\n"
+            "    logging.getLogger('user').warning('hi there')\n"
+            "    time.sleep(0.05)"
+        )
+        msg = Message(new_header("execute_request", "c"), None, {}, {"code": code})
+        hub.sockets["shell"].send_multipart([ident, *hub.codec.encode(msg)])
+        assert sub.poll(20_000), "no log record published"
+        topic, text = sub.recv_multipart()[:2]
+        assert topic == b"engine.3.WARNING"
+        assert b"hi there" in text
+    finally:
+        sub.close(linger=0)
