@@ -301,7 +301,12 @@ class EngineProcess:
 
     def _reply(self, request: Message, reply: dict[str, Any], started: float) -> None:
         reply_type = request.msg_type.replace("_request", "_reply")
-        meta = {"engine_id": self.engine_id, "started": started, "completed": time.time()}
+        meta = {
+            "engine_id": self.engine_id,
+            "status": reply.get("status"),  # for routers, which never load content
+            "started": started,
+            "completed": time.time(),
+        }
         try:
             frames = self._encode(reply_type, reply, parent=request, metadata=meta)
         except UnpicklableError as exc:  # the result itself cannot travel: say so

@@ -44,6 +44,7 @@ from ._message import ReplayGuard as ReplayGuard
 from ._message import decode as decode
 from ._message import encode as encode
 from ._message import new_header as new_header
+from ._message import peek as peek
 from ._serialize import Buffer as Buffer
 from ._serialize import Serializer as Serializer
 from ._session import AsyncSession as AsyncSession
@@ -61,6 +62,7 @@ __all__ = [
     "Codec",
     "Header",
     "Message",
+    "peek",
     "RawContent",
     "ReplayGuard",
     "Serializer",

@@ -445,6 +445,31 @@ class Codec:
         )
 
 
+def peek(head: Buffer) -> tuple[list[Any], list[Any] | None, dict[str, Any]]:
+    """The header, parent header (as JSON lists) and metadata of a head frame, unverified.
+
+    For routers, which must route and keep books without loading content or paying for
+    the signature check of large buffers: the destination verifies the whole message.
+    Never act on what this returns beyond routing.
+
+    Raises
+    ------
+    MalformedMessageError
+        When ``head`` is not a shoal head frame of this protocol version.
+    """
+    view = memoryview(head)
+    if view.nbytes < _BODY_AT + 4 or view[: len(DELIMITER)].tobytes() != DELIMITER:
+        raise MalformedMessageError("not a shoal head frame of this protocol version")
+    env_len = int.from_bytes(view[_BODY_AT : _BODY_AT + 4], "little")
+    try:
+        header, parent, metadata, _nbuf = _json_loads(view[_BODY_AT + 4 : _BODY_AT + 4 + env_len])
+    except (ValueError, TypeError) as exc:
+        raise MalformedMessageError(f"head frame has no readable envelope: {exc}") from exc
+    if type(header) is not list or len(header) != 6 or type(metadata) is not dict:
+        raise MalformedMessageError("head frame's envelope is not [header, parent, metadata, nbuf]")
+    return header, parent, metadata
+
+
 def _find_head(views: Sequence[memoryview]) -> int:
     """Index of the head frame: the first one that starts with ``<SHOAL|``."""
     for i, view in enumerate(views):

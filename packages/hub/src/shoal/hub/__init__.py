@@ -1,0 +1,43 @@
+"""shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor and Cluster."""
+
+from importlib.metadata import version as _version
+
+from shoal.engine import EngineDiedError as EngineDiedError
+from shoal.engine import RemoteError as RemoteError
+
+from ._asyncresult import AsyncMapResult as AsyncMapResult
+from ._asyncresult import AsyncResult as AsyncResult
+from ._client import Client as Client
+from ._errors import CompositeError as CompositeError
+from ._errors import DependencyError as DependencyError
+from ._errors import HubLost as HubLost
+from ._errors import TaskAborted as TaskAborted
+from ._hub import Hub as Hub
+from ._views import DirectView as DirectView
+from ._views import LoadBalancedView as LoadBalancedView
+from ._views import View as View
+
+__version__: str = _version("shoal-hub")
+
+__all__ = [
+    "AsyncMapResult",
+    "AsyncResult",
+    "Client",
+    "CompositeError",
+    "DependencyError",
+    "DirectView",
+    "EngineDiedError",
+    "Hub",
+    "HubLost",
+    "LoadBalancedView",
+    "RemoteError",
+    "TaskAborted",
+    "View",
+]
+
+# Tracebacks and pickles show the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("shoal.hub._"):
+        _obj.__module__ = "shoal.hub"
+del _name, _obj

@@ -1,0 +1,315 @@
+"""AsyncResult: the future of one or many requests, a ``concurrent.futures.Future``.
+
+Theory of operation
+-------------------
+An :class:`AsyncResult` stands for the replies to a list of ``msg_ids``. The client's
+I/O thread delivers each reply (and each chunk of output) to it; when the last one is
+in, the future is resolved: with the combined result (``combine`` turns the list of
+per-request results into what the user asked for), with the one error of a single
+request, or with a :class:`CompositeError` listing every error. Callers wait with
+``get``/``result``/``wait``, ``await`` it, or iterate over it to take results as they
+arrive. The client holds an AsyncResult only until its replies are in: the results are
+freed when the user drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._errors import CompositeError
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["AsyncMapResult", "AsyncResult"]
+
+_MISSING: Any = object()
+
+
+class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The pending result of requests sent to the cluster.
+
+    A :class:`concurrent.futures.Future` (``result``, ``exception``, ``done``,
+    ``add_done_callback``, ``concurrent.futures.wait``/``as_completed``), awaitable in
+    asyncio, with ipyparallel's vocabulary on top.
+
+    Attributes
+    ----------
+    msg_ids : list of str
+        One per request.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        msg_ids: Sequence[str],
+        *,
+        combine: Callable[[list[Any]], Any] | None = None,
+        single: bool = False,
+        label: str = "request",
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self.msg_ids = list(msg_ids)
+        self._index = {m: i for i, m in enumerate(self.msg_ids)}
+        self._results: list[Any] = [_MISSING] * len(self.msg_ids)
+        self._errors: list[BaseException | None] = [None] * len(self.msg_ids)
+        self._meta: list[dict[str, Any]] = [{} for _ in self.msg_ids]
+        self._out: list[dict[str, list[str]]] = [
+            {"stdout": [], "stderr": []} for _ in self.msg_ids
+        ]
+        self._combine = combine
+        self._single = single
+        self._label = label
+        self._remaining = len(self.msg_ids)
+        self._arrived = threading.Condition()
+        self.submitted = time.time()
+        self._completed: float | None = None
+        if not self.msg_ids:
+            self._finish()
+
+    # -- fed by the client's I/O thread -------------------------------------------------
+    def _deliver(
+        self, msg_id: str, value: Any, error: BaseException | None, metadata: dict[str, Any]
+    ) -> None:
+        i = self._index[msg_id]
+        with self._arrived:
+            if self._results[i] is not _MISSING or self._errors[i] is not None:
+                return  # a duplicate can never resolve a request twice
+            self._meta[i] = dict(metadata)
+            if error is None:
+                self._results[i] = value
+            else:
+                self._errors[i] = error
+                self._results[i] = None
+            self._remaining -= 1
+            done = self._remaining == 0
+            self._arrived.notify_all()
+        if done:
+            self._finish()
+
+    def _stream(self, msg_id: str, name: str, text: str) -> None:
+        self._out[self._index[msg_id]].setdefault(name, []).append(text)
+
+    def _finish(self) -> None:
+        self._completed = time.time()
+        if self.cancelled():
+            return
+        errors = [e for e in self._errors if e is not None]
+        try:
+            if errors:
+                if self._single and len(errors) == 1:
+                    self.set_exception(errors[0])
+                else:
+                    self.set_exception(CompositeError(f"{self._label} failed", errors))
+                return
+            results = list(self._results)
+            if self._combine is not None:
+                value = self._combine(results)
+            elif self._single:
+                value = results[0]
+            else:
+                value = results
+        except BaseException as exc:  # a failing combine must still resolve the future
+            self.set_exception(exc)
+            return
+        self.set_result(value)
+
+    # -- ipyparallel's vocabulary -------------------------------------------------------
+    def get(self, timeout: float | None = None) -> Any:
+        """The result, waiting up to ``timeout`` seconds; raises the remote error.
+
+        Raises
+        ------
+        TimeoutError
+            When the result is not in after ``timeout`` seconds.
+        """
+        try:
+            return self.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"{self._label}: {self.progress} of {len(self.msg_ids)} replies after"
+                f" {timeout} s"
+            ) from None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the result, at most ``timeout`` seconds; whether it is ready."""
+        concurrent.futures.wait([self], timeout)
+        return self.done()
+
+    def ready(self) -> bool:
+        """Whether every reply is in."""
+        return self.done()
+
+    def successful(self) -> bool:
+        """Whether every request succeeded; raises ValueError while not ready."""
+        if not self.done():
+            raise ValueError(f"{self._label} is not ready yet: check ready() first")
+        return not self.cancelled() and self.exception() is None
+
+    @property
+    def progress(self) -> int:
+        """How many replies are in."""
+        return len(self.msg_ids) - self._remaining
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since submission, until the last reply (or now)."""
+        end = self._completed if self._completed is not None else time.time()
+        return end - self.submitted
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first start to the last completion on the engines."""
+        starts = [m["started"] for m in self._meta if m.get("started")]
+        ends = [m["completed"] for m in self._meta if m.get("completed")]
+        return max(ends) - min(starts) if starts and ends else 0.0
+
+    @property
+    def serial_time(self) -> float:
+        """Engine seconds spent on the requests, summed (compare with ``wall_time``)."""
+        return sum(
+            m["completed"] - m["started"]
+            for m in self._meta
+            if m.get("started") and m.get("completed")
+        )
+
+    @property
+    def metadata(self) -> Any:
+        """Per request: ``engine_id``, ``status``, ``started``, ``completed``."""
+        return self._meta[0] if self._single else list(self._meta)
+
+    @property
+    def engine_id(self) -> Any:
+        """The engine (or list of engines) that ran the request(s)."""
+        ids = [m.get("engine_id") for m in self._meta]
+        return ids[0] if self._single else ids
+
+    @property
+    def stdout(self) -> Any:
+        """What the request(s) printed to stdout: a str, or a list of str."""
+        texts = ["".join(o.get("stdout", ())) for o in self._out]
+        return texts[0] if self._single else texts
+
+    @property
+    def stderr(self) -> Any:
+        """What the request(s) wrote to stderr: a str, or a list of str."""
+        texts = ["".join(o.get("stderr", ())) for o in self._out]
+        return texts[0] if self._single else texts
+
+    def display_outputs(self) -> None:
+        """Print every request's output, headed by the engine it came from."""
+        for meta, out in zip(self._meta, self._out, strict=True):
+            engine = meta.get("engine_id", "?")
+            for name in ("stdout", "stderr"):
+                text = "".join(out.get(name, ()))
+                if text:
+                    stream = sys.stderr if name == "stderr" else sys.stdout
+                    print(f"[{name}:{engine}] {text}", end="" if text.endswith("\n") else "\n",
+                          file=stream)
+
+    def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> None:
+        """Wait with a progress bar (tqdm when installed, else a text line)."""
+        total = len(self.msg_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            from tqdm.auto import tqdm  # noqa: PLC0415 - optional
+        except ImportError:
+            tqdm = None
+        bar = tqdm(total=total, unit="tasks") if tqdm is not None else None
+        shown = 0
+        try:
+            while not self.wait(interval):
+                if bar is not None:
+                    bar.update(self.progress - shown)
+                else:
+                    print(f"\r{self.progress}/{total} tasks, {self.elapsed:.1f} s", end="",
+                          file=sys.stderr, flush=True)
+                shown = self.progress
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+            if bar is not None:
+                bar.update(self.progress - shown)
+        finally:
+            if bar is not None:
+                bar.close()
+            else:
+                print(f"\r{self.progress}/{total} tasks, {self.elapsed:.1f} s", file=sys.stderr)
+
+    def abort(self) -> None:
+        """Drop the requests that have not started: they fail with TaskAborted."""
+        pending = [m for i, m in enumerate(self.msg_ids) if self._results[i] is _MISSING]
+        if pending:
+            self._client.abort(pending)
+
+    def cancel(self) -> bool:
+        """Abort the requests not started yet; True only if nothing had started."""
+        self.abort()
+        return super().cancel()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def _wait_for(self, i: int, timeout: float | None) -> None:
+        with self._arrived:
+            ok = self._arrived.wait_for(
+                lambda: self._results[i] is not _MISSING or self._errors[i] is not None,
+                timeout,
+            )
+        if not ok:
+            raise TimeoutError(f"{self._label}: reply {i} not in after {timeout} s")
+
+    def __repr__(self) -> str:
+        state = "finished" if self.done() else f"{self.progress}/{len(self.msg_ids)}"
+        return f"<{type(self).__name__}: {self._label}: {state}>"
+
+
+class AsyncMapResult(AsyncResult):
+    """The result of a ``map``: iterate over it to get items as they come in.
+
+    With ``ordered=True`` items come in the order of the input; with ``ordered=False``
+    chunk by chunk as the engines finish them.
+    """
+
+    def __init__(
+        self, client: Client, msg_ids: Sequence[str], *, ordered: bool = True, label: str = "map"
+    ) -> None:
+        self.ordered = ordered
+        self._finish_order: list[int] = []
+        super().__init__(client, msg_ids, combine=_flatten, label=label)
+
+    def _deliver(
+        self, msg_id: str, value: Any, error: BaseException | None, metadata: dict[str, Any]
+    ) -> None:
+        with self._arrived:
+            i = self._index[msg_id]
+            if self._results[i] is _MISSING and self._errors[i] is None:
+                self._finish_order.append(i)
+        super()._deliver(msg_id, value, error, metadata)
+
+    def __iter__(self) -> Iterator[Any]:
+        for n in range(len(self.msg_ids)):
+            if self.ordered:
+                i = n
+                self._wait_for(i, None)
+            else:
+                with self._arrived:
+                    self._arrived.wait_for(lambda: len(self._finish_order) > n)
+                    i = self._finish_order[n]
+            error = self._errors[i]
+            if error is not None:
+                raise error
+            yield from self._results[i]
+
+
+def _flatten(chunks: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for chunk in chunks:
+        out.extend(chunk)
+    return out

@@ -1,0 +1,434 @@
+"""Client: the user's connection to a running cluster.
+
+Theory of operation
+-------------------
+A client connects two DEALER sockets to the hub's client port (see ``_hub.py``):
+
+* ``s<token>`` sends requests. Any thread may send; a lock keeps one sender at a time,
+  and the sending thread encodes its own message, so a request costs no thread hand-off.
+  When the hub stops reading (its queues are full), the send waits: back-pressure,
+  never loss. A send also stops waiting when the hub is lost.
+* ``r<token>`` receives, in the client's I/O thread: replies, output streamed by the
+  engines, and the hub's notices (engines joining and leaving). Each reply resolves its
+  :class:`AsyncResult`. The same thread pings the hub every ``ping_period``; when the hub
+  has been silent for ``hub_timeout`` seconds (or says it shuts down) every outstanding
+  result fails with :class:`HubLost` and further requests raise it at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import zmq
+
+from shoal.engine import RemoteError
+from shoal.wire import Codec, Message, RemoteInputError, new_header, read_connection_file
+
+from ._asyncresult import AsyncResult
+from ._errors import HubLost, error_from_reply
+from ._hub import HUB, PING, PONG, control_route, engine_route
+from ._profile import CLIENT_FILE, profile_dir
+
+__all__ = ["Client"]
+
+log = logging.getLogger("shoal.hub.client")
+_TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
+
+
+class Client:
+    """A connection to a shoal cluster (a hub and its engines).
+
+    Parameters
+    ----------
+    url_file : str, optional
+        The hub's client connection file. Default: the profile's ``hub-client.json``.
+    profile : str
+        The profile whose cluster to join (``~/.shoal/profile_<name>/``, or under
+        ``$SHOAL_DIR``).
+    timeout : float
+        Seconds to wait for the hub to answer when connecting.
+    hub_timeout : float
+        Seconds of silence after which the hub is declared lost.
+
+    Examples
+    --------
+    >>> rc = Client()                      # doctest: +SKIP
+    >>> rc.ids                             # doctest: +SKIP
+    [0, 1, 2, 3]
+    >>> rc[:].apply_sync(os.getpid)        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url_file: str | None = None,
+        profile: str = "default",
+        *,
+        timeout: float = 10.0,
+        hub_timeout: float = 2.5,
+        ping_period: float = 0.5,
+    ) -> None:
+        path = url_file or os.path.join(profile_dir(profile), CLIENT_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"no cluster found: {path} does not exist; start one with"
+                f" `shoal cluster start -n 4 --profile {profile}` or shoal.hub.Cluster(n=4)"
+            )
+        info = read_connection_file(path)
+        self.url_file = path
+        self.url = info.urls["client"]
+        self.hub_pid: int | None = info.extra.get("pid")
+        self.hub_timeout = hub_timeout
+        self.ping_period = ping_period
+        self._codec = Codec(info.key)
+        self._session = uuid.uuid4().hex
+        self._context: zmq.Context[Any] = zmq.Context()
+        token = uuid.uuid4().hex[:16].encode()
+        self._sender: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
+        self._sender.identity = b"s" + token
+        self._sender.linger = 0
+        self._receiver: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
+        self._receiver.identity = b"r" + token
+        self._receiver.linger = 0
+        self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
+        self._receiver.connect(self.url)
+        self._sender.connect(self.url)
+        self._send_lock = threading.Lock()
+        self._pending: dict[str, AsyncResult] = {}
+        self._engines: dict[int, dict[str, Any]] = {}
+        self._engines_changed = threading.Condition()
+        self._lost: str | None = None
+        self._closed = False
+        self._heard = threading.Event()
+        self._last_heard = time.monotonic()
+        self._io = threading.Thread(target=self._io_loop, name="shoal-client-io", daemon=True)
+        self._io.start()
+        if not self._heard.wait(timeout):
+            self.close()
+            raise TimeoutError(
+                f"no hub answered at {self.url} within {timeout} s (from {path}); is the"
+                " cluster running? `shoal cluster list` shows the running clusters"
+            )
+        reply = self._hub_request("connect_request", {}, timeout)
+        with self._engines_changed:
+            for e in reply["engines"]:
+                self._engines[int(e["engine_id"])] = e
+        _clients.append(weakref.ref(self))
+
+    # -- engines ------------------------------------------------------------------------
+    @property
+    def ids(self) -> list[int]:
+        """The ids of the engines registered now, sorted."""
+        with self._engines_changed:
+            return sorted(self._engines)
+
+    def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
+        """Wait until at least ``n`` engines are registered; returns their ids.
+
+        Raises
+        ------
+        TimeoutError
+            When fewer than ``n`` engines registered within ``timeout`` seconds.
+        """
+        with self._engines_changed:
+            ok = self._engines_changed.wait_for(
+                lambda: len(self._engines) >= n or self._lost is not None, timeout
+            )
+            if self._lost is not None:
+                raise HubLost(self._lost)
+            if not ok:
+                raise TimeoutError(
+                    f"{len(self._engines)} of {n} engines registered within {timeout} s"
+                )
+            return sorted(self._engines)
+
+    def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
+        """``client[0]``, ``client[:]``, ``client[::2]``, ``client[[0, 2]]``: a DirectView."""
+        from ._views import DirectView  # noqa: PLC0415 - views import this module
+
+        ids = self.ids
+        if isinstance(key, int):
+            if key not in ids:
+                if key < 0 and -key <= len(ids):
+                    key = ids[key]
+                else:
+                    raise IndexError(f"no engine {key}; the engines are {ids}")
+            return DirectView(self, key)
+        if isinstance(key, slice):
+            targets = ids[key]
+        else:
+            targets = [int(k) for k in key]
+            unknown = sorted(set(targets) - set(ids))
+            if unknown:
+                raise IndexError(f"no engines {unknown}; the engines are {ids}")
+        if not targets:
+            raise IndexError(f"{key!r} selects no engine; the engines are {ids}")
+        return DirectView(self, targets)
+
+    def direct_view(self, targets: int | Sequence[int] | str = "all") -> Any:
+        """A DirectView on ``targets`` (``"all"``: every engine registered now)."""
+        if targets == "all":
+            return self[:]
+        return self[targets]  # type: ignore[index]
+
+    def load_balanced_view(self, targets: Sequence[int] | None = None) -> Any:
+        """A LoadBalancedView: tasks go to whichever engine is free (among ``targets``)."""
+        from ._views import LoadBalancedView  # noqa: PLC0415 - views import this module
+
+        return LoadBalancedView(self, targets)
+
+    def executor(self, targets: Sequence[int] | None = None) -> Any:
+        """A ``concurrent.futures.Executor`` running on the cluster (load balanced)."""
+        from ._pool import Executor  # noqa: PLC0415
+
+        return Executor(self, targets)
+
+    def pool(self, processes: int | None = None) -> Any:
+        """A ``multiprocess.Pool``-compatible pool running on the cluster."""
+        from ._pool import Pool  # noqa: PLC0415
+
+        return Pool(processes, client=self)
+
+    # -- hub requests -------------------------------------------------------------------
+    def queue_status(self) -> dict[int, Any]:
+        """Per engine: outstanding requests, pid, host; plus ``unassigned`` tasks."""
+        reply = self._hub_request("queue_status_request", {})
+        status: dict[Any, Any] = {int(k): v for k, v in reply["engines"].items()}
+        status["unassigned"] = reply["unassigned"]
+        return status
+
+    def history(self, msg_ids: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
+        """The hub's metadata on finished tasks: engine, status, submitted/started/completed."""
+        content = {"msg_ids": None if msg_ids is None else list(msg_ids)}
+        return list(self._hub_request("history_request", content)["history"])
+
+    def abort(self, msg_ids: Sequence[str]) -> None:
+        """Drop the given requests if they have not started (they fail with TaskAborted)."""
+        self._hub_request("abort_request", {"msg_ids": list(msg_ids)})
+
+    def add_engines(self, n: int = 1) -> list[int]:
+        """Ask the hub to start ``n`` more local engines; returns their pids."""
+        return list(self._hub_request("add_engines_request", {"n": n})["pids"])
+
+    def remove_engines(self, engine_ids: Iterable[int]) -> list[int]:
+        """Shut engines down and take them out of the cluster."""
+        ids = [int(i) for i in engine_ids]
+        return list(self._hub_request("remove_engines_request", {"engine_ids": ids})["removed"])
+
+    def shutdown(self, hub: bool = True, timeout: float = 10.0) -> None:
+        """Stop the cluster: every engine and, with ``hub=True``, the hub."""
+        if not hub:
+            self.remove_engines(self.ids)
+            return
+        with contextlib.suppress(HubLost):
+            self._hub_request("shutdown_request", {}, timeout)
+
+    # -- sending ------------------------------------------------------------------------
+    def _submit(
+        self,
+        requests: Sequence[tuple[bytes, str, Any, dict[str, Any] | None]],
+        make_result: Callable[[list[str]], AsyncResult],
+    ) -> AsyncResult:
+        """Encode and send ``(route, msg_type, content, metadata)`` requests, answered into
+        the AsyncResult that ``make_result(msg_ids)`` builds."""
+        self._check()
+        encoded = []
+        for route, msg_type, content, metadata in requests:
+            header = new_header(msg_type, self._session, "client")
+            frames = self._codec.encode(Message(header, None, metadata or {}, content))
+            encoded.append((str(header.msg_id), [route, *frames]))
+        result = make_result([msg_id for msg_id, _ in encoded])
+        for msg_id, _ in encoded:  # before sending: a reply can come at once
+            self._pending[msg_id] = result
+        sent = 0
+        try:
+            for _, frames in encoded:
+                self._send_frames(frames)
+                sent += 1
+        except BaseException:
+            for msg_id, _ in encoded[sent:]:
+                self._pending.pop(msg_id, None)
+            raise
+        return result
+
+    def _send_frames(self, frames: list[Any]) -> None:
+        big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[2:])
+        sock = self._sender
+        with self._send_lock:
+            while not sock.poll(100, zmq.POLLOUT):  # the hub's queue is full: wait
+                self._check()
+            self._check()
+            if not big:
+                sock.send_multipart(frames)
+                return
+            tracker = sock.send_multipart(frames, copy=False, track=True)
+            # The buffers must not change before zmq has read them (they are signed).
+            while tracker is not None and not tracker.done:
+                with contextlib.suppress(zmq.NotDone):
+                    tracker.wait(0.1)
+                if self._lost is not None:
+                    raise HubLost(self._lost)
+
+    def _check(self) -> None:
+        if self._lost is not None:
+            raise HubLost(self._lost)
+        if self._closed:
+            raise RuntimeError("this Client is closed; make a new one")
+
+    def _request(
+        self,
+        targets: Sequence[int],
+        msg_type: str,
+        content_for: Callable[[int], Any],
+        *,
+        single: bool,
+        combine: Callable[[list[Any]], Any] | None = None,
+        label: str | None = None,
+    ) -> AsyncResult:
+        """One request per target engine, gathered in one AsyncResult."""
+        requests = [(engine_route(t), msg_type, content_for(t), None) for t in targets]
+        return self._submit(
+            requests,
+            lambda ids: AsyncResult(
+                self, ids, single=single, combine=combine, label=label or msg_type
+            ),
+        )
+
+    def _hub_request(
+        self, msg_type: str, content: dict[str, Any], timeout: float | None = 10.0
+    ) -> dict[str, Any]:
+        result = self._submit(
+            [(HUB, msg_type, content, None)],
+            lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
+        )
+        return dict(result.get(timeout))
+
+    def _control(self, engine_id: int, msg_type: str, content: dict[str, Any]) -> AsyncResult:
+        return self._submit(
+            [(control_route(engine_id), msg_type, content, None)],
+            lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
+        )
+
+    # -- receiving (I/O thread) ---------------------------------------------------------
+    def _io_loop(self) -> None:
+        sock = self._receiver
+        next_ping = 0.0
+        while not self._closed:
+            now = time.monotonic()
+            if now >= next_ping:
+                next_ping = now + self.ping_period
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send(PING, zmq.NOBLOCK)
+                if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
+                    self._hub_lost(f"the hub at {self.url} has been silent for"
+                                   f" {now - self._last_heard:.1f} s")
+                    return
+            try:
+                if not sock.poll(int(self.ping_period * 1000)):
+                    continue
+                frames = sock.recv_multipart(copy=False)
+            except zmq.ZMQError:
+                return  # the context is ending: close() was called
+            self._last_heard = time.monotonic()
+            if frames[0].bytes == PONG:
+                self._heard.set()
+                continue
+            try:
+                self._on_message(frames)
+            except Exception:
+                log.exception("failed to handle a message from the hub")
+
+    def _on_message(self, frames: list[Any]) -> None:
+        route = frames[0].bytes
+        try:
+            msg = self._codec.decode(frames[1:])
+        except RemoteInputError as exc:
+            log.warning("dropped a message: %s", exc)
+            return
+        kind = msg.msg_type
+        parent = msg.parent_header
+        if parent is None:
+            if route == HUB:
+                self._notice(kind, msg.content)
+            return
+        result = self._pending.get(parent.msg_id)
+        if result is None:
+            return
+        if kind == "stream":
+            result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
+            return
+        del self._pending[parent.msg_id]
+        content = msg.content
+        metadata = dict(msg.metadata)
+        metadata["submitted"] = result.submitted
+        if not isinstance(content, dict):
+            error: BaseException | None = RemoteError("ProtocolError", f"bad reply {content!r}")
+            value = None
+        elif content.get("status") == "ok":
+            error, value = None, content if route == HUB else content.get("result")
+        else:
+            error, value = error_from_reply(content), None
+        result._deliver(parent.msg_id, value, error, metadata)
+
+    def _notice(self, kind: str, content: Any) -> None:
+        if kind == "engine_registered":
+            with self._engines_changed:
+                self._engines[int(content["engine_id"])] = content
+                self._engines_changed.notify_all()
+        elif kind == "engine_unregistered":
+            with self._engines_changed:
+                self._engines.pop(int(content["engine_id"]), None)
+                self._engines_changed.notify_all()
+        elif kind == "hub_shutdown":
+            self._hub_lost("the hub shut down")
+
+    def _hub_lost(self, why: str) -> None:
+        self._lost = why
+        with self._engines_changed:
+            self._engines_changed.notify_all()
+        pending, self._pending = self._pending, {}
+        for msg_id, result in pending.items():
+            result._deliver(msg_id, None, HubLost(why), {})
+
+    # -- ending -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the sockets; outstanding results are left unresolved."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io.join(timeout=2 * self.ping_period + 1)
+        self._sender.close(linger=0)
+        self._receiver.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"lost: {self._lost}" if self._lost else f"{len(self._engines)} engines"
+        return f"<shoal.hub.Client {self.url}: {state}>"
+
+
+_clients: list[weakref.ref[Client]] = []
+
+
+def _close_all() -> None:
+    for ref in _clients:
+        client = ref()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+atexit.register(_close_all)

@@ -1,0 +1,512 @@
+"""Views: how work is addressed to engines (ipyparallel's DirectView and LoadBalancedView).
+
+A :class:`DirectView` sends each request to chosen engines (one message per engine);
+a :class:`LoadBalancedView` hands tasks to the hub's scheduler, which runs each on
+whichever engine is free. Both answer with :class:`AsyncResult`; with ``block=True``
+(the view's ``block`` attribute, or the ``block=`` keyword) they wait and return the
+result instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ._asyncresult import AsyncMapResult, AsyncResult
+from ._client import Client
+from ._hub import LB
+
+__all__ = ["DirectView", "LoadBalancedView", "View"]
+
+
+def _apply_content(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not callable(f):
+        raise TypeError(f"apply() needs a callable as its first argument, got {f!r}")
+    return {"f": f, "args": args, "kwargs": kwargs}
+
+
+def _map_chunk(f: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
+    """Runs on an engine: ``f`` over one chunk of the zipped sequences."""
+    return list(map(f, *columns))
+
+
+def _lengths(seqs: Sequence[Any]) -> int:
+    if not seqs:
+        raise TypeError("map() needs at least one sequence")
+    lengths = {len(s) for s in seqs}
+    if len(lengths) != 1:
+        raise ValueError(f"map() sequences must have equal lengths, got {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _as_sequences(seqs: Sequence[Any]) -> list[Any]:
+    return [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
+
+
+class View:
+    """What both views share: ``apply`` and ``map`` in their blocking and async forms.
+
+    Attributes
+    ----------
+    block : bool
+        Whether calls wait for their result by default (``False``: they return an
+        :class:`AsyncResult`).
+    """
+
+    def __init__(self, client: Client, *, block: bool = False) -> None:
+        self.client = client
+        self.block = block
+
+    def _block(self, block: bool | None) -> bool:
+        return self.block if block is None else block
+
+    def _finish(self, result: AsyncResult, block: bool | None) -> Any:
+        return result.get() if self._block(block) else result
+
+    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+        raise NotImplementedError
+
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``f(*args, **kwargs)`` remotely; blocks or not as ``self.block`` says."""
+        return self._finish(self._apply(f, args, kwargs), None)
+
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Call ``f(*args, **kwargs)`` remotely; returns an :class:`AsyncResult`."""
+        return self._apply(f, args, kwargs)
+
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
+        return self._apply(f, args, kwargs).get()
+
+    def map(self, f: Callable[..., Any], *seqs: Any, block: bool | None = None, **kw: Any) -> Any:
+        """``map(f, *seqs)`` in parallel; a list, or an :class:`AsyncMapResult`."""
+        return self._finish(self._map(f, seqs, **kw), block)
+
+    def map_async(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> AsyncMapResult:
+        """``map`` returning an :class:`AsyncMapResult` (iterate it for items as they come)."""
+        return self._map(f, seqs, **kw)
+
+    def map_sync(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> list[Any]:
+        """``map`` that waits: the list of results."""
+        return list(self._map(f, seqs, **kw).get())
+
+    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult:
+        raise NotImplementedError
+
+
+class DirectView(View):
+    """Requests sent to chosen engines: all of them run every request.
+
+    ``client[0]`` makes a view on one engine (results come back unwrapped);
+    ``client[:]``, ``client[::2]``, ``client[[0, 2]]`` on several (a list of results, in
+    the order of ``targets``).
+    """
+
+    def __init__(self, client: Client, targets: int | Sequence[int], *, block: bool = False) -> None:
+        super().__init__(client, block=block)
+        self.targets = targets
+        self._single = isinstance(targets, int)
+        self._ids: list[int] = [targets] if isinstance(targets, int) else list(targets)
+
+    def __repr__(self) -> str:
+        return f"<DirectView {self.targets}>"
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _send(self, msg_type: str, content_for: Callable[[int], Any], label: str, **kw: Any) -> AsyncResult:
+        return self.client._request(
+            self._ids, msg_type, content_for, single=self._single, label=label, **kw
+        )
+
+    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+        content = _apply_content(f, args, kwargs)
+        return self._send("apply_request", lambda _t: content, getattr(f, "__name__", "apply"))
+
+    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
+        """Run ``code`` (a str) on the engines; the value of a final expression, if any."""
+        if not isinstance(code, str):
+            raise TypeError(f"execute() needs code as a str, got {type(code).__name__}")
+        content = {"code": code, "silent": silent}
+        return self._finish(self._send("execute_request", lambda _t: content, "execute"), block)
+
+    def run(self, filename: str | os.PathLike[str], block: bool | None = None) -> Any:
+        """Run a local Python file's code on the engines."""
+        with open(filename, encoding="utf-8") as f:
+            return self.execute(f.read(), block=block)
+
+    def push(self, ns: Mapping[str, Any], block: bool | None = None) -> Any:
+        """Set names in the engines' namespaces (one message per engine)."""
+        if not isinstance(ns, Mapping):
+            raise TypeError(f"push() needs a dict of names to values, got {type(ns).__name__}")
+        content = {"namespace": dict(ns)}
+        return self._finish(self._send("push_request", lambda _t: content, "push"), block)
+
+    def pull(self, names: str | Sequence[str], block: bool | None = None) -> Any:
+        """Values of names (or expressions) from the engines."""
+        names = names if isinstance(names, str) else list(names)
+        content = {"names": names}
+        return self._finish(self._send("pull_request", lambda _t: content, "pull"), block)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.push({key: value}, block=True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.pull(key, block=True)
+
+    def clear(self, block: bool | None = None) -> Any:
+        """Empty the engines' namespaces."""
+        return self._finish(self._send("clear_request", lambda _t: {}, "clear"), block)
+
+    def scatter(self, key: str, seq: Any, axis: int = 0, block: bool | None = None) -> Any:
+        """Split ``seq`` (a sequence or a numpy array, along ``axis``) across the engines
+        in contiguous parts and bind each part to ``key`` there."""
+        parts = _partition(seq, len(self._ids), axis)
+        by_engine = dict(zip(self._ids, parts, strict=True))
+        return self._finish(
+            self.client._request(
+                self._ids,
+                "push_request",
+                lambda t: {"namespace": {key: by_engine[t]}},
+                single=False,
+                combine=lambda _r: None,
+                label="scatter",
+            ),
+            block,
+        )
+
+    def gather(self, key: str, axis: int = 0, block: bool | None = None) -> Any:
+        """Pull ``key`` from the engines and join the parts (lists, tuples, arrays)."""
+        return self._finish(
+            self.client._request(
+                self._ids,
+                "pull_request",
+                lambda _t: {"names": key},
+                single=False,
+                combine=lambda parts: _join(parts, axis),
+                label="gather",
+            ),
+            block,
+        )
+
+    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult:
+        if kw:
+            raise TypeError(f"DirectView.map() got unexpected keywords {sorted(kw)}")
+        seqs = _as_sequences(seqs)
+        n = _lengths(seqs)
+        bounds = _bounds(n, len(self._ids))
+        chunks = {
+            t: [s[a:b] for s in seqs] for t, (a, b) in zip(self._ids, bounds, strict=True)
+        }
+        requests = [
+            (
+                _route(t),
+                "apply_request",
+                {"f": _map_chunk, "args": (f, *chunks[t]), "kwargs": {}},
+                None,
+            )
+            for t in self._ids
+        ]
+        label = f"map({getattr(f, '__name__', 'f')})"
+        return self.client._submit(  # type: ignore[return-value]
+            requests, lambda ids: AsyncMapResult(self.client, ids, label=label)
+        )
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Inside the ``with`` block, imports also run on the engines.
+
+        >>> with view.sync_imports():   # doctest: +SKIP
+        ...     import numpy
+        """
+        import builtins  # noqa: PLC0415
+
+        real_import = builtins.__import__
+        view = self
+
+        def remote_import(name: str, globals_: Any = None, locals_: Any = None,
+                          fromlist: Any = (), level: int = 0) -> Any:
+            module = real_import(name, globals_, locals_, fromlist, level) if local else None
+            if level == 0 and sys._getframe(1).f_globals is not vars(contextlib):
+                names = ", ".join(fromlist or ())
+                code = f"from {name} import {names}" if fromlist else f"import {name}"
+                if not quiet:
+                    print(f"importing {names + ' from ' if fromlist else ''}{name} on engine(s)")
+                view.execute(code, block=True)
+            return module
+
+        builtins.__import__ = remote_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+
+    def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: calling the function runs it on this view's engines."""
+
+        def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(f)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return self._finish(self._apply(f, args, kwargs), block)
+
+            return call
+
+        return decorate
+
+    def parallel(self, block: bool | None = None) -> Callable[[Callable[..., Any]], Any]:
+        """Decorator: ``f.map(seq)`` maps over the engines; ``f(seq)`` gives each engine
+        its part of ``seq`` and returns the parts' results joined."""
+
+        def decorate(f: Callable[..., Any]) -> Any:
+            view = self
+
+            class Parallel:
+                @functools.wraps(f)
+                def __call__(self, seq: Any) -> Any:
+                    parts = _partition(seq, len(view._ids), 0)
+                    by_engine = dict(zip(view._ids, parts, strict=True))
+                    result = view.client._request(
+                        view._ids,
+                        "apply_request",
+                        lambda t: {"f": f, "args": (by_engine[t],), "kwargs": {}},
+                        single=False,
+                        combine=lambda r: _join(r, 0),
+                        label=f"parallel({getattr(f, '__name__', 'f')})",
+                    )
+                    return view._finish(result, block)
+
+                def map(self, *seqs: Any) -> Any:
+                    return view.map(f, *seqs, block=block)
+
+            return Parallel()
+
+        return decorate
+
+    def abort(self, msg_ids: Sequence[str]) -> None:
+        """Drop queued requests before they run."""
+        self.client.abort(msg_ids)
+
+    def interrupt(self) -> None:
+        """Raise KeyboardInterrupt in whatever the view's engines are running."""
+        results = [self.client._control(t, "interrupt_request", {}) for t in self._ids]
+        for result in results:
+            result.get(10)
+
+    def status(self) -> Any:
+        """Each engine's pid, host, cores, memory, queue length and uptime."""
+        results = [self.client._control(t, "status_request", {}) for t in self._ids]
+        replies = [dict(r.get(10)) for r in results]
+        return replies[0] if self._single else replies
+
+
+class LoadBalancedView(View):
+    """Tasks go to whichever engine is free; ipyparallel's LoadBalancedView.
+
+    Attributes
+    ----------
+    retries : int
+        How many times a failed task (remote error or engine death) is run again,
+        elsewhere when possible.
+    after, follow : list of str or AsyncResult
+        Run only after these tasks succeeded / on the engine where they ran.
+    targets : list of int or None
+        Engines allowed to run tasks (None: any).
+    """
+
+    def __init__(self, client: Client, targets: Sequence[int] | None = None, *, block: bool = False) -> None:
+        super().__init__(client, block=block)
+        self.targets = None if targets is None else list(targets)
+        self.retries = 0
+        self.after: list[Any] = []
+        self.follow: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"<LoadBalancedView {self.targets or 'any engine'}>"
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set ``retries``, ``after``, ``follow``, ``targets`` or ``block``."""
+        for name, value in flags.items():
+            if name not in ("retries", "after", "follow", "targets", "block"):
+                raise TypeError(f"unknown flag {name!r}; flags: retries, after, follow, targets, block")
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[None]:
+        """The flags set for the ``with`` block only."""
+        saved = {name: getattr(self, name) for name in flags}
+        self.set_flags(**flags)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        if self.retries:
+            meta["retries"] = int(self.retries)
+        if self.targets is not None:
+            meta["targets"] = [int(t) for t in self.targets]
+        if self.after:
+            meta["after"] = _msg_ids(self.after)
+        if self.follow:
+            meta["follow"] = _msg_ids(self.follow)
+        return meta
+
+    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+        content = _apply_content(f, args, kwargs)
+        label = getattr(f, "__name__", "apply")
+        return self.client._submit(
+            [(LB, "apply_request", content, self._metadata())],
+            lambda ids: AsyncResult(self.client, ids, single=True, label=label),
+        )
+
+    def _map(
+        self,
+        f: Callable[..., Any],
+        seqs: Sequence[Any],
+        *,
+        chunksize: int | None = None,
+        ordered: bool = True,
+    ) -> AsyncMapResult:
+        seqs = _as_sequences(seqs)
+        n = _lengths(seqs)
+        if chunksize is None:  # a few chunks per engine: balance without per-item cost
+            engines = max(1, len(self.targets or self.client.ids))
+            chunksize = max(1, math.ceil(n / (engines * 4)))
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, got {chunksize}")
+        meta = self._metadata()
+        requests = [
+            (
+                LB,
+                "apply_request",
+                {"f": _map_chunk, "args": (f, *[s[a : a + chunksize] for s in seqs]), "kwargs": {}},
+                meta,
+            )
+            for a in range(0, n, chunksize)
+        ]
+        label = f"map({getattr(f, '__name__', 'f')})"
+        return self.client._submit(  # type: ignore[return-value]
+            requests, lambda ids: AsyncMapResult(self.client, ids, ordered=ordered, label=label)
+        )
+
+    def imap(
+        self,
+        f: Callable[..., Any],
+        *seqs: Any,
+        chunksize: int = 1,
+        ordered: bool = True,
+        max_outstanding: int | None = None,
+    ) -> Iterator[Any]:
+        """Like ``map``, lazily: at most ``max_outstanding`` chunks are submitted and not yet
+        consumed at any time, so an endless or huge input streams in bounded memory."""
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, got {chunksize}")
+        limit = max_outstanding or max(2, 2 * len(self.targets or self.client.ids))
+        return _imap(self, f, seqs, chunksize, ordered, limit)
+
+
+def _imap(
+    view: LoadBalancedView,
+    f: Callable[..., Any],
+    seqs: Sequence[Any],
+    chunksize: int,
+    ordered: bool,
+    limit: int,
+) -> Iterator[Any]:
+    import concurrent.futures  # noqa: PLC0415
+
+    rows = zip(*seqs, strict=False)
+    outstanding: list[AsyncResult] = []
+    exhausted = False
+    meta = view._metadata()
+
+    def submit() -> bool:
+        chunk = [row for _, row in zip(range(chunksize), rows, strict=False)]
+        if not chunk:
+            return False
+        columns = [list(c) for c in zip(*chunk, strict=True)]
+        content = {"f": _map_chunk, "args": (f, *columns), "kwargs": {}}
+        outstanding.append(
+            view.client._submit(
+                [(LB, "apply_request", content, meta)],
+                lambda ids: AsyncResult(view.client, ids, single=True, label="imap"),
+            )
+        )
+        return True
+
+    while True:
+        while not exhausted and len(outstanding) < limit:
+            exhausted = not submit()
+        if not outstanding:
+            return
+        if ordered:
+            done = outstanding.pop(0)
+        else:
+            finished, _ = concurrent.futures.wait(
+                outstanding, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            done = next(r for r in outstanding if r in finished)
+            outstanding.remove(done)
+        yield from done.get()
+
+
+def _route(engine_id: int) -> bytes:
+    return b"e%d" % engine_id
+
+
+def _msg_ids(deps: Any) -> list[str]:
+    if isinstance(deps, (str, AsyncResult)):
+        deps = [deps]
+    ids: list[str] = []
+    for dep in deps:
+        if isinstance(dep, AsyncResult):
+            ids.extend(dep.msg_ids)
+        elif isinstance(dep, str):
+            ids.append(dep)
+        else:
+            raise TypeError(f"dependencies are msg_ids or AsyncResults, got {dep!r}")
+    return ids
+
+
+def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal ``[a, b)`` ranges covering ``range(n)``, larger ones first."""
+    base, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _partition(seq: Any, parts: int, axis: int) -> list[Any]:
+    """``seq`` cut into ``parts`` contiguous pieces (numpy arrays along ``axis``)."""
+    if type(seq).__module__ == "numpy" and type(seq).__name__ == "ndarray":
+        import numpy as np  # noqa: PLC0415 - only when the user has arrays
+
+        return list(np.array_split(seq, parts, axis=axis))
+    if not hasattr(seq, "__getitem__") or not hasattr(seq, "__len__"):
+        seq = list(seq)
+    return [seq[a:b] for a, b in _bounds(len(seq), parts)]
+
+
+def _join(parts: list[Any], axis: int) -> Any:
+    """The inverse of :func:`_partition`."""
+    if parts and all(type(p).__module__ == "numpy" and type(p).__name__ == "ndarray" for p in parts):
+        import numpy as np  # noqa: PLC0415
+
+        return np.concatenate(parts, axis=axis)
+    out: list[Any] = []
+    for part in parts:
+        if isinstance(part, (list, tuple, range)):
+            out.extend(part)
+        else:
+            out.append(part)
+    return out
