@@ -5,8 +5,8 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection. These are measurements, not tests: nothing fails when a target is missed;
-the ``met`` column says so.
+connection, engine. These are measurements, not tests: nothing fails when a target is
+missed; the ``met`` column says so.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 from _common import Row, Skipped, format_table
 from bench_connection import bench_connection
+from bench_engine import bench_engine
 from bench_wire import (
     bench_roundtrip,
     bench_serialize_array,
@@ -45,10 +46,22 @@ class Config:
     array_mib: int = 512
     transfer_mib: int = 512
     small_items: int = 100_000
+    engine_roundtrips: int = 500  # an engine request is ~10x a wire round trip
+    engine_mib: int = 512
+    quick: bool = False  # --quick: also skips the slow peers (ipyparallel)
 
 
 FULL = Config()
-QUICK = Config(repeats=3, roundtrips=300, array_mib=16, transfer_mib=16, small_items=10_000)
+QUICK = Config(
+    repeats=3,
+    roundtrips=300,
+    array_mib=16,
+    transfer_mib=16,
+    small_items=10_000,
+    engine_roundtrips=100,
+    engine_mib=64,
+    quick=True,
+)
 
 BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "roundtrip": bench_roundtrip,
@@ -56,6 +69,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "serialize-small": bench_serialize_small,
     "transfer": bench_transfer,
     "connection": bench_connection,
+    "engine": bench_engine,
 }
 
 

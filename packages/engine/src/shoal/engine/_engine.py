@@ -366,6 +366,9 @@ class EngineProcess:
                 log.error("the parent process is gone: exiting")
                 os._exit(1)
             if self.hub_timeout is not None and time.monotonic() - last_ping > self.hub_timeout:
+                if pings.poll(0):  # pings queued while this thread waited for the GIL
+                    last_ping = time.monotonic()
+                    continue
                 log.error("no heartbeat from the hub for %.1f s: exiting", self.hub_timeout)
                 os._exit(1)
 

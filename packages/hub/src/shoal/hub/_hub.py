@@ -601,6 +601,9 @@ class Hub:
         if engine.proc is not None:
             engine.proc.wait()
             self.procs.pop(engine.pid, None)
+        note = {"engine_id": engine.id, "cause": cause}
+        for client in list(self.clients):  # first: a client that sees the error knows it
+            self._send_hub_msg(client, "engine_unregistered", note)
         why = f"engine {engine.id} died while this request was outstanding: {cause}"
         for task in engine.outstanding.values():
             if task.lb and task.retries > 0:
@@ -612,9 +615,6 @@ class Hub:
                 route = LB if task.lb else engine_route(engine.id)
                 self._fail(task.client, task.header, "EngineDiedError", why, route, engine.id)
         engine.outstanding.clear()
-        note = {"engine_id": engine.id, "cause": cause}
-        for client in list(self.clients):
-            self._send_hub_msg(client, "engine_unregistered", note)
         self._check_waiting()
         self._dispatch()
 

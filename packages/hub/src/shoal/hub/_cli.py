@@ -1,0 +1,387 @@
+"""``shoal``: start, stop, list and inspect clusters from the command line.
+
+::
+
+    shoal cluster start [-n 4] [--profile P] [--daemonize]
+    shoal cluster stop [--profile P]
+    shoal cluster list
+    shoal status [--profile P]
+    shoal hub ...                  # the hub process itself (python -m shoal.hub)
+
+Exit status: 0 on success, 1 when the work failed (no cluster there, the hub did not
+start, ...), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._client import Client
+from ._cluster import (
+    Cluster,
+    kill_hub,
+    log_tail,
+    pid_alive,
+    read_hub_pid,
+    remove_connection_files,
+)
+from ._profile import CLIENT_FILE, profile_dir, shoal_dir
+
+__all__ = ["main"]
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with exit status 1."""
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _folder(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The profile's name (for messages), its folder, and the option that names it."""
+    if args.profile_dir:
+        folder = os.path.abspath(args.profile_dir)
+        return folder, folder, f"--profile-dir {folder}"
+    try:
+        return args.profile, profile_dir(args.profile), f"--profile {args.profile}"
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _connect(folder: str, name: str, option: str, timeout: float) -> Client:
+    """A client of the cluster in ``folder``, or a CommandError saying why not."""
+    path = os.path.join(folder, CLIENT_FILE)
+    pid = read_hub_pid(path)
+    if pid is None:
+        raise CommandError(
+            f"no cluster is running on profile {name} (no {path}); start one with"
+            f" `shoal cluster start -n 4 {option}`"
+        )
+    if not pid_alive(pid):
+        raise CommandError(
+            f"no cluster is running on profile {name}: its hub (pid {pid}) is gone, and"
+            f" {path} is stale (`shoal cluster stop {option}` removes it)"
+        )
+    try:
+        return Client(url_file=path, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"could not connect to the cluster on profile {name}: {exc}") from exc
+
+
+# -- shoal cluster start --------------------------------------------------------------------
+def _cluster_start(args: argparse.Namespace) -> int:
+    name, folder, option = _folder(args)
+    cluster = Cluster(
+        args.n,
+        profile=args.profile,
+        profile_dir=args.profile_dir,
+        hwm=args.hwm,
+        log_level=args.log_level,
+        daemonize=args.daemonize,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())  # stop, even while it starts
+    keep = False
+    try:
+        try:
+            cluster.start(timeout=args.timeout)
+            ids = _wait_for_engines(cluster, args.timeout, stop)
+        except (RuntimeError, TimeoutError) as exc:
+            raise CommandError(str(exc)) from exc
+        if ids is None:
+            _say("interrupted: stopping the cluster")
+            return 1
+        pid = cluster.hub_pid
+        if args.daemonize:
+            _say(
+                f"cluster started on profile {name}: hub pid {pid}, {len(ids)} engines"
+                f" (log: {cluster.log_file}); stop it with `shoal cluster stop {option}`"
+            )
+            _say(folder)
+            keep = True
+            return 0
+        _say(
+            f"cluster running on profile {name}: hub pid {pid}, {len(ids)} engines"
+            f" (log: {cluster.log_file}); Ctrl-C stops it"
+        )
+        while not stop.is_set() and cluster.running():
+            stop.wait(0.2)
+        if not stop.is_set():
+            code = cluster.proc.returncode if cluster.proc is not None else None
+            _say(f"the hub exited (code {code}); see {cluster.log_file}")
+            return 0 if code == 0 else 1
+        _say("stopping the cluster")
+        return 0
+    finally:
+        if keep:  # the daemon stays; only our connection goes
+            cluster.close_clients()
+        else:
+            cluster.stop()
+
+
+def _wait_for_engines(cluster: Cluster, timeout: float, stop: threading.Event) -> list[int] | None:
+    """The engines' ids once all registered; None when a signal came first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return cluster.wait_for_engines(cluster.n, 0.2)
+        except TimeoutError:
+            if stop.is_set():
+                return None
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"fewer than {cluster.n} engines registered within {timeout} s; see"
+                    f" {cluster.log_file}:\n{log_tail(cluster.log_file)}"
+                ) from None
+
+
+# -- shoal cluster stop ---------------------------------------------------------------------
+def _cluster_stop(args: argparse.Namespace) -> int:
+    name, folder, _ = _folder(args)
+    path = os.path.join(folder, CLIENT_FILE)
+    pid = read_hub_pid(path)
+    if pid is None:
+        raise CommandError(f"no cluster is running on profile {name} (no {path})")
+    if not pid_alive(pid):
+        removed = remove_connection_files(folder)
+        raise CommandError(
+            f"no cluster is running on profile {name}: its hub (pid {pid}) is gone;"
+            f" removed its stale files ({', '.join(removed)})"
+        )
+    wait = min(args.timeout, 5.0)
+    with contextlib.suppress(Exception), Client(url_file=path, timeout=wait) as client:
+        client.shutdown(timeout=wait)  # when the hub does not answer, signals follow
+    how = _wait_gone(pid, args.timeout, "stopped")
+    if how is None:
+        kill_hub(pid, signal.SIGTERM)
+        how = _wait_gone(pid, 3.0, "stopped by SIGTERM")
+    if how is None:
+        kill_hub(pid, signal.SIGKILL)
+        how = _wait_gone(pid, 3.0, "killed (SIGKILL)")
+    if how is None:
+        raise CommandError(f"the hub of profile {name} (pid {pid}) survived SIGKILL")
+    if read_hub_pid(path) == pid:
+        remove_connection_files(folder)
+    _say(f"cluster on profile {name} {how} (hub pid {pid})")
+    return 0
+
+
+def _wait_gone(pid: int, timeout: float, how: str) -> str | None:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return how
+
+
+# -- shoal cluster list ---------------------------------------------------------------------
+def _cluster_list(args: argparse.Namespace) -> int:
+    root = shoal_dir()
+    try:
+        entries = sorted(os.listdir(root))
+    except FileNotFoundError:
+        entries = []
+    rows = []
+    for entry in entries:
+        folder = os.path.join(root, entry)
+        path = os.path.join(folder, CLIENT_FILE)
+        if not entry.startswith("profile_") or not os.path.exists(path):
+            continue
+        pid = read_hub_pid(path)
+        engines = "-"
+        if pid is None:
+            state = "unreadable"
+        elif not pid_alive(pid):
+            state = "stale"
+        else:
+            state = "alive"
+            try:
+                with Client(url_file=path, timeout=args.timeout) as client:
+                    engines = str(len(client.ids))
+            except Exception:
+                engines = "?"
+        rows.append([entry[len("profile_") :], str(pid or "?"), state, engines, folder])
+    if not rows:
+        _say(f"no clusters under {root}")
+        return 0
+    _table(["PROFILE", "HUB PID", "STATE", "ENGINES", "FOLDER"], rows)
+    return 0
+
+
+# -- shoal status ---------------------------------------------------------------------------
+def _status(args: argparse.Namespace) -> int:
+    name, folder, option = _folder(args)
+    with _connect(folder, name, option, args.timeout) as client:
+        try:
+            queues: dict[Any, Any] = dict(client.queue_status())
+        except Exception as exc:
+            raise CommandError(f"the hub of profile {name} did not answer: {exc}") from exc
+        ids = sorted(k for k in queues if isinstance(k, int))
+        rss = _memory(client, ids, queues)
+        _say(f"profile {name}: hub pid {client.hub_pid}, {len(ids)} engines ({folder})")
+        rows = [
+            [
+                str(i),
+                str(queues[i].get("pid", "?")),
+                str(queues[i].get("hostname", "?")),
+                str(queues[i].get("outstanding", "?")),
+                rss.get(i, "?"),
+            ]
+            for i in ids
+        ]
+        if rows:
+            _table(["ENGINE", "PID", "HOST", "LOAD", "MEMORY RSS"], rows)
+        _say(f"unassigned tasks: {queues.get('unassigned', '?')}")
+    return 0
+
+
+def _memory(client: Client, ids: list[int], queues: dict[Any, Any]) -> dict[int, str]:
+    """Each engine's resident memory: as it reports it, else from /proc when it is local."""
+    rss: dict[int, str] = {}
+    for i in ids:
+        value: Any = None
+        with contextlib.suppress(Exception):
+            value = client[i].status()["memory_rss"]
+        if value is None and queues[i].get("hostname") == socket.gethostname():
+            value = _local_rss(int(queues[i].get("pid", 0)))
+        if value is not None:
+            rss[i] = _size(int(value))
+    return rss
+
+
+def _local_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        _say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- parser ---------------------------------------------------------------------------------
+def _add_profile(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--profile", default="default", help="the cluster's profile (default: %(default)s)"
+    )
+    where.add_argument("--profile-dir", default=None, help="its folder, instead of a profile")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="Start, stop and inspect shoal clusters."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    cluster = commands.add_parser("cluster", help="start, stop or list clusters")
+    actions = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    start = actions.add_parser("start", help="start a hub and its local engines")
+    start.add_argument(
+        "-n", "--engines", dest="n", type=int, default=None, help="engines (default: cores)"
+    )
+    _add_profile(start)
+    start.add_argument(
+        "--daemonize", action="store_true", help="return once it runs; it outlives this command"
+    )
+    start.add_argument("--hwm", type=int, default=None, help="tasks queued per engine")
+    start.add_argument("--log-level", default="WARNING", help="of the hub and its engines")
+    start.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the engines"
+    )
+    start.set_defaults(run=_cluster_start)
+
+    stop = actions.add_parser("stop", help="stop a cluster and its engines")
+    _add_profile(stop)
+    stop.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds before SIGTERM, then SIGKILL"
+    )
+    stop.set_defaults(run=_cluster_stop)
+
+    listing = actions.add_parser("list", help="the clusters of every profile")
+    listing.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each hub")
+    listing.set_defaults(run=_cluster_list)
+
+    status = commands.add_parser("status", help="a cluster's engines and their load")
+    _add_profile(status)
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    status.set_defaults(run=_status)
+
+    commands.add_parser(
+        "hub", help="run the hub process itself (see `shoal hub --help`)", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``shoal`` command line; returns its exit status (0, 1 or 2).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments, without the program name; default: ``sys.argv[1:]``.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["hub"]:
+        from ._hub import main as hub_main  # noqa: PLC0415 - only this command needs it
+
+        try:
+            return hub_main(args_list[1:])
+        except SystemExit as exc:  # argparse: usage errors and --help
+            return _exit_code(exc)
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return _exit_code(exc)
+    if getattr(args, "n", None) is not None and args.n < 0:
+        parser.print_usage(sys.stderr)
+        print(f"shoal: error: -n must be at least 0, got {args.n}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.run(args))
+    except CommandError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shoal: interrupted", file=sys.stderr)
+        return 1
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The hub with real engine processes: routing, views, liveness, retries, dependencies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from shoal.hub import (
+    Client,
+    CompositeError,
+    DependencyError,
+    EngineDiedError,
+    HubLost,
+    RemoteError,
+    TaskAborted,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@contextlib.contextmanager
+def hub(folder: Path, n: int = 2, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
+    """A hub with ``n`` engines and a client; everything ends when the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.hub", "-n", str(n), "--profile-dir", str(folder), *args],
+        stdout=subprocess.PIPE,
+    )
+    client = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "ready" in line, line
+        client = Client(url_file=str(folder / "hub-client.json"))
+        client.wait_for_engines(n, timeout=30)
+        yield proc, client
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            client.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _engine_pids(client: Client) -> dict[int, int]:
+    return {e: s["pid"] for e, s in client.queue_status().items() if isinstance(e, int)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> float:
+    start = time.monotonic()
+    while _alive(pid):
+        assert time.monotonic() - start < timeout, f"process {pid} still alive after {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_direct_view_round_trips(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        view = rc[:]
+        pids = view.apply_sync(os.getpid)
+        assert sorted(pids) == sorted(_engine_pids(rc).values())
+        assert rc[0].apply_sync(lambda a, b=1: a + b, 40, b=2) == 42
+        assert rc[-1].apply_sync(lambda: 7) == 7
+        assert view.execute("x = 6\nx * 7", block=True) == [42, 42]
+        view["y"] = [1, 2]
+        assert view["y"] == [[1, 2], [1, 2]]
+        assert view.pull(["x", "x + 1"], block=True) == [[6, 7], [6, 7]]
+        view.scatter("part", list(range(10)), block=True)
+        assert rc[0]["part"] == [0, 1, 2, 3, 4]
+        assert view.gather("part", block=True) == list(range(10))
+        a = np.arange(30.0).reshape(10, 3)
+        view.scatter("a", a, block=True)
+        assert rc[1]["a"].shape == (5, 3)
+        assert np.array_equal(view.gather("a", block=True), a)
+        assert view.map_sync(lambda x, y: x * y, range(7), range(7)) == [i * i for i in range(7)]
+        ar = view.apply_async(lambda: 1)
+        assert ar.get(10) == [1, 1] and ar.successful() and ar.progress == 2
+
+        @view.remote(block=True)
+        def where() -> int:
+            return os.getpid()
+
+        assert sorted(where()) == sorted(pids)
+
+        @view.parallel(block=True)
+        def double(chunk: list[int]) -> list[int]:
+            return [2 * c for c in chunk]
+
+        assert double(list(range(9))) == [2 * i for i in range(9)]
+
+
+def test_remote_errors(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        with pytest.raises(RemoteError) as one:
+            rc[0].apply_sync(lambda: 1 / 0)
+        assert one.value.ename == "ZeroDivisionError"
+        assert one.value.engine_id == 0
+        assert "1 / 0" in one.value.traceback
+        with pytest.raises(CompositeError) as many:
+            rc[:].execute("raise ValueError('nope')", block=True)
+        assert [e.evalue for e in many.value.elist] == ["nope", "nope"]
+        assert rc[:].apply_sync(lambda: "still serving") == ["still serving"] * 2
+
+
+def test_output_is_streamed_before_the_reply(tmp_path: Path) -> None:
+    with hub(tmp_path, 1) as (_, rc):
+        ar = rc[0].execute("import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)")
+        deadline = time.monotonic() + 20
+        while "0" not in ar.stdout and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not ar.done(), "output should arrive while the code still runs"
+        ar.get(20)
+        assert ar.stdout == "0\n1\n2\n"
+
+
+def test_load_balanced_map_imap_and_order(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        lb = rc.load_balanced_view()
+        assert lb.map_sync(lambda x: x * x, range(100)) == [x * x for x in range(100)]
+        assert lb.map_sync(lambda x: x + 1, range(10), chunksize=3) == list(range(1, 11))
+        unordered = lb.map_async(lambda x: x, range(20), chunksize=1, ordered=False)
+        assert sorted(unordered) == list(range(20))
+        assert list(lb.imap(lambda x: -x, range(50), max_outstanding=3)) == [-x for x in range(50)]
+        engines = {lb.apply_async(os.getpid).get(10) for _ in range(20)}
+        assert engines <= set(_engine_pids(rc).values())
+        with pytest.raises(ValueError, match="equal lengths"):
+            lb.map(lambda x, y: x, [1, 2], [1])
+
+
+def test_killed_engine_fails_its_requests_and_the_cluster_serves_on(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        pid = _engine_pids(rc)[0]
+        both = rc[:]
+        running = rc[0].execute("import time; time.sleep(60)")
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(EngineDiedError, match=r"engine 0 .*SIGKILL"):
+            running.get(20)
+        assert time.monotonic() - start < 5  # about 0.2 s; generous for a loaded machine
+        assert rc.ids == [1]
+        assert rc[:].apply_sync(lambda: 3) == [3]
+        with pytest.raises(CompositeError) as err:
+            both.apply_sync(lambda: 3)  # a view made before: engine 0's part fails
+        assert [type(e) for e in err.value.elist] == [EngineDiedError]
+        assert "engine 0 is not registered" in str(err.value.elist[0])
+        assert rc.load_balanced_view().apply_sync(lambda: 5) == 5
+
+
+def test_load_balanced_retry_runs_elsewhere_once(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        pids = _engine_pids(rc)
+        lb = rc.load_balanced_view()
+        lb.retries = 1
+        ar = lb.apply_async(lambda: (__import__("time").sleep(1.5), __import__("os").getpid())[1])
+        deadline = time.monotonic() + 10
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            status = rc.queue_status()
+            victim = next((e for e in pids if status.get(e, {}).get("outstanding")), None)
+            time.sleep(0.02)
+        assert victim is not None
+        os.kill(pids[victim], signal.SIGKILL)
+        survivor = next(e for e in pids if e != victim)
+        assert ar.get(20) == pids[survivor]
+        records = [r for r in rc.history([ar.msg_ids[0]]) if r]
+        assert len(records) == 1 and records[0]["engine_id"] == survivor
+
+
+def test_stopped_engine_is_declared_dead(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        pid = _engine_pids(rc)[1]
+        ar = rc[1].apply_async(lambda: 1)
+        ar.get(10)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            stuck = rc[1].apply_async(lambda: 2)
+            with pytest.raises(EngineDiedError, match="heartbeat"):
+                stuck.get(20)
+            assert time.monotonic() - start < 8  # about 2 s
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _wait_gone(pid, 10)  # the hub ended its stopped child
+
+
+def test_engine_busy_in_c_holding_the_gil_is_not_declared_dead(tmp_path: Path) -> None:
+    with hub(tmp_path, 1, "--timeout", "1.0") as (_, rc):
+        # libc sleep() called through PyDLL keeps the GIL for 4 s: only the heartbeat
+        # device, in C, answers meanwhile.
+        ar = rc[0].execute("import ctypes; ctypes.PyDLL(None).sleep(4)")
+        assert ar.get(30) == 0  # sleep() returned
+        assert rc.ids == [0]
+
+
+def test_killed_hub_ends_engines_and_fails_clients(tmp_path: Path) -> None:
+    with hub(tmp_path) as (proc, rc):
+        pids = list(_engine_pids(rc).values())
+        pending = rc[0].execute("import time; time.sleep(60)")
+        proc.kill()
+        start = time.monotonic()
+        with pytest.raises(HubLost):
+            pending.get(20)
+        assert time.monotonic() - start < 6  # within hub_timeout (2.5 s) and a ping
+        for pid in pids:
+            _wait_gone(pid, 6)
+        with pytest.raises(HubLost):
+            rc.load_balanced_view().apply_async(lambda: 1)
+
+
+def test_dependencies_after_and_follow(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        lb = rc.load_balanced_view()
+        first = lb.apply_async(lambda: (__import__("time").sleep(0.5), __import__("time").time())[1])
+        with lb.temp_flags(after=[first]):
+            second = lb.apply_async(lambda: __import__("time").time())
+        assert second.get(20) >= first.get(20)
+        where = lb.apply_async(os.getpid)
+        with lb.temp_flags(follow=where):
+            same = [lb.apply_async(os.getpid) for _ in range(5)]
+        assert {s.get(20) for s in same} == {where.get(20)}
+        failed = lb.apply_async(lambda: 1 / 0)
+        with lb.temp_flags(after=failed):
+            doomed = lb.apply_async(lambda: 1)
+        with pytest.raises(DependencyError, match="did not succeed"):
+            doomed.get(20)
+        with lb.temp_flags(after=["no-such-task"]):
+            unknown = lb.apply_async(lambda: 1)
+        with pytest.raises(DependencyError, match="not a task"):
+            unknown.get(20)
+
+
+def test_abort_queued_tasks(tmp_path: Path) -> None:
+    with hub(tmp_path, 1) as (_, rc):
+        lb = rc.load_balanced_view()
+        blocker = lb.apply_async(lambda: __import__("time").sleep(1))
+        queued = [lb.apply_async(lambda: 1) for _ in range(4)]
+        time.sleep(0.2)
+        for ar in queued:
+            ar.abort()
+        for ar in queued:
+            with pytest.raises(TaskAborted):
+                ar.get(20)
+        blocker.get(20)
+        assert lb.apply_sync(lambda: 2) == 2
+
+
+def test_bad_input_gets_clear_errors_and_the_hub_serves_on(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        with pytest.raises(IndexError, match="no engine 7"):
+            rc[7]
+        with pytest.raises(TypeError, match="callable"):
+            rc[0].apply(42)
+        with pytest.raises(TypeError, match="str"):
+            rc[0].execute(b"x = 1")
+        # Garbage on the hub's client port: dropped, never answered, never fatal.
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            rogue = ctx.socket(zmq.DEALER)
+            rogue.linger = 0
+            rogue.connect(rc.url)
+            for frames in ([b"e0", b"garbage"], [b"hub", b"<SHOAL|1>junk"], [b"lb"], [b"x9", b"y"]):
+                rogue.send_multipart(frames)
+            rogue.close()
+        finally:
+            ctx.term()
+        assert rc[:].apply_sync(lambda: 1) == [1, 1]
+
+
+def test_history_and_queue_status(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        ar = rc.load_balanced_view().map_async(lambda x: x, range(8), chunksize=2)
+        ar.get(20)
+        records = rc.history(ar.msg_ids)
+        assert all(r is not None and r["status"] == "ok" for r in records)
+        assert all(r["completed"] >= r["started"] for r in records if r)
+        status = rc.queue_status()
+        assert status["unassigned"] == 0
+        assert {e for e in status if isinstance(e, int)} == {0, 1}
