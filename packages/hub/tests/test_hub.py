@@ -97,7 +97,9 @@ def test_direct_view_round_trips(tmp_path: Path) -> None:
         assert np.array_equal(view.gather("a", block=True), a)
         assert view.map_sync(lambda x, y: x * y, range(7), range(7)) == [i * i for i in range(7)]
         ar = view.apply_async(lambda: 1)
-        assert ar.get(10) == [1, 1] and ar.successful() and ar.progress == 2
+        assert ar.get(10) == [1, 1]
+        assert ar.successful()
+        assert ar.progress == 2
 
         @view.remote(block=True)
         def where() -> int:
@@ -127,7 +129,9 @@ def test_remote_errors(tmp_path: Path) -> None:
 
 def test_output_is_streamed_before_the_reply(tmp_path: Path) -> None:
     with hub(tmp_path, 1) as (_, rc):
-        ar = rc[0].execute("import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)")
+        ar = rc[0].execute(
+            "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)"
+        )
         deadline = time.monotonic() + 20
         while "0" not in ar.stdout and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -187,7 +191,8 @@ def test_load_balanced_retry_runs_elsewhere_once(tmp_path: Path) -> None:
         survivor = next(e for e in pids if e != victim)
         assert ar.get(20) == pids[survivor]
         records = [r for r in rc.history([ar.msg_ids[0]]) if r]
-        assert len(records) == 1 and records[0]["engine_id"] == survivor
+        assert len(records) == 1
+        assert records[0]["engine_id"] == survivor
 
 
 def test_stopped_engine_is_declared_dead(tmp_path: Path) -> None:
@@ -235,7 +240,9 @@ def test_killed_hub_ends_engines_and_fails_clients(tmp_path: Path) -> None:
 def test_dependencies_after_and_follow(tmp_path: Path) -> None:
     with hub(tmp_path) as (_, rc):
         lb = rc.load_balanced_view()
-        first = lb.apply_async(lambda: (__import__("time").sleep(0.5), __import__("time").time())[1])
+        first = lb.apply_async(
+            lambda: (__import__("time").sleep(0.5), __import__("time").time())[1]
+        )
         with lb.temp_flags(after=[first]):
             second = lb.apply_async(lambda: __import__("time").time())
         assert second.get(20) >= first.get(20)

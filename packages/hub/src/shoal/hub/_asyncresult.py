@@ -61,9 +61,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._results: list[Any] = [_MISSING] * len(self.msg_ids)
         self._errors: list[BaseException | None] = [None] * len(self.msg_ids)
         self._meta: list[dict[str, Any]] = [{} for _ in self.msg_ids]
-        self._out: list[dict[str, list[str]]] = [
-            {"stdout": [], "stderr": []} for _ in self.msg_ids
-        ]
+        self._out: list[dict[str, list[str]]] = [{"stdout": [], "stderr": []} for _ in self.msg_ids]
         self._combine = combine
         self._single = single
         self._label = label
@@ -134,8 +132,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             return self.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(
-                f"{self._label}: {self.progress} of {len(self.msg_ids)} replies after"
-                f" {timeout} s"
+                f"{self._label}: {self.progress} of {len(self.msg_ids)} replies after {timeout} s"
             ) from None
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -175,7 +172,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     def serial_time(self) -> float:
         """Engine seconds spent on the requests, summed (compare with ``wall_time``)."""
         return sum(
-            m["completed"] - m["started"]
+            float(m["completed"]) - float(m["started"])
             for m in self._meta
             if m.get("started") and m.get("completed")
         )
@@ -211,15 +208,18 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 text = "".join(out.get(name, ()))
                 if text:
                     stream = sys.stderr if name == "stderr" else sys.stdout
-                    print(f"[{name}:{engine}] {text}", end="" if text.endswith("\n") else "\n",
-                          file=stream)
+                    print(
+                        f"[{name}:{engine}] {text}",
+                        end="" if text.endswith("\n") else "\n",
+                        file=stream,
+                    )
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> None:
         """Wait with a progress bar (tqdm when installed, else a text line)."""
         total = len(self.msg_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            from tqdm.auto import tqdm  # noqa: PLC0415 - optional
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]  # noqa: PLC0415
         except ImportError:
             tqdm = None
         bar = tqdm(total=total, unit="tasks") if tqdm is not None else None
@@ -229,8 +229,12 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 if bar is not None:
                     bar.update(self.progress - shown)
                 else:
-                    print(f"\r{self.progress}/{total} tasks, {self.elapsed:.1f} s", end="",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"\r{self.progress}/{total} tasks, {self.elapsed:.1f} s",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 shown = self.progress
                 if deadline is not None and time.monotonic() > deadline:
                     return
@@ -300,7 +304,7 @@ class AsyncMapResult(AsyncResult):
                 self._wait_for(i, None)
             else:
                 with self._arrived:
-                    self._arrived.wait_for(lambda: len(self._finish_order) > n)
+                    self._arrived.wait_for(lambda n=n: len(self._finish_order) > n)  # type: ignore[misc]
                     i = self._finish_order[n]
             error = self._errors[i]
             if error is not None:

@@ -328,8 +328,9 @@ class Client:
                 with contextlib.suppress(zmq.ZMQError):
                     sock.send(PING, zmq.NOBLOCK)
                 if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
-                    self._hub_lost(f"the hub at {self.url} has been silent for"
-                                   f" {now - self._last_heard:.1f} s")
+                    self._hub_lost(
+                        f"the hub at {self.url} has been silent for {now - self._last_heard:.1f} s"
+                    )
                     return
             try:
                 if not sock.poll(int(self.ping_period * 1000)):

@@ -167,6 +167,7 @@ class Cluster:
         self.n = n
         self.profile = profile
         self.profile_dir = os.path.abspath(profile_dir or _profile_dir(profile))
+        self.client_file = os.path.join(self.profile_dir, CLIENT_FILE)
         if profile_dir is None:  # how messages name this profile
             self._option, self._connect_hint = f"--profile {profile}", f"profile={profile!r}"
         else:
@@ -175,7 +176,6 @@ class Cluster:
         self.hwm = hwm
         self.log_level = log_level
         self.daemonize = daemonize
-        self.client_file = os.path.join(self.profile_dir, CLIENT_FILE)
         self.log_file = os.path.join(self.profile_dir, LOG_FILE)
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: Client | None = None  # ours: waits, adds, removes, shuts down

@@ -288,17 +288,13 @@ class Hub:
             return
         kind, number = route[:1], route[1:]
         if kind not in (b"e", b"c") or not number.isdigit():
-            self._fail(reply_to, header, "ValueError", f"unknown route {route!r}", HUB)
+            self._fail(reply_to, header, ("ValueError", f"unknown route {route!r}"), HUB)
             return
         engine = self.engines.get(int(number))
         if engine is None or not engine.ready:
-            self._fail(
-                reply_to,
-                header,
-                "EngineDiedError",
-                f"engine {int(number)} is not registered (known: {sorted(self.engines)})",
-                route,
-            )
+            known = sorted(self.engines)
+            why = f"engine {int(number)} is not registered (known: {known})"
+            self._fail(reply_to, header, ("EngineDiedError", why), route)
             return
         if kind == b"e":
             task = _Task(reply_to, msg, header, lb=False)
@@ -342,12 +338,12 @@ class Hub:
         self,
         client: bytes,
         request: list[Any],
-        ename: str,
-        evalue: str,
+        error: tuple[str, str],
         route: bytes,
         engine_id: int | None = None,
     ) -> None:
         """Answer a request on the engine's behalf with an error reply."""
+        ename, evalue = error
         content = {
             "status": "error",
             "ename": ename,
@@ -359,7 +355,7 @@ class Hub:
         reply_type = str(request[1]).replace("_request", "_reply")
         meta = {"engine_id": engine_id, "status": "error", "started": None, "completed": None}
         self._send_hub_msg(client, reply_type, content, parent=request, route=route, metadata=meta)
-        self._record(str(request[0]), engine_id, "error", time.time(), None, None)
+        self._record(str(request[0]), engine_id, "error", time.time())
 
     # -- load balancing -----------------------------------------------------------------
     def _lb_submit(self, task: _Task, metadata: dict[str, Any]) -> None:
@@ -370,7 +366,7 @@ class Hub:
             task.after = [str(m) for m in metadata.get("after", ())]
             task.follow = [str(m) for m in metadata.get("follow", ())]
         except (TypeError, ValueError) as exc:
-            self._fail(task.client, task.header, "ValueError", f"bad task metadata: {exc}", LB)
+            self._fail(task.client, task.header, ("ValueError", f"bad task metadata: {exc}"), LB)
             return
         if task.after or task.follow:
             self.waiting[task.msg_id] = task
@@ -387,7 +383,7 @@ class Hub:
                 continue
             del self.waiting[msg_id]
             if verdict:
-                self._fail(task.client, task.header, "DependencyError", verdict, LB)
+                self._fail(task.client, task.header, ("DependencyError", verdict), LB)
             else:
                 self.pending.append(task)
 
@@ -445,7 +441,7 @@ class Hub:
             if not eligible:
                 if not self._could_run(task, engines):
                     why = "no engine left that may run it"
-                    self._fail(task.client, task.header, "EngineDiedError", why, LB)
+                    self._fail(task.client, task.header, ("EngineDiedError", why), LB)
                 else:
                     skipped.append(task)  # its engines are busy; let others pass
                 continue
@@ -478,9 +474,9 @@ class Hub:
                 self._engine_ready(engine)
             return
         client = frames[1].bytes
-        msg = frames[2:]
+        relayed = frames[2:]
         try:
-            header, parent, metadata = peek(msg[0])
+            header, parent, metadata = peek(relayed[0])
         except RemoteInputError as exc:
             log.warning("dropped an engine message: %s", exc)
             return
@@ -502,15 +498,14 @@ class Hub:
                     engine.id,
                     str(status),
                     task.submitted,
-                    metadata.get("started"),
-                    metadata.get("completed"),
+                    (metadata.get("started"), metadata.get("completed")),
                 )
                 if task.lb:
                     self._dispatch()
                 if self.waiting:
                     self._check_waiting()
                     self._dispatch()
-        self._to_client(client, [engine_route(engine.id), *msg])
+        self._to_client(client, [engine_route(engine.id), *relayed])
 
     def _on_control(self, frames: list[Any]) -> None:
         ident = frames[0].bytes
@@ -529,12 +524,15 @@ class Hub:
 
     def _register(self, ident: bytes, msg: Message) -> None:
         content = msg.content if isinstance(msg.content, dict) else {}
+        reply: dict[str, Any]
         if ident in self.by_ident or ident in self.dead:
             reply = {"status": "error", "evalue": f"identity {ident!r} is already taken"}
         else:
             engine_id = self.next_id
             self.next_id += 1  # ids are never reused within a hub's life
-            engine = _Engine(engine_id, ident, int(content.get("pid", 0)), str(content.get("hostname", "")))
+            engine = _Engine(
+                engine_id, ident, int(content.get("pid", 0)), str(content.get("hostname", ""))
+            )
             engine.proc = self.procs.get(engine.pid)
             self.engines[engine_id] = engine
             self.by_ident[ident] = engine
@@ -613,7 +611,7 @@ class Hub:
                 self.pending.appendleft(task)
             else:
                 route = LB if task.lb else engine_route(engine.id)
-                self._fail(task.client, task.header, "EngineDiedError", why, route, engine.id)
+                self._fail(task.client, task.header, ("EngineDiedError", why), route, engine.id)
         engine.outstanding.clear()
         self._check_waiting()
         self._dispatch()
@@ -634,9 +632,9 @@ class Hub:
         engine_id: int | None,
         status: str,
         submitted: float,
-        started: float | None,
-        completed: float | None,
+        ran: tuple[float | None, float | None] = (None, None),
     ) -> None:
+        started, completed = ran
         self.history[msg_id] = {
             "msg_id": msg_id,
             "engine_id": engine_id,
@@ -735,17 +733,19 @@ class Hub:
             else:
                 keep.append(task)
         self.pending = keep
-        for msg_id in list(self.waiting):
-            if msg_id in wanted:
-                aborted.append(self.waiting.pop(msg_id))
+        aborted += [self.waiting.pop(m) for m in list(self.waiting) if m in wanted]
         for task in aborted:
             meta = {"engine_id": None, "status": "aborted", "started": None, "completed": None}
             reply_type = str(task.header[1]).replace("_request", "_reply")
             self._send_hub_msg(
-                task.client, reply_type, {"status": "aborted"}, parent=task.header,
-                route=LB, metadata=meta,
+                task.client,
+                reply_type,
+                {"status": "aborted"},
+                parent=task.header,
+                route=LB,
+                metadata=meta,
             )
-            self._record(task.msg_id, None, "aborted", task.submitted, None, None)
+            self._record(task.msg_id, None, "aborted", task.submitted)
         for engine in self.engines.values():
             queued = [m for m in wanted if m in engine.outstanding]
             if queued:
@@ -812,10 +812,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine_log_level=args.engine_log_level,
     )
     hub.launch(args.engines)
-    print(f"shoal hub ready: {hub.client_file}", flush=True)  # noqa: T201 - launchers read it
+    print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line
     return hub.serve()
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -68,7 +68,9 @@ class View:
     def _finish(self, result: AsyncResult, block: bool | None) -> Any:
         return result.get() if self._block(block) else result
 
-    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+    def _apply(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncResult:
         raise NotImplementedError
 
     def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -107,7 +109,9 @@ class DirectView(View):
     the order of ``targets``).
     """
 
-    def __init__(self, client: Client, targets: int | Sequence[int], *, block: bool = False) -> None:
+    def __init__(
+        self, client: Client, targets: int | Sequence[int], *, block: bool = False
+    ) -> None:
         super().__init__(client, block=block)
         self.targets = targets
         self._single = isinstance(targets, int)
@@ -119,12 +123,16 @@ class DirectView(View):
     def __len__(self) -> int:
         return len(self._ids)
 
-    def _send(self, msg_type: str, content_for: Callable[[int], Any], label: str, **kw: Any) -> AsyncResult:
+    def _send(
+        self, msg_type: str, content_for: Callable[[int], Any], label: str, **kw: Any
+    ) -> AsyncResult:
         return self.client._request(
             self._ids, msg_type, content_for, single=self._single, label=label, **kw
         )
 
-    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+    def _apply(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncResult:
         content = _apply_content(f, args, kwargs)
         return self._send("apply_request", lambda _t: content, getattr(f, "__name__", "apply"))
 
@@ -200,9 +208,7 @@ class DirectView(View):
         seqs = _as_sequences(seqs)
         n = _lengths(seqs)
         bounds = _bounds(n, len(self._ids))
-        chunks = {
-            t: [s[a:b] for s in seqs] for t, (a, b) in zip(self._ids, bounds, strict=True)
-        }
+        chunks = {t: [s[a:b] for s in seqs] for t, (a, b) in zip(self._ids, bounds, strict=True)}
         requests = [
             (
                 _route(t),
@@ -229,8 +235,9 @@ class DirectView(View):
         real_import = builtins.__import__
         view = self
 
-        def remote_import(name: str, globals_: Any = None, locals_: Any = None,
-                          fromlist: Any = (), level: int = 0) -> Any:
+        def remote_import(
+            name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0
+        ) -> Any:
             module = real_import(name, globals_, locals_, fromlist, level) if local else None
             if level == 0 and sys._getframe(1).f_globals is not vars(contextlib):
                 names = ", ".join(fromlist or ())
@@ -240,13 +247,15 @@ class DirectView(View):
                 view.execute(code, block=True)
             return module
 
-        builtins.__import__ = remote_import
+        builtins.__import__ = remote_import  # type: ignore[assignment]
         try:
             yield
         finally:
             builtins.__import__ = real_import
 
-    def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def remote(
+        self, block: bool | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: calling the function runs it on this view's engines."""
 
         def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -318,7 +327,9 @@ class LoadBalancedView(View):
         Engines allowed to run tasks (None: any).
     """
 
-    def __init__(self, client: Client, targets: Sequence[int] | None = None, *, block: bool = False) -> None:
+    def __init__(
+        self, client: Client, targets: Sequence[int] | None = None, *, block: bool = False
+    ) -> None:
         super().__init__(client, block=block)
         self.targets = None if targets is None else list(targets)
         self.retries = 0
@@ -332,7 +343,9 @@ class LoadBalancedView(View):
         """Set ``retries``, ``after``, ``follow``, ``targets`` or ``block``."""
         for name, value in flags.items():
             if name not in ("retries", "after", "follow", "targets", "block"):
-                raise TypeError(f"unknown flag {name!r}; flags: retries, after, follow, targets, block")
+                raise TypeError(
+                    f"unknown flag {name!r}; flags: retries, after, follow, targets, block"
+                )
             setattr(self, name, value)
 
     @contextlib.contextmanager
@@ -358,7 +371,9 @@ class LoadBalancedView(View):
             meta["follow"] = _msg_ids(self.follow)
         return meta
 
-    def _apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncResult:
+    def _apply(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncResult:
         content = _apply_content(f, args, kwargs)
         label = getattr(f, "__name__", "apply")
         return self.client._submit(
@@ -366,7 +381,7 @@ class LoadBalancedView(View):
             lambda ids: AsyncResult(self.client, ids, single=True, label=label),
         )
 
-    def _map(
+    def _map(  # type: ignore[override]  # the keywords of a load-balanced map
         self,
         f: Callable[..., Any],
         seqs: Sequence[Any],
@@ -409,13 +424,14 @@ class LoadBalancedView(View):
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
         limit = max_outstanding or max(2, 2 * len(self.targets or self.client.ids))
-        return _imap(self, f, seqs, chunksize, ordered, limit)
+        return _imap(self, f, seqs, chunksize=chunksize, ordered=ordered, limit=limit)
 
 
 def _imap(
     view: LoadBalancedView,
     f: Callable[..., Any],
     seqs: Sequence[Any],
+    *,
     chunksize: int,
     ordered: bool,
     limit: int,
@@ -499,7 +515,9 @@ def _partition(seq: Any, parts: int, axis: int) -> list[Any]:
 
 def _join(parts: list[Any], axis: int) -> Any:
     """The inverse of :func:`_partition`."""
-    if parts and all(type(p).__module__ == "numpy" and type(p).__name__ == "ndarray" for p in parts):
+    if parts and all(
+        type(p).__module__ == "numpy" and type(p).__name__ == "ndarray" for p in parts
+    ):
         import numpy as np  # noqa: PLC0415
 
         return np.concatenate(parts, axis=axis)
