@@ -308,3 +308,34 @@ def test_history_and_queue_status(tmp_path: Path) -> None:
         status = rc.queue_status()
         assert status["unassigned"] == 0
         assert {e for e in status if isinstance(e, int)} == {0, 1}
+
+
+def test_task_time_limit_interrupts_and_the_engine_serves_on(tmp_path: Path) -> None:
+    with hub(tmp_path, 1) as (_, rc):
+        lb = rc.load_balanced_view()
+        lb.timeout = 0.5
+        for code in ("import time; time.sleep(30)", "while True: pass"):
+            start = time.monotonic()
+            with pytest.raises(RemoteError) as err:
+                lb.apply_sync(exec, code)
+            assert err.value.ename == "TimeoutError"
+            assert "limit of 0.5 s" in err.value.evalue
+            assert time.monotonic() - start < 10
+        lb.timeout = None
+        assert lb.apply_sync(lambda: "serving") == "serving"
+        with pytest.raises(ValueError, match="positive"):
+            lb.set_flags(timeout=-1)
+            lb.apply_async(len, "")
+
+
+def test_submitting_waits_when_too_much_is_outstanding(tmp_path: Path) -> None:
+    with hub(tmp_path, 1) as (_, rc):
+        rc.max_outstanding = 3
+        lb = rc.load_balanced_view()
+        sleeper = lambda: __import__("time").sleep(0.3)  # noqa: E731
+        start = time.monotonic()
+        results = [lb.apply_async(sleeper) for _ in range(6)]
+        # The 4th submission had to wait for the 1st reply, after about 0.3 s.
+        assert time.monotonic() - start > 0.25
+        for ar in results:
+            ar.get(20)

@@ -125,6 +125,8 @@ class EngineProcess:
         self._in_user_code = False
         self._main_ident = threading.main_thread().ident
         self._abort_ids: set[str] = set()  # filled by the I/O thread
+        self._deadline: float | None = None  # when the running request's time is up
+        self._timed_out = False
         self._abort_all = False
         # The user namespace is a bare __main__ module of its own: `python -m` made this
         # package's __main__.py the __main__ module, and clear_request must not empty it.
@@ -279,6 +281,10 @@ class EngineProcess:
             return
         reply: dict[str, Any] | None = None
         started = time.time()
+        limit = request.metadata.get("timeout")
+        if isinstance(limit, int | float) and limit > 0:
+            self._deadline = time.monotonic() + limit  # the I/O thread interrupts after it
+        self._timed_out = False
         self.running = request
         try:
             assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
@@ -296,6 +302,13 @@ class EngineProcess:
                 reply = error_reply(exc, engine_id=self.engine_id, serializer=self.serializer)
         finally:
             self.running = None
+            self._deadline = None
+        if self._timed_out and reply is not None and reply.get("ename") == "KeyboardInterrupt":
+            reply = error_reply(
+                TimeoutError(f"{request.msg_type} ran longer than its limit of {limit} s"),
+                engine_id=self.engine_id,
+                serializer=self.serializer,
+            )
         self._forward_pipe()  # other threads' output goes before the reply
         self._reply(request, reply, started)
 
@@ -362,6 +375,12 @@ class EngineProcess:
                     log.warning("dropped a message: %s", exc)
                     continue
                 self._control(control, codec, msg)
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline and self._in_user_code:
+                self._deadline = None
+                self._timed_out = True
+                if self._main_ident is not None:
+                    signal.pthread_kill(self._main_ident, signal.SIGINT)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.error("the parent process is gone: exiting")
                 os._exit(1)

@@ -58,6 +58,9 @@ class Client:
         Seconds to wait for the hub to answer when connecting.
     hub_timeout : float
         Seconds of silence after which the hub is declared lost.
+    max_outstanding : int
+        Requests this client may have unanswered at once: beyond it, submitting waits for
+        replies (back-pressure, so that the hub's memory stays bounded).
 
     Examples
     --------
@@ -75,6 +78,7 @@ class Client:
         timeout: float = 10.0,
         hub_timeout: float = 2.5,
         ping_period: float = 0.5,
+        max_outstanding: int = 100_000,
     ) -> None:
         path = url_file or os.path.join(profile_dir(profile), CLIENT_FILE)
         if not os.path.exists(path):
@@ -103,6 +107,8 @@ class Client:
         self._sender.connect(self.url)
         self._send_lock = threading.Lock()
         self._pending: dict[str, AsyncResult] = {}
+        self.max_outstanding = max_outstanding
+        self._room = threading.Condition()  # signalled when replies make room
         self._engines: dict[int, dict[str, Any]] = {}
         self._engines_changed = threading.Condition()
         self._lost: str | None = None
@@ -240,6 +246,8 @@ class Client:
         """Encode and send ``(route, msg_type, content, metadata)`` requests, answered into
         the AsyncResult that ``make_result(msg_ids)`` builds."""
         self._check()
+        if len(self._pending) + len(requests) > self.max_outstanding:
+            self._wait_for_room(len(requests))
         encoded = []
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
@@ -258,6 +266,13 @@ class Client:
                 self._pending.pop(msg_id, None)
             raise
         return result
+
+    def _wait_for_room(self, n: int) -> None:
+        limit = max(0, self.max_outstanding - n)
+        with self._room:
+            while len(self._pending) > limit:
+                self._room.wait(0.1)
+                self._check()
 
     def _send_frames(self, frames: list[Any]) -> None:
         big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[2:])
@@ -367,6 +382,9 @@ class Client:
             result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
             return
         del self._pending[parent.msg_id]
+        if len(self._pending) == self.max_outstanding - 1:
+            with self._room:
+                self._room.notify_all()
         content = msg.content
         metadata = dict(msg.metadata)
         metadata["submitted"] = result.submitted

@@ -318,6 +318,9 @@ class LoadBalancedView(View):
 
     Attributes
     ----------
+    timeout : float or None
+        Seconds a task may run: longer, it is interrupted and fails with a remote
+        ``TimeoutError`` (with ``retries``, it runs again); the engine serves on.
     retries : int
         How many times a failed task (remote error or engine death) is run again,
         elsewhere when possible.
@@ -333,6 +336,7 @@ class LoadBalancedView(View):
         super().__init__(client, block=block)
         self.targets = None if targets is None else list(targets)
         self.retries = 0
+        self.timeout: float | None = None
         self.after: list[Any] = []
         self.follow: list[Any] = []
 
@@ -340,12 +344,10 @@ class LoadBalancedView(View):
         return f"<LoadBalancedView {self.targets or 'any engine'}>"
 
     def set_flags(self, **flags: Any) -> None:
-        """Set ``retries``, ``after``, ``follow``, ``targets`` or ``block``."""
+        """Set ``retries``, ``timeout``, ``after``, ``follow``, ``targets`` or ``block``."""
         for name, value in flags.items():
-            if name not in ("retries", "after", "follow", "targets", "block"):
-                raise TypeError(
-                    f"unknown flag {name!r}; flags: retries, after, follow, targets, block"
-                )
+            if name not in _FLAGS:
+                raise TypeError(f"unknown flag {name!r}; flags: {', '.join(_FLAGS)}")
             setattr(self, name, value)
 
     @contextlib.contextmanager
@@ -363,6 +365,10 @@ class LoadBalancedView(View):
         meta: dict[str, Any] = {}
         if self.retries:
             meta["retries"] = int(self.retries)
+        if self.timeout is not None:
+            if self.timeout <= 0:
+                raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout}")
+            meta["timeout"] = float(self.timeout)
         if self.targets is not None:
             meta["targets"] = [int(t) for t in self.targets]
         if self.after:
@@ -425,6 +431,9 @@ class LoadBalancedView(View):
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
         limit = max_outstanding or max(2, 2 * len(self.targets or self.client.ids))
         return _imap(self, f, seqs, chunksize=chunksize, ordered=ordered, limit=limit)
+
+
+_FLAGS = ("retries", "timeout", "after", "follow", "targets", "block")
 
 
 def _imap(
