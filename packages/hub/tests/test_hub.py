@@ -323,8 +323,8 @@ def test_task_time_limit_interrupts_and_the_engine_serves_on(tmp_path: Path) -> 
             assert time.monotonic() - start < 10
         lb.timeout = None
         assert lb.apply_sync(lambda: "serving") == "serving"
+        lb.set_flags(timeout=-1)
         with pytest.raises(ValueError, match="positive"):
-            lb.set_flags(timeout=-1)
             lb.apply_async(len, "")
 
 
@@ -339,3 +339,21 @@ def test_submitting_waits_when_too_much_is_outstanding(tmp_path: Path) -> None:
         assert time.monotonic() - start > 0.25
         for ar in results:
             ar.get(20)
+
+
+def test_sqlite_history_survives_a_hub_restart(tmp_path: Path) -> None:
+    with hub(tmp_path, 1, "--store", "sqlite") as (_, rc):
+        ar = rc.load_balanced_view().map_async(lambda x: x, range(6), chunksize=1)
+        ar.get(20)
+        ids = ar.msg_ids
+        failed = rc[0].apply_async(lambda: 1 / 0)
+        with pytest.raises(RemoteError):
+            failed.get(20)
+    assert (tmp_path / "history.sqlite").exists()
+    with hub(tmp_path, 1, "--store", "sqlite") as (_, rc):
+        records = rc.history([*ids, failed.msg_ids[0], "unknown"])
+        assert [r["status"] for r in records[:-2] if r] == ["ok"] * 6
+        assert records[-2] is not None
+        assert records[-2]["status"] == "error"
+        assert records[-1] is None
+        assert len(rc.history()) == 7

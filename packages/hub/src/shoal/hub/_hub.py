@@ -57,6 +57,7 @@ from shoal.wire import (
 )
 
 from ._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
+from ._store import HistoryStore
 
 __all__ = ["Hub", "main"]
 
@@ -141,6 +142,8 @@ class Hub:
         How many finished tasks' metadata are remembered.
     parent_pid : int, optional
         Shut down when this process is no longer the hub's parent.
+    store : {"sqlite"}, optional
+        Also keep the task history in ``<folder>/history.sqlite``, across hub restarts.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Hub:
         history: int = 100_000,
         parent_pid: int | None = None,
         engine_log_level: str = "WARNING",
+        store: str | None = None,
     ) -> None:
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1 task per engine, got {hwm}")
@@ -190,6 +194,9 @@ class Hub:
         self.started = time.time()
         self._stopping = False
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        if store not in (None, "sqlite"):
+            raise ValueError(f"store must be None or 'sqlite', got {store!r}")
+        self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
         extra = {"pid": os.getpid(), "started": self.started}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
@@ -584,6 +591,8 @@ class Hub:
         for pid, proc in list(self.procs.items()):  # reap engines that never registered
             if proc.poll() is not None and not any(e.pid == pid for e in self.engines.values()):
                 del self.procs[pid]
+        if self.store is not None:
+            self.store.flush()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
@@ -643,6 +652,8 @@ class Hub:
             "started": started,
             "completed": completed,
         }
+        if self.store is not None:
+            self.store.add(self.history[msg_id])
         if len(self.history) > self.history_size:
             self.history.popitem(last=False)
 
@@ -663,11 +674,7 @@ class Hub:
             elif kind == "queue_status_request":
                 reply.update(self._queue_status())
             elif kind == "history_request":
-                ids = content.get("msg_ids")
-                if ids is None:
-                    reply["history"] = list(self.history.values())
-                else:
-                    reply["history"] = [self.history.get(str(m)) for m in ids]
+                reply["history"] = self._history(content.get("msg_ids"))
             elif kind == "add_engines_request":
                 reply["pids"] = self.launch(int(content.get("n", 1)))
             elif kind == "remove_engines_request":
@@ -689,6 +696,20 @@ class Hub:
             }
         reply_type = kind.replace("_request", "_reply")
         self._send_hub_msg(client, reply_type, reply, parent=msg.header.to_list())
+
+    def _history(self, msg_ids: list[Any] | None) -> list[dict[str, Any] | None]:
+        if msg_ids is None:
+            if self.store is not None:
+                return list(self.store.all(self.history_size))
+            return list(self.history.values())
+        found = [self.history.get(str(m)) for m in msg_ids]
+        if self.store is not None and None in found:
+            missing = [str(m) for m, r in zip(msg_ids, found, strict=True) if r is None]
+            stored = dict(zip(missing, self.store.get(missing), strict=True))
+            found = [
+                r if r is not None else stored[str(m)] for m, r in zip(msg_ids, found, strict=True)
+            ]
+        return found
 
     def _engine_list(self) -> list[dict[str, Any]]:
         return [
@@ -773,6 +794,8 @@ class Hub:
             self._send_hub_msg(client, "hub_shutdown", note)
 
     def _close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         for path in (self.client_file, self.engine_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -794,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--engine-log-level", default="WARNING")
+    parser.add_argument(
+        "--store", choices=["sqlite"], default=None, help="keep task history on disk"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
     if args.ip not in ("127.0.0.1", "localhost"):
@@ -810,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         parent_pid=args.parent_pid,
         engine_log_level=args.engine_log_level,
+        store=args.store,
     )
     hub.launch(args.engines)
     print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line

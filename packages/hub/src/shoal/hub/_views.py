@@ -367,7 +367,7 @@ class LoadBalancedView(View):
             meta["retries"] = int(self.retries)
         if self.timeout is not None:
             if self.timeout <= 0:
-                raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout}")
+                raise ValueError(f"timeout must be positive (seconds), got {self.timeout}")
             meta["timeout"] = float(self.timeout)
         if self.targets is not None:
             meta["targets"] = [int(t) for t in self.targets]
