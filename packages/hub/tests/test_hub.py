@@ -357,3 +357,29 @@ def test_sqlite_history_survives_a_hub_restart(tmp_path: Path) -> None:
         assert records[-2]["status"] == "error"
         assert records[-1] is None
         assert len(rc.history()) == 7
+
+
+def test_ipython_magics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    with hub(tmp_path) as (_, rc):
+        ip = interactiveshell.InteractiveShell.instance()
+        try:
+            ip.run_line_magic("load_ext", "shoal.hub")
+            ip.run_cell("%px a = 6")
+            ip.run_cell("%%px --targets 1\nprint('only one', a * 7)")
+            out = capsys.readouterr().out
+            assert "[stdout:1] only one 42" in out
+            assert "[stdout:0]" not in out
+            ip.run_cell("%px --noblock import os; os.getpid()")
+            ip.run_cell("%pxresult")
+            out = capsys.readouterr().out
+            for pid in rc[:].apply_sync(os.getpid):
+                assert repr(pid) in out
+            ip.run_cell("%px 1 / 0")
+            assert "ZeroDivisionError" in capsys.readouterr().out
+            ip.run_cell("%autopx")
+            ip.run_cell("b = a + 1")
+            ip.run_cell("%autopx")
+            assert rc[:]["b"] == [7, 7]
+        finally:
+            interactiveshell.InteractiveShell.clear_instance()

@@ -19,6 +19,14 @@ from ._views import View as View
 
 __version__: str = _version("shoal-hub")
 
+
+def load_ipython_extension(ip: object) -> None:
+    """``%load_ext shoal.hub``: the ``%px`` magics (needs IPython)."""
+    from ._magics import load_ipython_extension as load  # noqa: PLC0415 - IPython is optional
+
+    load(ip)
+
+
 __all__ = [
     "AsyncMapResult",
     "AsyncResult",

@@ -38,7 +38,7 @@ from ._errors import HubLost, error_from_reply
 from ._hub import HUB, PING, PONG, control_route, engine_route
 from ._profile import CLIENT_FILE, profile_dir
 
-__all__ = ["Client"]
+__all__ = ["Client", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
 _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
@@ -440,6 +440,15 @@ class Client:
 
 
 _clients: list[weakref.ref[Client]] = []
+
+
+def current_client() -> Client:
+    """The most recently connected Client that is still open."""
+    for ref in reversed(_clients):
+        client = ref()
+        if client is not None and not client._closed and client._lost is None:
+            return client
+    raise RuntimeError("no connected shoal Client: connect one first, e.g. rc = Client()")
 
 
 def _close_all() -> None:
