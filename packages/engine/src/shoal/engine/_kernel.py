@@ -164,6 +164,7 @@ class Kernel:
         self.execution_count = 0
         self._cells = 0  # numbers the cell file names, silent cells included
         self._serializer = Serializer()
+        self._writers: tuple[TextIO, TextIO, Callable[[str, str], None]] | None = None
         self._handlers: dict[str, _Handler] = {
             "execute_request": self._execute,
             "apply_request": self._apply,
@@ -197,9 +198,14 @@ class Kernel:
                 )
             if self.on_stream is None:
                 return handler(content)
+            if self._writers is None or self._writers[2] is not self.on_stream:
+                self._writers = (
+                    cast(TextIO, _StreamWriter("stdout", self.on_stream)),
+                    cast(TextIO, _StreamWriter("stderr", self.on_stream)),
+                    self.on_stream,
+                )
             saved = sys.stdout, sys.stderr
-            sys.stdout = cast(TextIO, _StreamWriter("stdout", self.on_stream))
-            sys.stderr = cast(TextIO, _StreamWriter("stderr", self.on_stream))
+            sys.stdout, sys.stderr = self._writers[0], self._writers[1]
             try:
                 return handler(content)
             finally:
