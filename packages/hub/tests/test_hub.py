@@ -383,3 +383,21 @@ def test_ipython_magics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             assert rc[:]["b"] == [7, 7]
         finally:
             interactiveshell.InteractiveShell.clear_instance()
+
+
+def test_engine_status_interrupt_and_removal(tmp_path: Path) -> None:
+    with hub(tmp_path) as (_, rc):
+        status = rc[0].status()
+        assert status["engine_id"] == 0
+        assert status["pid"] == _engine_pids(rc)[0]
+        assert {s["engine_id"] for s in rc[:].status()} == {0, 1}
+        running = rc[1].execute("import time; time.sleep(60)")
+        time.sleep(0.3)
+        rc[1].interrupt()
+        with pytest.raises(RemoteError) as err:
+            running.get(20)
+        assert err.value.ename == "KeyboardInterrupt"
+        pid = _engine_pids(rc)[1]
+        assert rc.remove_engines([1]) == [1]
+        _wait_gone(pid, 10)
+        assert rc.ids == [0]

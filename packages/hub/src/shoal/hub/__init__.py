@@ -8,6 +8,7 @@ from shoal.engine import RemoteError as RemoteError
 from ._asyncresult import AsyncMapResult as AsyncMapResult
 from ._asyncresult import AsyncResult as AsyncResult
 from ._client import Client as Client
+from ._cluster import Cluster as Cluster
 from ._errors import CompositeError as CompositeError
 from ._errors import DependencyError as DependencyError
 from ._errors import HubLost as HubLost
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncMapResult",
     "AsyncResult",
     "Client",
+    "Cluster",
     "CompositeError",
     "DependencyError",
     "DirectView",

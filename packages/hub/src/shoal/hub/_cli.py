@@ -97,10 +97,12 @@ def _cluster_start(args: argparse.Namespace) -> int:
         try:
             cluster.start(timeout=args.timeout)
             ids = _wait_for_engines(cluster, args.timeout, stop)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, TimeoutError) as exc:  # their messages name the log
             raise CommandError(str(exc)) from exc
+        except ConnectionError as exc:  # HubLost: it died meanwhile
+            raise CommandError(f"{exc}; see {cluster.log_file}") from exc
         if ids is None:
-            _say("interrupted: stopping the cluster")
+            print("shoal: interrupted: stopping the cluster", file=sys.stderr)
             return 1
         pid = cluster.hub_pid
         if args.daemonize:
@@ -159,15 +161,18 @@ def _cluster_stop(args: argparse.Namespace) -> int:
             f"no cluster is running on profile {name}: its hub (pid {pid}) is gone;"
             f" removed its stale files ({', '.join(removed)})"
         )
+    asked = False
     wait = min(args.timeout, 5.0)
     with contextlib.suppress(Exception), Client(url_file=path, timeout=wait) as client:
         client.shutdown(timeout=wait)  # when the hub does not answer, signals follow
-    how = _wait_gone(pid, args.timeout, "stopped")
+        asked = True
+    how = _wait_gone(pid, args.timeout, "stopped") if asked else None
     if how is None:
-        kill_hub(pid, signal.SIGTERM)
-        how = _wait_gone(pid, 3.0, "stopped by SIGTERM")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)  # the hub stops its engines, removes its files
+        how = _wait_gone(pid, min(args.timeout, 5.0), "stopped by SIGTERM")
     if how is None:
-        kill_hub(pid, signal.SIGKILL)
+        kill_hub(pid, signal.SIGKILL)  # with its process group: its engines
         how = _wait_gone(pid, 3.0, "killed (SIGKILL)")
     if how is None:
         raise CommandError(f"the hub of profile {name} (pid {pid}) survived SIGKILL")

@@ -392,7 +392,9 @@ class Client:
             error: BaseException | None = RemoteError("ProtocolError", f"bad reply {content!r}")
             value = None
         elif content.get("status") == "ok":
-            error, value = None, content if route == HUB else content.get("result")
+            # Hub and control replies are their content; shell replies carry a result.
+            whole = route == HUB or route[:1] == b"c"
+            error, value = None, content if whole else content.get("result")
         else:
             error, value = error_from_reply(content), None
         result._deliver(parent.msg_id, value, error, metadata)

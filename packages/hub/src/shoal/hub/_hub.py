@@ -609,16 +609,16 @@ class Hub:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
 
-    def _engine_lost(self, engine: _Engine, cause: str) -> None:
+    def _engine_lost(self, engine: _Engine, cause: str, *, kill: bool = True) -> None:
         if self.engines.pop(engine.id, None) is None:
             return
         self.by_ident.pop(engine.ident, None)
         self.routes.pop(engine_route(engine.id), None)
         self.dead.add(engine.ident)
         log.warning("engine %d is lost: %s", engine.id, cause)
-        if engine.proc is not None and engine.proc.poll() is None:
-            engine.proc.kill()  # ours, and declared dead (e.g. SIGSTOPped): it must not linger
-        if engine.proc is not None:
+        if kill and engine.proc is not None:
+            if engine.proc.poll() is None:
+                engine.proc.kill()  # ours, and declared dead (e.g. SIGSTOPped): it must go
             engine.proc.wait()
             self.procs.pop(engine.pid, None)
         note = {"engine_id": engine.id, "cause": cause}
@@ -752,7 +752,7 @@ class Hub:
             header = new_header("shutdown_request", "hub", "hub")
             frames = self.codec.encode(Message(header, None, {}, {}))
             self._to_engine(engine, "control", frames)
-            self._engine_lost(engine, "it was removed")
+            self._engine_lost(engine, "it was removed", kill=False)  # it exits by itself
             removed.append(engine.id)
         return removed
 
