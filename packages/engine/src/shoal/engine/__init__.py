@@ -1,7 +1,5 @@
 """shoal.engine: the kernel that runs code and holds objects for a remote client."""
 
-from importlib.metadata import version as _version
-
 from ._errors import EngineDiedError as EngineDiedError
 from ._errors import EngineError as EngineError
 from ._errors import NoSuchObjectError as NoSuchObjectError
@@ -11,7 +9,15 @@ from ._manager import KernelManager as KernelManager
 from ._objects import ObjectStore as ObjectStore
 from ._objects import Ref as Ref
 
-__version__: str = _version("shoal-engine")
+
+def __getattr__(name: str) -> str:
+    # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("shoal-engine")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EngineDiedError",

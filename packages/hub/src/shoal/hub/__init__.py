@@ -1,7 +1,5 @@
 """shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor and Cluster."""
 
-from importlib.metadata import version as _version
-
 from shoal.engine import EngineDiedError as EngineDiedError
 from shoal.engine import RemoteError as RemoteError
 
@@ -18,7 +16,14 @@ from ._views import DirectView as DirectView
 from ._views import LoadBalancedView as LoadBalancedView
 from ._views import View as View
 
-__version__: str = _version("shoal-hub")
+
+def __getattr__(name: str) -> str:
+    # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("shoal-hub")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ip: object) -> None:

@@ -6,8 +6,6 @@ zmq, relaying signals to child processes, and two dict flavours; the semantics o
 ``shoal-wire`` and pyzmq.
 """
 
-from importlib.metadata import version as _version
-
 from ._containers import Namespace as Namespace
 from ._containers import ReverseDict as ReverseDict
 from ._functions import interactive as interactive
@@ -28,7 +26,15 @@ from ._urls import split_url as split_url
 from ._urls import validate_url as validate_url
 from ._urls import validate_url_container as validate_url_container
 
-__version__: str = _version("shoal-util")
+
+def __getattr__(name: str) -> str:
+    # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("shoal-util")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Namespace",

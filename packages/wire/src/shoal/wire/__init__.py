@@ -3,8 +3,6 @@
 Usable alone: ``pip install shoal-wire`` needs only pyzmq and dill.
 """
 
-from importlib.metadata import version as _version
-
 from . import connection as connection
 from ._connection import HandshakeError as HandshakeError
 from ._curve import CurveServer as CurveServer
@@ -51,7 +49,15 @@ from ._session import AsyncSession as AsyncSession
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
 
-__version__: str = _version("shoal-wire")
+
+def __getattr__(name: str) -> str:
+    # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("shoal-wire")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DELIMITER",
