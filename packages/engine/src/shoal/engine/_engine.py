@@ -71,6 +71,8 @@ __all__ = ["EngineProcess", "main"]
 log = logging.getLogger("shoal.engine")
 _POLL_MS = 100  # how often the I/O thread looks at its peer
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
+_PING = b"ping"  # a client checking its direct way to this engine
+_PONG = b"pong"
 _CONTROL_REQUESTS = ("interrupt_request", "abort_request", "status_request", "shutdown_request")
 
 
@@ -92,6 +94,9 @@ class EngineProcess:
         Exit when this process is no longer the engine's parent.
     log_url : str, optional
         Publish log records there with :func:`shoal.util.connect_engine_logger`.
+    direct : bool
+        Also bind a ROUTER on loopback for clients to send requests to directly; its url
+        goes to the hub at registration.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class EngineProcess:
         log_url: str | None = None,
         log_level: str | int = logging.WARNING,
         register_timeout: float = 30.0,
+        direct: bool = False,
     ) -> None:
         missing = {"shell", "control", "heartbeat"} - set(info.urls)
         if missing:
@@ -120,8 +126,11 @@ class EngineProcess:
         self.hub_timeout: float | None = None  # set by registration
         self.started = time.time()
         self.serializer = Serializer()
-        self.pending: collections.deque[Message] = collections.deque()
+        # Requests read and not yet run, each with the socket its reply goes out on.
+        self.pending: collections.deque[tuple[zmq.Socket[Any], Message]] = collections.deque()
         self.running: Message | None = None  # the request user code is running now
+        self._running_sock: zmq.Socket[Any] | None = None
+        self._direct_done: list[list[Any]] = []  # history of direct requests, for the hub
         self._in_user_code = False
         self._main_ident = threading.main_thread().ident
         self._abort_ids: set[str] = set()  # filled by the I/O thread
@@ -148,6 +157,16 @@ class EngineProcess:
         self._pipe_out.connect(f"inproc://shoal-engine-{id(self)}")
         self._shell: zmq.Socket[Any] = self._dealer("shell")
         self._shell.rcvhwm = 0  # requests wait here while user code runs: never refuse one
+        self._direct: zmq.Socket[Any] | None = None
+        self.direct_url: str | None = None
+        if direct:  # clients on this host send here, skipping the hub's relay
+            self._direct = self.context.socket(zmq.ROUTER)
+            self._direct.router_mandatory = True
+            self._direct.rcvhwm = 0
+            self._direct.sndhwm = 0
+            self._direct.linger = 1000
+            port = self._direct.bind_to_random_port("tcp://127.0.0.1")
+            self.direct_url = f"tcp://127.0.0.1:{port}"
 
     @property
     def id(self) -> int | None:
@@ -190,22 +209,28 @@ class EngineProcess:
         poller = zmq.Poller()
         poller.register(self._shell, zmq.POLLIN)
         poller.register(self._pipe_in, zmq.POLLIN)
+        if self._direct is not None:
+            poller.register(self._direct, zmq.POLLIN)
         while True:
             try:
                 while not self.pending:
                     for sock, _ in poller.poll():
-                        if sock is self._shell:
-                            self._read_shell()
-                        else:
+                        if sock is self._pipe_in:
                             self._forward_pipe()
+                        else:
+                            self._read(sock)
                     self._apply_aborts()
-                self._serve(self.pending.popleft())
+                self._serve(*self.pending.popleft())
             except KeyboardInterrupt:  # an interrupt that came too late: nothing runs
                 continue
 
     def _register(self, control: zmq.Socket[Any]) -> bool:
         """Ask the hub for an engine id; False when it does not answer or refuses."""
-        info = {"pid": os.getpid(), "hostname": socket.gethostname()}
+        info = {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "direct_url": self.direct_url,
+        }
         control.send_multipart(self._encode("register_request", info))
         deadline = time.monotonic() + self.register_timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -234,18 +259,33 @@ class EngineProcess:
         )
         return False
 
-    def _read_shell(self) -> None:
-        """Move every request waiting on shell into ``pending``, verified, not loaded."""
-        shell, decode = self._shell, self._codec.decode
+    def _read(self, sock: zmq.Socket[Any]) -> None:
+        """Move every request waiting on ``sock`` into ``pending``, verified, not loaded."""
+        decode = self._codec.decode
+        direct = sock is self._direct
         while True:
             try:
-                frames = shell.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            if direct and len(frames) == 2 and frames[1].bytes == _PING:
+                with contextlib.suppress(zmq.ZMQError):  # a client checks the way back
+                    sock.send_multipart([frames[0], _PONG])
+                continue
             try:  # content is loaded when the request runs, not here
-                self.pending.append(decode(frames, content=False))
+                msg = decode(frames, content=False)
             except RemoteInputError as exc:
                 log.warning("dropped a message: %s", exc)
+                continue
+            if direct:  # a client sends from s<token> and receives on r<token>
+                sender = msg.identities[0]
+                msg = msg._replace(identities=(b"r" + sender[1:],))
+            self.pending.append((sock, msg))
+
+    def _read_all(self) -> None:
+        self._read(self._shell)
+        if self._direct is not None:
+            self._read(self._direct)
 
     def _forward_pipe(self) -> None:
         """Send on shell what other threads wrote to the pipe."""
@@ -255,29 +295,31 @@ class EngineProcess:
             except zmq.Again:
                 return
             if len(frames) == 1 and frames[0].bytes == _ABORT:
-                self._read_shell()  # everything that arrived before the abort is dropped
+                self._read_all()  # everything that arrived before the abort is dropped
                 self._apply_aborts()
             else:
-                self._shell.send_multipart(frames, copy=False)
+                sock = self._direct if frames[0].bytes == b"d" else self._shell
+                if sock is not None:
+                    self._send(sock, frames[1:])
 
     def _apply_aborts(self) -> None:
         if not self._abort_all and not self._abort_ids:
             return
-        keep: collections.deque[Message] = collections.deque()
+        keep: collections.deque[tuple[zmq.Socket[Any], Message]] = collections.deque()
         abort_all, self._abort_all = self._abort_all, False
-        for request in self.pending:
+        for sock, request in self.pending:
             msg_id = request.header.msg_id
             if abort_all or msg_id in self._abort_ids:
                 self._abort_ids.discard(msg_id)
-                self._reply(request, {"status": "aborted"}, time.time())
+                self._reply(sock, request, {"status": "aborted"}, time.time())
             else:
-                keep.append(request)
+                keep.append((sock, request))
         self.pending = keep
 
-    def _serve(self, request: Message) -> None:
+    def _serve(self, sock: zmq.Socket[Any], request: Message) -> None:
         if request.header.msg_id in self._abort_ids:
             self._abort_ids.discard(request.header.msg_id)
-            self._reply(request, {"status": "aborted"}, time.time())
+            self._reply(sock, request, {"status": "aborted"}, time.time())
             return
         reply: dict[str, Any] | None = None
         started = time.time()
@@ -286,6 +328,7 @@ class EngineProcess:
             self._deadline = time.monotonic() + limit  # the I/O thread interrupts after it
         self._timed_out = False
         self.running = request
+        self._running_sock = sock
         try:
             assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
             try:
@@ -302,6 +345,7 @@ class EngineProcess:
                 reply = error_reply(exc, engine_id=self.engine_id, serializer=self.serializer)
         finally:
             self.running = None
+            self._running_sock = None
             self._deadline = None
         if self._timed_out and reply is not None and reply.get("ename") == "KeyboardInterrupt":
             reply = error_reply(
@@ -310,9 +354,11 @@ class EngineProcess:
                 serializer=self.serializer,
             )
         self._forward_pipe()  # other threads' output goes before the reply
-        self._reply(request, reply, started)
+        self._reply(sock, request, reply, started)
 
-    def _reply(self, request: Message, reply: dict[str, Any], started: float) -> None:
+    def _reply(
+        self, sock: zmq.Socket[Any], request: Message, reply: dict[str, Any], started: float
+    ) -> None:
         reply_type = request.msg_type.replace("_request", "_reply")
         meta = {
             "engine_id": self.engine_id,
@@ -325,15 +371,29 @@ class EngineProcess:
         except UnpicklableError as exc:  # the result itself cannot travel: say so
             fallback = error_reply(exc, engine_id=self.engine_id, serializer=None)
             frames = self._encode(reply_type, fallback, parent=request, metadata=meta)
-        self._shell.send_multipart(frames, copy=False)
+        self._send(sock, frames)
+        if sock is self._direct and self.register:  # the hub did not see it: tell it
+            header = request.header
+            status = meta["status"]
+            self._direct_done.append(
+                [header.msg_id, status, header.date, started, meta["completed"]]
+            )
+
+    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+        try:
+            sock.send_multipart(frames, copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH on the direct socket: the client left
+            log.warning("dropped a reply: its client is gone (%s)", exc)
 
     def _stream(self, name: str, text: str) -> None:
         frames = self._encode("stream", {"name": name, "text": text}, parent=self.running)
+        sock = self._running_sock or self._shell
         if threading.get_ident() == self._main_ident:
-            self._shell.send_multipart(frames, copy=False)
+            self._send(sock, frames)
         else:  # zmq sockets are not thread-safe: the main thread sends it
+            tag = b"d" if sock is self._direct else b"s"
             with self._pipe_lock:
-                self._pipe_out.send_multipart(frames, copy=False)
+                self._pipe_out.send_multipart([tag, *frames], copy=False)
 
     def _encode(
         self,
@@ -375,6 +435,10 @@ class EngineProcess:
                     log.warning("dropped a message: %s", exc)
                     continue
                 self._control(control, codec, msg)
+            if self._direct_done:
+                done, self._direct_done = self._direct_done, []
+                header = new_header("history_report", self.identity.decode(), "engine")
+                control.send_multipart(codec.encode(Message(header, None, {}, {"tasks": done})))
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline and self._in_user_code:
                 self._deadline = None
@@ -471,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--log-url", default=None, help="publish logs to this zmq url")
+    parser.add_argument(
+        "--direct", action="store_true", help="also take requests from clients directly"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
     info = read_connection_file(args.connection_file)
@@ -482,5 +549,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         log_url=args.log_url,
         log_level=args.log_level.upper(),
+        direct=args.direct,
     )
     return engine.run()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sys
 import threading
 import time
@@ -97,6 +98,10 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def _finish(self) -> None:
         self._completed = time.time()
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+            self._resolve()
+
+    def _resolve(self) -> None:
         if self.cancelled():
             return
         errors = [e for e in self._errors if e is not None]
@@ -253,9 +258,16 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             self._client.abort(pending)
 
     def cancel(self) -> bool:
-        """Abort the requests not started yet; True only if nothing had started."""
+        """Abort the requests not answered yet and mark this future cancelled.
+
+        The requests that had not started are dropped; one already running finishes on
+        its engine, and its result is discarded.
+        """
         self.abort()
-        return super().cancel()
+        if not super().cancel():
+            return False
+        self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait/as_completed
+        return True
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from typing import Any
 
 import zmq
 
-from shoal.engine import RemoteError
+from shoal.engine import EngineDiedError, RemoteError
 from shoal.wire import Codec, Message, RemoteInputError, new_header, read_connection_file
 
 from ._asyncresult import AsyncResult
@@ -61,6 +62,10 @@ class Client:
     max_outstanding : int
         Requests this client may have unanswered at once: beyond it, submitting waits for
         replies (back-pressure, so that the hub's memory stays bounded).
+    direct : bool
+        Send requests for one engine straight to engines on this host (their own
+        loopback socket) instead of through the hub; the hub still tells when an engine
+        dies. ``False``: everything goes through the hub.
 
     Examples
     --------
@@ -79,6 +84,7 @@ class Client:
         hub_timeout: float = 2.5,
         ping_period: float = 0.5,
         max_outstanding: int = 100_000,
+        direct: bool = True,
     ) -> None:
         path = url_file or os.path.join(profile_dir(profile), CLIENT_FILE)
         if not os.path.exists(path):
@@ -105,6 +111,14 @@ class Client:
         self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
         self._receiver.connect(self.url)
         self._sender.connect(self.url)
+        self._token = token
+        self.direct = direct
+        self._poller = zmq.Poller()  # the I/O thread's: the hub and the engines' sockets
+        # Direct ways to engines on this host: route -> (engine id, sending socket), and
+        # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
+        self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
+        self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
+        self._sent_to: dict[str, int] = {}
         self._send_lock = threading.Lock()
         self._pending: dict[str, AsyncResult] = {}
         self.max_outstanding = max_outstanding
@@ -248,21 +262,27 @@ class Client:
         self._check()
         if len(self._pending) + len(requests) > self.max_outstanding:
             self._wait_for_room(len(requests))
-        encoded = []
+        encoded: list[tuple[str, bytes, list[Any]]] = []
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
             frames = self._codec.encode(Message(header, None, metadata or {}, content))
-            encoded.append((str(header.msg_id), [route, *frames]))
-        result = make_result([msg_id for msg_id, _ in encoded])
-        for msg_id, _ in encoded:  # before sending: a reply can come at once
+            encoded.append((str(header.msg_id), route, frames))
+        result = make_result([msg_id for msg_id, _, _ in encoded])
+        for msg_id, _, _ in encoded:  # before sending: a reply can come at once
             self._pending[msg_id] = result
         sent = 0
+        direct = self._direct_senders
         try:
-            for _, frames in encoded:
-                self._send_frames(frames)
+            for msg_id, route, frames in encoded:
+                way = direct.get(route) if direct else None
+                if way is None:
+                    self._send_frames([route, *frames], self._sender)
+                else:  # straight to the engine, skipping the hub's relay
+                    self._sent_to[msg_id] = way[0]
+                    self._send_frames(frames, way[1], route)
                 sent += 1
         except BaseException:
-            for msg_id, _ in encoded[sent:]:
+            for msg_id, _, _ in encoded[sent:]:
                 self._pending.pop(msg_id, None)
             raise
         return result
@@ -274,12 +294,15 @@ class Client:
                 self._room.wait(0.1)
                 self._check()
 
-    def _send_frames(self, frames: list[Any]) -> None:
-        big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[2:])
-        sock = self._sender
+    def _send_frames(
+        self, frames: list[Any], sock: zmq.Socket[Any], direct_route: bytes | None = None
+    ) -> None:
+        big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[1:])
         with self._send_lock:
-            while not sock.poll(100, zmq.POLLOUT):  # the hub's queue is full: wait
+            while not sock.poll(100, zmq.POLLOUT):  # the receiver's queue is full: wait
                 self._check()
+                if direct_route is not None and direct_route not in self._direct_senders:
+                    raise EngineDiedError(f"engine {direct_route[1:].decode()} is gone")
             self._check()
             if not big:
                 sock.send_multipart(frames)
@@ -334,38 +357,96 @@ class Client:
 
     # -- receiving (I/O thread) ---------------------------------------------------------
     def _io_loop(self) -> None:
-        sock = self._receiver
+        hub = self._receiver
+        poller = self._poller
+        poller.register(hub, zmq.POLLIN)
         next_ping = 0.0
         while not self._closed:
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + self.ping_period
                 with contextlib.suppress(zmq.ZMQError):
-                    sock.send(PING, zmq.NOBLOCK)
+                    hub.send(PING, zmq.NOBLOCK)
                 if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
                     self._hub_lost(
                         f"the hub at {self.url} has been silent for {now - self._last_heard:.1f} s"
                     )
                     return
             try:
-                if not sock.poll(int(self.ping_period * 1000)):
-                    continue
-                frames = sock.recv_multipart(copy=False)
+                ready = poller.poll(int(self.ping_period * 1000))
             except zmq.ZMQError:
                 return  # the context is ending: close() was called
-            self._last_heard = time.monotonic()
-            if frames[0].bytes == PONG:
-                self._heard.set()
-                continue
-            try:
-                self._on_message(frames)
-            except Exception:
-                log.exception("failed to handle a message from the hub")
+            for sock, _ in ready:
+                try:
+                    frames = sock.recv_multipart(copy=False)
+                except zmq.ZMQError:
+                    return
+                try:
+                    if sock is hub:
+                        self._last_heard = time.monotonic()
+                        if frames[0].bytes == PONG:
+                            self._heard.set()
+                        else:
+                            self._on_message(frames[0].bytes, frames[1:])
+                    else:
+                        self._on_direct(sock, frames)
+                except Exception:
+                    log.exception("failed to handle a message")
 
-    def _on_message(self, frames: list[Any]) -> None:
-        route = frames[0].bytes
+    # -- direct connections to engines (I/O thread) -------------------------------------
+    def _open_direct(self, engine: dict[str, Any]) -> None:
+        """Connect to an engine's own socket; requests go there once it answered a ping."""
+        url = engine.get("direct_url")
+        engine_id = int(engine["engine_id"])
+        if not url or engine.get("hostname") != socket.gethostname() or not self.direct:
+            return  # its socket listens on its host's loopback only
+        receiver = self._context.socket(zmq.DEALER)
+        receiver.identity = b"r" + self._token
+        receiver.rcvhwm = 0
+        receiver.linger = 0
+        receiver.connect(url)
+        sender = self._context.socket(zmq.DEALER)
+        sender.identity = b"s" + self._token
+        sender.linger = 0
+        sender.connect(url)
+        receiver.send(PING)  # the engine answers once it can route to `receiver`
+        self._direct_receivers[receiver] = (engine_id, sender)
+        self._poller.register(receiver, zmq.POLLIN)
+
+    def _on_direct(self, receiver: zmq.Socket[Any], frames: list[Any]) -> None:
+        engine_id, sender = self._direct_receivers[receiver]
+        if frames[0].bytes == PONG:
+            self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
+            return
+        self._on_message(engine_route(engine_id), frames)
+
+    def _close_direct(self, engine_id: int, cause: str) -> None:
+        """The engine is gone: fail what was sent to it directly, close its sockets."""
+        route = engine_route(engine_id)
+        with self._send_lock:  # no thread is sending on it while it closes
+            self._direct_senders.pop(route, None)
+        for receiver, (eid, sender) in list(self._direct_receivers.items()):
+            if eid == engine_id:
+                del self._direct_receivers[receiver]
+                self._poller.unregister(receiver)
+                receiver.close(linger=0)
+                with self._send_lock:
+                    sender.close(linger=0)
+        why = f"engine {engine_id} died while this request was outstanding: {cause}"
+        for msg_id, eid in list(self._sent_to.items()):
+            if eid == engine_id:
+                self._fail(msg_id, EngineDiedError(why))
+
+    def _fail(self, msg_id: str, error: BaseException) -> None:
+        self._sent_to.pop(msg_id, None)
+        result = self._pending.pop(msg_id, None)
+        if result is not None:
+            result._deliver(msg_id, None, error, {})
+
+    # -- messages -----------------------------------------------------------------------
+    def _on_message(self, route: bytes, frames: list[Any]) -> None:
         try:
-            msg = self._codec.decode(frames[1:])
+            msg = self._codec.decode(frames)
         except RemoteInputError as exc:
             log.warning("dropped a message: %s", exc)
             return
@@ -375,6 +456,9 @@ class Client:
             if route == HUB:
                 self._notice(kind, msg.content)
             return
+        if kind == "connect_reply":
+            for engine in msg.content.get("engines", ()):
+                self._open_direct(engine)
         result = self._pending.get(parent.msg_id)
         if result is None:
             return
@@ -382,6 +466,7 @@ class Client:
             result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
             return
         del self._pending[parent.msg_id]
+        self._sent_to.pop(parent.msg_id, None)
         if len(self._pending) == self.max_outstanding - 1:
             with self._room:
                 self._room.notify_all()
@@ -404,10 +489,13 @@ class Client:
             with self._engines_changed:
                 self._engines[int(content["engine_id"])] = content
                 self._engines_changed.notify_all()
+            self._open_direct(content)
         elif kind == "engine_unregistered":
+            engine_id = int(content["engine_id"])
             with self._engines_changed:
-                self._engines.pop(int(content["engine_id"]), None)
+                self._engines.pop(engine_id, None)
                 self._engines_changed.notify_all()
+            self._close_direct(engine_id, str(content.get("cause", "unknown cause")))
         elif kind == "hub_shutdown":
             self._hub_lost("the hub shut down")
 
@@ -426,6 +514,9 @@ class Client:
             return
         self._closed = True
         self._io.join(timeout=2 * self.ping_period + 1)
+        for receiver, (_eid, sender) in self._direct_receivers.items():
+            receiver.close(linger=0)
+            sender.close(linger=0)
         self._sender.close(linger=0)
         self._receiver.close(linger=0)
         self._context.term()

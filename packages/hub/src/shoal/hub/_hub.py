@@ -124,7 +124,17 @@ class _Task:
 
 
 class _Engine:
-    __slots__ = ("hostname", "id", "ident", "last_beat", "outstanding", "pid", "proc", "ready")
+    __slots__ = (
+        "direct_url",
+        "hostname",
+        "id",
+        "ident",
+        "last_beat",
+        "outstanding",
+        "pid",
+        "proc",
+        "ready",
+    )
 
     def __init__(self, engine_id: int, ident: bytes, pid: int, hostname: str) -> None:
         self.id = engine_id
@@ -132,6 +142,7 @@ class _Engine:
         self.pid = pid
         self.hostname = hostname
         self.proc: subprocess.Popen[bytes] | None = None
+        self.direct_url: str | None = None
         self.outstanding: dict[str, _Task] = {}
         self.last_beat = time.monotonic()
         self.ready = False
@@ -231,6 +242,7 @@ class Hub:
                 "--connection-file",
                 self.engine_file,
                 "--register",
+                "--direct",
                 "--parent-pid",
                 str(os.getpid()),
                 "--log-level",
@@ -539,6 +551,12 @@ class Hub:
             return
         if msg.msg_type == "register_request":
             self._register(ident, msg)
+        elif msg.msg_type == "history_report":  # requests clients sent the engine directly
+            engine = self.by_ident.get(ident)
+            tasks = msg.content.get("tasks", ()) if isinstance(msg.content, dict) else ()
+            for msg_id, status, submitted, started, completed in tasks:
+                engine_id = None if engine is None else engine.id
+                self._record(str(msg_id), engine_id, str(status), submitted, (started, completed))
 
     def _register(self, ident: bytes, msg: Message) -> None:
         content = msg.content if isinstance(msg.content, dict) else {}
@@ -552,6 +570,8 @@ class Hub:
                 engine_id, ident, int(content.get("pid", 0)), str(content.get("hostname", ""))
             )
             engine.proc = self.procs.get(engine.pid)
+            url = content.get("direct_url")
+            engine.direct_url = url if isinstance(url, str) else None
             self.engines[engine_id] = engine
             self.by_ident[ident] = engine
             reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 1.0}
@@ -567,9 +587,8 @@ class Hub:
         engine.ready = True
         engine.last_beat = time.monotonic()
         self.routes[engine_route(engine.id)] = engine
-        note = {"engine_id": engine.id, "pid": engine.pid, "hostname": engine.hostname}
         for client in list(self.clients):
-            self._send_hub_msg(client, "engine_registered", note)
+            self._send_hub_msg(client, "engine_registered", self._engine_info(engine))
         self._dispatch()
 
     def _on_heartbeat(self, frames: list[Any]) -> None:
@@ -725,11 +744,11 @@ class Hub:
         return found
 
     def _engine_list(self) -> list[dict[str, Any]]:
-        return [
-            {"engine_id": e.id, "pid": e.pid, "hostname": e.hostname}
-            for e in self.engines.values()
-            if e.ready
-        ]
+        return [self._engine_info(e) for e in self.engines.values() if e.ready]
+
+    @staticmethod
+    def _engine_info(e: _Engine) -> dict[str, Any]:
+        return {"engine_id": e.id, "pid": e.pid, "hostname": e.hostname, "direct_url": e.direct_url}
 
     def _queue_status(self) -> dict[str, Any]:
         return {
