@@ -12,6 +12,8 @@ from ._errors import DependencyError as DependencyError
 from ._errors import HubLost as HubLost
 from ._errors import TaskAborted as TaskAborted
 from ._hub import Hub as Hub
+from ._pool import Executor as Executor
+from ._pool import Pool as Pool
 from ._views import DirectView as DirectView
 from ._views import LoadBalancedView as LoadBalancedView
 from ._views import View as View
@@ -42,9 +44,11 @@ __all__ = [
     "DependencyError",
     "DirectView",
     "EngineDiedError",
+    "Executor",
     "Hub",
     "HubLost",
     "LoadBalancedView",
+    "Pool",
     "RemoteError",
     "TaskAborted",
     "View",
