@@ -275,3 +275,18 @@ def test_abort_chosen_ids(km: KernelManager) -> None:
     km.abort([drop])
     assert km.get_reply(drop, timeout=10) == {"status": "aborted"}
     assert km.get_reply(keep, timeout=10)["result"] == 1
+
+
+def test_freed_object_returns_its_memory(km: KernelManager) -> None:
+    """An object whose count reaches zero is dropped, and the engine's memory goes down."""
+    np = pytest.importorskip("numpy")
+    before = km.status()["memory_rss"]
+    ref = km.request("store_request", {"obj": np.ones(64 * 1024 * 1024, dtype=np.uint8)})["ref"]
+    holding = km.status()["memory_rss"]
+    assert holding - before > 48 * 1024 * 1024
+    assert km.request("incref_request", {"id": ref["id"]})["refcount"] == 2
+    assert km.request("decref_request", {"id": ref["id"]})["refcount"] == 1
+    assert km.status()["memory_rss"] - before > 48 * 1024 * 1024  # still held
+    assert km.request("decref_request", {"id": ref["id"]})["refcount"] == 0
+    after = km.status()["memory_rss"]
+    assert holding - after > 48 * 1024 * 1024
