@@ -9,6 +9,12 @@ Each server binds, prints ``READY <address>`` on stdout, then serves until termi
   (shape, last element) and answered with a short ``ok``.
 * ``mp-conn``: a ``multiprocess.connection.Listener`` that echoes (``ipc:`` = AF_UNIX).
 * ``shoal-conn``: a ``shoal.wire._connection.Listener`` that echoes.
+* ``broker``: a raw ROUTER/ROUTER relay, the hub's shape without its bookkeeping. It
+  binds a client side and a worker side and prints ``READY <client url> <worker url>``;
+  a client message goes to the next worker in turn, a worker's answer back to its client.
+* ``echo-worker``: (``LINK`` is a broker's worker url) a DEALER that registers with the
+  broker and echoes, except that a frame of 1 MiB or more is checked as ``raw`` does and
+  answered with a short ``ok``.
 
 The signing key / authkey comes in the ``SHOAL_BENCH_KEY`` environment variable. A
 watchdog thread exits the process if its parent goes away.
@@ -94,6 +100,60 @@ def serve_shoal(link: str, key: bytes) -> None:
         del msg, content
 
 
+def serve_broker(link: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    front = ctx.socket(zmq.ROUTER)
+    back = ctx.socket(zmq.ROUTER)
+    for sock in (front, back):
+        sock.linger = 0
+    front_url = _bind(front, link, "broker-front")
+    back_url = _bind(back, link, "broker-back")
+    _ready(f"{front_url} {back_url}")
+    workers: list[bytes] = []
+    turn = 0
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    while True:
+        for sock, _ in poller.poll():
+            frames = sock.recv_multipart(copy=False)
+            if sock is back:
+                if len(frames) == 2 and frames[1].bytes == b"hello":  # a worker registers
+                    workers.append(frames[0].bytes)
+                    back.send_multipart([frames[0].bytes, b"welcome"])
+                else:  # [worker, client, *payload]
+                    front.send_multipart(frames[1:], copy=False)
+            elif workers:  # [client, *payload]
+                worker = workers[turn % len(workers)]
+                turn += 1
+                back.send_multipart([worker, *frames], copy=False)
+
+
+def serve_echo_worker(backend: str) -> None:
+    import numpy as np
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(backend)
+    sock.send(b"hello")
+    if sock.recv() != b"welcome":
+        raise SystemExit("the broker did not welcome this worker")
+    _ready(backend)
+    while True:
+        client, frame = sock.recv_multipart(copy=False)
+        view = frame.buffer
+        if view.nbytes >= BIG:
+            arr = np.frombuffer(view, dtype=np.float64)
+            ok = arr.shape[0] * 8 == view.nbytes and arr[-1] == arr[-1]
+            sock.send_multipart([client, b"ok" if ok else b"bad"])
+        else:
+            sock.send_multipart([client, frame], copy=False)
+
+
 def _echo(conn: Any) -> None:
     try:
         while True:
@@ -144,6 +204,10 @@ def main(argv: list[str]) -> None:
         serve_mp_conn(link, key)
     elif kind == "shoal-conn":
         serve_shoal_conn(link, key)
+    elif kind == "broker":
+        serve_broker(link)
+    elif kind == "echo-worker":
+        serve_echo_worker(link)
     else:
         raise SystemExit(f"unknown server kind {kind!r}")
 

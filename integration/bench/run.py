@@ -5,7 +5,7 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine. These are measurements, not tests: nothing fails when a target is
+connection, engine, hub. These are measurements, not tests: nothing fails when a target is
 missed; the ``met`` column says so.
 """
 
@@ -27,6 +27,7 @@ import zmq
 from _common import Row, Skipped, format_table
 from bench_connection import bench_connection
 from bench_engine import bench_engine
+from bench_hub import bench_hub
 from bench_wire import (
     bench_roundtrip,
     bench_serialize_array,
@@ -48,7 +49,12 @@ class Config:
     small_items: int = 100_000
     engine_roundtrips: int = 500  # an engine request is ~10x a wire round trip
     engine_mib: int = 512
-    quick: bool = False  # --quick: also skips the slow peers (ipyparallel)
+    hub_roundtrips: int = 1000  # a hub round trip crosses 3 processes: ~2x an engine's
+    hub_tasks: int = 10_000
+    hub_mib: int = 512
+    hub_kills: int = 3
+    hub_starts: int = 3
+    quick: bool = False  # --quick: also skips the slow peers (ipyparallel, and dask)
 
 
 FULL = Config()
@@ -60,6 +66,11 @@ QUICK = Config(
     small_items=10_000,
     engine_roundtrips=100,
     engine_mib=64,
+    hub_roundtrips=200,
+    hub_tasks=1000,
+    hub_mib=64,
+    hub_kills=2,
+    hub_starts=1,
     quick=True,
 )
 
@@ -70,6 +81,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "transfer": bench_transfer,
     "connection": bench_connection,
     "engine": bench_engine,
+    "hub": bench_hub,
 }
 
 

@@ -113,12 +113,7 @@ class Client:
         self._sender.connect(self.url)
         self._token = token
         self.direct = direct
-        self._poller = zmq.Poller()  # the I/O thread's: the hub and the engines' sockets
-        # Direct ways to engines on this host: route -> (engine id, sending socket), and
-        # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
-        self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
-        self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
-        self._sent_to: dict[str, int] = {}
+        self._init_io_state()
         self._send_lock = threading.Lock()
         self._pending: dict[str, AsyncResult] = {}
         self.max_outstanding = max_outstanding
@@ -142,6 +137,20 @@ class Client:
             for e in reply["engines"]:
                 self._engines[int(e["engine_id"])] = e
         _clients.append(weakref.ref(self))
+
+    def _init_io_state(self) -> None:
+        self._poller = zmq.Poller()  # the I/O thread's: the hub and the engines' sockets
+        # close() wakes the I/O thread through this pipe rather than waiting out its poll.
+        address = f"inproc://shoal-client-wake-{self._token.decode()}"
+        self._wake_in: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
+        self._wake_in.bind(address)
+        self._wake_out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
+        self._wake_out.connect(address)
+        # Direct ways to engines on this host: route -> (engine id, sending socket), and
+        # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
+        self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
+        self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
+        self._sent_to: dict[str, int] = {}
 
     # -- engines ------------------------------------------------------------------------
     @property
@@ -360,6 +369,7 @@ class Client:
         hub = self._receiver
         poller = self._poller
         poller.register(hub, zmq.POLLIN)
+        poller.register(self._wake_in, zmq.POLLIN)
         next_ping = 0.0
         while not self._closed:
             now = time.monotonic()
@@ -377,6 +387,8 @@ class Client:
             except zmq.ZMQError:
                 return  # the context is ending: close() was called
             for sock, _ in ready:
+                if sock is self._wake_in:
+                    return  # close() was called
                 try:
                     frames = sock.recv_multipart(copy=False)
                 except zmq.ZMQError:
@@ -513,12 +525,14 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        with self._send_lock:
+            self._wake_out.send(b"")
         self._io.join(timeout=2 * self.ping_period + 1)
         for receiver, (_eid, sender) in self._direct_receivers.items():
             receiver.close(linger=0)
             sender.close(linger=0)
-        self._sender.close(linger=0)
-        self._receiver.close(linger=0)
+        for sock in (self._sender, self._receiver, self._wake_in, self._wake_out):
+            sock.close(linger=0)
         self._context.term()
 
     def __enter__(self) -> Client:

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,8 +91,27 @@ def _send(sock: zmq.Socket[Any], to: bytes, frames: list[Any]) -> None:
 _SNDMORE = int(zmq.SNDMORE)
 
 
+_Record = tuple[int | None, str, float, float | None, float | None]
+
+
+def _as_dict(msg_id: str, record: _Record) -> dict[str, Any]:
+    engine_id, status, submitted, started, completed = record
+    return {
+        "msg_id": msg_id,
+        "engine_id": engine_id,
+        "status": status,
+        "submitted": submitted,
+        "started": started,
+        "completed": completed,
+    }
+
+
 class _Task:
-    """A request in flight or waiting: its frames and what the hub knows about it."""
+    """A request in flight or waiting: its frames and what the hub knows about it.
+
+    The head frame is kept as a copy: a received zmq frame can pin the whole receive
+    buffer it was decoded from, which multiplies the memory of a long queue.
+    """
 
     __slots__ = (
         "after",
@@ -100,7 +120,6 @@ class _Task:
         "excluded",
         "follow",
         "frames",
-        "header",
         "lb",
         "msg_id",
         "retries",
@@ -108,11 +127,10 @@ class _Task:
         "targets",
     )
 
-    def __init__(self, client: bytes, frames: list[Any], header: list[Any], lb: bool) -> None:
+    def __init__(self, client: bytes, frames: list[Any], msg_id: str, lb: bool) -> None:
         self.client = client
-        self.frames = frames  # head and buffers, as zmq Frames (no copy)
-        self.header = header
-        self.msg_id: str = header[0]
+        self.frames = [frames[0].bytes, *frames[1:]]  # head copied; buffers referenced
+        self.msg_id = msg_id
         self.lb = lb
         self.engine: int | None = None
         self.submitted = time.time()
@@ -121,6 +139,11 @@ class _Task:
         self.after: list[str] = []
         self.follow: list[str] = []
         self.excluded: set[int] = set()
+
+    @property
+    def header(self) -> list[Any]:
+        """The request's header, read again from its head (needed only to answer it)."""
+        return peek(self.frames[0])[0]
 
 
 class _Engine:
@@ -213,7 +236,9 @@ class Hub:
         self.clients: dict[bytes, float] = {}  # receive identity -> last heard
         self.pending: collections.deque[_Task] = collections.deque()  # lb, ready to run
         self.waiting: dict[str, _Task] = {}  # lb, dependencies not met yet
-        self.history: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # msg_id -> (engine_id, status, submitted, started, completed): a tuple costs a
+        # quarter of a dict, and the history holds up to `history` of them.
+        self.history: collections.OrderedDict[str, _Record] = collections.OrderedDict()
         self.history_size = history
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # engines this hub started
         self.started = time.time()
@@ -267,11 +292,24 @@ class Hub:
         }
         for sock in handlers:
             poller.register(sock, zmq.POLLIN)
+        # A child engine's death wakes the poll at once (SIGCHLD through a wakeup fd),
+        # instead of waiting for the next heartbeat tick.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        poller.register(wake_r.fileno(), zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while not self._stopping:
                 wait = max(0.0, next_beat - time.monotonic())
                 for sock, _ in poller.poll(int(wait * 1000) + 1):
+                    if sock == wake_r.fileno():
+                        with contextlib.suppress(BlockingIOError):
+                            wake_r.recv(4096)
+                        self._check_children()
+                        continue
                     handler = handlers[sock]
                     for _ in range(64):  # drain a burst before looking elsewhere
                         try:
@@ -286,6 +324,9 @@ class Hub:
                     next_beat = time.monotonic() + self.period
                     self._beat()
         finally:
+            signal.set_wakeup_fd(-1)
+            wake_r.close()
+            wake_w.close()
             self._shutdown_engines()
             self._close()
         return 0
@@ -312,12 +353,12 @@ class Hub:
             return
         engine = self.routes.get(route)
         if engine is not None:  # the hot path: a request for one engine's shell
-            task = _Task(reply_to, msg, header, lb=False)
+            task = _Task(reply_to, msg, header[0], lb=False)
             task.engine = engine.id
             engine.outstanding[task.msg_id] = task
             self._to_engine(engine, "shell", [reply_to, *msg])
         elif route == LB:
-            self._lb_submit(_Task(reply_to, msg, header, lb=True), metadata)
+            self._lb_submit(_Task(reply_to, msg, header[0], lb=True), metadata)
         elif route[:1] == b"c" and route[1:].isdigit() and int(route[1:]) in self.engines:
             self._to_engine(self.engines[int(route[1:])], "control", [reply_to, *msg])
         elif route[:1] in (b"e", b"c") and route[1:].isdigit():
@@ -426,10 +467,12 @@ class Hub:
                 if self._in_flight(dep):
                     return None
                 return f"dependency {dep} is not a task this hub knows"
-            if record["status"] != "ok":
-                return f"dependency {dep} did not succeed ({record['status']})"
+            if record[1] != "ok":
+                return f"dependency {dep} did not succeed ({record[1]})"
         for dep in task.follow:
-            engine = self.history[dep]["engine_id"]
+            engine = self.history[dep][0]
+            if engine is None:
+                return f"follow= names {dep}, which ran on no engine"
             where.add(engine)
         if len(where) > 1:
             return f"follow= names tasks that ran on different engines {sorted(where)}"
@@ -600,16 +643,8 @@ class Hub:
         """Ping every engine; declare dead those that stopped answering or ended."""
         now = time.monotonic()
         heart = self.sockets["heartbeat"]
+        self._check_children()
         for engine in list(self.engines.values()):
-            proc = engine.proc
-            if proc is not None and proc.poll() is not None:
-                code = proc.returncode
-                if code < 0:
-                    cause = f"it was killed by {signal.Signals(-code).name}"
-                else:
-                    cause = f"it exited with code {code}"
-                self._engine_lost(engine, cause)
-                continue
             if now - engine.last_beat > self.timeout:
                 self._engine_lost(
                     engine, f"it did not answer heartbeats for {now - engine.last_beat:.1f} s"
@@ -627,6 +662,18 @@ class Hub:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
+
+    def _check_children(self) -> None:
+        """Engines this hub started whose process ended are lost, with the cause."""
+        for engine in list(self.engines.values()):
+            proc = engine.proc
+            if proc is not None and proc.poll() is not None:
+                code = proc.returncode
+                if code < 0:
+                    cause = f"it was killed by {signal.Signals(-code).name}"
+                else:
+                    cause = f"it exited with code {code}"
+                self._engine_lost(engine, cause)
 
     def _engine_lost(self, engine: _Engine, cause: str, *, kill: bool = True) -> None:
         if self.engines.pop(engine.id, None) is None:
@@ -675,17 +722,10 @@ class Hub:
         submitted: float,
         ran: tuple[float | None, float | None] = (None, None),
     ) -> None:
-        started, completed = ran
-        self.history[msg_id] = {
-            "msg_id": msg_id,
-            "engine_id": engine_id,
-            "status": status,
-            "submitted": submitted,
-            "started": started,
-            "completed": completed,
-        }
+        record = (engine_id, status, submitted, *ran)
+        self.history[msg_id] = record
         if self.store is not None:
-            self.store.add(self.history[msg_id])
+            self.store.add(_as_dict(msg_id, record))
         if len(self.history) > self.history_size:
             self.history.popitem(last=False)
 
@@ -733,8 +773,11 @@ class Hub:
         if msg_ids is None:
             if self.store is not None:
                 return list(self.store.all(self.history_size))
-            return list(self.history.values())
-        found = [self.history.get(str(m)) for m in msg_ids]
+            return [_as_dict(m, r) for m, r in self.history.items()]
+        found = [
+            None if (r := self.history.get(str(m))) is None else _as_dict(str(m), r)
+            for m in msg_ids
+        ]
         if self.store is not None and None in found:
             missing = [str(m) for m, r in zip(msg_ids, found, strict=True) if r is None]
             stored = dict(zip(missing, self.store.get(missing), strict=True))
@@ -832,7 +875,7 @@ class Hub:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         for sock in self.sockets.values():
-            sock.close(linger=200)  # the hub_shutdown notices
+            sock.close(linger=50)  # the hub_shutdown notices, local and small
         self.context.term()
 
 

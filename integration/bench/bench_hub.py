@@ -1,0 +1,1103 @@
+"""Hub-layer benchmarks: a shoal cluster (a hub and 2 engines) against raw pyzmq and peers.
+
+* W1 sequential no-op round trips, direct and load-balanced, vs a raw pyzmq broker
+  process relaying the same bytes between a client and 2 worker processes; peers:
+  multiprocess.Pool, ipyparallel, dask.distributed. Where the Client reaches engines
+  directly by default (``direct=True``), a second client with ``direct=False`` measures
+  the way through the hub as well (also in W3).
+* W2 many independent no-op tasks submitted at once (tasks/s), and ``map`` with automatic
+  chunking; peers: multiprocess.Pool, ProcessPoolExecutor, ipyparallel, dask.
+* W3 push and pull of a large array to an engine vs raw pyzmq ``copy=False`` (point to
+  point, and through the raw broker), and the hub's memory over that run.
+* W6 an engine SIGKILLed while it runs a request: time until the client has the
+  EngineDiedError; peer: ipyparallel.
+* W7 cluster start (to 2 engines ready) and stop, vs ipyparallel's Cluster and vs
+  starting the raw broker and workers.
+
+Every process started here ends, also when a measurement fails: each cluster, pool and
+server is ended in a ``finally`` and whatever it left (ipyparallel's nannies outlive
+their cluster) is killed by PID. ipyparallel and dask (slow to start and to run here)
+are skipped with ``--quick``; a failing peer prints a note and adds no rows.
+"""
+
+from __future__ import annotations
+
+import builtins
+import concurrent.futures
+import contextlib
+import functools
+import gc
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+from _common import SERVERS, Row, Stats, _read_ready, interleave, note, open_link, server, stop
+
+from shoal.hub import Client, EngineDiedError
+from shoal.wire import Codec, Message, generate_key, new_header
+
+MiB = 1 << 20
+ENGINES = 2  # this machine has 2 cores: one engine (or worker) each, for every system
+PEER_REPEATS = 3  # the peers' clusters are slow to run: a few repeats only
+ROUNDTRIP_REPEATS = 5  # W1: a sample of 1,000 round trips takes about a second
+TASK_REPEATS = 3  # W2: a sample of 10,000 tasks takes seconds
+TRANSFER_REPEATS = 3  # W3: a 512 MiB sample takes over a second through the hub
+PEER_SHARE = 10  # ipyparallel's and dask's round trips are ~10x shoal's: fewer per sample
+IPP_TASKS = 1000  # W2: ipyparallel runs ~1,000 tasks/s; its rate is measured on these
+DASK_TASKS = 500  # W2: dask runs a few hundred tasks/s here; at most this many a sample
+KILL_AFTER = 0.3  # W6: the engine is killed this long after its request started
+IPP_DETECT_LIMIT = 20.0  # W6: ipyparallel's detection is reported when quicker than this
+RSS_BUDGET_MIB = 50.0
+
+
+def _as_main(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` as if a user's ``__main__`` script defined it, which shoal, ipyparallel,
+    multiprocess (dill) and dask (cloudpickle) all send by value.
+
+    Its own globals too: dill sends a ``__main__`` function's globals along, and this
+    module's namespace (run.py imports it) would cost multiprocess ~4 kB and ~3 ms a call.
+    """
+    globals_ = {"__name__": "__main__", "__builtins__": builtins}
+    g = types.FunctionType(f.__code__, globals_, f.__name__, f.__defaults__, f.__closure__)
+    g.__module__ = "__main__"
+    g.__qualname__ = f.__qualname__
+    return g
+
+
+@_as_main
+def noop() -> None:
+    return None
+
+
+@_as_main
+def ident(x: Any) -> Any:
+    return x
+
+
+def noop_ref() -> None:
+    """noop for ProcessPoolExecutor: stdlib pickle sends a function by reference, and
+    the forked workers find this module in ``sys.modules``."""
+
+
+# -- helpers --------------------------------------------------------------------------
+def _interleave_all(
+    fns: Sequence[Callable[[], float]], repeats: int, warmup: int = 1
+) -> list[Stats]:
+    """:func:`interleave` for several callables: each repeat starts one further along."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        for k in range(len(fns)):
+            j = (i + k) % len(fns)
+            gc.collect()
+            samples[j].append(fns[j]())
+    return [Stats.of(s) for s in samples]
+
+
+def _us_per_call(n: int, call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _rate(n: int, run: Callable[[int], None]) -> float:
+    """Tasks per second of ``run(n)`` (which submits ``n`` tasks and waits for all)."""
+    t0 = time.perf_counter()
+    run(n)
+    return n / (time.perf_counter() - t0)
+
+
+def _warm_up(n: int, *runs: Callable[[int], None]) -> None:
+    """Run each of ``runs`` once on ``n`` tasks: the warm-up, smaller than a sample."""
+    for run in runs:
+        run(n)
+
+
+def _ms(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _apply_request_bytes() -> int:
+    """The size of the frames a shoal Client sends for ``apply(noop)``, route included."""
+    content = {"f": noop, "args": (), "kwargs": {}}
+    header = new_header("apply_request", uuid.uuid4().hex, "client")
+    frames = Codec(generate_key()).encode(Message(header, None, {}, content))
+    return len(b"e0") + sum(memoryview(frame).nbytes for frame in frames)
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/<pid>/status``, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+@contextlib.contextmanager
+def _dealer(address: str) -> Iterator[zmq.Socket[Any]]:
+    """A DEALER connected to ``address``; closed with its own context."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(address)
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def _raw_echo_us(sock: zmq.Socket[Any], payload: bytes, n: int) -> float:
+    send, recv = sock.send, sock.recv
+    t0 = time.perf_counter()
+    for _ in range(n):
+        send(payload)
+        recv()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _raw_send_gbps(sock: zmq.Socket[Any], source: np.ndarray[Any, Any]) -> float:
+    """One-way ``send(copy=False)`` until the receiver checked the bytes and acked."""
+    t0 = time.perf_counter()
+    sock.send(memoryview(source), copy=False)
+    ack = sock.recv()
+    dt = time.perf_counter() - t0
+    assert ack == b"ok", ack
+    return source.nbytes / dt / 1e9
+
+
+# -- processes ------------------------------------------------------------------------
+class _Reaper:
+    """The processes started while it lives (our new descendants), ended by PID.
+
+    Call :meth:`snapshot` before stopping a cluster (some of its processes, such as
+    ipyparallel's nannies, leave our process tree as it stops), :meth:`end` after: it
+    waits briefly for them, then terminates and kills what is left.
+    """
+
+    def __init__(self) -> None:
+        import psutil  # an ipyparallel dependency
+
+        self._me = psutil.Process()
+        self._before = {p.pid for p in self._me.children(recursive=True)}
+        self._seen: dict[int, Any] = {}
+
+    def snapshot(self) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            for proc in self._me.children(recursive=True):
+                if proc.pid not in self._before:
+                    self._seen.setdefault(proc.pid, proc)
+
+    def end(self) -> None:
+        import psutil
+
+        self.snapshot()
+        _, alive = psutil.wait_procs(list(self._seen.values()), timeout=1)
+        for signal_them in ("terminate", "kill"):
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    getattr(proc, signal_them)()
+            _, alive = psutil.wait_procs(alive, timeout=3)
+        if alive:
+            note(f"could not end processes {[p.pid for p in alive]}")
+
+
+def _hub_cluster_class() -> Any:
+    """``shoal.hub._cluster.Cluster``, or None where it does not exist (yet)."""
+    try:
+        from shoal.hub._cluster import Cluster
+    except ImportError:
+        return None
+    return Cluster
+
+
+def _start_shoal(folder: str) -> tuple[Client, Callable[[], None]]:
+    """A shoal cluster with ENGINES engines in ``folder``: a client once the engines are
+    registered, and the function that stops the cluster (closing that client)."""
+    cluster_class = _hub_cluster_class()
+    if cluster_class is not None:
+        cluster = cluster_class(n=ENGINES, profile_dir=folder)
+        try:
+            return cluster.start_and_connect(timeout=60), cluster.stop
+        except BaseException:
+            cluster.stop()
+            raise
+    # No Cluster class: start the hub process ourselves, its output in a log file.
+    log_path = os.path.join(folder, "hub.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shoal.hub",
+                "-n",
+                str(ENGINES),
+                "--profile-dir",
+                folder,
+                "--parent-pid",
+                str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    rc: Client | None = None
+
+    def stop_hub() -> None:
+        try:
+            if rc is not None:
+                with contextlib.suppress(Exception):
+                    rc.shutdown()
+                rc.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        finally:
+            stop(proc)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with open(log_path, "rb") as f:
+                if b"shoal hub ready:" in f.read():
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the hub did not start (exit code {proc.poll()})")
+            time.sleep(0.01)
+        rc = Client(url_file=os.path.join(folder, "hub-client.json"))
+        rc.wait_for_engines(ENGINES, 60)
+    except BaseException:
+        stop_hub()
+        raise
+    return rc, stop_hub
+
+
+@contextlib.contextmanager
+def _shoal_cluster() -> Iterator[Client]:
+    """A running shoal cluster's client; the hub and every engine ended afterwards."""
+    reaper = _Reaper()
+    try:
+        with tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
+            rc, stop_cluster = _start_shoal(folder)
+            try:
+                yield rc
+            finally:
+                reaper.snapshot()
+                stop_cluster()
+    finally:
+        reaper.end()
+
+
+@contextlib.contextmanager
+def _raw_broker(link: str) -> Iterator[str]:
+    """A raw broker and ENGINES echo workers (started at once); yields the client url."""
+    with server("broker", link) as broker:
+        front, back = broker.address.split()
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(ENGINES):  # one by one: each started one is stopped on failure
+                workers.append(  # noqa: PERF401
+                    subprocess.Popen(
+                        [sys.executable, str(SERVERS), "echo-worker", back],
+                        stdout=subprocess.PIPE,
+                    )
+                )
+            for worker in workers:
+                _read_ready(worker, 60)
+            yield front
+        finally:
+            for worker in workers:
+                stop(worker)
+
+
+@contextlib.contextmanager
+def _ipp_cluster(ipp: Any) -> Iterator[Any]:
+    """An ipyparallel cluster of ENGINES engines: its client; every process ended."""
+    reaper = _Reaper()
+    cluster = ipp.Cluster(n=ENGINES, log_level=logging.ERROR)
+    rc = None
+    try:
+        rc = cluster.start_and_connect_sync()
+        rc.wait_for_engines(ENGINES, timeout=60)
+        yield rc
+    finally:
+        reaper.snapshot()
+        try:
+            if rc is not None:
+                rc.close()
+            cluster.stop_cluster_sync()
+        finally:
+            reaper.end()
+
+
+@contextlib.contextmanager
+def _dask_client() -> Iterator[Any]:
+    """A dask LocalCluster (ENGINES worker processes, 1 thread each): its client."""
+    from distributed import Client as DaskClient
+    from distributed import LocalCluster
+
+    reaper = _Reaper()
+    cluster = client = None
+    try:
+        cluster = LocalCluster(
+            n_workers=ENGINES,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = DaskClient(cluster)
+        client.wait_for_workers(ENGINES, timeout=60)
+        yield client
+    finally:
+        reaper.snapshot()
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            reaper.end()
+
+
+@contextlib.contextmanager
+def _local_pools() -> Iterator[tuple[Any, concurrent.futures.ProcessPoolExecutor]]:
+    """A multiprocess.Pool and a ProcessPoolExecutor, ENGINES workers each."""
+    import multiprocess
+
+    reaper = _Reaper()
+    pool = executor = None
+    try:
+        pool = multiprocess.Pool(ENGINES)
+        executor = concurrent.futures.ProcessPoolExecutor(ENGINES)
+        yield pool, executor
+    finally:
+        reaper.snapshot()
+        try:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            reaper.end()
+
+
+def _hub_only_client(rc: Client) -> Client | None:
+    """A second client that sends everything through the hub (``direct=False``), where
+    the Client can reach engines directly by default; None where it cannot."""
+    if "direct" not in inspect.signature(Client).parameters:
+        return None
+    return Client(url_file=rc.url_file, direct=False)
+
+
+def _path(rc: Client) -> str:
+    """The way ``rc``'s requests to one engine take."""
+    if getattr(rc, "direct", False):
+        return "Client -> engine's own socket (Client(direct=True), the default; hub bypassed)"
+    if "direct" in inspect.signature(Client).parameters:
+        return "Client(direct=False) -> hub -> engine"
+    return "Client -> hub -> engine"
+
+
+# -- W1: sequential round trips ---------------------------------------------------------
+def _shoal_calls(rc: Client) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """``rc[first].apply_sync(noop)`` and ``lb.apply_sync(noop)``."""
+    direct = rc[rc.ids[0]]
+    lb = rc.load_balanced_view()
+    return (lambda: direct.apply_sync(noop)), (lambda: lb.apply_sync(noop))
+
+
+def _round_trips(cfg: Any, rc: Client, rc_hub: Client | None, broker_url: str) -> list[Row]:
+    n: int = cfg.hub_roundtrips
+    repeats = min(cfg.repeats, ROUNDTRIP_REPEATS)
+    size = _apply_request_bytes()
+    payload = b"x" * size
+    # (row name, the call, the path it takes)
+    direct, lb = _shoal_calls(rc)
+    cases: list[tuple[str, Callable[[], Any], str]] = [
+        ("hub direct apply(noop) round trip", direct, _path(rc)),
+    ]
+    if rc_hub is not None:
+        cases.append(
+            ("hub direct apply(noop) round trip, via hub", _shoal_calls(rc_hub)[0], _path(rc_hub))
+        )
+    cases.append(("hub lb apply(noop) round trip", lb, "Client -> hub -> engine"))
+    for _, call, _ in cases:
+        assert call() is None
+    note(f"W1 apply(noop) round trips vs raw broker: {repeats} x {n} each")
+    with _dealer(broker_url) as raw:
+        *stats, b = _interleave_all(
+            [
+                *(functools.partial(_us_per_call, n, call) for _, call, _ in cases),
+                lambda: _raw_echo_us(raw, payload, n),
+            ],
+            repeats,
+        )
+    raw_text = (
+        "tcp 127.0.0.1; raw: a DEALER -> a broker process (ROUTER/ROUTER relay, copy=False)"
+        f" -> 2 worker processes in turn (DEALER echo) and back, {size} B (shoal's"
+        " apply_request frames) each way"
+    )
+    return [
+        Row(
+            name=name,
+            unit="us/rt",
+            shoal=s,
+            baseline_name=f"raw pyzmq broker, {size} B echo",
+            baseline=b,
+            target="s/b <= 1.5",
+            target_ok=s.median <= 1.5 * b.median,
+            note=f"{path} and back; {raw_text}",
+        )
+        for (name, _, path), s in zip(cases, stats, strict=True)
+    ]
+
+
+def _peer_rt_row(name: str, peer: str, s: Stats, b: Stats, text: str) -> Row:
+    return Row(
+        name=name,
+        unit="us/rt",
+        shoal=s,
+        baseline_name=peer,
+        baseline=b,
+        target="(none: report)",
+        target_ok=None,
+        note=text,
+    )
+
+
+# -- W2: many tasks at once ---------------------------------------------------------------
+def _shoal_tasks(rc: Client) -> Callable[[int], None]:
+    lb = rc.load_balanced_view()
+
+    def run(n: int) -> None:
+        results = [lb.apply_async(noop) for _ in range(n)]
+        for r in results:
+            r.get()
+
+    return run
+
+
+def _pool_rows(cfg: Any, rc: Client) -> list[Row]:
+    """W1 and W2 against multiprocess.Pool and ProcessPoolExecutor."""
+    n_rt: int = cfg.hub_roundtrips
+    n: int = cfg.hub_tasks
+    repeats = min(cfg.repeats, TASK_REPEATS)
+    _, shoal_lb = _shoal_calls(rc)
+    shoal_tasks = _shoal_tasks(rc)
+    lb = rc.load_balanced_view()
+    items = range(n)
+    rows = []
+    with _local_pools() as (pool, executor):
+
+        def mp_tasks(k: int) -> None:
+            results = [pool.apply_async(noop) for _ in range(k)]
+            for r in results:
+                r.get()
+
+        def ppe_tasks(k: int) -> None:
+            futures = [executor.submit(noop_ref) for _ in range(k)]
+            for f in futures:
+                f.result()
+
+        note(f"W1 lb round trip vs multiprocess.Pool.apply: {PEER_REPEATS} x {n_rt} each")
+        s, b = interleave(
+            lambda: _us_per_call(n_rt, shoal_lb),
+            lambda: _us_per_call(n_rt, lambda: pool.apply(noop)),
+            PEER_REPEATS,
+        )
+        rows.append(
+            _peer_rt_row(
+                "hub lb apply(noop) round trip vs multiprocess",
+                "multiprocess Pool(2).apply",
+                s,
+                b,
+                "peers: each system with 2 worker processes on this machine, sequential"
+                " calls; shoal's lb view against pools (load-balanced), its direct view"
+                " against ipyparallel's rc[0]",
+            )
+        )
+
+        note(f"W2 {n} no-op tasks at once vs Pool.apply_async, PPE.submit: {repeats} repeats")
+        _warm_up(max(n // 10, 100), shoal_tasks, mp_tasks, ppe_tasks)
+        s, b_mp, b_ppe = _interleave_all(
+            [
+                lambda: _rate(n, shoal_tasks),
+                lambda: _rate(n, mp_tasks),
+                lambda: _rate(n, ppe_tasks),
+            ],
+            repeats,
+            warmup=0,
+        )
+        task_note = (
+            f"{n} no-op tasks submitted at once, then every result waited for; tasks/s:"
+            " higher is better; ProcessPoolExecutor sends noop by reference (stdlib pickle),"
+            " the others by value"
+        )
+        for peer, b in (
+            ("multiprocess Pool.apply_async", b_mp),
+            ("ProcessPoolExecutor.submit", b_ppe),
+        ):
+            rows.append(
+                Row(
+                    name=f"hub lb apply_async x{n}",
+                    unit="tasks/s",
+                    shoal=s,
+                    baseline_name=peer,
+                    baseline=b,
+                    target="s/b > 1",
+                    target_ok=s.median > b.median,
+                    note=task_note,
+                )
+            )
+
+        note(f"W2 map(ident, range({n})) vs multiprocess Pool.map: {cfg.repeats} repeats")
+        s, b = interleave(
+            lambda: _ms(lambda: lb.map_sync(ident, items)),
+            lambda: _ms(lambda: pool.map(ident, items)),
+            cfg.repeats,
+        )
+        assert lb.map_sync(ident, items) == list(items)
+        rows.append(
+            Row(
+                name=f"hub lb map_sync(ident, range({n}))",
+                unit="ms",
+                shoal=s,
+                baseline_name="multiprocess Pool.map",
+                baseline=b,
+                target="s/b <= 2",
+                target_ok=s.median <= 2 * b.median,
+                note="automatic chunking on both sides (4 chunks per worker)",
+            )
+        )
+    return rows
+
+
+# -- W3: large arrays and the hub's memory ----------------------------------------------
+def _transfers(
+    cfg: Any, rc: Client, rc_hub: Client | None, raw_url: str, broker_url: str
+) -> list[Row]:
+    mib: int = cfg.hub_mib
+    nbytes = mib * MiB
+    # Ones, not arange: the raw receivers read the bytes as float64 and check the last
+    # element equals itself, which a NaN bit pattern would fail.
+    source = np.ones(nbytes, dtype=np.uint8)
+    hub_pid = rc.hub_pid
+    assert hub_pid is not None, "the hub's connection file names no pid"
+
+    def push_once(view: Any) -> float:
+        t0 = time.perf_counter()
+        view.push({"a": source}, block=True)
+        return nbytes / (time.perf_counter() - t0) / 1e9
+
+    def pull_once(view: Any) -> float:
+        t0 = time.perf_counter()
+        out = view.pull("a", block=True)
+        dt = time.perf_counter() - t0
+        assert out.nbytes == nbytes, (out.shape, out.dtype)
+        assert out[-1] == 1
+        del out  # free the received copy before the next run
+        return nbytes / dt / 1e9
+
+    # (name suffix, client): the default client, and one that goes through the hub
+    clients = [("", rc)] if rc_hub is None else [("", rc), (", via hub", rc_hub)]
+    fns: list[Callable[[], float]] = []
+    for _, client in clients:
+        view = client[client.ids[0]]
+        # push first: pull finds "a" from the warm-up push
+        fns += [functools.partial(push_once, view), functools.partial(pull_once, view)]
+    repeats = min(cfg.repeats, TRANSFER_REPEATS)
+    rss0, hwm0 = _vm_kib(hub_pid, "VmRSS"), _vm_kib(hub_pid, "VmHWM")
+    note(f"W3 push and pull of {mib} MiB vs raw, raw via broker: {repeats} repeats each")
+    with _dealer(raw_url) as raw, _dealer(broker_url) as brokered:
+        *stats, b, b_broker = _interleave_all(
+            [
+                *fns,
+                lambda: _raw_send_gbps(raw, source),
+                lambda: _raw_send_gbps(brokered, source),
+            ],
+            repeats,
+        )
+    rss1, hwm1 = _vm_kib(hub_pid, "VmRSS"), _vm_kib(hub_pid, "VmHWM")
+    rc[rc.ids[0]].execute("del a", block=True)
+    rows = []
+    for i, (suffix, client) in enumerate(clients):
+        path = _path(client)
+        for verb, s in (("push", stats[2 * i]), ("pull", stats[2 * i + 1])):
+            rows.append(
+                Row(
+                    name=f"hub {verb} {mib} MiB uint8{suffix}",
+                    unit="GB/s",
+                    shoal=s,
+                    baseline_name="raw send(copy=False)",
+                    baseline=b,
+                    target="s/b >= 0.8",
+                    target_ok=s.median >= 0.8 * b.median,
+                    note=f"{path} (push: until the engine replied; pull: until the array"
+                    " arrived); raw: one process to another, one-way send until the"
+                    " receiver checked the bytes and acked",
+                )
+            )
+            if "hub ->" in path:
+                rows.append(
+                    Row(
+                        name=f"hub {verb} {mib} MiB uint8{suffix} vs broker",
+                        unit="GB/s",
+                        shoal=s,
+                        baseline_name="raw send via broker",
+                        baseline=b_broker,
+                        target="(none: report)",
+                        target_ok=None,
+                        note="raw via broker: the same one-way send through the raw broker"
+                        " process (ROUTER/ROUTER, copy=False) to a worker that checks and acks",
+                    )
+                )
+    growth = (rss1 - rss0) / 1024
+    text = (
+        f"the hub's VmRSS after the push/pull runs minus before ({rss0 / 1024:.0f} ->"
+        f" {rss1 / 1024:.0f} MiB); peak: VmHWM after minus before ({hwm0 / 1024:.0f} ->"
+        f" {hwm1 / 1024:.0f} MiB), against one message's size"
+    )
+    rows.append(
+        Row(
+            name="hub RSS growth over W3",
+            unit="MiB",
+            shoal=Stats.of([growth]),
+            baseline_name="budget",
+            baseline=Stats.of([RSS_BUDGET_MIB]),
+            target=f"< {RSS_BUDGET_MIB:g} MiB",
+            target_ok=growth < RSS_BUDGET_MIB,
+            note=text,
+        )
+    )
+    rows.append(
+        Row(
+            name="hub peak RSS growth over W3",
+            unit="MiB",
+            shoal=Stats.of([(hwm1 - hwm0) / 1024]),
+            baseline_name="one message",
+            baseline=Stats.of([float(mib)]),
+            target="(none: report)",
+            target_ok=None,
+            note=text,
+        )
+    )
+    return rows
+
+
+# -- W6: an engine killed mid-request ---------------------------------------------------
+def _kills(cfg: Any, rc: Client, ipp_kill: tuple[str, float] | None) -> list[Row]:
+    """W6 on shoal, and the row against ipyparallel's ``(version, ms)`` if measured."""
+    note(f"W6 SIGKILL an engine mid-request: {cfg.hub_kills} kills")
+    samples: list[float] = []
+    served = 0
+    problems: list[str] = []
+    for i in range(cfg.hub_kills):
+        ids = rc.wait_for_engines(ENGINES, 30)
+        victim, other = ids[0], ids[-1]
+        pid = int(rc.queue_status()[victim]["pid"])
+        result = rc[victim].execute("import time; time.sleep(30)")
+        time.sleep(KILL_AFTER)
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        try:
+            result.get(10)
+            problems.append("the request finished normally")
+        except EngineDiedError:
+            samples.append((time.perf_counter() - t0) * 1e3)
+        except Exception as exc:
+            problems.append(f"{type(exc).__name__}: {exc}")
+        try:
+            assert rc[other].apply_async(noop).get(10) is None
+            served += 1
+        except Exception as exc:
+            problems.append(f"engine {other} after the kill: {type(exc).__name__}: {exc}")
+        if i + 1 < cfg.hub_kills:
+            rc.add_engines(1)
+    if problems:
+        note(f"W6 problems: {problems}")
+    if not samples:
+        note("W6: no kill produced an EngineDiedError; no rows")
+        return []
+    text = (
+        f"{len(samples)} kills (a fresh engine each, rc.add_engines(1)): SIGKILL {KILL_AFTER} s"
+        " into rc[i].execute('time.sleep(30)') until .get() raised EngineDiedError; after"
+        f" each kill the other engine answered an apply: {served} of {cfg.hub_kills}"
+        + (f"; problems: {'; '.join(problems)}" if problems else "")
+    )
+    s = Stats.of(samples)
+    rows = [
+        Row(
+            name="hub engine SIGKILL to EngineDiedError",
+            unit="ms",
+            shoal=s,
+            baseline_name="limit",
+            baseline=Stats.of([1000.0]),
+            target="<= 1 s",
+            target_ok=s.median <= 1000.0,
+            note=text,
+        )
+    ]
+    if ipp_kill is not None:
+        version, ms = ipp_kill
+        rows.append(
+            Row(
+                name="hub engine SIGKILL to error vs ipyparallel",
+                unit="ms",
+                shoal=s,
+                baseline_name="ipyparallel (1 kill)",
+                baseline=Stats.of([ms]),
+                target="(none: report)",
+                target_ok=None,
+                note=f"ipyparallel {version}, 2 engines: SIGKILL {KILL_AFTER} s into"
+                " rc[0].execute('time.sleep(30)') until .get() raised; one kill",
+            )
+        )
+    return rows
+
+
+def _ipp_kill_ms(rc: Any) -> float | None:
+    """ipyparallel: SIGKILL engine 0 mid-request; ms until its error, None if > limit."""
+    victim, other = rc.ids[0], rc.ids[-1]
+    pid = rc[victim].apply_sync(os.getpid)
+    result = rc[victim].execute("import time; time.sleep(30)", block=False)
+    time.sleep(KILL_AFTER)
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        result.get(IPP_DETECT_LIMIT)
+    except TimeoutError:
+        return None
+    except Exception as exc:
+        if "died" not in str(exc).lower() and "EngineError" not in repr(exc):
+            raise
+    ms = (time.perf_counter() - t0) * 1e3
+    assert rc[other].apply_sync(os.getpid) != pid
+    return ms
+
+
+# -- W7: start and stop ------------------------------------------------------------------
+def _shoal_start_stop(stops: list[float]) -> float:
+    """ms from nothing to a client with 2 engines registered; appends the stop's ms."""
+    reaper = _Reaper()
+    try:
+        with tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
+            t0 = time.perf_counter()
+            rc, stop_cluster = _start_shoal(folder)
+            started = (time.perf_counter() - t0) * 1e3
+            assert len(rc.ids) >= ENGINES
+            reaper.snapshot()
+            stops.append(_ms(stop_cluster))
+            return started
+    finally:
+        reaper.end()
+
+
+def _ipp_start_stop(ipp: Any, stops: list[float]) -> float:
+    reaper = _Reaper()
+    cluster = ipp.Cluster(n=ENGINES, log_level=logging.ERROR)
+    rc = None
+    stopped = False
+    try:
+        t0 = time.perf_counter()
+        rc = cluster.start_and_connect_sync()  # waits for the n engines
+        started = (time.perf_counter() - t0) * 1e3
+        assert len(rc.ids) >= ENGINES
+        reaper.snapshot()
+        t0 = time.perf_counter()
+        rc.close()
+        cluster.stop_cluster_sync()
+        stops.append((time.perf_counter() - t0) * 1e3)
+        stopped = True
+        return started
+    finally:
+        reaper.snapshot()
+        try:
+            if not stopped:
+                if rc is not None:
+                    rc.close()
+                cluster.stop_cluster_sync()
+        finally:
+            reaper.end()
+
+
+def _raw_start_stop(link: str, stops: list[float]) -> float:
+    """The raw equivalent: a broker and 2 workers started, one echo through each."""
+    stack = contextlib.ExitStack()
+    with stack:
+        t0 = time.perf_counter()
+        url = stack.enter_context(_raw_broker(link))
+        with _dealer(url) as sock:
+            for _ in range(ENGINES):
+                sock.send(b"x")
+                sock.recv()
+        started = (time.perf_counter() - t0) * 1e3
+        stops.append(_ms(stack.close))
+        return started
+
+
+def _startup(cfg: Any) -> list[Row]:
+    repeats: int = cfg.hub_starts
+    shoal_stops: list[float] = []
+    raw_stops: list[float] = []
+    how = "shoal.hub.Cluster" if _hub_cluster_class() is not None else "a hub process"
+    note(f"W7 cluster start and stop vs raw broker + workers: {repeats} repeats each")
+    with open_link("tcp") as link:
+        s, b = interleave(
+            lambda: _shoal_start_stop(shoal_stops),
+            lambda: _raw_start_stop(link, raw_stops),
+            repeats,
+            warmup=0,
+        )
+    text = (
+        f"shoal: {how}(n=2) start_and_connect (start, wait for 2 engines, connect a client);"
+        " stop: Cluster.stop() (clients closed, hub and engines gone); raw: a broker process"
+        " and 2 echo-worker processes started at once, ready and one echo through each;"
+        " stop: terminate and wait"
+    )
+    rows = []
+    for what, a, c in (
+        ("start to 2 engines ready", s, b),
+        ("stop", Stats.of(shoal_stops), Stats.of(raw_stops)),
+    ):
+        rows.append(
+            Row(
+                name=f"hub cluster {what}",
+                unit="ms",
+                shoal=a,
+                baseline_name="raw broker + 2 workers",
+                baseline=c,
+                target="(none: report)",
+                target_ok=None,
+                note=text,
+            )
+        )
+    if cfg.quick:
+        note("W7 ipyparallel peer skipped with --quick")
+        return rows
+    try:
+        import ipyparallel as ipp
+
+        shoal_stops.clear()
+        ipp_stops: list[float] = []
+        note(f"W7 cluster start and stop vs ipyparallel Cluster(n=2): {repeats} repeats each")
+        s, b = interleave(
+            lambda: _shoal_start_stop(shoal_stops),
+            lambda: _ipp_start_stop(ipp, ipp_stops),
+            repeats,
+            warmup=0,
+        )
+    except Exception as exc:  # a failing peer must not cost the shoal rows
+        note(f"W7 ipyparallel peer failed, no rows: {type(exc).__name__}: {exc}")
+        return rows
+    text = (
+        f"ipyparallel {ipp.__version__} Cluster(n=2): start_and_connect_sync() (waits for"
+        " the engines); stop: rc.close() + stop_cluster_sync() (its nannies linger"
+        " afterwards, killed untimed)"
+    )
+    for what, a, c in (
+        ("start to 2 engines ready", s, b),
+        ("stop", Stats.of(shoal_stops), Stats.of(ipp_stops)),
+    ):
+        rows.append(
+            Row(
+                name=f"hub cluster {what} vs ipyparallel",
+                unit="ms",
+                shoal=a,
+                baseline_name="ipyparallel Cluster(n=2)",
+                baseline=c,
+                target="s/b <= 0.2",
+                target_ok=a.median <= 0.2 * c.median,
+                note=text,
+            )
+        )
+    return rows
+
+
+# -- peers with clusters of their own -----------------------------------------------------
+def _ipyparallel_rows(
+    cfg: Any, rc: Client
+) -> tuple[list[Row], list[Row], tuple[str, float] | None]:
+    """W1 and W2 rows against an ipyparallel cluster, and its W6 ``(version, ms)``."""
+    import ipyparallel as ipp
+
+    n_rt: int = cfg.hub_roundtrips
+    n_peer = max(n_rt // PEER_SHARE, 1)
+    n: int = cfg.hub_tasks
+    n_ipp = min(n, IPP_TASKS)
+    n_half = n // 2  # shoal's rate, on fewer tasks to keep the run short
+    direct, _ = _shoal_calls(rc)
+    shoal_tasks = _shoal_tasks(rc)
+    with _ipp_cluster(ipp) as irc:
+        iview = irc[0]
+        ilb = irc.load_balanced_view()
+
+        def ipp_tasks(k: int) -> None:
+            results = [ilb.apply_async(noop) for _ in range(k)]
+            for r in results:
+                r.get()
+
+        note(f"W1 direct round trip vs ipyparallel: {PEER_REPEATS} x {n_rt} / {n_peer} each")
+        s_rt, b_rt = interleave(
+            lambda: _us_per_call(n_rt, direct),
+            lambda: _us_per_call(n_peer, lambda: iview.apply_sync(noop)),
+            PEER_REPEATS,
+        )
+        note(f"W2 tasks at once vs ipyparallel: {PEER_REPEATS} x {n_half} / {n_ipp} tasks")
+        _warm_up(max(n_ipp // 10, 10), shoal_tasks, ipp_tasks)
+        s_tasks, b_tasks = interleave(
+            lambda: _rate(n_half, shoal_tasks),
+            lambda: _rate(n_ipp, ipp_tasks),
+            PEER_REPEATS,
+            warmup=0,
+        )
+        note("W6 ipyparallel: SIGKILL an engine mid-request, once")
+        kill_ms = _ipp_kill_ms(irc)
+    w1 = [
+        _peer_rt_row(
+            "hub direct apply(noop) round trip vs ipyparallel",
+            "ipyparallel rc[0].apply_sync",
+            s_rt,
+            b_rt,
+            f"ipyparallel {ipp.__version__}, 2 engines; {n_peer} calls per sample",
+        )
+    ]
+    w2 = [
+        Row(
+            name=f"hub lb apply_async x{n_half} vs ipyparallel",
+            unit="tasks/s",
+            shoal=s_tasks,
+            baseline_name=f"ipyparallel lb x{n_ipp}",
+            baseline=b_tasks,
+            target="(none: report)",
+            target_ok=None,
+            note=f"ipyparallel {ipp.__version__}: lb view, apply_async x{n_ipp} then every"
+            f" .get() (its rate is measured on {n_ipp} tasks, shoal's on {n_half}: rates"
+            " compare, counts differ); tasks/s: higher is better",
+        )
+    ]
+    if kill_ms is None:
+        note(f"W6 ipyparallel did not report the death within {IPP_DETECT_LIMIT:g} s: no row")
+        return w1, w2, None
+    return w1, w2, (ipp.__version__, kill_ms)
+
+
+def _dask_rows(cfg: Any, rc: Client) -> tuple[list[Row], list[Row]]:
+    """W1 and W2 rows against a dask LocalCluster."""
+    import distributed
+
+    n_rt: int = cfg.hub_roundtrips
+    n_peer = max(n_rt // PEER_SHARE, 1)
+    n: int = cfg.hub_tasks
+    n_dask = min(n // 10, DASK_TASKS)
+    n_half = n // 2  # shoal's rate, on fewer tasks to keep the run short
+    _, shoal_lb = _shoal_calls(rc)
+    shoal_tasks = _shoal_tasks(rc)
+    with _dask_client() as client:
+
+        def dask_call() -> None:
+            client.submit(noop, pure=False).result()
+
+        def dask_tasks(k: int) -> None:
+            client.gather([client.submit(noop, pure=False) for _ in range(k)])
+
+        note(f"W1 lb round trip vs dask: {PEER_REPEATS} x {n_rt} / {n_peer} each")
+        s_rt, b_rt = interleave(
+            lambda: _us_per_call(n_rt, shoal_lb),
+            lambda: _us_per_call(n_peer, dask_call),
+            PEER_REPEATS,
+        )
+        note(f"W2 tasks at once vs dask: {PEER_REPEATS} x {n_half} / {n_dask} tasks")
+        _warm_up(max(n_dask // 10, 10), shoal_tasks, dask_tasks)
+        s_tasks, b_tasks = interleave(
+            lambda: _rate(n_half, shoal_tasks),
+            lambda: _rate(n_dask, dask_tasks),
+            PEER_REPEATS,
+            warmup=0,
+        )
+    version = distributed.__version__
+    w1 = [
+        _peer_rt_row(
+            "hub lb apply(noop) round trip vs dask",
+            "dask submit(pure=False).result()",
+            s_rt,
+            b_rt,
+            f"dask.distributed {version} LocalCluster(n_workers=2, threads_per_worker=1,"
+            f" processes=True); {n_peer} calls per sample",
+        )
+    ]
+    w2 = [
+        Row(
+            name=f"hub lb apply_async x{n_half} vs dask",
+            unit="tasks/s",
+            shoal=s_tasks,
+            baseline_name=f"dask submit x{n_dask} + gather",
+            baseline=b_tasks,
+            target="(none: report)",
+            target_ok=None,
+            note=f"dask.distributed {version}: client.submit(noop, pure=False) x{n_dask},"
+            f" then client.gather (shoal's rate on {n_half} tasks); tasks/s: higher is better",
+        )
+    ]
+    return w1, w2
+
+
+def bench_hub(cfg: Any) -> list[Row]:
+    """A shoal cluster (hub + 2 engines) vs raw pyzmq, multiprocess, dask, ipyparallel."""
+    w1: list[Row] = []
+    w2: list[Row] = []
+    w3: list[Row] = []
+    w6: list[Row] = []
+    with (
+        open_link("tcp") as link,
+        server("raw", link) as raw_srv,
+        _raw_broker(link) as broker_url,
+        _shoal_cluster() as rc,
+        contextlib.ExitStack() as stack,
+    ):
+        rc_hub = _hub_only_client(rc)
+        if rc_hub is not None:
+            stack.callback(rc_hub.close)
+            rc_hub.wait_for_engines(ENGINES, 30)
+        w1 += _round_trips(cfg, rc, rc_hub, broker_url)
+        pool_rows = _pool_rows(cfg, rc)
+        w1 += pool_rows[:1]
+        w2 += pool_rows[1:]
+        w3 += _transfers(cfg, rc, rc_hub, raw_srv.address, broker_url)
+        ipp_kill = None
+        if cfg.quick:
+            note("dask and ipyparallel peers skipped with --quick")
+        else:
+            try:
+                d1, d2 = _dask_rows(cfg, rc)
+                w1 += d1
+                w2 += d2
+            except Exception as exc:  # a failing peer must not cost the shoal rows
+                note(f"dask peer failed, no rows: {type(exc).__name__}: {exc}")
+            try:
+                i1, i2, ipp_kill = _ipyparallel_rows(cfg, rc)
+                w1 += i1
+                w2 += i2
+            except Exception as exc:
+                note(f"ipyparallel peer failed, no rows: {type(exc).__name__}: {exc}")
+        w6 += _kills(cfg, rc, ipp_kill)  # last: it kills engines
+    return [*w1, *w2, *w3, *w6, *_startup(cfg)]
