@@ -308,11 +308,13 @@ class Client:
     ) -> None:
         big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[1:])
         with self._send_lock:
+            self._check()
+            if not big and _send_now(sock, frames):
+                return  # the common case: there was room in the queue, no poll needed
             while not sock.poll(100, zmq.POLLOUT):  # the receiver's queue is full: wait
                 self._check()
                 if direct_route is not None and direct_route not in self._direct_senders:
                     raise EngineDiedError(f"engine {direct_route[1:].decode()} is gone")
-            self._check()
             if not big:
                 sock.send_multipart(frames)
                 return
@@ -544,6 +546,21 @@ class Client:
     def __repr__(self) -> str:
         state = f"lost: {self._lost}" if self._lost else f"{len(self._engines)} engines"
         return f"<shoal.hub.Client {self.url}: {state}>"
+
+
+def _send_now(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
+    """Send without waiting; False, having sent nothing, when the queue is full. Once the
+    first part is queued, zmq takes the rest of the message."""
+    try:
+        sock.send(frames[0], (zmq.SNDMORE if len(frames) > 1 else 0) | zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    if len(frames) == 1:
+        return True
+    for frame in frames[1:-1]:
+        sock.send(frame, zmq.SNDMORE)
+    sock.send(frames[-1])
+    return True
 
 
 _clients: list[weakref.ref[Client]] = []
