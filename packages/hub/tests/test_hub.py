@@ -405,3 +405,20 @@ def test_engine_status_interrupt_and_removal(tmp_path: Path) -> None:
         assert rc.remove_engines([1]) == [1]
         _wait_gone(pid, 10)
         assert rc.ids == [0]
+
+
+def test_a_dropped_result_is_freed(tmp_path: Path) -> None:
+    """The client keeps no result once it is delivered: dropping the AsyncResult frees it."""
+    import gc
+    import weakref
+
+    with hub(tmp_path, 1) as (_, rc):
+        refs = []
+        for view in (rc[0], rc.load_balanced_view()):
+            ar = view.apply_async(lambda: bytearray(1 << 20))
+            assert len(ar.get(20)) == 1 << 20
+            refs.append(weakref.ref(ar))
+            del ar
+        gc.collect()
+        assert [r() for r in refs] == [None, None]
+        assert not rc._pending
