@@ -422,3 +422,25 @@ def test_a_dropped_result_is_freed(tmp_path: Path) -> None:
         gc.collect()
         assert [r() for r in refs] == [None, None]
         assert not rc._pending
+
+
+def test_many_threads_share_one_client(tmp_path: Path) -> None:
+    """Callers in several threads wait on their own results, reading for each other."""
+    import concurrent.futures
+
+    with hub(tmp_path) as (_, rc):
+        lb = rc.load_balanced_view()
+
+        def work(k: int) -> list[int]:
+            view = rc[k % 2]
+            out = [view.apply_sync(lambda x: x * 2, i) for i in range(30)]
+            out += [lb.apply_async(lambda x: x + 1, i).get(30) for i in range(10)]
+            return out
+
+        expected = [i * 2 for i in range(30)] + [i + 1 for i in range(10)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        assert results == [expected] * 8
+        futures = [lb.apply_async(lambda x: x, i) for i in range(20)]
+        done = concurrent.futures.wait(futures, timeout=30)  # no caller reads: the I/O thread
+        assert len(done.done) == 20

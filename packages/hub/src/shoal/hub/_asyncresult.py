@@ -125,6 +125,12 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self.set_result(value)
 
     # -- ipyparallel's vocabulary -------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """The result (``concurrent.futures.Future.result``), read in this thread."""
+        start = time.monotonic()
+        self._client._wait(self, timeout)
+        return super().result(_left(timeout, start))
+
     def get(self, timeout: float | None = None) -> Any:
         """The result, waiting up to ``timeout`` seconds; raises the remote error.
 
@@ -142,7 +148,9 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the result, at most ``timeout`` seconds; whether it is ready."""
-        concurrent.futures.wait([self], timeout)
+        start = time.monotonic()
+        self._client._wait(self, timeout)
+        concurrent.futures.wait([self], _left(timeout, start))
         return self.done()
 
     def ready(self) -> bool:
@@ -322,6 +330,11 @@ class AsyncMapResult(AsyncResult):
             if error is not None:
                 raise error
             yield from self._results[i]
+
+
+def _left(timeout: float | None, start: float) -> float | None:
+    """What remains of ``timeout`` seconds counted from ``start``."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
 
 def _flatten(chunks: list[Any]) -> list[Any]:

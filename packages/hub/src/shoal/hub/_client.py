@@ -139,13 +139,22 @@ class Client:
         _clients.append(weakref.ref(self))
 
     def _init_io_state(self) -> None:
-        self._poller = zmq.Poller()  # the I/O thread's: the hub and the engines' sockets
+        # Whoever holds `_reading` reads the sockets: the I/O thread, or a caller waiting
+        # for its result (`_wait`), which then needs no hand-off. `_waiters` callers want it.
+        self._reading = threading.Lock()
+        self._waiters = 0
+        self._waiters_changed = threading.Condition()
+        self._wake_lock = threading.Lock()
+        self._next_ping = 0.0
+        self._poller = zmq.Poller()  # the reader's: the hub and the engines' sockets
         # close() wakes the I/O thread through this pipe rather than waiting out its poll.
         address = f"inproc://shoal-client-wake-{self._token.decode()}"
         self._wake_in: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         self._wake_in.bind(address)
         self._wake_out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         self._wake_out.connect(address)
+        self._poller.register(self._receiver, zmq.POLLIN)
+        self._poller.register(self._wake_in, zmq.POLLIN)
         # Direct ways to engines on this host: route -> (engine id, sending socket), and
         # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
         self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
@@ -368,44 +377,85 @@ class Client:
 
     # -- receiving (I/O thread) ---------------------------------------------------------
     def _io_loop(self) -> None:
-        hub = self._receiver
-        poller = self._poller
-        poller.register(hub, zmq.POLLIN)
-        poller.register(self._wake_in, zmq.POLLIN)
-        next_ping = 0.0
-        while not self._closed:
-            now = time.monotonic()
-            if now >= next_ping:
-                next_ping = now + self.ping_period
-                with contextlib.suppress(zmq.ZMQError):
-                    hub.send(PING, zmq.NOBLOCK)
-                if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
-                    self._hub_lost(
-                        f"the hub at {self.url} has been silent for {now - self._last_heard:.1f} s"
-                    )
-                    return
+        while not self._closed and self._lost is None:
+            with self._waiters_changed:  # a caller reads for itself: keep out of its way
+                while self._waiters and not self._closed:
+                    self._waiters_changed.wait(self.ping_period)
+            if not self._reading.acquire(timeout=self.ping_period):
+                continue
             try:
-                ready = poller.poll(int(self.ping_period * 1000))
+                self._pump(self.ping_period)
+            finally:
+                self._reading.release()
+
+    def _wait(self, result: AsyncResult, timeout: float | None) -> None:
+        """Read replies in this (calling) thread until ``result`` is done or ``timeout``
+        passed: the reply reaches its waiter without a hand-off from the I/O thread."""
+        if result.done() or threading.current_thread() is self._io:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._waiters_changed:
+            self._waiters += 1
+        try:
+            if not self._reading.acquire(blocking=False):
+                with self._wake_lock:
+                    self._wake_out.send(b"")  # the I/O thread leaves its poll and yields
+                while not self._reading.acquire(timeout=0.002):
+                    if result.done() or (deadline is not None and time.monotonic() > deadline):
+                        return
+            try:
+                while not result.done() and not self._closed and self._lost is None:
+                    left = self.ping_period
+                    if deadline is not None:
+                        left = min(left, deadline - time.monotonic())
+                        if left <= 0:
+                            return
+                    self._pump(left)
+            finally:
+                self._reading.release()
+        finally:
+            with self._waiters_changed:
+                self._waiters -= 1
+                self._waiters_changed.notify_all()
+
+    def _pump(self, timeout: float) -> None:
+        """One round of the client's reading: a ping when due, then whatever arrives within
+        ``timeout``. Only the holder of ``_reading`` runs it."""
+        hub = self._receiver
+        now = time.monotonic()
+        if now >= self._next_ping:
+            self._next_ping = now + self.ping_period
+            with contextlib.suppress(zmq.ZMQError):
+                hub.send(PING, zmq.NOBLOCK)
+            if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
+                silent = now - self._last_heard
+                self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
+                return
+        timeout = min(timeout, max(0.0, self._next_ping - now))
+        try:
+            ready = self._poller.poll(int(timeout * 1000) + 1)
+        except zmq.ZMQError:
+            return  # the context is ending: close() was called
+        for sock, _ in ready:
+            if sock is self._wake_in:
+                while self._wake_in.poll(0):
+                    self._wake_in.recv()
+                continue
+            try:
+                frames = sock.recv_multipart(copy=False)
             except zmq.ZMQError:
-                return  # the context is ending: close() was called
-            for sock, _ in ready:
-                if sock is self._wake_in:
-                    return  # close() was called
-                try:
-                    frames = sock.recv_multipart(copy=False)
-                except zmq.ZMQError:
-                    return
-                try:
-                    if sock is hub:
-                        self._last_heard = time.monotonic()
-                        if frames[0].bytes == PONG:
-                            self._heard.set()
-                        else:
-                            self._on_message(frames[0].bytes, frames[1:])
+                return
+            try:
+                if sock is hub:
+                    self._last_heard = time.monotonic()
+                    if frames[0].bytes == PONG:
+                        self._heard.set()
                     else:
-                        self._on_direct(sock, frames)
-                except Exception:
-                    log.exception("failed to handle a message")
+                        self._on_message(frames[0].bytes, frames[1:])
+                else:
+                    self._on_direct(sock, frames)
+            except Exception:
+                log.exception("failed to handle a message")
 
     # -- direct connections to engines (I/O thread) -------------------------------------
     def _open_direct(self, engine: dict[str, Any]) -> None:
@@ -527,9 +577,13 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        with self._send_lock:
+        with self._wake_lock:
             self._wake_out.send(b"")
+        with self._waiters_changed:
+            self._waiters_changed.notify_all()
         self._io.join(timeout=2 * self.ping_period + 1)
+        if not self._reading.acquire(timeout=2 * self.ping_period + 1):
+            log.warning("a thread still reads this Client's sockets while it closes")
         for receiver, (_eid, sender) in self._direct_receivers.items():
             receiver.close(linger=0)
             sender.close(linger=0)
