@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -444,3 +445,43 @@ def test_many_threads_share_one_client(tmp_path: Path) -> None:
         futures = [lb.apply_async(lambda x: x, i) for i in range(20)]
         done = concurrent.futures.wait(futures, timeout=30)  # no caller reads: the I/O thread
         assert len(done.done) == 20
+
+
+def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """block, run, sync_imports, await, timings, outputs and the progress display."""
+    import asyncio  # noqa: PLC0415
+
+    with hub(tmp_path) as (_, rc):
+        view = rc[:]
+        assert view.block is False
+        assert isinstance(view.apply(lambda: 1), concurrent.futures.Future)
+        view.block = True
+        assert view.apply(lambda: 1) == [1, 1]
+        script = tmp_path / "job.py"
+        script.write_text("import math\nfrom_file = math.factorial(5)\n")
+        view.run(script)
+        assert view["from_file"] == [120, 120]
+        with view.sync_imports(quiet=True):
+            import json  # noqa: F401
+        assert view.apply(lambda: json.dumps([1])) == ["[1]", "[1]"]
+
+        async def both() -> list[object]:
+            return await asyncio.gather(
+                rc[0].apply_async(lambda: "a"), rc[1].apply_async(lambda: "b")
+            )
+
+        assert asyncio.run(both()) == ["a", "b"]
+        ar = rc.load_balanced_view().map_async(
+            lambda x: (print("item", x), __import__("time").sleep(0.05), x)[2],
+            range(6),
+            chunksize=1,
+        )
+        ar.wait_interactive(interval=0.02)
+        assert ar.get(20) == list(range(6))
+        assert ar.progress == 6
+        assert ar.serial_time >= 0.25
+        assert ar.elapsed >= ar.wall_time > 0
+        ar.display_outputs()
+        out = capsys.readouterr()
+        assert "6/6 tasks" in out.err
+        assert sum(f"item {x}" in out.out for x in range(6)) == 6
