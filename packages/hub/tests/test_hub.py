@@ -449,7 +449,7 @@ def test_many_threads_share_one_client(tmp_path: Path) -> None:
 
 def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """block, run, sync_imports, await, timings, outputs and the progress display."""
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
     with hub(tmp_path) as (_, rc):
         view = rc[:]
@@ -462,7 +462,7 @@ def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         view.run(script)
         assert view["from_file"] == [120, 120]
         with view.sync_imports(quiet=True):
-            import json  # noqa: F401
+            import json
         assert view.apply(lambda: json.dumps([1])) == ["[1]", "[1]"]
 
         async def both() -> list[object]:
