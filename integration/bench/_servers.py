@@ -59,23 +59,29 @@ def _bind(sock: Any, link: str, name: str) -> str:
     return url
 
 
+def _echo_or_check(sock: Any, address: str, copy: bool) -> None:
+    """``raw`` and ``echo-worker``: READY, then echo each frame or check and ack a big one."""
+    import numpy as np  # before READY: a raw server's start-up includes it
+
+    _ready(address)
+    while True:
+        route, frame = sock.recv_multipart(copy=False)
+        view = frame.buffer
+        if view.nbytes >= BIG:
+            arr = np.frombuffer(view, dtype=np.float64)
+            ok = arr.shape[0] * 8 == view.nbytes and arr[-1] == arr[-1]
+            sock.send_multipart([route, b"ok" if ok else b"bad"])
+        else:
+            sock.send_multipart([route, frame], copy=copy)
+
+
 def serve_raw(link: str) -> None:
-    import numpy as np
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
-    _ready(_bind(sock, link, "raw"))
-    while True:
-        ident, frame = sock.recv_multipart(copy=False)
-        view = frame.buffer
-        if view.nbytes >= BIG:
-            arr = np.frombuffer(view, dtype=np.float64)
-            ok = arr.shape[0] * 8 == view.nbytes and arr[-1] == arr[-1]
-            sock.send_multipart([ident, b"ok" if ok else b"bad"])
-        else:
-            sock.send_multipart([ident, frame])
+    _echo_or_check(sock, _bind(sock, link, "raw"), copy=True)
 
 
 def serve_shoal(link: str, key: bytes) -> None:
@@ -132,7 +138,6 @@ def serve_broker(link: str) -> None:
 
 
 def serve_echo_worker(backend: str) -> None:
-    import numpy as np
     import zmq
 
     ctx = zmq.Context()
@@ -142,16 +147,7 @@ def serve_echo_worker(backend: str) -> None:
     sock.send(b"hello")
     if sock.recv() != b"welcome":
         raise SystemExit("the broker did not welcome this worker")
-    _ready(backend)
-    while True:
-        client, frame = sock.recv_multipart(copy=False)
-        view = frame.buffer
-        if view.nbytes >= BIG:
-            arr = np.frombuffer(view, dtype=np.float64)
-            ok = arr.shape[0] * 8 == view.nbytes and arr[-1] == arr[-1]
-            sock.send_multipart([client, b"ok" if ok else b"bad"])
-        else:
-            sock.send_multipart([client, frame], copy=False)
+    _echo_or_check(sock, backend, copy=False)
 
 
 def _echo(conn: Any) -> None:

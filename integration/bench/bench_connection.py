@@ -18,7 +18,6 @@ from shoal.wire import generate_key
 LINKS = (("tcp", "tcp 127.0.0.1"), ("ipc", "ipc vs AF_UNIX"))
 
 
-
 def _mp_client(address: str, key: bytes) -> Any:
     from multiprocess.connection import Client
 

@@ -8,20 +8,31 @@ trip and for start-up; a failing peer prints a note and adds no rows.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zmq
-from _common import Row, interleave, note, open_link, server
+from _common import (
+    MiB,
+    Row,
+    apply_request_bytes,
+    calls_vs_peer,
+    dealer,
+    interleave,
+    ipp_cluster,
+    note,
+    open_link,
+    raw_echo_us,
+    raw_send_gbps,
+    server,
+    us_per_call,
+)
 
 from shoal.engine import KernelManager
-from shoal.wire import Codec, Message, generate_key, new_header
 
-MiB = 1 << 20
 # Each ipyparallel cluster takes seconds to start: a few repeats only.
 PEER_REPEATS = 3
 # ipyparallel's round trip is ~10x shoal's: fewer per sample keep the samples short.
@@ -42,47 +53,10 @@ def _quiet(name: str, text: str) -> None:
     """on_stream: the engine's output would garble the table (there should be none)."""
 
 
-def _apply_request_bytes() -> int:
-    """The size of the frames shoal sends for ``km.apply(noop)``."""
-    content = {"f": noop, "args": (), "kwargs": {}}
-    msg = Message(new_header("apply_request", "s"), None, {}, content)
-    return sum(memoryview(frame).nbytes for frame in Codec(generate_key()).encode(msg))
-
-
-@contextlib.contextmanager
-def _raw_dealer(address: str) -> Iterator[zmq.Socket[Any]]:
-    """A DEALER connected to a ``raw`` server; closed with its own context."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        sock.connect(address)
-        yield sock
-    finally:
-        sock.close()
-        ctx.term()
-
-
-def _us_per_call(n: int, call: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        call()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
-def _raw_echo(raw: zmq.Socket[Any], payload: bytes, n: int) -> float:
-    send, recv = raw.send, raw.recv
-    t0 = time.perf_counter()
-    for _ in range(n):
-        send(payload)
-        recv()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
 # -- 1.-3. request round trips -----------------------------------------------------------
 def _round_trips(cfg: Any, km: KernelManager, raw: zmq.Socket[Any]) -> list[Row]:
     n: int = cfg.engine_roundtrips
-    size = _apply_request_bytes()
+    size = apply_request_bytes(noop, "s")  # what shoal sends for km.apply(noop)
     payload = b"x" * size
     ref = km.request("store_request", {"obj": [1, 2, 3]})
     assert ref["status"] == "ok", ref
@@ -111,8 +85,8 @@ def _round_trips(cfg: Any, km: KernelManager, raw: zmq.Socket[Any]) -> list[Row]
     for name, call, limit in cases:
         note(f"{name}: {cfg.repeats} x {n} round trips each")
         s, b = interleave(
-            functools.partial(_us_per_call, n, call),
-            lambda: _raw_echo(raw, payload, n),
+            functools.partial(us_per_call, n, call),
+            functools.partial(raw_echo_us, raw, payload, n),
             cfg.repeats,
         )
         rows.append(
@@ -138,14 +112,7 @@ def _transfers(cfg: Any, km: KernelManager, raw: zmq.Socket[Any]) -> list[Row]:
     # Ones, not arange: the raw server reads the bytes as float64 and checks the last
     # element equals itself, which a NaN bit pattern (arange's 248..255) would fail.
     source = np.ones(nbytes, dtype=np.uint8)
-
-    def raw_once() -> float:
-        t0 = time.perf_counter()
-        raw.send(memoryview(source), copy=False)
-        ack = raw.recv()
-        dt = time.perf_counter() - t0
-        assert ack == b"ok", ack
-        return nbytes / dt / 1e9
+    raw_once = functools.partial(raw_send_gbps, raw, source)
 
     def push_once() -> float:
         t0 = time.perf_counter()
@@ -195,11 +162,11 @@ def _start_shoal_ms() -> float:
 
 
 def _startup(cfg: Any) -> list[Row]:
-    payload = b"x" * _apply_request_bytes()
+    payload = b"x" * apply_request_bytes(noop, "s")
 
     def raw_once(link: str) -> float:
         t0 = time.perf_counter()
-        with server("raw", link) as srv, _raw_dealer(srv.address) as sock:
+        with server("raw", link) as srv, dealer(srv.address) as sock:
             sock.send(payload)
             sock.recv()
             return (time.perf_counter() - t0) * 1e3  # stopping the server is not timed
@@ -214,8 +181,6 @@ def _startup(cfg: Any) -> list[Row]:
             shoal=s,
             baseline_name="raw pyzmq server process",
             baseline=b,
-            target="(none: report)",
-            target_ok=None,
             note="a fresh KernelManager: start() + apply(noop), shutdown not timed; raw: a"
             " python process importing zmq and numpy, bound and READY, + one echo",
         )
@@ -223,50 +188,13 @@ def _startup(cfg: Any) -> list[Row]:
 
 
 # -- peer: ipyparallel ---------------------------------------------------------------------
-def _end(procs: list[Any]) -> None:
-    """Wait briefly for ``procs`` (psutil processes) to exit, then terminate, then kill."""
-    import psutil
-
-    _, alive = psutil.wait_procs(procs, timeout=2)
-    for signal_them in ("terminate", "kill"):
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                getattr(proc, signal_them)()
-        _, alive = psutil.wait_procs(alive, timeout=3)
-
-
-@contextlib.contextmanager
-def _ipp_engine(ipp: Any) -> Iterator[Any]:
-    """A one-engine ipyparallel cluster's view of that engine; every process ended."""
-    import psutil  # an ipyparallel dependency
-
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    cluster = ipp.Cluster(n=1, log_level=40)  # logging.ERROR: keep the output clean
-    rc = None
-    try:
-        rc = cluster.start_and_connect_sync()
-        rc.wait_for_engines(1, timeout=60)
-        yield rc[0]
-    finally:
-        # The engine's nanny outlives stop_cluster_sync() by seconds, detached from us:
-        # note the cluster's processes while they are still our descendants.
-        started = [p for p in me.children(recursive=True) if p.pid not in before]
-        try:
-            if rc is not None:
-                rc.close()
-            cluster.stop_cluster_sync()
-        finally:
-            _end(started)
-
-
 def _ipyparallel(cfg: Any) -> list[Row]:
     import ipyparallel as ipp
 
     def ipp_start_ms() -> float:
         t0 = time.perf_counter()
-        with _ipp_engine(ipp) as view:
-            view.apply_sync(noop)
+        with ipp_cluster(ipp, 1) as rc:
+            rc[0].apply_sync(noop)
             return (time.perf_counter() - t0) * 1e3  # stopping the cluster is not timed
 
     note(f"start-up vs ipyparallel Cluster(n=1): {PEER_REPEATS} repeats each")
@@ -275,11 +203,10 @@ def _ipyparallel(cfg: Any) -> list[Row]:
     n = cfg.engine_roundtrips
     n_peer = max(n // PEER_ROUNDTRIP_SHARE, 1)
     note(f"apply round trip vs ipyparallel: {PEER_REPEATS} x {n} / {n_peer} round trips")
-    with KernelManager(on_stream=_quiet) as km, _ipp_engine(ipp) as view:
-        s_rt, b_rt = interleave(
-            lambda: _us_per_call(n, lambda: km.apply(noop)),
-            lambda: _us_per_call(n_peer, lambda: view.apply_sync(noop)),
-            PEER_REPEATS,
+    with KernelManager(on_stream=_quiet) as km, ipp_cluster(ipp, 1) as rc:
+        view = rc[0]
+        s_rt, b_rt = calls_vs_peer(
+            lambda: km.apply(noop), n, lambda: view.apply_sync(noop), n_peer, PEER_REPEATS
         )
     peer_note = (
         f"ipyparallel {ipp.__version__}, one local engine: rc[0].apply_sync(noop);"
@@ -293,8 +220,6 @@ def _ipyparallel(cfg: Any) -> list[Row]:
             shoal=s_rt,
             baseline_name="ipyparallel apply_sync",
             baseline=b_rt,
-            target="(none: report)",
-            target_ok=None,
             note=peer_note,
         ),
         Row(
@@ -303,8 +228,6 @@ def _ipyparallel(cfg: Any) -> list[Row]:
             shoal=s_start,
             baseline_name="ipyparallel Cluster(n=1)",
             baseline=b_start,
-            target="(none: report)",
-            target_ok=None,
             note=peer_note,
         ),
     ]
@@ -316,7 +239,7 @@ def bench_engine(cfg: Any) -> list[Row]:
     with (
         open_link("tcp") as link,
         server("raw", link) as raw_srv,
-        _raw_dealer(raw_srv.address) as raw,
+        dealer(raw_srv.address) as raw,
         KernelManager(on_stream=_quiet) as km,
     ):
         rows += _round_trips(cfg, km, raw)

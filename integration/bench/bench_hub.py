@@ -26,7 +26,6 @@ import builtins
 import concurrent.futures
 import contextlib
 import functools
-import gc
 import inspect
 import logging
 import os
@@ -41,13 +40,30 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import zmq
-from _common import SERVERS, Row, Stats, _read_ready, interleave, note, open_link, server, stop
+from _common import (
+    SERVERS,
+    MiB,
+    Reaper,
+    Row,
+    Stats,
+    _read_ready,
+    apply_request_bytes,
+    calls_vs_peer,
+    dealer,
+    interleave,
+    interleave_all,
+    ipp_cluster,
+    note,
+    open_link,
+    raw_echo_us,
+    raw_send_gbps,
+    server,
+    stop,
+    us_per_call,
+)
 
 from shoal.hub import Client, EngineDiedError
-from shoal.wire import Codec, Message, generate_key, new_header
 
-MiB = 1 << 20
 ENGINES = 2  # this machine has 2 cores: one engine (or worker) each, for every system
 PEER_REPEATS = 3  # the peers' clusters are slow to run: a few repeats only
 ROUNDTRIP_REPEATS = 5  # W1: a sample of 1,000 round trips takes about a second
@@ -91,29 +107,6 @@ def noop_ref() -> None:
 
 
 # -- helpers --------------------------------------------------------------------------
-def _interleave_all(
-    fns: Sequence[Callable[[], float]], repeats: int, warmup: int = 1
-) -> list[Stats]:
-    """:func:`interleave` for several callables: each repeat starts one further along."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for i in range(repeats):
-        for k in range(len(fns)):
-            j = (i + k) % len(fns)
-            gc.collect()
-            samples[j].append(fns[j]())
-    return [Stats.of(s) for s in samples]
-
-
-def _us_per_call(n: int, call: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        call()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
 def _rate(n: int, run: Callable[[int], None]) -> float:
     """Tasks per second of ``run(n)`` (which submits ``n`` tasks and waits for all)."""
     t0 = time.perf_counter()
@@ -121,24 +114,30 @@ def _rate(n: int, run: Callable[[int], None]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _warm_up(n: int, *runs: Callable[[int], None]) -> None:
-    """Run each of ``runs`` once on ``n`` tasks: the warm-up, smaller than a sample."""
-    for run in runs:
-        run(n)
+def _rates(
+    runs: Sequence[tuple[Callable[[int], None], int]], repeats: int, warm_up: int
+) -> list[Stats]:
+    """Tasks/s of each ``run(n)``, interleaved, after one run of each on ``warm_up`` tasks."""
+    for run, _ in runs:
+        run(warm_up)
+    return interleave_all([functools.partial(_rate, n, run) for run, n in runs], repeats, 0)
+
+
+def _tasks(view: Any) -> Callable[[int], None]:
+    """``run(k)``: ``view.apply_async(noop)`` k times at once, then every result's ``get()``."""
+
+    def run(k: int) -> None:
+        results = [view.apply_async(noop) for _ in range(k)]
+        for r in results:
+            r.get()
+
+    return run
 
 
 def _ms(call: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     call()
     return (time.perf_counter() - t0) * 1e3
-
-
-def _apply_request_bytes() -> int:
-    """The size of the frames a shoal Client sends for ``apply(noop)``, route included."""
-    content = {"f": noop, "args": (), "kwargs": {}}
-    header = new_header("apply_request", uuid.uuid4().hex, "client")
-    frames = Codec(generate_key()).encode(Message(header, None, {}, content))
-    return len(b"e0") + sum(memoryview(frame).nbytes for frame in frames)
 
 
 def _vm_kib(pid: int, field: str) -> int:
@@ -150,77 +149,7 @@ def _vm_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-@contextlib.contextmanager
-def _dealer(address: str) -> Iterator[zmq.Socket[Any]]:
-    """A DEALER connected to ``address``; closed with its own context."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        sock.connect(address)
-        yield sock
-    finally:
-        sock.close()
-        ctx.term()
-
-
-def _raw_echo_us(sock: zmq.Socket[Any], payload: bytes, n: int) -> float:
-    send, recv = sock.send, sock.recv
-    t0 = time.perf_counter()
-    for _ in range(n):
-        send(payload)
-        recv()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
-def _raw_send_gbps(sock: zmq.Socket[Any], source: np.ndarray[Any, Any]) -> float:
-    """One-way ``send(copy=False)`` until the receiver checked the bytes and acked."""
-    t0 = time.perf_counter()
-    sock.send(memoryview(source), copy=False)
-    ack = sock.recv()
-    dt = time.perf_counter() - t0
-    assert ack == b"ok", ack
-    return source.nbytes / dt / 1e9
-
-
 # -- processes ------------------------------------------------------------------------
-class _Reaper:
-    """The processes started while it lives (our new descendants), ended by PID.
-
-    Call :meth:`snapshot` before stopping a cluster (some of its processes, such as
-    ipyparallel's nannies, leave our process tree as it stops), :meth:`end` after: it
-    waits briefly for them, then terminates and kills what is left.
-    """
-
-    def __init__(self) -> None:
-        import psutil  # an ipyparallel dependency
-
-        self._me = psutil.Process()
-        self._before = {p.pid for p in self._me.children(recursive=True)}
-        self._seen: dict[int, Any] = {}
-
-    def snapshot(self) -> None:
-        import psutil
-
-        with contextlib.suppress(psutil.Error):
-            for proc in self._me.children(recursive=True):
-                if proc.pid not in self._before:
-                    self._seen.setdefault(proc.pid, proc)
-
-    def end(self) -> None:
-        import psutil
-
-        self.snapshot()
-        _, alive = psutil.wait_procs(list(self._seen.values()), timeout=1)
-        for signal_them in ("terminate", "kill"):
-            for proc in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    getattr(proc, signal_them)()
-            _, alive = psutil.wait_procs(alive, timeout=3)
-        if alive:
-            note(f"could not end processes {[p.pid for p in alive]}")
-
-
 def _hub_cluster_class() -> Any:
     """``shoal.hub._cluster.Cluster``, or None where it does not exist (yet)."""
     try:
@@ -293,17 +222,13 @@ def _start_shoal(folder: str) -> tuple[Client, Callable[[], None]]:
 @contextlib.contextmanager
 def _shoal_cluster() -> Iterator[Client]:
     """A running shoal cluster's client; the hub and every engine ended afterwards."""
-    reaper = _Reaper()
-    try:
-        with tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
-            rc, stop_cluster = _start_shoal(folder)
-            try:
-                yield rc
-            finally:
-                reaper.snapshot()
-                stop_cluster()
-    finally:
-        reaper.end()
+    with Reaper() as reaper, tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
+        rc, stop_cluster = _start_shoal(folder)
+        try:
+            yield rc
+        finally:
+            reaper.snapshot()
+            stop_cluster()
 
 
 @contextlib.contextmanager
@@ -329,53 +254,30 @@ def _raw_broker(link: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _ipp_cluster(ipp: Any) -> Iterator[Any]:
-    """An ipyparallel cluster of ENGINES engines: its client; every process ended."""
-    reaper = _Reaper()
-    cluster = ipp.Cluster(n=ENGINES, log_level=logging.ERROR)
-    rc = None
-    try:
-        rc = cluster.start_and_connect_sync()
-        rc.wait_for_engines(ENGINES, timeout=60)
-        yield rc
-    finally:
-        reaper.snapshot()
-        try:
-            if rc is not None:
-                rc.close()
-            cluster.stop_cluster_sync()
-        finally:
-            reaper.end()
-
-
-@contextlib.contextmanager
 def _dask_client() -> Iterator[Any]:
     """A dask LocalCluster (ENGINES worker processes, 1 thread each): its client."""
     from distributed import Client as DaskClient
     from distributed import LocalCluster
 
-    reaper = _Reaper()
-    cluster = client = None
-    try:
-        cluster = LocalCluster(
-            n_workers=ENGINES,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-        client = DaskClient(cluster)
-        client.wait_for_workers(ENGINES, timeout=60)
-        yield client
-    finally:
-        reaper.snapshot()
+    with Reaper() as reaper:
+        cluster = client = None
         try:
+            cluster = LocalCluster(
+                n_workers=ENGINES,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            client = DaskClient(cluster)
+            client.wait_for_workers(ENGINES, timeout=60)
+            yield client
+        finally:
+            reaper.snapshot()
             if client is not None:
                 client.close()
             if cluster is not None:
                 cluster.close()
-        finally:
-            reaper.end()
 
 
 @contextlib.contextmanager
@@ -383,22 +285,19 @@ def _local_pools() -> Iterator[tuple[Any, concurrent.futures.ProcessPoolExecutor
     """A multiprocess.Pool and a ProcessPoolExecutor, ENGINES workers each."""
     import multiprocess
 
-    reaper = _Reaper()
-    pool = executor = None
-    try:
-        pool = multiprocess.Pool(ENGINES)
-        executor = concurrent.futures.ProcessPoolExecutor(ENGINES)
-        yield pool, executor
-    finally:
-        reaper.snapshot()
+    with Reaper() as reaper:
+        pool = executor = None
         try:
+            pool = multiprocess.Pool(ENGINES)
+            executor = concurrent.futures.ProcessPoolExecutor(ENGINES)
+            yield pool, executor
+        finally:
+            reaper.snapshot()
             if pool is not None:
                 pool.terminate()
                 pool.join()
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
-        finally:
-            reaper.end()
 
 
 def _hub_only_client(rc: Client) -> Client | None:
@@ -429,7 +328,8 @@ def _shoal_calls(rc: Client) -> tuple[Callable[[], Any], Callable[[], Any]]:
 def _round_trips(cfg: Any, rc: Client, rc_hub: Client | None, broker_url: str) -> list[Row]:
     n: int = cfg.hub_roundtrips
     repeats = min(cfg.repeats, ROUNDTRIP_REPEATS)
-    size = _apply_request_bytes()
+    # what a Client sends for apply(noop), with the engine's routing frame
+    size = apply_request_bytes(noop, uuid.uuid4().hex, "client", route=b"e0")
     payload = b"x" * size
     # (row name, the call, the path it takes)
     direct, lb = _shoal_calls(rc)
@@ -444,11 +344,11 @@ def _round_trips(cfg: Any, rc: Client, rc_hub: Client | None, broker_url: str) -
     for _, call, _ in cases:
         assert call() is None
     note(f"W1 apply(noop) round trips vs raw broker: {repeats} x {n} each")
-    with _dealer(broker_url) as raw:
-        *stats, b = _interleave_all(
+    with dealer(broker_url) as raw:
+        *stats, b = interleave_all(
             [
-                *(functools.partial(_us_per_call, n, call) for _, call, _ in cases),
-                lambda: _raw_echo_us(raw, payload, n),
+                *(functools.partial(us_per_call, n, call) for _, call, _ in cases),
+                functools.partial(raw_echo_us, raw, payload, n),
             ],
             repeats,
         )
@@ -472,47 +372,17 @@ def _round_trips(cfg: Any, rc: Client, rc_hub: Client | None, broker_url: str) -
     ]
 
 
-def _peer_rt_row(name: str, peer: str, s: Stats, b: Stats, text: str) -> Row:
-    return Row(
-        name=name,
-        unit="us/rt",
-        shoal=s,
-        baseline_name=peer,
-        baseline=b,
-        target="(none: report)",
-        target_ok=None,
-        note=text,
-    )
-
-
 # -- W2: many tasks at once ---------------------------------------------------------------
-def _shoal_tasks(rc: Client) -> Callable[[int], None]:
-    lb = rc.load_balanced_view()
-
-    def run(n: int) -> None:
-        results = [lb.apply_async(noop) for _ in range(n)]
-        for r in results:
-            r.get()
-
-    return run
-
-
 def _pool_rows(cfg: Any, rc: Client) -> list[Row]:
     """W1 and W2 against multiprocess.Pool and ProcessPoolExecutor."""
     n_rt: int = cfg.hub_roundtrips
     n: int = cfg.hub_tasks
     repeats = min(cfg.repeats, TASK_REPEATS)
     _, shoal_lb = _shoal_calls(rc)
-    shoal_tasks = _shoal_tasks(rc)
     lb = rc.load_balanced_view()
     items = range(n)
     rows = []
     with _local_pools() as (pool, executor):
-
-        def mp_tasks(k: int) -> None:
-            results = [pool.apply_async(noop) for _ in range(k)]
-            for r in results:
-                r.get()
 
         def ppe_tasks(k: int) -> None:
             futures = [executor.submit(noop_ref) for _ in range(k)]
@@ -520,33 +390,25 @@ def _pool_rows(cfg: Any, rc: Client) -> list[Row]:
                 f.result()
 
         note(f"W1 lb round trip vs multiprocess.Pool.apply: {PEER_REPEATS} x {n_rt} each")
-        s, b = interleave(
-            lambda: _us_per_call(n_rt, shoal_lb),
-            lambda: _us_per_call(n_rt, lambda: pool.apply(noop)),
-            PEER_REPEATS,
-        )
+        s, b = calls_vs_peer(shoal_lb, n_rt, lambda: pool.apply(noop), n_rt, PEER_REPEATS)
         rows.append(
-            _peer_rt_row(
-                "hub lb apply(noop) round trip vs multiprocess",
-                "multiprocess Pool(2).apply",
-                s,
-                b,
-                "peers: each system with 2 worker processes on this machine, sequential"
+            Row(
+                name="hub lb apply(noop) round trip vs multiprocess",
+                unit="us/rt",
+                shoal=s,
+                baseline_name="multiprocess Pool(2).apply",
+                baseline=b,
+                note="peers: each system with 2 worker processes on this machine, sequential"
                 " calls; shoal's lb view against pools (load-balanced), its direct view"
                 " against ipyparallel's rc[0]",
             )
         )
 
         note(f"W2 {n} no-op tasks at once vs Pool.apply_async, PPE.submit: {repeats} repeats")
-        _warm_up(max(n // 10, 100), shoal_tasks, mp_tasks, ppe_tasks)
-        s, b_mp, b_ppe = _interleave_all(
-            [
-                lambda: _rate(n, shoal_tasks),
-                lambda: _rate(n, mp_tasks),
-                lambda: _rate(n, ppe_tasks),
-            ],
+        s, b_mp, b_ppe = _rates(
+            [(_tasks(rc.load_balanced_view()), n), (_tasks(pool), n), (ppe_tasks, n)],
             repeats,
-            warmup=0,
+            warm_up=max(n // 10, 100),
         )
         task_note = (
             f"{n} no-op tasks submitted at once, then every result waited for; tasks/s:"
@@ -628,12 +490,12 @@ def _transfers(
     repeats = min(cfg.repeats, TRANSFER_REPEATS)
     rss0, hwm0 = _vm_kib(hub_pid, "VmRSS"), _vm_kib(hub_pid, "VmHWM")
     note(f"W3 push and pull of {mib} MiB vs raw, raw via broker: {repeats} repeats each")
-    with _dealer(raw_url) as raw, _dealer(broker_url) as brokered:
-        *stats, b, b_broker = _interleave_all(
+    with dealer(raw_url) as raw, dealer(broker_url) as brokered:
+        *stats, b, b_broker = interleave_all(
             [
                 *fns,
-                lambda: _raw_send_gbps(raw, source),
-                lambda: _raw_send_gbps(brokered, source),
+                functools.partial(raw_send_gbps, raw, source),
+                functools.partial(raw_send_gbps, brokered, source),
             ],
             repeats,
         )
@@ -665,8 +527,6 @@ def _transfers(
                         shoal=s,
                         baseline_name="raw send via broker",
                         baseline=b_broker,
-                        target="(none: report)",
-                        target_ok=None,
                         note="raw via broker: the same one-way send through the raw broker"
                         " process (ROUTER/ROUTER, copy=False) to a worker that checks and acks",
                     )
@@ -696,8 +556,6 @@ def _transfers(
             shoal=Stats.of([(hwm1 - hwm0) / 1024]),
             baseline_name="one message",
             baseline=Stats.of([float(mib)]),
-            target="(none: report)",
-            target_ok=None,
             note=text,
         )
     )
@@ -766,8 +624,6 @@ def _kills(cfg: Any, rc: Client, ipp_kill: tuple[str, float] | None) -> list[Row
                 shoal=s,
                 baseline_name="ipyparallel (1 kill)",
                 baseline=Stats.of([ms]),
-                target="(none: report)",
-                target_ok=None,
                 note=f"ipyparallel {version}, 2 engines: SIGKILL {KILL_AFTER} s into"
                 " rc[0].execute('time.sleep(30)') until .get() raised; one kill",
             )
@@ -798,46 +654,39 @@ def _ipp_kill_ms(rc: Any) -> float | None:
 # -- W7: start and stop ------------------------------------------------------------------
 def _shoal_start_stop(stops: list[float]) -> float:
     """ms from nothing to a client with 2 engines registered; appends the stop's ms."""
-    reaper = _Reaper()
-    try:
-        with tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
-            t0 = time.perf_counter()
-            rc, stop_cluster = _start_shoal(folder)
-            started = (time.perf_counter() - t0) * 1e3
-            assert len(rc.ids) >= ENGINES
-            reaper.snapshot()
-            stops.append(_ms(stop_cluster))
-            return started
-    finally:
-        reaper.end()
-
-
-def _ipp_start_stop(ipp: Any, stops: list[float]) -> float:
-    reaper = _Reaper()
-    cluster = ipp.Cluster(n=ENGINES, log_level=logging.ERROR)
-    rc = None
-    stopped = False
-    try:
+    with Reaper() as reaper, tempfile.TemporaryDirectory(prefix="shoal-bench-hub-") as folder:
         t0 = time.perf_counter()
-        rc = cluster.start_and_connect_sync()  # waits for the n engines
+        rc, stop_cluster = _start_shoal(folder)
         started = (time.perf_counter() - t0) * 1e3
         assert len(rc.ids) >= ENGINES
         reaper.snapshot()
-        t0 = time.perf_counter()
-        rc.close()
-        cluster.stop_cluster_sync()
-        stops.append((time.perf_counter() - t0) * 1e3)
-        stopped = True
+        stops.append(_ms(stop_cluster))
         return started
-    finally:
-        reaper.snapshot()
+
+
+def _ipp_start_stop(ipp: Any, stops: list[float]) -> float:
+    with Reaper() as reaper:
+        cluster = ipp.Cluster(n=ENGINES, log_level=logging.ERROR)
+        rc = None
+        stopped = False
         try:
+            t0 = time.perf_counter()
+            rc = cluster.start_and_connect_sync()  # waits for the n engines
+            started = (time.perf_counter() - t0) * 1e3
+            assert len(rc.ids) >= ENGINES
+            reaper.snapshot()
+            t0 = time.perf_counter()
+            rc.close()
+            cluster.stop_cluster_sync()
+            stops.append((time.perf_counter() - t0) * 1e3)
+            stopped = True
+            return started
+        finally:
+            reaper.snapshot()
             if not stopped:
                 if rc is not None:
                     rc.close()
                 cluster.stop_cluster_sync()
-        finally:
-            reaper.end()
 
 
 def _raw_start_stop(link: str, stops: list[float]) -> float:
@@ -846,7 +695,7 @@ def _raw_start_stop(link: str, stops: list[float]) -> float:
     with stack:
         t0 = time.perf_counter()
         url = stack.enter_context(_raw_broker(link))
-        with _dealer(url) as sock:
+        with dealer(url) as sock:
             for _ in range(ENGINES):
                 sock.send(b"x")
                 sock.recv()
@@ -855,18 +704,31 @@ def _raw_start_stop(link: str, stops: list[float]) -> float:
         return started
 
 
+def _start_stop_vs(
+    peer: str, start_stop: Callable[[list[float]], float], repeats: int
+) -> list[tuple[str, Stats, Stats]]:
+    """W7 against ``start_stop`` (ms to start; appends its stop's ms): (what, shoal, peer)."""
+    shoal_stops: list[float] = []
+    peer_stops: list[float] = []
+    note(f"W7 cluster start and stop vs {peer}: {repeats} repeats each")
+    s, b = interleave(
+        lambda: _shoal_start_stop(shoal_stops),
+        lambda: start_stop(peer_stops),
+        repeats,
+        warmup=0,
+    )
+    return [
+        ("start to 2 engines ready", s, b),
+        ("stop", Stats.of(shoal_stops), Stats.of(peer_stops)),
+    ]
+
+
 def _startup(cfg: Any) -> list[Row]:
     repeats: int = cfg.hub_starts
-    shoal_stops: list[float] = []
-    raw_stops: list[float] = []
     how = "shoal.hub.Cluster" if _hub_cluster_class() is not None else "a hub process"
-    note(f"W7 cluster start and stop vs raw broker + workers: {repeats} repeats each")
     with open_link("tcp") as link:
-        s, b = interleave(
-            lambda: _shoal_start_stop(shoal_stops),
-            lambda: _raw_start_stop(link, raw_stops),
-            repeats,
-            warmup=0,
+        vs_raw = _start_stop_vs(
+            "raw broker + workers", functools.partial(_raw_start_stop, link), repeats
         )
     text = (
         f"shoal: {how}(n=2) start_and_connect (start, wait for 2 engines, connect a client);"
@@ -874,37 +736,25 @@ def _startup(cfg: Any) -> list[Row]:
         " and 2 echo-worker processes started at once, ready and one echo through each;"
         " stop: terminate and wait"
     )
-    rows = []
-    for what, a, c in (
-        ("start to 2 engines ready", s, b),
-        ("stop", Stats.of(shoal_stops), Stats.of(raw_stops)),
-    ):
-        rows.append(
-            Row(
-                name=f"hub cluster {what}",
-                unit="ms",
-                shoal=a,
-                baseline_name="raw broker + 2 workers",
-                baseline=c,
-                target="(none: report)",
-                target_ok=None,
-                note=text,
-            )
+    rows = [
+        Row(
+            name=f"hub cluster {what}",
+            unit="ms",
+            shoal=a,
+            baseline_name="raw broker + 2 workers",
+            baseline=c,
+            note=text,
         )
+        for what, a, c in vs_raw
+    ]
     if cfg.quick:
         note("W7 ipyparallel peer skipped with --quick")
         return rows
     try:
         import ipyparallel as ipp
 
-        shoal_stops.clear()
-        ipp_stops: list[float] = []
-        note(f"W7 cluster start and stop vs ipyparallel Cluster(n=2): {repeats} repeats each")
-        s, b = interleave(
-            lambda: _shoal_start_stop(shoal_stops),
-            lambda: _ipp_start_stop(ipp, ipp_stops),
-            repeats,
-            warmup=0,
+        vs_ipp = _start_stop_vs(
+            "ipyparallel Cluster(n=2)", functools.partial(_ipp_start_stop, ipp), repeats
         )
     except Exception as exc:  # a failing peer must not cost the shoal rows
         note(f"W7 ipyparallel peer failed, no rows: {type(exc).__name__}: {exc}")
@@ -914,22 +764,19 @@ def _startup(cfg: Any) -> list[Row]:
         " the engines); stop: rc.close() + stop_cluster_sync() (its nannies linger"
         " afterwards, killed untimed)"
     )
-    for what, a, c in (
-        ("start to 2 engines ready", s, b),
-        ("stop", Stats.of(shoal_stops), Stats.of(ipp_stops)),
-    ):
-        rows.append(
-            Row(
-                name=f"hub cluster {what} vs ipyparallel",
-                unit="ms",
-                shoal=a,
-                baseline_name="ipyparallel Cluster(n=2)",
-                baseline=c,
-                target="s/b <= 0.2",
-                target_ok=a.median <= 0.2 * c.median,
-                note=text,
-            )
+    rows += [
+        Row(
+            name=f"hub cluster {what} vs ipyparallel",
+            unit="ms",
+            shoal=a,
+            baseline_name="ipyparallel Cluster(n=2)",
+            baseline=c,
+            target="s/b <= 0.2",
+            target_ok=a.median <= 0.2 * c.median,
+            note=text,
         )
+        for what, a, c in vs_ipp
+    ]
     return rows
 
 
@@ -946,39 +793,28 @@ def _ipyparallel_rows(
     n_ipp = min(n, IPP_TASKS)
     n_half = n // 2  # shoal's rate, on fewer tasks to keep the run short
     direct, _ = _shoal_calls(rc)
-    shoal_tasks = _shoal_tasks(rc)
-    with _ipp_cluster(ipp) as irc:
+    shoal_tasks = _tasks(rc.load_balanced_view())
+    with ipp_cluster(ipp, ENGINES) as irc:
         iview = irc[0]
-        ilb = irc.load_balanced_view()
-
-        def ipp_tasks(k: int) -> None:
-            results = [ilb.apply_async(noop) for _ in range(k)]
-            for r in results:
-                r.get()
-
+        ipp_tasks = _tasks(irc.load_balanced_view())
         note(f"W1 direct round trip vs ipyparallel: {PEER_REPEATS} x {n_rt} / {n_peer} each")
-        s_rt, b_rt = interleave(
-            lambda: _us_per_call(n_rt, direct),
-            lambda: _us_per_call(n_peer, lambda: iview.apply_sync(noop)),
-            PEER_REPEATS,
+        s_rt, b_rt = calls_vs_peer(
+            direct, n_rt, lambda: iview.apply_sync(noop), n_peer, PEER_REPEATS
         )
         note(f"W2 tasks at once vs ipyparallel: {PEER_REPEATS} x {n_half} / {n_ipp} tasks")
-        _warm_up(max(n_ipp // 10, 10), shoal_tasks, ipp_tasks)
-        s_tasks, b_tasks = interleave(
-            lambda: _rate(n_half, shoal_tasks),
-            lambda: _rate(n_ipp, ipp_tasks),
-            PEER_REPEATS,
-            warmup=0,
+        s_tasks, b_tasks = _rates(
+            [(shoal_tasks, n_half), (ipp_tasks, n_ipp)], PEER_REPEATS, max(n_ipp // 10, 10)
         )
         note("W6 ipyparallel: SIGKILL an engine mid-request, once")
         kill_ms = _ipp_kill_ms(irc)
     w1 = [
-        _peer_rt_row(
-            "hub direct apply(noop) round trip vs ipyparallel",
-            "ipyparallel rc[0].apply_sync",
-            s_rt,
-            b_rt,
-            f"ipyparallel {ipp.__version__}, 2 engines; {n_peer} calls per sample",
+        Row(
+            name="hub direct apply(noop) round trip vs ipyparallel",
+            unit="us/rt",
+            shoal=s_rt,
+            baseline_name="ipyparallel rc[0].apply_sync",
+            baseline=b_rt,
+            note=f"ipyparallel {ipp.__version__}, 2 engines; {n_peer} calls per sample",
         )
     ]
     w2 = [
@@ -988,8 +824,6 @@ def _ipyparallel_rows(
             shoal=s_tasks,
             baseline_name=f"ipyparallel lb x{n_ipp}",
             baseline=b_tasks,
-            target="(none: report)",
-            target_ok=None,
             note=f"ipyparallel {ipp.__version__}: lb view, apply_async x{n_ipp} then every"
             f" .get() (its rate is measured on {n_ipp} tasks, shoal's on {n_half}: rates"
             " compare, counts differ); tasks/s: higher is better",
@@ -1011,7 +845,7 @@ def _dask_rows(cfg: Any, rc: Client) -> tuple[list[Row], list[Row]]:
     n_dask = min(n // 10, DASK_TASKS)
     n_half = n // 2  # shoal's rate, on fewer tasks to keep the run short
     _, shoal_lb = _shoal_calls(rc)
-    shoal_tasks = _shoal_tasks(rc)
+    shoal_tasks = _tasks(rc.load_balanced_view())
     with _dask_client() as client:
 
         def dask_call() -> None:
@@ -1021,27 +855,20 @@ def _dask_rows(cfg: Any, rc: Client) -> tuple[list[Row], list[Row]]:
             client.gather([client.submit(noop, pure=False) for _ in range(k)])
 
         note(f"W1 lb round trip vs dask: {PEER_REPEATS} x {n_rt} / {n_peer} each")
-        s_rt, b_rt = interleave(
-            lambda: _us_per_call(n_rt, shoal_lb),
-            lambda: _us_per_call(n_peer, dask_call),
-            PEER_REPEATS,
-        )
+        s_rt, b_rt = calls_vs_peer(shoal_lb, n_rt, dask_call, n_peer, PEER_REPEATS)
         note(f"W2 tasks at once vs dask: {PEER_REPEATS} x {n_half} / {n_dask} tasks")
-        _warm_up(max(n_dask // 10, 10), shoal_tasks, dask_tasks)
-        s_tasks, b_tasks = interleave(
-            lambda: _rate(n_half, shoal_tasks),
-            lambda: _rate(n_dask, dask_tasks),
-            PEER_REPEATS,
-            warmup=0,
+        s_tasks, b_tasks = _rates(
+            [(shoal_tasks, n_half), (dask_tasks, n_dask)], PEER_REPEATS, max(n_dask // 10, 10)
         )
     version = distributed.__version__
     w1 = [
-        _peer_rt_row(
-            "hub lb apply(noop) round trip vs dask",
-            "dask submit(pure=False).result()",
-            s_rt,
-            b_rt,
-            f"dask.distributed {version} LocalCluster(n_workers=2, threads_per_worker=1,"
+        Row(
+            name="hub lb apply(noop) round trip vs dask",
+            unit="us/rt",
+            shoal=s_rt,
+            baseline_name="dask submit(pure=False).result()",
+            baseline=b_rt,
+            note=f"dask.distributed {version} LocalCluster(n_workers=2, threads_per_worker=1,"
             f" processes=True); {n_peer} calls per sample",
         )
     ]
@@ -1052,8 +879,6 @@ def _dask_rows(cfg: Any, rc: Client) -> tuple[list[Row], list[Row]]:
             shoal=s_tasks,
             baseline_name=f"dask submit x{n_dask} + gather",
             baseline=b_tasks,
-            target="(none: report)",
-            target_ok=None,
             note=f"dask.distributed {version}: client.submit(noop, pure=False) x{n_dask},"
             f" then client.gather (shoal's rate on {n_half} tasks); tasks/s: higher is better",
         )

@@ -6,6 +6,7 @@ Each ``bench_*`` function takes a :class:`~run.Config` and returns table rows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import pickle
 import time
@@ -14,31 +15,33 @@ from typing import Any
 
 import numpy as np
 import zmq
-from _common import Row, interleave, note, open_link, server
+from _common import (
+    MiB,
+    Row,
+    dealer,
+    interleave,
+    note,
+    open_link,
+    raw_echo_us,
+    raw_send_gbps,
+    server,
+)
 
 from shoal.wire import Serializer, Session, generate_key
 
 LINKS = ("tcp", "ipc")
-MiB = 1 << 20
-
 
 
 @contextlib.contextmanager
 def _pair(link: str, key: bytes) -> Iterator[tuple[zmq.Socket[Any], Session]]:
     """A raw DEALER connected to a raw echo server, and a Session to a shoal server."""
-    ctx = zmq.Context()
-    raw = ctx.socket(zmq.DEALER)
-    sock = ctx.socket(zmq.DEALER)
-    raw.linger = sock.linger = 0
-    try:
-        with server("raw", link) as raw_srv, server("shoal", link, key=key) as shoal_srv:
-            raw.connect(raw_srv.address)
-            sock.connect(shoal_srv.address)
-            yield raw, Session(sock, key, sender="bench-client")
-    finally:
-        raw.close()
-        sock.close()
-        ctx.term()
+    with (
+        server("raw", link) as raw_srv,
+        server("shoal", link, key=key) as shoal_srv,
+        dealer(raw_srv.address) as raw,
+        dealer(shoal_srv.address) as sock,
+    ):
+        yield raw, Session(sock, key, sender="bench-client")
 
 
 # -- 1. small-message round trip ---------------------------------------------------------
@@ -53,14 +56,6 @@ def bench_roundtrip(cfg: Any) -> list[Row]:
         note(f"round trip over {kind}: {cfg.repeats} x {n} round trips each")
         with open_link(kind) as link, _pair(link, key) as (raw, session):
 
-            def raw_rt(raw: zmq.Socket[Any] = raw) -> float:
-                send, recv = raw.send, raw.recv
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    send(payload)
-                    recv()
-                return (time.perf_counter() - t0) / n * 1e6
-
             def shoal_rt(session: Session = session) -> float:
                 send, recv = session.send, session.recv
                 t0 = time.perf_counter()
@@ -71,7 +66,9 @@ def bench_roundtrip(cfg: Any) -> list[Row]:
                 assert reply.content == ("ping", n - 1)
                 return dt / n * 1e6
 
-            s, b = interleave(shoal_rt, raw_rt, cfg.repeats)
+            s, b = interleave(
+                shoal_rt, functools.partial(raw_echo_us, raw, payload, n), cfg.repeats
+            )
         rows.append(
             Row(
                 name=f"small round trip, {kind}",
@@ -185,17 +182,11 @@ def bench_transfer(cfg: Any) -> list[Row]:
     source = np.arange(nbytes // 8, dtype=np.float64)
     rows = []
     for kind in LINKS:
-        note(f"{cfg.transfer_mib} MiB array to another process over {kind}: "
-             f"{cfg.repeats} repeats each")
+        note(
+            f"{cfg.transfer_mib} MiB array to another process over {kind}: "
+            f"{cfg.repeats} repeats each"
+        )
         with open_link(kind) as link, _pair(link, key) as (raw, session):
-
-            def raw_once(raw: zmq.Socket[Any] = raw) -> float:
-                t0 = time.perf_counter()
-                raw.send(memoryview(source), copy=False)
-                ack = raw.recv()
-                dt = time.perf_counter() - t0
-                assert ack == b"ok", ack
-                return nbytes / dt / 1e9
 
             def shoal_once(session: Session = session) -> float:
                 t0 = time.perf_counter()
@@ -205,7 +196,9 @@ def bench_transfer(cfg: Any) -> list[Row]:
                 assert ack.content is True, ack.content
                 return nbytes / dt / 1e9
 
-            s, b = interleave(shoal_once, raw_once, cfg.repeats)
+            s, b = interleave(
+                shoal_once, functools.partial(raw_send_gbps, raw, source), cfg.repeats
+            )
         rows.append(
             Row(
                 name=f"{cfg.transfer_mib} MiB array to a process, {kind}",

@@ -1,4 +1,4 @@
-"""Run shoal's wire benchmarks against their baselines and print one table.
+"""Run shoal's benchmarks against their baselines and print one table.
 
     hatch run bench                  # the full run (a few minutes)
     hatch run bench -- --quick       # small sizes, few repeats: a smoke run
@@ -12,7 +12,9 @@ missed; the ``met`` column says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import platform
 import sys
@@ -34,8 +36,6 @@ from bench_wire import (
     bench_serialize_small,
     bench_transfer,
 )
-
-import shoal.wire
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,9 @@ QUICK = Config(
     quick=True,
 )
 
+# shoal's layers, bottom up: the title names the installed ones with their versions.
+LAYERS = ("shoal-wire", "shoal-util", "shoal-engine", "shoal-hub", "shoal-arrays")
+
 BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "roundtrip": bench_roundtrip,
     "serialize-array": bench_serialize_array,
@@ -83,6 +86,15 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "engine": bench_engine,
     "hub": bench_hub,
 }
+
+
+def _layer_versions() -> str:
+    """E.g. ``shoal-wire 0.1.0, shoal-hub 0.1.0``: which code the numbers are of."""
+    found = []
+    for name in LAYERS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    return ", ".join(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
 
     title = (
-        f"shoal.wire {shoal.wire.__version__} benchmarks"
-        f"{' (--quick)' if args.quick else ''}: median of {cfg.repeats} interleaved runs"
+        f"shoal benchmarks{' (--quick)' if args.quick else ''}:"
+        f" median of {cfg.repeats} interleaved runs | {_layer_versions()}"
         f" | Python {platform.python_version()}, pyzmq {zmq.__version__},"
         f" libzmq {zmq.zmq_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs"
         f" | {elapsed:.0f} s"
