@@ -168,3 +168,26 @@ def test_logs_published(hub: FakeHub) -> None:
         assert b"hi there" in text
     finally:
         sub.close(linger=0)
+
+
+def test_urls_and_key_file_instead_of_a_connection_file(hub: FakeHub, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(hub.key)
+    key_file.chmod(0o600)
+    urls = {name: sock.getsockopt_string(zmq.LAST_ENDPOINT) for name, sock in hub.sockets.items()}
+    cmd = [sys.executable, "-m", "shoal.engine", "--key-file", str(key_file), "--engine-id", "4"]
+    for name, url in urls.items():
+        cmd += [f"--{name}", url]
+    proc = subprocess.Popen(cmd)
+    hub.procs.append(proc)
+    _, hello = hub.recv("shell")
+    assert hello.content["engine_id"] == 4
+    bad = subprocess.run(
+        [sys.executable, "-m", "shoal.engine", "--shell", urls["shell"]],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "--key-file" in bad.stderr

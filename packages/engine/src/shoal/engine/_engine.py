@@ -60,6 +60,7 @@ from shoal.wire import (
     UnpicklableError,
     new_header,
     read_connection_file,
+    read_private_file,
 )
 
 from ._kernel import Kernel
@@ -522,9 +523,15 @@ def _echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shoal.engine --connection-file FILE [--register] [...]``."""
+    """``python -m shoal.engine --connection-file FILE [--register] [...]``, or with
+    ``--shell URL --control URL --heartbeat URL --key-file FILE`` instead of the file."""
     parser = argparse.ArgumentParser(prog="shoal-engine", description=__doc__.split("\n")[0])
-    parser.add_argument("--connection-file", required=True, help="JSON file with urls and key")
+    parser.add_argument("--connection-file", help="JSON file with the urls and the key")
+    for channel in ("shell", "control", "heartbeat"):
+        parser.add_argument(f"--{channel}", metavar="URL", help=f"the peer's {channel} url")
+    parser.add_argument(
+        "--key-file", help="file holding the signing key (private: mode 0600), with the urls"
+    )
     parser.add_argument("--identity", default=None, help="zmq identity (default: unique)")
     parser.add_argument("--engine-id", type=int, default=None)
     parser.add_argument(
@@ -540,7 +547,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    info = read_connection_file(args.connection_file)
+    urls = {c: getattr(args, c) for c in ("shell", "control", "heartbeat") if getattr(args, c)}
+    if args.connection_file and (urls or args.key_file):
+        parser.error("give either --connection-file or the urls with --key-file, not both")
+    if args.connection_file:
+        info = read_connection_file(args.connection_file)
+    elif len(urls) == 3 and args.key_file:
+        # The key never goes on the command line, where `ps` would show it.
+        info = ConnectionInfo(urls, read_private_file(args.key_file).strip())
+    else:
+        parser.error(
+            "say where the peer is: --connection-file FILE, or --shell, --control,"
+            " --heartbeat and --key-file"
+        )
     engine = EngineProcess(
         info,
         identity=None if args.identity is None else args.identity.encode(),
