@@ -32,7 +32,14 @@ from typing import Any
 import zmq
 
 from shoal.engine import EngineDiedError, RemoteError
-from shoal.wire import Codec, Message, RemoteInputError, new_header, read_connection_file
+from shoal.wire import (
+    Codec,
+    Message,
+    RawContent,
+    RemoteInputError,
+    new_header,
+    read_connection_file,
+)
 
 from ._asyncresult import AsyncResult
 from ._errors import HubLost, error_from_reply
@@ -352,7 +359,13 @@ class Client:
         label: str | None = None,
     ) -> AsyncResult:
         """One request per target engine, gathered in one AsyncResult."""
-        requests = [(engine_route(t), msg_type, content_for(t), None) for t in targets]
+        contents = [content_for(t) for t in targets]
+        if len(contents) > 1 and all(c is contents[0] for c in contents):
+            # The same content for every engine (a broadcast): serialize it once.
+            shared = RawContent(self._codec.serializer.dumps(contents[0]))
+            contents = [shared] * len(contents)
+        routes = [engine_route(t) for t in targets]
+        requests = [(r, msg_type, c, None) for r, c in zip(routes, contents, strict=True)]
         return self._submit(
             requests,
             lambda ids: AsyncResult(
