@@ -362,7 +362,7 @@ class Client:
         contents = [content_for(t) for t in targets]
         if len(contents) > 1 and all(c is contents[0] for c in contents):
             # The same content for every engine (a broadcast): serialize it once.
-            shared = RawContent(self._codec.serializer.dumps(contents[0]))
+            shared = RawContent(tuple(self._codec.serializer.dumps(contents[0])))
             contents = [shared] * len(contents)
         routes = [engine_route(t) for t in targets]
         requests = [(r, msg_type, c, None) for r, c in zip(routes, contents, strict=True)]
