@@ -191,3 +191,21 @@ def test_urls_and_key_file_instead_of_a_connection_file(hub: FakeHub, tmp_path: 
     )
     assert bad.returncode == 2
     assert "--key-file" in bad.stderr
+
+
+def test_a_request_that_waited_long_still_runs_and_a_replay_does_not(hub: FakeHub) -> None:
+    """A request read an hour after it was sent (queued behind a long task) is served;
+    the same frames sent again are dropped."""
+    hub.start_engine("--engine-id", "0")
+    ident, _ = hub.recv("control")  # the hello on control
+    hub.recv("shell")
+    old = new_header("apply_request", "c")._replace(date=time.time() - 3600)
+    frames = hub.codec.encode(Message(old, None, {}, {"f": len, "args": ("abc",), "kwargs": {}}))
+    shell = hub.sockets["shell"]
+    shell.send_multipart([ident, *frames])
+    _, reply = hub.recv("shell")
+    assert reply.content["result"] == 3
+    shell.send_multipart([ident, *frames])  # a replay
+    if shell.poll(1500):
+        _, again = hub.recv("shell")
+        pytest.fail(f"a replayed request was answered: {again.msg_type} {again.content}")

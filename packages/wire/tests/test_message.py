@@ -26,6 +26,7 @@ from shoal.wire import (
     RawContent,
     RemoteInputError,
     ReplayError,
+    ReplayGuard,
     Serializer,
     VersionMismatchError,
     WireError,
@@ -358,3 +359,12 @@ def pickle_none() -> bytes:
     import pickle
 
     return pickle.dumps(None, 5)
+
+
+def test_a_guard_given_to_the_codec_is_used() -> None:
+    """A fresh ReplayGuard passed in (empty, so len() == 0) still refuses replays."""
+    codec = Codec(KEY, replay=ReplayGuard(window=60.0, max_entries=16))
+    frames = Codec(KEY).encode(Message(new_header("ping", "s"), None, {}, {}))
+    codec.decode(frames)
+    with pytest.raises(ReplayError):
+        codec.decode(frames)

@@ -56,6 +56,7 @@ from shoal.wire import (
     Message,
     RawContent,
     RemoteInputError,
+    ReplayGuard,
     Serializer,
     UnpicklableError,
     new_header,
@@ -74,6 +75,7 @@ _POLL_MS = 100  # how often the I/O thread looks at its peer
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _PING = b"ping"  # a client checking its direct way to this engine
 _PONG = b"pong"
+_REPLAY_WINDOW = 30 * 24 * 3600.0
 _CONTROL_REQUESTS = ("interrupt_request", "abort_request", "status_request", "shutdown_request")
 
 
@@ -150,7 +152,12 @@ class EngineProcess:
             objects=ObjectStore(self.serializer, engine_id=engine_id),
         )
         self.context: zmq.Context[Any] = zmq.Context()
-        self._codec = Codec(info.key, serializer=self.serializer)
+        # Requests may wait long before they are read (queued behind a long task, or in
+        # the hub's queue): the replay window spans days, and the guard's size bound
+        # (with its floor) keeps the memory in check.
+        self._codec = Codec(
+            info.key, serializer=self.serializer, replay=ReplayGuard(_REPLAY_WINDOW, 1 << 16)
+        )
         self._pipe_lock = threading.Lock()
         self._pipe_in: zmq.Socket[Any] = self.context.socket(zmq.PAIR)  # main thread reads
         self._pipe_in.bind(f"inproc://shoal-engine-{id(self)}")

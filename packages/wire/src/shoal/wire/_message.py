@@ -340,8 +340,9 @@ class Codec:
     ) -> None:
         self._signer = _Signer(key)
         self.serializer = serializer if serializer is not None else Serializer()
+        # Not `replay or None`: an empty guard has len() 0 and would read as false.
         self.replay: ReplayGuard | None = (
-            ReplayGuard() if replay is True else (replay or None)
+            replay if isinstance(replay, ReplayGuard) else ReplayGuard() if replay else None
         )
         self.max_frames = max_frames
         self.max_frame_size = max_frame_size
