@@ -617,7 +617,7 @@ class Hub:
             engine.direct_url = url if isinstance(url, str) else None
             self.engines[engine_id] = engine
             self.by_ident[ident] = engine
-            reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 1.0}
+            reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 0.5}
             log.info("engine %d registered (pid %s on %s)", engine_id, engine.pid, engine.hostname)
         header = new_header("register_reply", "hub", "hub")
         frames = self.codec.encode(Message(header, msg.header, {}, reply))
