@@ -461,9 +461,13 @@ def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         script.write_text("import math\nfrom_file = math.factorial(5)\n")
         view.run(script)
         assert view["from_file"] == [120, 120]
-        with view.sync_imports(quiet=True):
+        with view.sync_imports():
             import json
+            from decimal import Decimal
         assert view.apply(lambda: json.dumps([1])) == ["[1]", "[1]"]
+        assert view.apply(lambda: str(Decimal("1.5"))) == ["1.5", "1.5"]
+        imported = capsys.readouterr().out
+        assert imported.count("on engine(s)") == 2  # the block's two imports, not their own
 
         async def both() -> list[object]:
             return await asyncio.gather(

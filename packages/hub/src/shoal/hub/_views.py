@@ -234,12 +234,15 @@ class DirectView(View):
 
         real_import = builtins.__import__
         view = self
+        # Only the block's own imports travel, not those the imported modules make:
+        # frames here are this generator, contextlib's __enter__, then the user's code.
+        user_globals = sys._getframe(2).f_globals
 
         def remote_import(
             name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0
         ) -> Any:
             module = real_import(name, globals_, locals_, fromlist, level) if local else None
-            if level == 0 and sys._getframe(1).f_globals is not vars(contextlib):
+            if level == 0 and sys._getframe(1).f_globals is user_globals:
                 names = ", ".join(fromlist or ())
                 code = f"from {name} import {names}" if fromlist else f"import {name}"
                 if not quiet:
