@@ -489,3 +489,22 @@ def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         out = capsys.readouterr()
         assert "6/6 tasks" in out.err
         assert sum(f"item {x}" in out.out for x in range(6)) == 6
+
+
+def test_a_burst_of_tasks_travels_in_batches_and_each_is_answered(tmp_path: Path) -> None:
+    """Tasks submitted while others are unanswered go together (the client's outbox);
+    each still gets its own result, in order, and one awaited without get() arrives."""
+    with hub(tmp_path, 1) as (_, rc):
+        lb = rc.load_balanced_view()
+        results = [lb.apply_async(lambda x: x * 3, i) for i in range(1000)]
+        last = results[-1]
+        done, _ = concurrent.futures.wait([last], timeout=30)  # no get(): the reader flushes
+        assert last in done
+        assert [r.get(30) for r in results] == [i * 3 for i in range(1000)]
+        blocker = lb.apply_async(lambda: __import__("time").sleep(1))
+        queued = [lb.apply_async(lambda: 1) for _ in range(10)]
+        queued[-1].abort()  # possibly still in the outbox: abort sends it first
+        with pytest.raises(TaskAborted):
+            queued[-1].get(20)
+        assert [q.get(20) for q in queued[:-1]] == [1] * 9
+        blocker.get(20)

@@ -17,6 +17,7 @@ A client connects two DEALER sockets to the hub's client port (see ``_hub.py``):
 
 from __future__ import annotations
 
+import array
 import atexit
 import contextlib
 import logging
@@ -43,13 +44,15 @@ from shoal.wire import (
 
 from ._asyncresult import AsyncResult
 from ._errors import HubLost, error_from_reply
-from ._hub import HUB, PING, PONG, control_route, engine_route
+from ._hub import HUB, LB, LB_BATCH, PING, PONG, control_route, engine_route
 from ._profile import CLIENT_FILE, profile_dir
 
 __all__ = ["Client", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
 _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
+_BATCH = 256  # load-balanced tasks sent together at most
+_FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
 
 
 class Client:
@@ -167,6 +170,9 @@ class Client:
         self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
         self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
         self._sent_to: dict[str, int] = {}
+        # Small load-balanced tasks waiting to go together (see _coalesce).
+        self._outbox: list[Any] = []
+        self._outbox_since = 0.0
 
     # -- engines ------------------------------------------------------------------------
     @property
@@ -257,6 +263,7 @@ class Client:
 
     def abort(self, msg_ids: Sequence[str]) -> None:
         """Drop the given requests if they have not started (they fail with TaskAborted)."""
+        self._flush()
         self._hub_request("abort_request", {"msg_ids": list(msg_ids)})
 
     def add_engines(self, n: int = 1) -> list[int]:
@@ -300,7 +307,10 @@ class Client:
         try:
             for msg_id, route, frames in encoded:
                 way = direct.get(route) if direct else None
-                if way is None:
+                if route == LB and len(frames) == 1 and self._coalesce(frames[0]):
+                    pass  # queued in the outbox; the next flush sends it
+                elif way is None:
+                    self._flush()  # keep the order of what goes to the hub
                     self._send_frames([route, *frames], self._sender)
                 else:  # straight to the engine, skipping the hub's relay
                     self._sent_to[msg_id] = way[0]
@@ -311,6 +321,38 @@ class Client:
                 self._pending.pop(msg_id, None)
             raise
         return result
+
+    def _coalesce(self, head: Any) -> bool:
+        """Queue a small load-balanced task to go with others in one message (Nagle's
+        rule: only while earlier requests are unanswered, so a lone task leaves at once).
+        The reader flushes the outbox within ``_FLUSH_AFTER``; a full one goes now."""
+        with self._send_lock:
+            if not self._outbox and len(self._pending) <= 1:
+                return False
+            if not self._outbox:
+                self._outbox_since = time.monotonic()
+                wake = True
+            else:
+                wake = False
+            self._outbox.append(head)
+            full = len(self._outbox) >= _BATCH
+        if full:
+            self._flush()
+        elif wake:
+            with self._wake_lock:
+                self._wake_out.send(b"")  # the reader shortens its poll to flush in time
+        return True
+
+    def _flush(self) -> None:
+        """Send the outbox's tasks, in one message."""
+        if not self._outbox:
+            return
+        with self._send_lock:
+            heads, self._outbox = self._outbox, []
+        if not heads:
+            return
+        counts = array.array("I", [1] * len(heads)).tobytes()
+        self._send_frames([LB_BATCH, counts, *heads], self._sender)
 
     def _wait_for_room(self, n: int) -> None:
         limit = max(0, self.max_outstanding - n)
@@ -404,7 +446,10 @@ class Client:
     def _wait(self, result: AsyncResult, timeout: float | None) -> None:
         """Read replies in this (calling) thread until ``result`` is done or ``timeout``
         passed: the reply reaches its waiter without a hand-off from the I/O thread."""
-        if result.done() or threading.current_thread() is self._io:
+        if result.done():
+            return
+        self._flush()  # what the caller waits for may still sit in the outbox
+        if threading.current_thread() is self._io:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._waiters_changed:
@@ -445,8 +490,15 @@ class Client:
                 self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
                 return
         timeout = min(timeout, max(0.0, self._next_ping - now))
+        if self._outbox:
+            due = self._outbox_since + _FLUSH_AFTER
+            if now >= due:
+                with contextlib.suppress(HubLost, RuntimeError):
+                    self._flush()
+            else:
+                timeout = min(timeout, due - now)
         try:
-            ready = self._poller.poll(int(timeout * 1000) + 1)
+            ready = self._poller.poll(int(timeout * 1000) + 1 if timeout > 0 else 0)
         except zmq.ZMQError:
             return  # the context is ending: close() was called
         for sock, _ in ready:
@@ -589,6 +641,8 @@ class Client:
         """Close the sockets; outstanding results are left unresolved."""
         if self._closed:
             return
+        with contextlib.suppress(HubLost, RuntimeError, zmq.ZMQError):
+            self._flush()
         self._closed = True
         with self._wake_lock:
             self._wake_out.send(b"")

@@ -31,6 +31,7 @@ an engine declared dead is dropped, and that engine is told to shut down.
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import contextlib
 import logging
@@ -66,6 +67,7 @@ log = logging.getLogger("shoal.hub")
 
 HUB = b"hub"
 LB = b"lb"
+LB_BATCH = b"lbs"  # [lbs, frame counts (uint32 each), task 1's frames, task 2's, ...]
 PING = b"ping"
 PONG = b"pong"
 
@@ -346,6 +348,9 @@ class Hub:
         if route == HUB:
             self._hub_request(reply_to, msg)
             return
+        if route == LB_BATCH:
+            self._lb_batch(reply_to, msg)
+            return
         try:
             header, _parent, metadata = peek(msg[0])
         except RemoteInputError as exc:
@@ -429,7 +434,26 @@ class Hub:
         self._record(str(request[0]), engine_id, "error", time.time())
 
     # -- load balancing -----------------------------------------------------------------
-    def _lb_submit(self, task: _Task, metadata: dict[str, Any]) -> None:
+    def _lb_batch(self, client: bytes, frames: list[Any]) -> None:
+        """Load-balanced tasks a client sent together: each is queued as if sent alone."""
+        counts = array.array("I", frames[0].bytes)
+        if sum(counts) != len(frames) - 1 or 0 in counts:
+            log.warning("dropped a task batch whose frame counts do not add up")
+            return
+        at = 1
+        for n in counts:
+            task_frames = frames[at : at + n]
+            at += n
+            try:
+                header, _parent, metadata = peek(task_frames[0])
+            except RemoteInputError as exc:
+                log.warning("dropped a task of a batch: %s", exc)
+                continue
+            task = _Task(client, task_frames, header[0], lb=True)
+            self._lb_submit(task, metadata, dispatch=False)
+        self._dispatch()
+
+    def _lb_submit(self, task: _Task, metadata: dict[str, Any], *, dispatch: bool = True) -> None:
         try:
             task.retries = int(metadata.get("retries", 0))
             targets = metadata.get("targets")
@@ -444,7 +468,8 @@ class Hub:
             self._check_waiting()
         else:
             self.pending.append(task)
-        self._dispatch()
+        if dispatch:
+            self._dispatch()
 
     def _check_waiting(self) -> None:
         """Move tasks whose dependencies finished to ``pending``; fail impossible ones."""
