@@ -19,7 +19,7 @@ from typing import Any
 
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
-from ._hub import LB
+from ._hub import LB, engine_route
 
 __all__ = ["DirectView", "LoadBalancedView", "View"]
 
@@ -211,7 +211,7 @@ class DirectView(View):
         chunks = {t: [s[a:b] for s in seqs] for t, (a, b) in zip(self._ids, bounds, strict=True)}
         requests = [
             (
-                _route(t),
+                engine_route(t),
                 "apply_request",
                 {"f": _map_chunk, "args": (f, *chunks[t]), "kwargs": {}},
                 None,
@@ -483,10 +483,6 @@ def _imap(
             done = next(r for r in outstanding if r in finished)
             outstanding.remove(done)
         yield from done.get()
-
-
-def _route(engine_id: int) -> bytes:
-    return b"e%d" % engine_id
 
 
 def _msg_ids(deps: Any) -> list[str]:
