@@ -315,7 +315,25 @@ class IMapIterator(Generic[_T]):
                 self._cond.wait(remaining)
 
 
-class Pool:
+class _Tracking:
+    """Keeps the futures not yet done, for ``join``/``terminate``/``shutdown``, under the
+    owner's ``_lock`` (which may guard more of its state)."""
+
+    _lock: threading.Lock
+    _futures: set[AsyncResult]
+
+    def _track(self, future: AsyncResult) -> AsyncResult:
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._untrack)
+        return future
+
+    def _untrack(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+
+class Pool(_Tracking):
     """multiprocess's (and multiprocessing's) ``Pool``, running on a shoal cluster.
 
     Code written for ``multiprocess.Pool`` runs unchanged; its functions run on the
@@ -412,16 +430,6 @@ class Pool:
     def _check_running(self) -> None:
         if self._state != _RUN:
             raise ValueError("Pool not running")
-
-    def _track(self, future: AsyncResult) -> AsyncResult:
-        with self._lock:
-            self._futures.add(future)
-        future.add_done_callback(self._untrack)
-        return future
-
-    def _untrack(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
 
     def _result(
         self,
@@ -637,7 +645,7 @@ class Pool:
         return f"<shoal.hub.Pool state={self._state} engines={self._targets}>"
 
 
-class Executor(concurrent.futures.Executor):
+class Executor(_Tracking, concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` running on the cluster, load balanced.
 
     Its futures are :class:`~shoal.hub.AsyncResult` objects, usable with
@@ -658,16 +666,6 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._futures: set[AsyncResult] = set()
-
-    def _track(self, future: AsyncResult) -> AsyncResult:
-        with self._lock:
-            self._futures.add(future)
-        future.add_done_callback(self._untrack)
-        return future
-
-    def _untrack(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
 
     def _check(self) -> None:
         if self._shutdown:
