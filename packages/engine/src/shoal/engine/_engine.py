@@ -68,15 +68,28 @@ from ._kernel import Kernel
 from ._objects import ObjectStore
 from ._replies import error_reply
 
-__all__ = ["EngineProcess", "main"]
+__all__ = ["EngineProcess", "current_engine", "main"]
 
 log = logging.getLogger("shoal.engine")
 _POLL_MS = 100  # how often the I/O thread looks at its peer
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
+_RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
 _PING = b"ping"  # a client checking its direct way to this engine
 _PONG = b"pong"
 _REPLAY_WINDOW = 30 * 24 * 3600.0
-_CONTROL_REQUESTS = ("interrupt_request", "abort_request", "status_request", "shutdown_request")
+_CONTROL_REQUESTS = (
+    "interrupt_request",
+    "abort_request",
+    "status_request",
+    "shutdown_request",
+    "release_request",
+)
+_current: EngineProcess | None = None
+
+
+def current_engine() -> EngineProcess | None:
+    """The engine this code runs in (from a request it serves), or None outside engines."""
+    return _current
 
 
 class EngineProcess:
@@ -140,6 +153,9 @@ class EngineProcess:
         self._deadline: float | None = None  # when the running request's time is up
         self._timed_out = False
         self._abort_all = False
+        self._releases: list[str] = []  # owners whose lease ended, filled by the I/O thread
+        self._peers: dict[str, zmq.Socket[Any]] = {}  # direct url of another engine -> DEALER
+        self._peer_token = uuid.uuid4().hex[:16].encode()
         # The user namespace is a bare __main__ module of its own: `python -m` made this
         # package's __main__.py the __main__ module, and clear_request must not empty it.
         user_main = types.ModuleType("__main__")
@@ -191,6 +207,8 @@ class EngineProcess:
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> int:
         """Serve requests until shutdown; returns the exit code."""
+        global _current  # noqa: PLW0603 - one engine per process: code it runs finds it
+        _current = self
         signal.signal(signal.SIGINT, self._on_sigint)
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
         if self.register and not self._register(control):
@@ -285,9 +303,10 @@ class EngineProcess:
             except RemoteInputError as exc:
                 log.warning("dropped a message: %s", exc)
                 continue
-            if direct:  # a client sends from s<token> and receives on r<token>
-                sender = msg.identities[0]
-                msg = msg._replace(identities=(b"r" + sender[1:],))
+            if direct and msg.identities[0][:1] == b"s":
+                # A client sends from s<token> and receives on r<token>; another engine
+                # (p<token>) receives where it sends.
+                msg = msg._replace(identities=(b"r" + msg.identities[0][1:],))
             self.pending.append((sock, msg))
 
     def _read_all(self) -> None:
@@ -305,10 +324,94 @@ class EngineProcess:
             if len(frames) == 1 and frames[0].bytes == _ABORT:
                 self._read_all()  # everything that arrived before the abort is dropped
                 self._apply_aborts()
+            elif len(frames) == 1 and frames[0].bytes == _RELEASE:
+                self._apply_releases()
             else:
                 sock = self._direct if frames[0].bytes == b"d" else self._shell
                 if sock is not None:
                     self._send(sock, frames[1:])
+
+    def _apply_releases(self) -> None:
+        objects = self.kernel.objects
+        while self._releases:
+            owner = self._releases.pop()
+            if objects is not None:
+                freed = objects.release(owner)
+                log.info("lease of %r ended: %d objects freed", owner, freed)
+
+    # -- requests to other engines (main thread) ------------------------------------------
+    def peer_request(
+        self, url: str, msg_type: str, content: Any, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send a shell request to the engine whose direct socket is at ``url``; return the
+        reply content.
+
+        Made for objects that live on another engine: fetching one, calling its methods.
+        While it waits, this engine serves the requests other engines send it, so two
+        engines asking each other at once do not deadlock; clients' requests wait.
+
+        Raises
+        ------
+        TimeoutError
+            No reply within ``timeout`` seconds (None: wait as long as it takes).
+        """
+        if threading.get_ident() != self._main_ident:
+            raise RuntimeError("peer_request runs on the engine's main thread only")
+        sock = self._peers.get(url)
+        if sock is None:
+            sock = self.context.socket(zmq.DEALER)
+            sock.identity = b"p" + self._peer_token
+            sock.linger = 0
+            sock.connect(url)
+            self._peers[url] = sock
+        header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
+        sock.send_multipart(self._codec.encode(Message(header, None, {}, content)), copy=False)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self._direct is not None:
+            poller.register(self._direct, zmq.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(
+                    f"no answer to {msg_type} from the engine at {url} in {timeout} s"
+                )
+            wait_ms = _POLL_MS if left is None else min(_POLL_MS, int(left * 1000) + 1)
+            for ready, _ in poller.poll(wait_ms):
+                if ready is sock:
+                    try:
+                        reply = self._codec.decode(sock.recv_multipart(copy=False))
+                    except RemoteInputError as exc:
+                        log.warning("dropped a message: %s", exc)
+                        continue
+                    if (
+                        reply.parent_header is not None
+                        and reply.parent_header.msg_id == header.msg_id
+                    ):
+                        return dict(reply.content)
+                else:
+                    self._read(ready)
+                    self._serve_peers()
+
+    def _serve_peers(self) -> None:
+        """Serve now the requests other engines sent, keeping the rest in order."""
+        peers = [
+            (s, m) for s, m in self.pending if s is self._direct and m.identities[0][:1] == b"p"
+        ]
+        if not peers:
+            return
+        self.pending = collections.deque(
+            (s, m)
+            for s, m in self.pending
+            if not (s is self._direct and m.identities[0][:1] == b"p")
+        )
+        saved = (self.running, self._running_sock, self._deadline, self._in_user_code)
+        try:
+            for sock, msg in peers:
+                self._serve(sock, msg)
+        finally:
+            self.running, self._running_sock, self._deadline, self._in_user_code = saved
 
     def _apply_aborts(self) -> None:
         if not self._abort_all and not self._abort_ids:
@@ -481,6 +584,12 @@ class EngineProcess:
                 self._pipe_out.send(_ABORT)
         elif kind == "status_request":
             content.update(self.status())
+        elif kind == "release_request":  # a client's lease ended: the main thread frees
+            owner = msg.content.get("owner") if isinstance(msg.content, dict) else None
+            if isinstance(owner, str):
+                self._releases.append(owner)
+                with self._pipe_lock:
+                    self._pipe_out.send(_RELEASE)
         elif kind not in _CONTROL_REQUESTS:
             problem = ValueError(
                 f"unknown control request {kind!r}; known: {', '.join(_CONTROL_REQUESTS)}"
@@ -515,6 +624,7 @@ class EngineProcess:
             "uptime": time.time() - self.started,
             "engine_id": self.engine_id,
             "python": sys.version.split()[0],
+            "objects": 0 if self.kernel.objects is None else len(self.kernel.objects),
         }
 
 

@@ -59,6 +59,10 @@ OBJECT_REQUESTS = (
     "incref_request",
     "decref_request",
     "describe_request",
+    "refs_request",
+    "release_request",
+    "list_request",
+    "fetch_request",
 )
 #: Names that ``clear_request`` keeps in the user namespace.
 _KEEP_ON_CLEAR = ("__name__", "__builtins__")

@@ -8,12 +8,18 @@ through proxies without moving them. Its rules:
 * **Ids.** :meth:`ObjectStore.store` hands out a fresh id (1, 2, 3, ...) on every call;
   an id is never reused during the store's life, so a stale proxy can never reach a
   newer object. Storing the same object twice gives two ids with separate counts.
-* **Reference counts.** A stored object starts with a count of 1 (the proxy that asked
-  for it). ``incref``/``decref`` move the count; at 0 the store forgets the object and
+* **Reference counts, per owner.** A stored object starts with a count of 1 (the proxy
+  that asked for it), booked to an *owner*: a string naming who holds the reference (a
+  client's token; ``""`` for a lone engine's user). ``incref``/``decref`` move one
+  owner's count; when the counts of all owners reach 0 the store forgets the object and
   holds nothing else for it, so its memory is returned once nothing else on the engine
-  refers to it. The count never goes below 0: such a request fails and changes nothing.
+  refers to it. A count never goes below 0: such a request fails and changes nothing.
+  ``release(owner)`` drops every count an owner holds: a hub says so when a client's
+  lease ends (the client died or left), and its objects go with it.
 * **Refs in arguments.** A :class:`Ref` inside the arguments of ``call_method`` or the
-  value of ``setattr`` stands for the stored object; it is replaced before the call, at
+  value of ``setattr`` stands for the stored object, and so does any object whose type
+  has a ``__shoal_resolve__()`` method (a proxy from a higher layer: the method returns
+  what the proxy stands for); it is replaced before the call, at
   the top level and inside plain ``tuple``/``list``/``dict`` values (dict values, not
   keys) up to :data:`RESOLVE_DEPTH` levels deep. Containers without a Ref are passed as
   they are, never copied; subclasses of those containers are left untouched.
@@ -33,7 +39,7 @@ No sockets, no threads: the engine calls :meth:`ObjectStore.handle` on its main 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,6 +54,8 @@ __all__ = ["RESOLVE_DEPTH", "ObjectStore", "Ref"]
 RESOLVE_DEPTH = 8
 
 _RETURNS = ("value", "ref", "auto")
+# Values whose methods may return the object itself (int.__int__) and are still values.
+_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, tuple, frozenset, type(None)})
 _REPR_LIMIT = 200
 
 
@@ -117,7 +125,7 @@ class ObjectStore:
         self.serializer = Serializer() if serializer is None else serializer
         self.engine_id = engine_id
         self._objects: dict[int, Any] = {}
-        self._refcounts: dict[int, int] = {}
+        self._counts: dict[int, dict[str, int]] = {}  # id -> {owner: count}
         self._ids = itertools.count(1)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
             "store_request": self._store_request,
@@ -127,6 +135,10 @@ class ObjectStore:
             "incref_request": self._incref_request,
             "decref_request": self._decref_request,
             "describe_request": self._describe_request,
+            "refs_request": self._refs_request,
+            "release_request": self._release_request,
+            "list_request": self._list_request,
+            "fetch_request": self._fetch_request,
         }
 
     # -- the store ----------------------------------------------------------------------
@@ -140,15 +152,15 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"<ObjectStore: {len(self)} objects, engine_id={self.engine_id}>"
 
-    def store(self, obj: Any) -> int:
-        """Keep ``obj`` with a reference count of 1 and return its new id.
+    def store(self, obj: Any, owner: str = "") -> int:
+        """Keep ``obj`` with a reference count of 1 booked to ``owner``; return its new id.
 
         Every call gives a new id, even for an object already stored: storing the same
         object twice gives two ids, each with its own count.
         """
         oid = next(self._ids)
         self._objects[oid] = obj
-        self._refcounts[oid] = 1
+        self._counts[oid] = {owner: 1}
         return oid
 
     def get(self, id: int) -> Any:
@@ -162,35 +174,64 @@ class ObjectStore:
         """The ref dict ``{"id": id, "type": "module.Qualname"}`` of a stored object."""
         return {"id": id, "type": type_name(self.get(id))}
 
-    def incref(self, id: int, n: int = 1) -> int:
-        """Add ``n`` (>= 1) to the reference count of ``id``; return the new count."""
-        _check_count(n, "incref")
-        count = self._refcount(id) + n
-        self._refcounts[id] = count
-        return count
+    def refcount(self, id: int) -> int:
+        """The reference count of ``id``, all owners together."""
+        return sum(self._owner_counts(id).values())
 
-    def decref(self, id: int, n: int = 1) -> int:
-        """Take ``n`` (>= 1) from the count of ``id``; at 0 drop the object. Return the count.
+    def incref(self, id: int, n: int = 1, owner: str = "") -> int:
+        """Add ``n`` (>= 1) to ``owner``'s count of ``id``; return the total count."""
+        _check_count(n, "incref")
+        counts = self._owner_counts(id)
+        counts[owner] = counts.get(owner, 0) + n
+        return sum(counts.values())
+
+    def decref(self, id: int, n: int = 1, owner: str = "") -> int:
+        """Take ``n`` (>= 1) from ``owner``'s count of ``id``; return the total count.
+
+        The object is dropped when the total reaches 0.
 
         Raises
         ------
         NoSuchObjectError
             ``id`` is not held (never stored, or already dropped).
         ValueError
-            The count would go below 0; nothing is changed.
+            ``owner``'s count would go below 0; nothing is changed.
         """
         _check_count(n, "decref")
-        count = self._refcount(id) - n
-        if count < 0:
+        counts = self._owner_counts(id)
+        mine = counts.get(owner, 0) - n
+        if mine < 0:
             raise ValueError(
-                f"decref(n={n}) of object {id} would take its reference count below 0 "
-                f"(it is {count + n}); nothing was changed"
+                f"decref(n={n}) of object {id} would take the reference count of owner "
+                f"{owner!r} below 0 (it is {mine + n}); nothing was changed"
             )
-        if count == 0:
-            del self._objects[id], self._refcounts[id]
+        if mine:
+            counts[owner] = mine
         else:
-            self._refcounts[id] = count
-        return count
+            counts.pop(owner, None)
+        if not counts:
+            del self._objects[id], self._counts[id]
+            return 0
+        return sum(counts.values())
+
+    def release(self, owner: str) -> int:
+        """Drop every count ``owner`` holds; return how many objects that freed."""
+        freed = 0
+        for oid in [i for i, counts in self._counts.items() if owner in counts]:
+            counts = self._counts[oid]
+            del counts[owner]
+            if not counts:
+                del self._objects[oid], self._counts[oid]
+                freed += 1
+        return freed
+
+    def owners(self) -> dict[str, int]:
+        """How many objects each owner holds a count on."""
+        held: dict[str, int] = {}
+        for counts in self._counts.values():
+            for owner in counts:
+                held[owner] = held.get(owner, 0) + 1
+        return held
 
     def resolve(self, value: Any) -> Any:
         """``value`` with every :class:`Ref` replaced by the object it names.
@@ -205,6 +246,8 @@ class ObjectStore:
         cls = type(value)
         if cls is Ref:
             return self.get(value.id)
+        if hasattr(cls, "__shoal_resolve__"):
+            return value.__shoal_resolve__()
         if depth <= 0:
             return value
         if cls is tuple or cls is list:
@@ -228,12 +271,18 @@ class ObjectStore:
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         returns: str = "auto",
-    ) -> tuple[Literal["value", "ref"], Any]:
+        *,
+        owner: str = "",
+        keep: Collection[str] = (),
+    ) -> tuple[Literal["value", "ref", "self"], Any]:
         """Call ``obj.<method>(*args, **kwargs)`` on the object ``id``.
 
         ``args`` and ``kwargs`` are resolved (:meth:`resolve`) first. Returns
         ``("value", result)`` or ``("ref", ref_dict)`` as ``returns`` asks (see the
-        module docstring). Any attribute name is allowed, dunders included.
+        module docstring), or ``("self", None)`` when the method returned the object
+        itself (``list.__iadd__``, fluent methods) and ``returns`` is not ``"value"``;
+        with ``"auto"``, a result whose type name is in ``keep`` is kept as a ref. Any
+        attribute name is allowed, dunders included.
         """
         _check_returns(returns)
         obj = self.get(id)
@@ -245,29 +294,59 @@ class ObjectStore:
             )
         args = self.resolve(tuple(args))
         kwargs = self.resolve(dict(kwargs or {}))
-        return self._answer(fn(*args, **kwargs), returns)
+        result = fn(*args, **kwargs)
+        if result is obj and returns != "value" and type(obj) not in _IMMUTABLE:
+            return "self", None
+        return self._answer(result, returns, owner, keep)
 
     def getattr(
-        self, id: int, name: str, returns: str = "auto"
+        self,
+        id: int,
+        name: str,
+        returns: str = "auto",
+        owner: str = "",
+        keep: Collection[str] = (),
     ) -> tuple[Literal["value", "ref"], Any]:
         """Read ``obj.<name>`` of the object ``id``; answered like :meth:`call_method`."""
         _check_returns(returns)
-        return self._answer(getattr(self.get(id), _check_name(name, "name")), returns)
+        value = getattr(self.get(id), _check_name(name, "name"))
+        return self._answer(value, returns, owner, keep)
 
     def setattr(self, id: int, name: str, value: Any) -> None:
         """Set ``obj.<name> = value`` on the object ``id``; ``value`` is resolved first."""
         obj = self.get(id)
         setattr(obj, _check_name(name, "name"), self.resolve(value))
 
+    def interface(self, obj: Any) -> dict[str, list[str]]:
+        """``{"methods": [...], "specials": [...]}`` of ``obj``'s type: the public methods
+        and the special methods a proxy class needs (read from the type, so no property
+        of the object runs)."""
+        cls = type(obj)
+        methods = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n, None))]
+        specials = [n for n in dir(cls) if n.startswith("__") and n.endswith("__")]
+        return {"methods": methods, "specials": specials}
+
+    def _types(self, ids: list[int]) -> dict[str, dict[str, list[str]]]:
+        """The interface of each type among the objects ``ids``, once per type."""
+        types: dict[str, dict[str, list[str]]] = {}
+        for oid in ids:
+            obj = self._objects[oid]
+            name = type_name(obj)
+            if name not in types:
+                types[name] = self.interface(obj)
+        return types
+
     def describe(self, id: int) -> dict[str, Any]:
         """What a proxy needs to look like the object ``id``.
 
         Returns ``{"type": "module.Qualname", "methods": [...], "attributes": [...],
-        "repr": str}``: the sorted public (no leading ``_``) callable and non-callable
-        attribute names, and ``repr(obj)`` cut to about 200 characters. An attribute
+        "specials": [...], "repr": str}``: the sorted public (no leading ``_``) callable
+        and non-callable attribute names, the special methods (``__len__``, ``__add__``,
+        ...) the type defines, and ``repr(obj)`` cut to about 200 characters. An attribute
         whose lookup raises counts as non-callable.
         """
         obj = self.get(id)
+        specials = sorted(n for n in dir(type(obj)) if n.startswith("__") and n.endswith("__"))
         methods: list[str] = []
         attributes: list[str] = []
         for name in sorted(n for n in dir(obj) if not n.startswith("_")):
@@ -282,21 +361,31 @@ class ObjectStore:
             text = f"<{type_name(obj)} object; repr() raised {type(exc).__name__}>"
         if len(text) > _REPR_LIMIT:
             text = text[: _REPR_LIMIT - 3] + "..."
-        return {"type": type_name(obj), "methods": methods, "attributes": attributes, "repr": text}
+        return {
+            "type": type_name(obj),
+            "methods": methods,
+            "attributes": attributes,
+            "specials": specials,
+            "repr": text,
+        }
 
-    def _answer(self, result: Any, returns: str) -> tuple[Literal["value", "ref"], Any]:
+    def _answer(
+        self, result: Any, returns: str, owner: str = "", keep: Collection[str] = ()
+    ) -> tuple[Literal["value", "ref"], Any]:
+        if returns == "auto" and keep and type_name(result) in keep:
+            returns = "ref"
         if returns == "auto":
             try:
                 self.serializer.dumps(result)
             except Exception:
                 returns = "ref"
         if returns == "ref":
-            return "ref", self.ref(self.store(result))
+            return "ref", self.ref(self.store(result, owner))
         return "value", result
 
-    def _refcount(self, id: int) -> int:
+    def _owner_counts(self, id: int) -> dict[str, int]:
         try:
-            return self._refcounts[id]
+            return self._counts[id]
         except (KeyError, TypeError):
             raise self._missing(id) from None
 
@@ -314,7 +403,8 @@ class ObjectStore:
 
         ``msg_type`` is one of ``store_request``, ``call_method_request``,
         ``getattr_request``, ``setattr_request``, ``incref_request``, ``decref_request``,
-        ``describe_request``; ``content`` holds the fields PROTOCOL.md lists for it.
+        ``describe_request``, ``refs_request``, ``release_request``, ``list_request``,
+        ``fetch_request``; ``content`` holds the fields PROTOCOL.md lists for it.
         Returns ``{"status": "ok", ...}`` with the reply's fields. Never raises: any
         exception (``KeyboardInterrupt`` and ``SystemExit`` included) becomes an error
         reply (PROTOCOL.md, "Error replies").
@@ -333,7 +423,12 @@ class ObjectStore:
 
     def _store_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
         obj = _field(content, "store_request", "obj", object)
-        return {"status": "ok", "ref": self.ref(self.store(obj))}
+        owner = _field(content, "store_request", "owner", str, "")
+        if _field(content, "store_request", "items", bool, False):  # one id per item
+            ids = [self.store(o, owner) for o in obj]
+            return {"status": "ok", "refs": [self.ref(i) for i in ids], "types": self._types(ids)}
+        oid = self.store(obj, owner)
+        return {"status": "ok", "ref": self.ref(oid), "types": self._types([oid])}
 
     def _call_method_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
         kind, answer = self.call_method(
@@ -342,16 +437,27 @@ class ObjectStore:
             _field(content, "call_method_request", "args", (tuple, list), ()),
             _field(content, "call_method_request", "kwargs", (dict, type(None)), None),
             _field(content, "call_method_request", "returns", str, "auto"),
+            owner=_field(content, "call_method_request", "owner", str, ""),
+            keep=_field(content, "call_method_request", "keep", (list, tuple), ()),
         )
-        return {"status": "ok", ("result" if kind == "value" else "ref"): answer}
+        return self._answered(kind, answer)
+
+    def _answered(self, kind: str, answer: Any) -> dict[str, Any]:
+        if kind == "self":
+            return {"status": "ok", "self": True}
+        if kind == "ref":
+            return {"status": "ok", "ref": answer, "types": self._types([answer["id"]])}
+        return {"status": "ok", "result": answer}
 
     def _getattr_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
         kind, answer = self.getattr(
             _field(content, "getattr_request", "id", int),
             _field(content, "getattr_request", "name", str),
             _field(content, "getattr_request", "returns", str, "auto"),
+            _field(content, "getattr_request", "owner", str, ""),
+            _field(content, "getattr_request", "keep", (list, tuple), ()),
         )
-        return {"status": "ok", ("result" if kind == "value" else "ref"): answer}
+        return self._answered(kind, answer)
 
     def _setattr_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
         self.setattr(
@@ -365,6 +471,7 @@ class ObjectStore:
         count = self.incref(
             _field(content, "incref_request", "id", int),
             _field(content, "incref_request", "n", int, 1),
+            _field(content, "incref_request", "owner", str, ""),
         )
         return {"status": "ok", "refcount": count}
 
@@ -372,11 +479,47 @@ class ObjectStore:
         count = self.decref(
             _field(content, "decref_request", "id", int),
             _field(content, "decref_request", "n", int, 1),
+            _field(content, "decref_request", "owner", str, ""),
         )
         return {"status": "ok", "refcount": count}
 
     def _describe_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
         return {"status": "ok", **self.describe(_field(content, "describe_request", "id", int))}
+
+    def _refs_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        """Many count changes in one request: ``deltas = [[id, delta], ...]``, in order.
+
+        Made for proxies dropped in batches: an id already freed is skipped (counted in
+        ``missing``), so one stale entry cannot block the others.
+        """
+        owner = _field(content, "refs_request", "owner", str, "")
+        missing = 0
+        for oid, delta in _field(content, "refs_request", "deltas", (list, tuple)):
+            if oid not in self._counts:
+                missing += 1
+            elif delta > 0:
+                self.incref(oid, delta, owner)
+            elif delta < 0:
+                n = min(-delta, self._counts[oid].get(owner, 0))
+                if n:
+                    self.decref(oid, n, owner)
+                if n < -delta:
+                    missing += 1
+        return {"status": "ok", "missing": missing, "objects": len(self)}
+
+    def _release_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        freed = self.release(_field(content, "release_request", "owner", str))
+        return {"status": "ok", "freed": freed, "objects": len(self)}
+
+    def _list_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        objects = [
+            [oid, type_name(obj), sum(self._counts[oid].values())]
+            for oid, obj in self._objects.items()
+        ]
+        return {"status": "ok", "objects": objects, "owners": self.owners()}
+
+    def _fetch_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "result": self.get(_field(content, "fetch_request", "id", int))}
 
 
 _REQUIRED: Any = object()

@@ -14,6 +14,16 @@ from ._errors import TaskAborted as TaskAborted
 from ._hub import Hub as Hub
 from ._pool import Executor as Executor
 from ._pool import Pool as Pool
+from ._remote import ObjectHub as ObjectHub
+from ._remote import Ref as Ref
+from ._remote import Remote as Remote
+from ._remote import apply as apply
+from ._remote import call_all as call_all
+from ._remote import call_async as call_async
+from ._remote import gather as gather
+from ._remote import proxy_methods as proxy_methods
+from ._remote import scatter as scatter
+from ._remote import vectorize as vectorize
 from ._views import DirectView as DirectView
 from ._views import LoadBalancedView as LoadBalancedView
 from ._views import View as View
@@ -48,10 +58,20 @@ __all__ = [
     "Hub",
     "HubLost",
     "LoadBalancedView",
+    "ObjectHub",
     "Pool",
+    "Ref",
+    "Remote",
     "RemoteError",
     "TaskAborted",
     "View",
+    "apply",
+    "call_all",
+    "call_async",
+    "gather",
+    "proxy_methods",
+    "scatter",
+    "vectorize",
 ]
 
 # Tracebacks and pickles show the public path, not the private module.

@@ -70,6 +70,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._arrived = threading.Condition()
         self.submitted = time.time()
         self._completed: float | None = None
+        self._object = False  # an object-store request: the whole reply, original errors
         if not self.msg_ids:
             self._finish()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import collections
 import contextlib
 import logging
 import os
@@ -53,6 +54,7 @@ log = logging.getLogger("shoal.hub.client")
 _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
 _BATCH = 256  # load-balanced tasks sent together at most
 _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
+_REFS_EVERY = 0.05  # seconds between batches of reference count changes
 
 
 class Client:
@@ -173,6 +175,11 @@ class Client:
         # Small load-balanced tasks waiting to go together (see _coalesce).
         self._outbox: list[Any] = []
         self._outbox_since = 0.0
+        # Reference count changes of remote objects, (engine, id, owner, delta): appended
+        # by proxies (also from __del__, so no lock), sent in batches by the reader.
+        self._ref_changes: collections.deque[tuple[int, int, str, int]] = collections.deque()
+        self._refs_flushed = 0.0
+        self._refs_lock = threading.Lock()  # one flush at a time keeps each +1 before its -1
 
     # -- engines ------------------------------------------------------------------------
     @property
@@ -288,11 +295,13 @@ class Client:
         self,
         requests: Sequence[tuple[bytes, str, Any, dict[str, Any] | None]],
         make_result: Callable[[list[str]], AsyncResult],
+        *,
+        wait_for_room: bool = True,
     ) -> AsyncResult:
         """Encode and send ``(route, msg_type, content, metadata)`` requests, answered into
         the AsyncResult that ``make_result(msg_ids)`` builds."""
         self._check()
-        if len(self._pending) + len(requests) > self.max_outstanding:
+        if wait_for_room and len(self._pending) + len(requests) > self.max_outstanding:
             self._wait_for_room(len(requests))
         encoded: list[tuple[str, bytes, list[Any]]] = []
         for route, msg_type, content, metadata in requests:
@@ -353,6 +362,49 @@ class Client:
             return
         counts = array.array("I", [1] * len(heads)).tobytes()
         self._send_frames([LB_BATCH, counts, *heads], self._sender)
+
+    @property
+    def owner(self) -> str:
+        """This client's name in the engines' object stores: the objects its proxies hold
+        are booked to it, and freed when its lease with the hub ends."""
+        return self._token.decode()
+
+    def _object_request(self, engine_id: int, msg_type: str, content: Any) -> AsyncResult:
+        """One object-store request; its AsyncResult gets the whole reply content, and a
+        failure as the original exception type when the client can import it."""
+
+        def make(ids: list[str]) -> AsyncResult:
+            result = AsyncResult(self, ids, single=True, label=msg_type)
+            result._object = True
+            return result
+
+        return self._submit([(engine_route(engine_id), msg_type, content, None)], make)
+
+    def _flush_refs(self) -> None:
+        """Send the queued reference count changes: one ``refs_request`` per engine and
+        owner, with the changes of each object summed (a +1 and a -1 cancel out)."""
+        with self._refs_lock:
+            self._refs_flushed = time.monotonic()
+            batches: dict[tuple[int, str], dict[int, int]] = {}
+            changes = self._ref_changes
+            while changes:
+                engine, oid, owner, delta = changes.popleft()
+                deltas = batches.setdefault((engine, owner), {})
+                deltas[oid] = deltas.get(oid, 0) + delta
+            self._send_refs(batches)
+
+    def _send_refs(self, batches: dict[tuple[int, str], dict[int, int]]) -> None:
+        for (engine, owner), deltas in batches.items():
+            items = [[oid, d] for oid, d in deltas.items() if d]
+            if not items or engine not in self._engines:
+                continue  # an engine that is gone took its objects with it
+            content = {"owner": owner, "deltas": items}
+            with contextlib.suppress(HubLost, RuntimeError, EngineDiedError):
+                self._submit(
+                    [(engine_route(engine), "refs_request", content, None)],
+                    lambda ids: AsyncResult(self, ids, single=True, label="refs_request"),
+                    wait_for_room=False,
+                )
 
     def _wait_for_room(self, n: int) -> None:
         limit = max(0, self.max_outstanding - n)
@@ -490,6 +542,12 @@ class Client:
                 self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
                 return
         timeout = min(timeout, max(0.0, self._next_ping - now))
+        if self._ref_changes:
+            due = self._refs_flushed + _REFS_EVERY
+            if now >= due:
+                self._flush_refs()
+            else:
+                timeout = min(timeout, due - now)
         if self._outbox:
             due = self._outbox_since + _FLUSH_AFTER
             if now >= due:
@@ -606,11 +664,12 @@ class Client:
             error: BaseException | None = RemoteError("ProtocolError", f"bad reply {content!r}")
             value = None
         elif content.get("status") == "ok":
-            # Hub and control replies are their content; shell replies carry a result.
-            whole = route == HUB or route[:1] == b"c"
+            # Hub, control and object replies are their content; shell replies carry a
+            # result.
+            whole = route == HUB or route[:1] == b"c" or result._object
             error, value = None, content if whole else content.get("result")
         else:
-            error, value = error_from_reply(content), None
+            error, value = error_from_reply(content, original=result._object), None
         result._deliver(parent.msg_id, value, error, metadata)
 
     def _notice(self, kind: str, content: Any) -> None:

@@ -67,8 +67,16 @@ class CompositeError(RuntimeError):
         raise self.elist[index]
 
 
-def error_from_reply(content: dict[str, Any]) -> BaseException:
-    """The exception for an error or aborted reply's content."""
+def error_from_reply(content: dict[str, Any], *, original: bool = False) -> BaseException:
+    """The exception for an error or aborted reply's content.
+
+    With ``original``, the remote exception itself when it reached the client (its type
+    imports here), chained to a :class:`RemoteError` carrying the remote traceback.
+    """
+    if original and isinstance(content.get("exception"), BaseException):
+        exc: BaseException = content["exception"]
+        exc.__cause__ = RemoteError.from_reply(content)
+        return exc
     if content.get("status") == "aborted":
         return TaskAborted("the task was aborted before it ran")
     ename = str(content.get("ename", "Exception"))

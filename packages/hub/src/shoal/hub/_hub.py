@@ -193,6 +193,9 @@ class Hub:
         Shut down when this process is no longer the hub's parent.
     store : {"sqlite"}, optional
         Also keep the task history in ``<folder>/history.sqlite``, across hub restarts.
+    client_timeout : float
+        A client's lease: when it has not pinged for this long (it died, or lost its
+        connection), every engine frees the objects it held.
     """
 
     def __init__(
@@ -207,12 +210,14 @@ class Hub:
         parent_pid: int | None = None,
         engine_log_level: str = "WARNING",
         store: str | None = None,
+        client_timeout: float = 10.0,
     ) -> None:
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1 task per engine, got {hwm}")
         self.folder = folder
         self.period = period
         self.timeout = timeout
+        self.client_timeout = client_timeout
         self.hwm = hwm
         self.parent_pid = parent_pid
         self.engine_log_level = engine_log_level
@@ -340,7 +345,9 @@ class Hub:
     def _on_client(self, frames: list[Any]) -> None:
         if len(frames) < 3:
             if len(frames) == 2 and frames[1].bytes == PING:
-                self._to_client(self._reply_to(frames[0].bytes), [PONG])
+                client = self._reply_to(frames[0].bytes)
+                self.clients[client] = time.monotonic()  # the lease goes on
+                self._to_client(client, [PONG])
             return
         reply_to = self._reply_to(frames[0].bytes)
         route = frames[1].bytes
@@ -384,8 +391,8 @@ class Hub:
         try:
             _send(self.sockets["client"], client, frames)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
-            if self.clients.pop(client, None) is not None:
-                log.info("client %r is gone (%s)", client, exc)
+            if client in self.clients:
+                self._client_gone(client, str(exc))
 
     def _to_engine(self, engine: _Engine, channel: str, frames: list[Any]) -> bool:
         try:
@@ -679,6 +686,9 @@ class Hub:
                 heart.send_multipart([engine.ident, b"ping"])
             except zmq.ZMQError:
                 self._engine_lost(engine, "its heartbeat connection is gone")
+        for client, heard in list(self.clients.items()):
+            if now - heard > self.client_timeout:
+                self._client_gone(client, f"silent for {now - heard:.1f} s")
         for pid, proc in list(self.procs.items()):  # reap engines that never registered
             if proc.poll() is not None and not any(e.pid == pid for e in self.engines.values()):
                 del self.procs[pid]
@@ -687,6 +697,15 @@ class Hub:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
+
+    def _client_gone(self, client: bytes, why: str) -> None:
+        """A client's lease ended: every engine frees the objects the client held."""
+        self.clients.pop(client, None)
+        log.info("client %r is gone (%s): releasing its objects", client, why)
+        header = new_header("release_request", "hub", "hub")
+        frames = self.codec.encode(Message(header, None, {}, {"owner": client[1:].decode()}))
+        for engine in list(self.engines.values()):
+            self._to_engine(engine, "control", frames)
 
     def _check_children(self) -> None:
         """Engines this hub started whose process ended are lost, with the cause."""
@@ -914,6 +933,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hwm", type=int, default=2, help="tasks queued per engine")
     parser.add_argument("--period", type=float, default=0.2, help="heartbeat period, s")
     parser.add_argument("--timeout", type=float, default=2.0, help="silent engine is dead, s")
+    parser.add_argument(
+        "--client-timeout", type=float, default=10.0, help="silent client's objects are freed, s"
+    )
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--engine-log-level", default="WARNING")
@@ -937,6 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         engine_log_level=args.engine_log_level,
         store=args.store,
+        client_timeout=args.client_timeout,
     )
     hub.launch(args.engines)
     print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line

@@ -187,6 +187,10 @@ class _Pickler(pickle.Pickler):
             return _import_module, (name,)
         if kind is memoryview:
             return _reduce_memoryview(obj)
+        if kind is type and obj.__module__ in ("__main__", "__mp_main__"):
+            # A class defined interactively does not exist on the other side under its
+            # name: dill sends it by value.
+            raise pickle.PicklingError(f"{obj.__qualname__} is defined in __main__")
         return NotImplemented
 
     def _reduce_function(self, func: types.FunctionType) -> tuple[Any, ...]:
