@@ -5,7 +5,7 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub. These are measurements, not tests: nothing fails when a target is
+connection, engine, hub, remote. These are measurements, not tests: nothing fails when a target is
 missed; the ``met`` column says so.
 """
 
@@ -30,6 +30,7 @@ from _common import Row, Skipped, format_table
 from bench_connection import bench_connection
 from bench_engine import bench_engine
 from bench_hub import bench_hub
+from bench_remote import bench_remote
 from bench_wire import (
     bench_roundtrip,
     bench_serialize_array,
@@ -85,6 +86,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "connection": bench_connection,
     "engine": bench_engine,
     "hub": bench_hub,
+    "remote": bench_remote,
 }
 
 

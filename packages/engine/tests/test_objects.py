@@ -428,3 +428,79 @@ def test_bad_requests_become_error_replies(
     assert match in reply["evalue"]
     assert set(reply) == {"status", "ename", "evalue", "traceback", "engine_id", "exception"}
     assert store.get(1).calls == 0
+
+
+# -- owners, leases and the requests proxies use ----------------------------------------
+
+
+def test_counts_are_booked_per_owner_and_a_release_frees_an_owners_objects(
+    store: ObjectStore,
+) -> None:
+    shared = store.store([1], owner="alice")
+    alone = store.store([2], owner="alice")
+    store.incref(shared, owner="bob")
+    assert store.refcount(shared) == 2
+    assert store.owners() == {"alice": 2, "bob": 1}
+    with pytest.raises(ValueError, match="owner 'carol'"):
+        store.decref(shared, owner="carol")  # carol holds nothing: nothing changes
+    assert store.release("alice") == 1  # `alone` had no other owner
+    assert alone not in store
+    assert shared in store
+    assert store.refcount(shared) == 1
+    assert store.release("bob") == 1
+    assert len(store) == 0
+
+
+def test_refs_request_applies_batched_changes_and_skips_stale_ids(store: ObjectStore) -> None:
+    a = store.store("a", owner="c")
+    b = store.store("b", owner="c")
+    reply = store.handle(
+        "refs_request", {"owner": "c", "deltas": [[a, 2], [b, -1], [b, -1], [999, -1]]}
+    )
+    assert reply == {"status": "ok", "missing": 2, "objects": 1}  # b's 2nd -1 and 999
+    assert store.refcount(a) == 3
+    assert b not in store
+
+
+def test_list_fetch_and_release_requests(store: ObjectStore) -> None:
+    oid = store.store({"k": 1}, owner="c")
+    listing = store.handle("list_request", {})
+    assert listing["objects"] == [[oid, "builtins.dict", 1]]
+    assert listing["owners"] == {"c": 1}
+    assert store.handle("fetch_request", {"id": oid}) == {"status": "ok", "result": {"k": 1}}
+    assert store.handle("release_request", {"owner": "c"})["freed"] == 1
+    assert store.handle("fetch_request", {"id": oid})["ename"] == "NoSuchObjectError"
+
+
+def test_replies_carry_the_interface_of_new_refs_and_self(store: ObjectStore) -> None:
+    reply = store.handle("store_request", {"obj": [Account(), Account()], "items": True})
+    assert len(reply["refs"]) == 2
+    interface = reply["types"][f"{__name__}.Account"]  # once for both
+    assert "deposit" in interface["methods"]
+    assert "balance" not in interface["methods"]  # an instance attribute, not a method
+    lst = store.store([1])
+    assert store.handle("call_method_request", {"id": lst, "method": "__iadd__", "args": ([2],)})[
+        "self"
+    ]
+    assert store.get(lst) == [1, 2]
+    number = store.store(5)
+    assert store.handle("call_method_request", {"id": number, "method": "__int__"}) == {
+        "status": "ok",
+        "result": 5,
+    }  # immutable values returning themselves are values
+    kept = store.handle(
+        "call_method_request",
+        {"id": lst, "method": "copy", "keep": ["builtins.list"]},
+    )
+    assert store.get(kept["ref"]["id"]) == [1, 2]
+    assert "append" in kept["types"]["builtins.list"]["methods"]
+
+
+def test_objects_with_a_resolve_hook_are_replaced_in_arguments(store: ObjectStore) -> None:
+    class Stand:
+        def __shoal_resolve__(self) -> list[int]:
+            return [7, 8]
+
+    lst = store.store([1])
+    store.call_method(lst, "extend", (Stand(),))
+    assert store.get(lst) == [1, 7, 8]

@@ -368,6 +368,7 @@ def test_a_proxy_argument_moves_engine_to_engine(rc: Client) -> None:
 
 def test_a_proxy_sent_to_an_engine_still_points_at_the_same_object(rc: Client) -> None:
     counter = scatter(Counter(), destination=0, client=rc)
+    ref = counter.__ref__
 
     def bump(c: Any, times: int) -> tuple[int, str]:
         for _ in range(times):
@@ -381,7 +382,14 @@ def test_a_proxy_sent_to_an_engine_still_points_at_the_same_object(rc: Client) -
     rc[1].push({"kept": counter})  # held in engine 1's namespace
     del counter
     assert rc[1].pull("kept.inc()", block=True) == 6
-    rc[1].execute("del kept")
+    rc[1].execute("del kept", block=True)
+    # Every copy gave its reference back (engine 1's through its own requests to engine
+    # 0): the object is freed.
+    deadline = time.monotonic() + 20
+    while ref in ObjectHub(rc) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert ref not in ObjectHub(rc)
 
 
 def test_remote_exceptions_keep_their_type_when_it_imports(rc: Client) -> None:

@@ -43,7 +43,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -156,6 +156,9 @@ class EngineProcess:
         self._releases: list[str] = []  # owners whose lease ended, filled by the I/O thread
         self._peers: dict[str, zmq.Socket[Any]] = {}  # direct url of another engine -> DEALER
         self._peer_token = uuid.uuid4().hex[:16].encode()
+        #: Called on the main thread after each reply is sent (e.g. proxies dropped on
+        #: this engine give their references back); a failing hook is logged and kept.
+        self.after_request: list[Callable[[], None]] = []
         # The user namespace is a bare __main__ module of its own: `python -m` made this
         # package's __main__.py the __main__ module, and clear_request must not empty it.
         user_main = types.ModuleType("__main__")
@@ -175,10 +178,7 @@ class EngineProcess:
             info.key, serializer=self.serializer, replay=ReplayGuard(_REPLAY_WINDOW, 1 << 16)
         )
         self._pipe_lock = threading.Lock()
-        self._pipe_in: zmq.Socket[Any] = self.context.socket(zmq.PAIR)  # main thread reads
-        self._pipe_in.bind(f"inproc://shoal-engine-{id(self)}")
-        self._pipe_out: zmq.Socket[Any] = self.context.socket(zmq.PAIR)  # others write
-        self._pipe_out.connect(f"inproc://shoal-engine-{id(self)}")
+        self._pipe_in, self._pipe_out = self._pipe()
         self._shell: zmq.Socket[Any] = self._dealer("shell")
         self._shell.rcvhwm = 0  # requests wait here while user code runs: never refuse one
         self._direct: zmq.Socket[Any] | None = None
@@ -191,6 +191,14 @@ class EngineProcess:
             self._direct.linger = 1000
             port = self._direct.bind_to_random_port("tcp://127.0.0.1")
             self.direct_url = f"tcp://127.0.0.1:{port}"
+
+    def _pipe(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """The inproc pipe to the main thread: it reads one end, other threads write."""
+        reader: zmq.Socket[Any] = self.context.socket(zmq.PAIR)
+        reader.bind(f"inproc://shoal-engine-{id(self)}")
+        writer: zmq.Socket[Any] = self.context.socket(zmq.PAIR)
+        writer.connect(f"inproc://shoal-engine-{id(self)}")
+        return reader, writer
 
     @property
     def id(self) -> int | None:
@@ -466,6 +474,11 @@ class EngineProcess:
             )
         self._forward_pipe()  # other threads' output goes before the reply
         self._reply(sock, request, reply, started)
+        for hook in self.after_request:
+            try:
+                hook()
+            except Exception:
+                log.exception("an after_request hook failed")
 
     def _reply(
         self, sock: zmq.Socket[Any], request: Message, reply: dict[str, Any], started: float

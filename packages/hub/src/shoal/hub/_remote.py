@@ -360,6 +360,8 @@ def _rebuild(
             store.decref(ref.id, 1, owner)
         return obj
     client = None if engine is not None else _client_or_none()
+    if engine is not None and _flush_engine_drops not in engine.after_request:
+        engine.after_request.append(_flush_engine_drops)
     return _proxy_class(type_name, interface)(ref, type_name, url, owner, client)
 
 
@@ -505,12 +507,22 @@ def _peer(url: str | None, ref: Ref, msg_type: str, content: dict[str, Any]) -> 
     return future
 
 
+def _flush_engine_drops() -> None:
+    if _engine_drops:
+        _send_engine_drops(current_engine())
+
+
 def _send_engine_drops(engine: Any) -> None:
-    """Proxies dropped on this engine give their references back, by owning engine."""
+    """Proxies dropped on this engine give their references back: one ``refs_request``
+    per owning engine and owner. Runs after each request the engine serves."""
+    batches: dict[tuple[str, str], list[list[int]]] = {}
     while _engine_drops:
         url, (_, oid, owner, delta) = _engine_drops.pop()
         if url is not None:
-            engine.peer_request(url, "refs_request", {"owner": owner, "deltas": [[oid, delta]]})
+            batches.setdefault((url, owner), []).append([oid, delta])
+    for (url, owner), deltas in batches.items():
+        with contextlib.suppress(Exception):  # an engine that is gone freed them already
+            engine.peer_request(url, "refs_request", {"owner": owner, "deltas": deltas}, 10.0)
 
 
 def _as_refs(value: Any, depth: int = 8) -> Any:
