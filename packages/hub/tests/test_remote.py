@@ -379,6 +379,10 @@ def test_a_proxy_sent_to_an_engine_still_points_at_the_same_object(rc: Client) -
     assert rc[1].apply_sync(bump, counter, 3) == (3, "RemoteCounter")
     assert rc[0].apply_sync(bump, counter, 2) == (5, "Counter")
     assert counter.n == 5
+    rc[:].push({"everywhere": counter}, block=True)  # one message, a copy on each engine
+    rc[:].execute("del everywhere", block=True)
+    rc[:].execute("pass", block=True)  # the engines' drops went out after the last request
+    assert counter.n == 5  # the copies gave back their own references, not the proxy's
     rc[1].push({"kept": counter})  # held in engine 1's namespace
     del counter
     assert rc[1].pull("kept.inc()", block=True) == 6

@@ -55,6 +55,8 @@ _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for
 _BATCH = 256  # load-balanced tasks sent together at most
 _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
+# While a broadcast's content is pickled, proxies record themselves in `log` (this thread).
+_copies = threading.local()
 
 
 class Client:
@@ -456,7 +458,18 @@ class Client:
         contents = [content_for(t) for t in targets]
         if len(contents) > 1 and all(c is contents[0] for c in contents):
             # The same content for every engine (a broadcast): serialize it once.
-            shared = RawContent(tuple(self._codec.serializer.dumps(contents[0])))
+            _copies.log = copied = []
+            try:
+                shared = RawContent(tuple(self._codec.serializer.dumps(contents[0])))
+            finally:
+                _copies.log = None
+            # Each engine unpickles its own copy of every proxy inside: one reference
+            # each, where pickling booked one for them all.
+            for engine, oid, owner in copied:
+                for _ in range(len(contents) - 1):
+                    self._ref_changes.append((engine, oid, owner, 1))
+            if copied:
+                self._flush_refs()
             contents = [shared] * len(contents)
         routes = [engine_route(t) for t in targets]
         requests = [(r, msg_type, c, None) for r, c in zip(routes, contents, strict=True)]

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from shoal.engine import current_engine
 
 from ._asyncresult import AsyncResult
-from ._client import Client, current_client
+from ._client import Client, _copies, current_client
 from ._errors import error_from_reply
 
 __all__ = [
@@ -313,6 +313,9 @@ class Remote:
             ref = self._shoal_ref
             client._ref_changes.append((ref.engine, ref.id, self._shoal_owner, 1))
             client._flush_refs()  # before the message carrying the copy leaves
+            log = getattr(_copies, "log", None)
+            if log is not None:  # a broadcast: one copy per engine
+                log.append((ref.engine, ref.id, self._shoal_owner))
         cls = type(self)
         interface = {
             "methods": sorted(cls.__shoal_methods__),
