@@ -59,9 +59,11 @@ from shoal.wire import (
     ReplayGuard,
     Serializer,
     UnpicklableError,
+    default_shared_memory,
     new_header,
     read_connection_file,
     read_private_file,
+    shared_memory_enabled,
 )
 
 from ._kernel import Kernel
@@ -174,8 +176,13 @@ class EngineProcess:
         # Requests may wait long before they are read (queued behind a long task, or in
         # the hub's queue): the replay window spans days, and the guard's size bound
         # (with its floor) keeps the memory in check.
+        # Large buffers go to clients of this host through shared memory; a client
+        # elsewhere would need the hub to say where it is, which it does not yet.
         self._codec = Codec(
-            info.key, serializer=self.serializer, replay=ReplayGuard(_REPLAY_WINDOW, 1 << 16)
+            info.key,
+            serializer=self.serializer,
+            replay=ReplayGuard(_REPLAY_WINDOW, 1 << 16),
+            shm=default_shared_memory() if shared_memory_enabled() else None,
         )
         self._pipe_lock = threading.Lock()
         self._pipe_in, self._pipe_out = self._pipe()
@@ -571,13 +578,13 @@ class EngineProcess:
                     signal.pthread_kill(self._main_ident, signal.SIGINT)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.error("the parent process is gone: exiting")
-                os._exit(1)
+                _exit(1)
             if self.hub_timeout is not None and time.monotonic() - last_ping > self.hub_timeout:
                 if pings.poll(0):  # pings queued while this thread waited for the GIL
                     last_ping = time.monotonic()
                     continue
                 log.error("no heartbeat from the hub for %.1f s: exiting", self.hub_timeout)
-                os._exit(1)
+                _exit(1)
 
     def _control(self, control: zmq.Socket[Any], codec: Codec, msg: Message) -> None:
         content: dict[str, Any] = {"status": "ok"}
@@ -619,7 +626,7 @@ class EngineProcess:
         with contextlib.suppress(zmq.NotDone):
             if tracker is not None:
                 tracker.wait(1.0)  # the reply is on its way; the peer waits for it
-        os._exit(0)
+        _exit(0)
 
     def status(self) -> dict[str, Any]:
         """What ``status_request`` answers: who and where this engine is, how loaded."""
@@ -639,6 +646,14 @@ class EngineProcess:
             "python": sys.version.split()[0],
             "objects": 0 if self.kernel.objects is None else len(self.kernel.objects),
         }
+
+
+def _exit(code: int) -> None:
+    """End the process now (from the I/O thread, while user code may hold the main
+    thread), first removing the shared memory segments it holds."""
+    with contextlib.suppress(Exception):
+        default_shared_memory().close()
+    os._exit(code)
 
 
 def _echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any]) -> None:

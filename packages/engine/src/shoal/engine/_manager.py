@@ -41,8 +41,10 @@ from shoal.wire import (
     ConnectionInfo,
     Message,
     RemoteInputError,
+    default_shared_memory,
     generate_key,
     new_header,
+    shared_memory_enabled,
     write_connection_file,
 )
 
@@ -124,7 +126,7 @@ class KernelManager:
             urls[name] = f"tcp://127.0.0.1:{port}"
             self._sockets[name] = sock
         key = generate_key()
-        self._codec = Codec(key)
+        self._codec = Codec(key, shm=default_shared_memory() if shared_memory_enabled() else None)
         self._folder = tempfile.mkdtemp(prefix="shoal-kernel-")
         path = os.path.join(self._folder, "engine.json")
         write_connection_file(path, ConnectionInfo(urls=urls, key=key))

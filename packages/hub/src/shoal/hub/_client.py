@@ -39,8 +39,10 @@ from shoal.wire import (
     Message,
     RawContent,
     RemoteInputError,
+    default_shared_memory,
     new_header,
     read_connection_file,
+    shared_memory_enabled,
 )
 
 from ._asyncresult import AsyncResult
@@ -99,6 +101,7 @@ class Client:
         ping_period: float = 0.5,
         max_outstanding: int = 100_000,
         direct: bool = True,
+        shm: bool | None = None,
     ) -> None:
         path = url_file or os.path.join(profile_dir(profile), CLIENT_FILE)
         if not os.path.exists(path):
@@ -112,7 +115,10 @@ class Client:
         self.hub_pid: int | None = info.extra.get("pid")
         self.hub_timeout = hub_timeout
         self.ping_period = ping_period
-        self._codec = Codec(info.key)
+        # The hub binds loopback only: the engines are on this host, and large buffers
+        # go to them through shared memory.
+        use_shm = shared_memory_enabled() if shm is None else shm
+        self._codec = Codec(info.key, shm=default_shared_memory() if use_shm else None)
         self._session = uuid.uuid4().hex
         self._context: zmq.Context[Any] = zmq.Context()
         token = uuid.uuid4().hex[:16].encode()
@@ -458,7 +464,8 @@ class Client:
         contents = [content_for(t) for t in targets]
         if len(contents) > 1 and all(c is contents[0] for c in contents):
             # The same content for every engine (a broadcast): serialize it once.
-            _copies.log = copied = []
+            copied: list[tuple[int, int, str]] = []
+            _copies.log = copied
             try:
                 shared = RawContent(tuple(self._codec.serializer.dumps(contents[0])))
             finally:

@@ -55,6 +55,7 @@ from shoal.wire import (
     generate_key,
     new_header,
     peek,
+    sweep_shared_memory,
     write_connection_file,
 )
 
@@ -288,6 +289,7 @@ class Hub:
     # -- main loop ----------------------------------------------------------------------
     def serve(self) -> int:
         """Route until shut down; returns the exit code."""
+        sweep_shared_memory()  # what an earlier cluster's SIGKILLed processes left
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         poller = zmq.Poller()
@@ -915,6 +917,9 @@ class Hub:
     def _close(self) -> None:
         if self.store is not None:
             self.store.close()
+        # Segments of processes that died (a SIGKILLed engine or client) and the free
+        # ones kept for reuse: the cluster leaves /dev/shm as it found it.
+        sweep_shared_memory(free=True)
         for path in (self.client_file, self.engine_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -48,6 +48,10 @@ from ._serialize import Serializer as Serializer
 from ._session import AsyncSession as AsyncSession
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
+from ._shm import SharedMemory as SharedMemory
+from ._shm import default_shared_memory as default_shared_memory
+from ._shm import shared_memory_enabled as shared_memory_enabled
+from ._shm import sweep as sweep_shared_memory
 
 
 def __getattr__(name: str) -> str:
@@ -74,6 +78,10 @@ __all__ = [
     "Serializer",
     "Session",
     "SessionStatistics",
+    "SharedMemory",
+    "default_shared_memory",
+    "shared_memory_enabled",
+    "sweep_shared_memory",
     "decode",
     "encode",
     "new_header",

@@ -57,6 +57,7 @@ from ._errors import (
     VersionMismatchError,
 )
 from ._serialize import Buffer, Serializer
+from ._shm import SharedMemory, default_shared_memory
 
 __all__ = [
     "DELIMITER",
@@ -327,6 +328,9 @@ class Codec:
         ``None`` to disable it (stateless decoding).
     max_frames, max_frame_size : int
         Caps on received messages (:class:`FrameCountError`, :class:`FrameTooLargeError`).
+    shm : SharedMemory or None
+        Send buffers of ``shm.threshold`` bytes or more through shared memory (for a peer
+        on this host; see :mod:`shoal.wire._shm`). Received handles are always opened.
     """
 
     def __init__(
@@ -337,6 +341,7 @@ class Codec:
         replay: ReplayGuard | bool | None = True,
         max_frames: int = _DEFAULT_MAX_FRAMES,
         max_frame_size: int = _DEFAULT_MAX_FRAME_SIZE,
+        shm: SharedMemory | None = None,
     ) -> None:
         self._signer = _Signer(key)
         self.serializer = serializer if serializer is not None else Serializer()
@@ -346,6 +351,7 @@ class Codec:
         )
         self.max_frames = max_frames
         self.max_frame_size = max_frame_size
+        self.shm = shm
 
     # -- sending ------------------------------------------------------------------------
     def encode(self, msg: Message) -> list[Buffer]:
@@ -364,8 +370,15 @@ class Codec:
             stream, *oob = content.frames
         else:
             stream, *oob = self.serializer.dumps(content)
-        body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
         buffers = [*oob, *msg.buffers]
+        shm = self.shm
+        if shm is not None:
+            moved = [i for i, b in enumerate(buffers) if memoryview(b).nbytes >= shm.threshold]
+            if moved:
+                for i in moved:
+                    buffers[i] = shm.export(buffers[i])
+                envelope = envelope[:-1] + b"," + _json_dumps(moved) + b"]"
+        body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
         signature = self._signer.sign(body, buffers)
         return [*msg.identities, b"".join((DELIMITER, signature, body)), *buffers]
 
@@ -408,7 +421,7 @@ class Codec:
         if env_len > body.nbytes - 4:
             raise HeaderDecodeError(f"envelope length {env_len} overruns the head frame")
         try:
-            header_doc, parent_doc, metadata, nbuf = _json_loads(body[4 : 4 + env_len])
+            header_doc, parent_doc, metadata, nbuf, *in_shm = _json_loads(body[4 : 4 + env_len])
         except (ValueError, TypeError) as exc:
             raise HeaderDecodeError(
                 f"envelope is not a JSON array [header, parent, metadata, nbuf]: {exc}"
@@ -428,6 +441,7 @@ class Codec:
             raise HeaderDecodeError(
                 f"envelope says nbuf={nbuf!r}, but {len(buffers)} buffer frames came"
             )
+        buffers = self._open_shm(buffers, in_shm[0]) if in_shm else buffers
         split = len(buffers) - nbuf
         content_frames = (body[4 + env_len :], *buffers[:split])
         if content:
@@ -444,6 +458,24 @@ class Codec:
         return Message._make(
             (header, parent, metadata, value, tuple(buffers[split:]), identities)
         )
+
+
+    def _open_shm(self, buffers: list[memoryview], indices: Any) -> list[memoryview]:
+        """``buffers`` with the shared memory handles at ``indices`` opened."""
+        if type(indices) is not list or not all(
+            type(i) is int and 0 <= i < len(buffers) for i in indices
+        ):
+            raise HeaderDecodeError(f"envelope's shared memory list is {indices!r:.100}")
+        shm = self.shm or default_shared_memory()
+        out = list(buffers)
+        for i in indices:
+            try:
+                out[i] = shm.open(buffers[i])
+            except (OSError, ValueError) as exc:
+                raise MalformedMessageError(
+                    f"buffer {i} is in shared memory that cannot be opened here: {exc}"
+                ) from exc
+        return out
 
 
 def peek(head: Buffer) -> tuple[list[Any], list[Any] | None, dict[str, Any]]:
@@ -463,7 +495,9 @@ def peek(head: Buffer) -> tuple[list[Any], list[Any] | None, dict[str, Any]]:
         raise MalformedMessageError("not a shoal head frame of this protocol version")
     env_len = int.from_bytes(view[_BODY_AT : _BODY_AT + 4], "little")
     try:
-        header, parent, metadata, _nbuf = _json_loads(view[_BODY_AT + 4 : _BODY_AT + 4 + env_len])
+        header, parent, metadata, _nbuf, *_ = _json_loads(
+            view[_BODY_AT + 4 : _BODY_AT + 4 + env_len]
+        )
     except (ValueError, TypeError) as exc:
         raise MalformedMessageError(f"head frame has no readable envelope: {exc}") from exc
     if type(header) is not list or len(header) != 6 or type(metadata) is not dict:

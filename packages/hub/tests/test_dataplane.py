@@ -1,0 +1,132 @@
+"""Large arrays between the client and engines of one host: shared memory, and cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoal.hub import Client, scatter
+from shoal.wire import default_shared_memory
+from shoal.wire._shm import SHM_DIR
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm"),
+]
+
+
+@contextlib.contextmanager
+def _hub(folder: Path, n: int = 2) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.hub", "-n", str(n), "--profile-dir", str(folder)],
+        stdout=subprocess.PIPE,
+    )
+    client = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "ready" in line, line
+        client = Client(url_file=str(folder / "hub-client.json"))
+        client.wait_for_engines(n, timeout=60)
+        yield proc, client
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            client.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _held_by(pids: set[int]) -> list[str]:
+    return [
+        n for n in os.listdir(SHM_DIR) if n.startswith("shoal-u-") and int(n.split("-")[2]) in pids
+    ]
+
+
+def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path) -> None:
+    with _hub(tmp_path) as (_, rc):
+        a = np.random.default_rng(3).random(3_000_000)  # 24 MB
+        view = rc[0]
+        view.push({"a": a}, block=True)
+        # The engine's array is its own: writable, and equal.
+        assert view.apply_sync(lambda: (a.flags.writeable, float(a.sum()))) == (
+            True,
+            float(a.sum()),
+        )
+        view.execute("a[0] = -1.0", block=True)
+        back = view.pull("a", block=True)
+        assert back[0] == -1.0
+        assert np.array_equal(back[1:], a[1:])
+        assert a[0] != -1.0  # the client's array was copied, not shared
+        assert view.apply_sync(lambda: default_shared_memory().received) >= 1
+        # A proxy argument moves engine to engine the same way: engine 1's fetch reply
+        # reaches engine 0 through shared memory.
+        box = scatter([np.ones(2_000_000)], destination=1, split=False, client=rc)
+        target = scatter([], destination=0, split=False, client=rc)
+        received = view.apply_sync(lambda: default_shared_memory().received)
+        target.extend(box)
+        assert target[0].sum() == 2_000_000
+        assert view.apply_sync(lambda: default_shared_memory().received) > received
+
+
+def test_killed_processes_leave_no_segments_behind(tmp_path: Path) -> None:
+    """Engines and a client SIGKILLed in the middle of transfers: when the cluster
+    stops, /dev/shm holds nothing of theirs."""
+    with _hub(tmp_path / "hub") as (hub_proc, rc):
+        pid_of = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
+        engine_pids = set(pid_of.values())
+        script = tmp_path / "client.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import numpy as np
+                from shoal.hub import Client
+                rc = Client(url_file={str(tmp_path / "hub" / "hub-client.json")!r})
+                a = np.ones(8_000_000)
+                print("ready", flush=True)
+                while True:
+                    rc[:].push({{"big": a}}, block=True)
+                    rc[:].pull("big", block=True)
+                """
+            )
+        )
+        client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == b"ready"
+            time.sleep(1.0)  # transfers under way
+            os.kill(pid_of[0], signal.SIGKILL)
+            os.kill(client.pid, signal.SIGKILL)
+        finally:
+            client.kill()
+            client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
+        deadline = time.monotonic() + 20
+        while 0 in rc.ids and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rc.ids == [1]
+        # The dead engine's array is still in /dev/shm: nobody unmapped it.
+        assert _held_by({pid_of[0]})
+        assert rc[1].apply_sync(os.getpid) == pid_of[1]  # the other engine serves on
+        pids = engine_pids | {client.pid, hub_proc.pid}
+    deadline = time.monotonic() + 20
+    while _held_by(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _held_by(pids) == []

@@ -1,0 +1,170 @@
+"""Shared memory transport: segments, their reuse and cleanup, through the Codec too."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoal.wire import (
+    AuthenticationError,
+    Codec,
+    MalformedMessageError,
+    Message,
+    SharedMemory,
+    generate_key,
+    new_header,
+    shared_memory_enabled,
+    sweep_shared_memory,
+)
+from shoal.wire._shm import SHM_DIR
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
+
+
+def _size() -> int:
+    """An unusual size, so that parallel tests do not claim each other's free segments."""
+    return (1 << 20) + random.randrange(1, 1 << 18) * 4096 + 123
+
+
+def _segments(pattern: str) -> list[str]:
+    return [n for n in os.listdir(SHM_DIR) if n.startswith(pattern)]
+
+
+def test_a_buffer_travels_through_a_segment_that_is_then_reused() -> None:
+    shm = SharedMemory(threshold=1024)
+    data = np.random.default_rng(1).integers(0, 255, _size(), dtype=np.uint8)
+    handle = shm.export(data)
+    assert len(handle) < 100
+    pid, token, size, length = handle.decode().split(":")
+    assert int(pid) == os.getpid()
+    assert int(length) == data.nbytes
+    view = shm.open(handle)
+    assert not view.readonly
+    received = np.frombuffer(view, dtype=np.uint8)
+    assert np.array_equal(received, data)
+    received[0] ^= 0xFF  # the receiver's own pages: writable
+    assert _segments(f"shoal-u-{os.getpid()}-{token}")
+    del view, received
+    gc.collect()
+    assert _segments(f"shoal-f-{size}-{token}")  # free for the next transfer
+    created = shm.created
+    again = shm.export(data[:-50])  # fits the free segment: claimed, not created
+    assert again.split(b":")[1].decode() == token
+    assert shm.created == created
+    shm.close()
+    assert not _segments(f"shoal-u-{os.getpid()}-{token}")
+
+
+def test_without_room_in_the_pool_a_released_segment_is_unlinked() -> None:
+    shm = SharedMemory(threshold=1024, max_free=0)
+    handle = shm.export(b"x" * _size())
+    token = handle.split(b":")[1].decode()
+    view = shm.open(handle)
+    assert bytes(view[:3]) == b"xxx"
+    del view
+    gc.collect()
+    assert not [n for n in os.listdir(SHM_DIR) if token in n]
+
+
+def test_another_process_receives_the_segment(tmp_path: Path) -> None:
+    shm = SharedMemory(threshold=1024)
+    data = np.arange(_size() // 8, dtype=np.int64)
+    handle = shm.export(data)
+    token = handle.split(b":")[1].decode()
+    script = tmp_path / "receive.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, os, sys
+            import numpy as np
+            from shoal.wire import SharedMemory
+            view = SharedMemory().open({handle!r})
+            a = np.frombuffer(view, dtype=np.int64)
+            print(int(a.sum()), os.path.exists("{SHM_DIR}/shoal-u-%d-{token}" % os.getpid()))
+            del a, view
+            gc.collect()
+            print(any("{token}" in n and n.startswith("shoal-f-") for n in os.listdir("{SHM_DIR}")))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out == [str(int(data.sum())), "True", "True"]
+    assert not _segments(f"shoal-u-{os.getpid()}-{token}")  # it moved to the receiver
+    shm.close()
+
+
+def test_the_codec_sends_large_buffers_through_shared_memory() -> None:
+    key = generate_key()
+    sender = Codec(key, shm=SharedMemory(threshold=1 << 20))
+    receiver = Codec(key)
+    array = np.random.default_rng(2).random(_size() // 8)
+    small = np.arange(10)
+    frames = sender.encode(
+        Message(new_header("push_request", "s", "u"), None, {}, {"a": array, "b": small})
+    )
+    assert sum(memoryview(f).nbytes for f in frames) < 10_000  # handles, not the data
+    msg = receiver.decode(frames)
+    assert np.array_equal(msg.content["a"], array)
+    assert np.array_equal(msg.content["b"], small)
+    msg.content["a"][0] = -1.0  # writable, its own memory
+    assert array[0] != -1.0
+
+
+def test_a_tampered_or_missing_segment_is_refused_cleanly() -> None:
+    key = generate_key()
+    sender = Codec(key, shm=SharedMemory(threshold=1024))
+    frames = sender.encode(
+        Message(new_header("push_request", "s", "u"), None, {}, {"a": b"y" * _size()})
+    )
+    handle = bytes(frames[-1])
+    forged = list(frames)
+    forged[-1] = handle.replace(handle.split(b":")[1], uuid.uuid4().hex.encode())
+    with pytest.raises(AuthenticationError):
+        Codec(key).decode(forged)  # the handle is signed
+    token = handle.split(b":")[1].decode()
+    os.unlink(f"{SHM_DIR}/shoal-u-{os.getpid()}-{token}")  # e.g. swept after a crash
+    with pytest.raises(MalformedMessageError, match="shared memory"):
+        Codec(key).decode(frames)
+
+
+def test_sweep_removes_the_segments_of_dead_processes_only() -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale = f"{SHM_DIR}/shoal-u-{dead_pid}-{uuid.uuid4().hex}"
+    alive = f"{SHM_DIR}/shoal-u-{os.getpid()}-{uuid.uuid4().hex}"
+    for path in (stale, alive):
+        with open(path, "wb") as f:
+            f.write(b"z")
+    try:
+        assert sweep_shared_memory() >= 1
+        assert not os.path.exists(stale)
+        assert os.path.exists(alive)
+    finally:
+        for path in (stale, alive):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_a_setting_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_SHM", "0")
+    assert shared_memory_enabled() is False
+    monkeypatch.setenv("SHOAL_SHM", "1")
+    assert shared_memory_enabled() is True
+    with pytest.raises(ValueError, match="threshold"):
+        SharedMemory(threshold=0)
