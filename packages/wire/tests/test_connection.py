@@ -80,9 +80,7 @@ def _start(mod: ModuleType, method: str, target: Callable[..., Any], *args: Any)
     return proc
 
 
-def _connect_in_thread(
-    listener: Listener, authkey: bytes
-) -> tuple[Connection, Connection]:
+def _connect_in_thread(listener: Listener, authkey: bytes) -> tuple[Connection, Connection]:
     """(client end, server end) of a Listener/Client connection within this process."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(Client, listener.address, authkey=authkey)

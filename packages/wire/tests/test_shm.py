@@ -9,7 +9,9 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,17 +32,34 @@ from shoal.wire._shm import SHM_DIR
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 
 
+NS = f"shoaltest{uuid.uuid4().hex[:8]}"  # out of the way of clusters sweeping "shoal-*"
+
+
+def _shm(**kw: Any) -> SharedMemory:
+    return SharedMemory(namespace=NS, **kw)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clean_namespace() -> Iterator[None]:
+    yield
+    sweep_shared_memory(free=True, namespace=NS)
+    for name in os.listdir(SHM_DIR):  # what living processes of this module still hold
+        if name.startswith(f"{NS}-"):
+            os.unlink(os.path.join(SHM_DIR, name))
+
+
 def _size() -> int:
     """An unusual size, so that parallel tests do not claim each other's free segments."""
-    return (1 << 20) + random.randrange(1, 1 << 18) * 4096 + 123
+    return (1 << 20) + random.randrange(1, 256) * 4096 + 123
 
 
 def _segments(pattern: str) -> list[str]:
+    pattern = pattern.replace("shoal-", f"{NS}-", 1)
     return [n for n in os.listdir(SHM_DIR) if n.startswith(pattern)]
 
 
 def test_a_buffer_travels_through_a_segment_that_is_then_reused() -> None:
-    shm = SharedMemory(threshold=1024)
+    shm = _shm(threshold=1024)
     data = np.random.default_rng(1).integers(0, 255, _size(), dtype=np.uint8)
     handle = shm.export(data)
     assert len(handle) < 100
@@ -65,7 +84,7 @@ def test_a_buffer_travels_through_a_segment_that_is_then_reused() -> None:
 
 
 def test_without_room_in_the_pool_a_released_segment_is_unlinked() -> None:
-    shm = SharedMemory(threshold=1024, max_free=0)
+    shm = _shm(threshold=1024, max_free=0)
     handle = shm.export(b"x" * _size())
     token = handle.split(b":")[1].decode()
     view = shm.open(handle)
@@ -76,7 +95,7 @@ def test_without_room_in_the_pool_a_released_segment_is_unlinked() -> None:
 
 
 def test_another_process_receives_the_segment(tmp_path: Path) -> None:
-    shm = SharedMemory(threshold=1024)
+    shm = _shm(threshold=1024)
     data = np.arange(_size() // 8, dtype=np.int64)
     handle = shm.export(data)
     token = handle.split(b":")[1].decode()
@@ -87,12 +106,12 @@ def test_another_process_receives_the_segment(tmp_path: Path) -> None:
             import gc, os, sys
             import numpy as np
             from shoal.wire import SharedMemory
-            view = SharedMemory().open({handle!r})
+            view = SharedMemory(namespace={NS!r}).open({handle!r})
             a = np.frombuffer(view, dtype=np.int64)
-            print(int(a.sum()), os.path.exists("{SHM_DIR}/shoal-u-%d-{token}" % os.getpid()))
+            print(int(a.sum()), os.path.exists("{SHM_DIR}/{NS}-u-%d-{token}" % os.getpid()))
             del a, view
             gc.collect()
-            print(any("{token}" in n and n.startswith("shoal-f-") for n in os.listdir("{SHM_DIR}")))
+            print(any("{token}" in n and n.startswith("{NS}-f-") for n in os.listdir("{SHM_DIR}")))
             """
         )
     )
@@ -106,8 +125,8 @@ def test_another_process_receives_the_segment(tmp_path: Path) -> None:
 
 def test_the_codec_sends_large_buffers_through_shared_memory() -> None:
     key = generate_key()
-    sender = Codec(key, shm=SharedMemory(threshold=1 << 20))
-    receiver = Codec(key)
+    sender = Codec(key, shm=_shm(threshold=1 << 20))
+    receiver = Codec(key, shm=_shm())
     array = np.random.default_rng(2).random(_size() // 8)
     small = np.arange(10)
     frames = sender.encode(
@@ -123,7 +142,7 @@ def test_the_codec_sends_large_buffers_through_shared_memory() -> None:
 
 def test_a_tampered_or_missing_segment_is_refused_cleanly() -> None:
     key = generate_key()
-    sender = Codec(key, shm=SharedMemory(threshold=1024))
+    sender = Codec(key, shm=_shm(threshold=1024))
     frames = sender.encode(
         Message(new_header("push_request", "s", "u"), None, {}, {"a": b"y" * _size()})
     )
@@ -133,9 +152,9 @@ def test_a_tampered_or_missing_segment_is_refused_cleanly() -> None:
     with pytest.raises(AuthenticationError):
         Codec(key).decode(forged)  # the handle is signed
     token = handle.split(b":")[1].decode()
-    os.unlink(f"{SHM_DIR}/shoal-u-{os.getpid()}-{token}")  # e.g. swept after a crash
+    os.unlink(f"{SHM_DIR}/{NS}-u-{os.getpid()}-{token}")  # e.g. swept after a crash
     with pytest.raises(MalformedMessageError, match="shared memory"):
-        Codec(key).decode(frames)
+        Codec(key, shm=_shm()).decode(frames)
 
 
 def test_sweep_removes_the_segments_of_dead_processes_only() -> None:
@@ -146,13 +165,13 @@ def test_sweep_removes_the_segments_of_dead_processes_only() -> None:
         check=True,
     )
     dead_pid = int(dead.stdout)
-    stale = f"{SHM_DIR}/shoal-u-{dead_pid}-{uuid.uuid4().hex}"
-    alive = f"{SHM_DIR}/shoal-u-{os.getpid()}-{uuid.uuid4().hex}"
+    stale = f"{SHM_DIR}/{NS}-u-{dead_pid}-{uuid.uuid4().hex}"
+    alive = f"{SHM_DIR}/{NS}-u-{os.getpid()}-{uuid.uuid4().hex}"
     for path in (stale, alive):
         with open(path, "wb") as f:
             f.write(b"z")
     try:
-        assert sweep_shared_memory() >= 1
+        assert sweep_shared_memory(namespace=NS) == 1
         assert not os.path.exists(stale)
         assert os.path.exists(alive)
     finally:
@@ -167,4 +186,56 @@ def test_a_setting_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_SHM", "1")
     assert shared_memory_enabled() is True
     with pytest.raises(ValueError, match="threshold"):
-        SharedMemory(threshold=0)
+        _shm(threshold=0)
+    with pytest.raises(ValueError, match="namespace"):
+        SharedMemory(namespace="../x")
+
+
+def test_a_broadcast_segment_is_shared_copy_on_write(tmp_path: Path) -> None:
+    shm = _shm(threshold=1024)
+    data = np.arange(_size() // 8, dtype=np.int64)
+    handle = shm.share(data, readers=2)
+    token = bytes(handle).split(b":")[1].decode()
+    script = tmp_path / "reader.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, sys
+            import numpy as np
+            from shoal.wire import SharedMemory
+            a = np.frombuffer(
+                SharedMemory(namespace={NS!r}).open({bytes(handle)!r}), dtype=np.int64
+            )
+            a[0] = 12345  # copy on write: the other reader does not see it
+            print(int(a[0]), int(a[1:].sum()), flush=True)
+            sys.stdin.readline()  # hold the array until told to let go
+            del a
+            gc.collect()
+            """
+        )
+    )
+    readers = [
+        subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    try:
+        outs = [r.stdout.readline().split() for r in readers if r.stdout is not None]
+        assert outs == [[b"12345", str(int(data[1:].sum())).encode()]] * 2
+        assert not _segments(f"shoal-u-{os.getpid()}-{token}")  # the last reader took it
+        for r in readers:
+            assert r.stdin is not None
+            r.stdin.write(b"\n")
+            r.stdin.flush()
+            assert r.wait(60) == 0
+    finally:
+        for r in readers:
+            r.kill()
+            r.wait()
+            for f in (r.stdin, r.stdout):
+                if f is not None:
+                    f.close()
+    assert any(token in n for n in _segments("shoal-f-"))  # back in the pool
+    assert data[0] == 0  # the sender's array was copied, never written
+    shm.close()

@@ -467,9 +467,16 @@ class Client:
             copied: list[tuple[int, int, str]] = []
             _copies.log = copied
             try:
-                shared = RawContent(tuple(self._codec.serializer.dumps(contents[0])))
+                stream, *buffers = self._codec.serializer.dumps(contents[0])
             finally:
                 _copies.log = None
+            shm = self._codec.shm
+            if shm is not None:  # large buffers: one copy in shared memory for all engines
+                buffers = [
+                    shm.share(b, len(contents)) if memoryview(b).nbytes >= shm.threshold else b
+                    for b in buffers
+                ]
+            shared = RawContent((stream, *buffers))
             # Each engine unpickles its own copy of every proxy inside: one reference
             # each, where pickling booked one for them all.
             for engine, oid, owner in copied:

@@ -704,9 +704,7 @@ class Connection:
         _wait_link(link, link.has_news, None)
         if link.pending:
             return link.pending.popleft()
-        raise EOFError(
-            f"the peer of connection {self._name} closed it or died; no more messages"
-        )
+        raise EOFError(f"the peer of connection {self._name} closed it or died; no more messages")
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether :meth:`recv` would return (or raise ``EOFError``) without blocking.

@@ -90,7 +90,7 @@ def read_private_file(path: str | os.PathLike[str]) -> bytes:
         if p.is_symlink():
             raise ConnectionFileError(
                 f"{p} is a symlink; shoal reads keys only from regular files",
-                hint=f"replace it with a copy: cp --remove-destination \"$(readlink -f {p})\" {p}",
+                hint=f'replace it with a copy: cp --remove-destination "$(readlink -f {p})" {p}',
             ) from exc
         raise
     with os.fdopen(fd, "rb") as f:

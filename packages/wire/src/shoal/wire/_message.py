@@ -57,7 +57,7 @@ from ._errors import (
     VersionMismatchError,
 )
 from ._serialize import Buffer, Serializer
-from ._shm import SharedMemory, default_shared_memory
+from ._shm import SharedHandle, SharedMemory, default_shared_memory
 
 __all__ = [
     "DELIMITER",
@@ -290,9 +290,7 @@ class ReplayGuard:
         order.append((date, signature))
 
 
-def encode(
-    msg: Message, key: bytes, *, serializer: Serializer | None = None
-) -> list[Buffer]:
+def encode(msg: Message, key: bytes, *, serializer: Serializer | None = None) -> list[Buffer]:
     """Frames for ``msg``, signed with ``key``. Buffers are referenced, not copied.
 
     ``msg.content`` may be a :class:`RawContent` (forwarding without re-serializing).
@@ -373,10 +371,15 @@ class Codec:
         buffers = [*oob, *msg.buffers]
         shm = self.shm
         if shm is not None:
-            moved = [i for i, b in enumerate(buffers) if memoryview(b).nbytes >= shm.threshold]
+            moved = [
+                i
+                for i, b in enumerate(buffers)
+                if type(b) is SharedHandle or memoryview(b).nbytes >= shm.threshold
+            ]
             if moved:
                 for i in moved:
-                    buffers[i] = shm.export(buffers[i])
+                    if type(buffers[i]) is not SharedHandle:  # else: shared already
+                        buffers[i] = shm.export(buffers[i])
                 envelope = envelope[:-1] + b"," + _json_dumps(moved) + b"]"
         body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
         signature = self._signer.sign(body, buffers)
@@ -455,10 +458,7 @@ class Codec:
         else:
             value = RawContent(content_frames)
         identities = (bytes(views[0]),) if at == 1 else tuple(bytes(v) for v in views[:at])
-        return Message._make(
-            (header, parent, metadata, value, tuple(buffers[split:]), identities)
-        )
-
+        return Message._make((header, parent, metadata, value, tuple(buffers[split:]), identities))
 
     def _open_shm(self, buffers: list[memoryview], indices: Any) -> list[memoryview]:
         """``buffers`` with the shared memory handles at ``indices`` opened."""

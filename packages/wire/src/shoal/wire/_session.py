@@ -137,9 +137,7 @@ class _SessionCore:
         threshold = self._copy_threshold
         # Only buffer frames can be user memory; the head is a fresh bytes object.
         nhead = len(msg.identities) + 1
-        big = len(frames) > nhead and any(
-            memoryview(f).nbytes >= threshold for f in frames[nhead:]
-        )
+        big = len(frames) > nhead and any(memoryview(f).nbytes >= threshold for f in frames[nhead:])
         return frames, big
 
 

@@ -48,12 +48,29 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["SharedMemory", "default_shared_memory", "shared_memory_enabled", "sweep"]
+__all__ = [
+    "SharedHandle",
+    "SharedMemory",
+    "default_shared_memory",
+    "shared_memory_enabled",
+    "sweep",
+]
 
 SHM_DIR = "/dev/shm"  # noqa: S108 - the host's shared memory, files made 0600
-_USED = re.compile(r"shoal-u-(\d+)-([0-9a-f]{32})$")
-_FREE = re.compile(r"shoal-f-(\d+)-([0-9a-f]{32})$")
+NAMESPACE = "shoal"
+
+
+def _patterns(namespace: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The names of segments in use, and of free ones, in ``namespace``."""
+    ns = re.escape(namespace)
+    return (
+        re.compile(rf"{ns}-u-(\d+)-([0-9a-f]{{32}})$"),
+        re.compile(rf"{ns}-f-(\d+)-([0-9a-f]{{32}})$"),
+    )
+
+
 _PAGE = mmap.PAGESIZE
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def shared_memory_enabled() -> bool:
@@ -74,11 +91,19 @@ class SharedMemory:
     max_free : int
         Bytes of free segments kept for reuse (host-wide, as far as this process sees),
         and of mappings this process keeps.
+    namespace : str
+        The prefix of segment names: processes share segments within a namespace only.
     """
 
-    def __init__(self, threshold: int = 1 << 20, max_free: int = 2 << 30) -> None:
+    def __init__(
+        self, threshold: int = 1 << 20, max_free: int = 2 << 30, namespace: str = NAMESPACE
+    ) -> None:
         if threshold < 1:
             raise ValueError(f"threshold must be at least 1 byte, got {threshold}")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", namespace):
+            raise ValueError(f"namespace must be letters, digits and _, got {namespace!r}")
+        self.namespace = namespace
+        self._used_re, self._free_re = _patterns(namespace)
         self.threshold = threshold
         self.max_free = max_free
         self._pid = os.getpid()
@@ -100,13 +125,25 @@ class SharedMemory:
         self.sent += 1
         return f"{self._pid}:{token}:{size}:{length}".encode()
 
+    def share(self, buf: Any, readers: int) -> SharedHandle:
+        """Copy ``buf`` once into a segment for ``readers`` receivers (a broadcast).
+
+        Each receiver maps the same pages copy-on-write: it may write to its array, and
+        only the pages it writes are copied. The last receiver to let go of it returns
+        the segment to the pool.
+        """
+        if readers < 1:
+            raise ValueError(f"readers must be at least 1, got {readers}")
+        handle = self.export(buf)
+        return SharedHandle(handle + f":{readers}".encode())
+
     def _claim(self, length: int) -> tuple[str, int]:
         """A segment of at least ``length`` bytes, now named as this process's."""
         want = -(-length // _PAGE) * _PAGE
         with contextlib.suppress(OSError):
             candidates = []
             for name in os.listdir(SHM_DIR):
-                m = _FREE.match(name)
+                m = self._free_re.match(name)
                 if m and want <= int(m.group(1)) <= 2 * want:
                     candidates.append((int(m.group(1)), m.group(2), name))
             for size, token, name in sorted(candidates):
@@ -139,12 +176,15 @@ class SharedMemory:
             The segment is gone (its sender died and it was swept, or it was taken).
         """
         try:
-            pid_s, token, size_s, length_s = bytes(handle).decode("ascii").split(":")
+            pid_s, token, size_s, length_s, *shared = bytes(handle).decode("ascii").split(":")
             pid, size, length = int(pid_s), int(size_s), int(length_s)
+            readers = int(shared[0]) if shared else 0
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a shared memory handle: {bytes(handle)[:80]!r}") from exc
         if not re.fullmatch(r"[0-9a-f]{32}", token) or not 0 <= length <= size:
             raise ValueError(f"not a shared memory handle: {bytes(handle)[:80]!r}")
+        if readers:
+            return self._open_shared(pid, token, size, length, readers)
         mine = self._used(self._pid, token)
         if pid != self._pid:
             os.rename(self._used(pid, token), mine)
@@ -154,6 +194,37 @@ class SharedMemory:
         self.received += 1
         return memoryview(holder).cast("B")
 
+    def _open_shared(
+        self, pid: int, token: str, size: int, length: int, readers: int
+    ) -> memoryview:
+        """A broadcast segment: a link of this process's own (so a sweep finds it if this
+        process dies), mapped copy-on-write; the last of ``readers`` removes the
+        sender's name."""
+        original = self._used(pid, token)
+        mine = self._used(self._pid, uuid.uuid4().hex)
+        os.link(original, mine)  # one name per receiver: each lets go of its own
+        with contextlib.suppress(OSError):
+            if os.stat(mine).st_nlink >= readers + 1:
+                os.unlink(original)
+        fd = os.open(mine, os.O_RDONLY)
+        try:  # no MAP_POPULATE: on a private mapping it would copy every page now
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        holder = (ctypes.c_char * length).from_buffer(mm)
+        weakref.finalize(holder, self._release_shared, mine, token, size)
+        self.received += 1
+        return memoryview(holder).cast("B")
+
+    def _release_shared(self, mine: str, token: str, size: int) -> None:
+        """Let go of this receiver's name; the last name left goes back to the pool
+        (under the segment's own token, so its sender's mapping still fits)."""
+        with contextlib.suppress(OSError):
+            if os.stat(mine).st_nlink == 1 and self._free_bytes() + size <= self.max_free:
+                os.rename(mine, self._free(size, token))
+            else:
+                os.unlink(mine)
+
     def _release(self, token: str, size: int) -> None:
         """The segment's last user is gone: free it for reuse, or unlink it. Either way
         this process unmaps it, so its memory leaves the process (the pool keeps it)."""
@@ -161,14 +232,16 @@ class SharedMemory:
         self._unmap(token)
         with contextlib.suppress(OSError):
             if self._free_bytes() + size <= self.max_free:
-                os.rename(used, os.path.join(SHM_DIR, f"shoal-f-{size}-{token}"))
+                os.rename(used, self._free(size, token))
             else:
                 os.unlink(used)
 
     # -- bookkeeping --------------------------------------------------------------------
-    @staticmethod
-    def _used(pid: int, token: str) -> str:
-        return os.path.join(SHM_DIR, f"shoal-u-{pid}-{token}")
+    def _used(self, pid: int, token: str) -> str:
+        return os.path.join(SHM_DIR, f"{self.namespace}-u-{pid}-{token}")
+
+    def _free(self, size: int, token: str) -> str:
+        return os.path.join(SHM_DIR, f"{self.namespace}-f-{size}-{token}")
 
     def _map(self, token: str, size: int, path: str) -> mmap.mmap:
         with self._lock:
@@ -179,7 +252,7 @@ class SharedMemory:
         fd = os.open(path, os.O_RDWR)
         try:
             # MAP_POPULATE: one call maps every page, rather than a fault per page.
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         finally:
             os.close(fd)
         with self._lock:
@@ -198,24 +271,28 @@ class SharedMemory:
                 self._mapped -= len(mm)
                 _close_later(mm)
 
-    @staticmethod
-    def _free_bytes() -> int:
+    def _free_bytes(self) -> int:
         total = 0
         with contextlib.suppress(OSError):
             for name in os.listdir(SHM_DIR):
-                m = _FREE.match(name)
+                m = self._free_re.match(name)
                 if m:
                     total += int(m.group(1))
         return total
 
     def close(self) -> None:
         """Remove the segments this process holds and drop its mappings."""
-        sweep(pids=[self._pid])
+        sweep(pids=[self._pid], namespace=self.namespace)
         with self._lock:
             maps, self._maps = self._maps, OrderedDict()
             self._mapped = 0
         for mm in maps.values():
             _close_later(mm)
+
+
+class SharedHandle(bytes):
+    """A frame that already is a shared memory handle (made by :meth:`SharedMemory.share`):
+    a codec sends it as it is."""
 
 
 def _close_later(mm: mmap.mmap) -> None:
@@ -234,20 +311,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep(pids: list[int] | None = None, *, free: bool = False) -> int:
+def sweep(pids: list[int] | None = None, *, free: bool = False, namespace: str = NAMESPACE) -> int:
     """Remove segments left by dead processes; return how many were removed.
 
     ``pids``: remove those processes' segments whether they live or not. ``free``: also
     remove the free segments kept for reuse (nobody holds them).
     """
+    used_re, free_re = _patterns(namespace)
     removed = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(SHM_DIR):
-            m = _USED.match(name)
+            m = used_re.match(name)
             stale = m is not None and (
                 int(m.group(1)) in pids if pids is not None else not _alive(int(m.group(1)))
             )
-            if stale or (free and _FREE.match(name)):
+            if stale or (free and free_re.match(name)):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(SHM_DIR, name))
                     removed += 1
