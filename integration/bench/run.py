@@ -5,8 +5,8 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub, remote. These are measurements, not tests: nothing fails when a target is
-missed; the ``met`` column says so.
+connection, engine, hub, remote, data, managers. These are measurements, not tests:
+nothing fails when a target is missed; the ``met`` column says so.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import numpy as np
 import zmq
 from _common import Row, Skipped, format_table
 from bench_connection import bench_connection
+from bench_data import bench_data
 from bench_engine import bench_engine
 from bench_hub import bench_hub
+from bench_managers import bench_managers
 from bench_remote import bench_remote
 from bench_wire import (
     bench_roundtrip,
@@ -86,7 +88,9 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "connection": bench_connection,
     "engine": bench_engine,
     "hub": bench_hub,
+    "managers": bench_managers,
     "remote": bench_remote,
+    "data": bench_data,
 }
 
 

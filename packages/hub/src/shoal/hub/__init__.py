@@ -1,4 +1,5 @@
-"""shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor and Cluster."""
+"""shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor, Cluster,
+remote objects (scatter, gather, proxies) and managers."""
 
 from shoal.engine import EngineDiedError as EngineDiedError
 from shoal.engine import RemoteError as RemoteError
@@ -12,6 +13,11 @@ from ._errors import DependencyError as DependencyError
 from ._errors import HubLost as HubLost
 from ._errors import TaskAborted as TaskAborted
 from ._hub import Hub as Hub
+from ._managers import BaseManager as BaseManager
+from ._managers import BaseProxy as BaseProxy
+from ._managers import Manager as Manager
+from ._managers import ManagerLost as ManagerLost
+from ._managers import SyncManager as SyncManager
 from ._pool import Executor as Executor
 from ._pool import Pool as Pool
 from ._remote import ObjectHub as ObjectHub
@@ -48,6 +54,8 @@ def load_ipython_extension(ip: object) -> None:
 __all__ = [
     "AsyncMapResult",
     "AsyncResult",
+    "BaseManager",
+    "BaseProxy",
     "Client",
     "Cluster",
     "CompositeError",
@@ -58,11 +66,14 @@ __all__ = [
     "Hub",
     "HubLost",
     "LoadBalancedView",
+    "Manager",
+    "ManagerLost",
     "ObjectHub",
     "Pool",
     "Ref",
     "Remote",
     "RemoteError",
+    "SyncManager",
     "TaskAborted",
     "View",
     "apply",
