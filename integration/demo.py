@@ -5,8 +5,9 @@
 3. a load-balanced map with a progress bar,
 4. the multiprocess ``Pool`` API, running on the cluster,
 5. a remote exception, with the engine's traceback,
-6. a numpy array pushed to an engine and pulled back (GB/s),
-7. stop the cluster, and check that no process is left behind.
+6. a numpy array pushed to an engine and pulled back (GB/s, through shared memory),
+7. a dict kept on an engine and used through a proxy,
+8. stop the cluster, and check that no process is left behind.
 
 The cluster lives in a temporary profile folder, so it never touches a cluster of yours.
 """
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from shoal.hub import Cluster, RemoteError
+from shoal.hub import Cluster, ObjectHub, RemoteError, gather, scatter
 
 
 def slow_square(x: int) -> int:
@@ -117,11 +118,20 @@ def main() -> int:
                 f"6. 128 MiB array pushed and pulled back in {seconds:.2f} s"
                 f" ({2 * a.nbytes / seconds / 1e9:.2f} GB/s), equal: {same}"
             )
+
+            inventory = scatter({"apples": 3}, destination=0)  # kept on engine 0
+            inventory["pears"] = 5  # each call runs there
+            inventory.update(plums=2)
+            print(
+                f"7. a {type(inventory).__name__} on engine {inventory.__engine_id__}:"
+                f" {len(inventory)} keys, gathered {gather(inventory)};"
+                f" objects per engine {ObjectHub().counts()}"
+            )
             t = time.perf_counter()
         stopped = time.perf_counter() - t
         left = [p for p in [hub_pid, *pids] if p is not None and _alive(p)]
         print(
-            f"7. cluster stopped in {stopped:.2f} s;"
+            f"8. cluster stopped in {stopped:.2f} s;"
             f" {'no process left behind' if not left else f'STILL ALIVE: {left}'}"
         )
         return 0 if not left else 1

@@ -37,6 +37,7 @@ def test_demo_runs_and_reports_each_step(tmp_path: Path) -> None:
         "5. remote error from engine 0: ZeroDivisionError: float division by zero",
         "| ZeroDivisionError: float division by zero",
         "equal: True",
+        "7. a RemoteDict on engine 0: 3 keys, gathered {'apples': 3, 'pears': 5, 'plums': 2}",
         "no process left behind",
     ]
     missing = [line for line in expected if line not in out]
