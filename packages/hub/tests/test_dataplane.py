@@ -130,3 +130,20 @@ def test_killed_processes_leave_no_segments_behind(tmp_path: Path) -> None:
     while _held_by(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _held_by(pids) == []
+
+
+def crash_once(a: np.ndarray, marker: str) -> float:
+    """Kill this engine the first time (after it took the array's segment), then sum."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return float(a.sum())
+
+
+def test_a_retried_task_finds_its_array_after_the_first_engine_died(tmp_path: Path) -> None:
+    with _hub(tmp_path / "hub") as (_, rc):
+        lb = rc.load_balanced_view()
+        lb.set_flags(retries=1)
+        a = np.ones(1_000_000)  # 8 MB: through shared memory
+        assert lb.apply_async(crash_once, a, str(tmp_path / "crashed")).get(60) == 1_000_000.0
+        assert len(rc.ids) == 1  # one engine died on the way

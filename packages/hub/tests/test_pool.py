@@ -285,8 +285,9 @@ def test_map_error(pool: Pool) -> None:
     assert (info.value.ename, info.value.evalue) == ("ValueError", "three")
     errors: list[BaseException] = []
     ok: list[Any] = []
-    r = pool.map_async(fail_on_3, range(10), chunksize=2, callback=ok.append,
-                       error_callback=errors.append)
+    r = pool.map_async(
+        fail_on_3, range(10), chunksize=2, callback=ok.append, error_callback=errors.append
+    )
     r.wait(60)
     assert not r.successful()
     assert ok == []

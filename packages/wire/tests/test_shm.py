@@ -22,6 +22,7 @@ from shoal.wire import (
     MalformedMessageError,
     Message,
     SharedMemory,
+    SharedMemoryLost,
     generate_key,
     new_header,
     shared_memory_enabled,
@@ -239,3 +240,45 @@ def test_a_broadcast_segment_is_shared_copy_on_write(tmp_path: Path) -> None:
     assert any(token in n for n in _segments("shoal-f-"))  # back in the pool
     assert data[0] == 0  # the sender's array was copied, never written
     shm.close()
+
+
+def test_a_segment_left_by_a_dead_receiver_can_be_taken_over(tmp_path: Path) -> None:
+    """A task retried after its engine died: the handle still names the sender, but
+    the dead engine had taken the segment. The next receiver takes it from there."""
+    shm = _shm(threshold=1024)
+    data = np.arange(_size() // 8, dtype=np.int64)
+    handle = shm.export(data)
+    token = handle.split(b":")[1].decode()
+    script = tmp_path / "die.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from shoal.wire import SharedMemory
+            view = SharedMemory(namespace={NS!r}).open({handle!r})
+            print(os.getpid(), flush=True)
+            os._exit(0)  # dies holding it, as a SIGKILLed engine would
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    dead = int(out.stdout)
+    assert _segments(f"shoal-u-{dead}-{token}")
+    view = _shm().open(handle)
+    assert np.array_equal(np.frombuffer(view, dtype=np.int64), data)
+    assert not _segments(f"shoal-u-{dead}-{token}")
+
+
+def test_a_lost_segment_names_its_message() -> None:
+    key = generate_key()
+    sender = Codec(key, shm=_shm(threshold=1024))
+    header = new_header("push_request", "s", "u")
+    frames = sender.encode(Message(header, None, {}, {"a": b"q" * _size()}, (), (b"id",)))
+    token = bytes(frames[-1]).split(b":")[1].decode()
+    os.unlink(f"{SHM_DIR}/{NS}-u-{os.getpid()}-{token}")
+    with pytest.raises(SharedMemoryLost) as lost:
+        Codec(key, shm=_shm()).decode(frames)
+    assert lost.value.header.msg_id == header.msg_id  # the receiver can answer it
+    assert lost.value.identities == (b"id",)

@@ -58,6 +58,7 @@ from shoal.wire import (
     RemoteInputError,
     ReplayGuard,
     Serializer,
+    SharedMemoryLost,
     UnpicklableError,
     default_shared_memory,
     new_header,
@@ -315,14 +316,24 @@ class EngineProcess:
                 continue
             try:  # content is loaded when the request runs, not here
                 msg = decode(frames, content=False)
+            except SharedMemoryLost as exc:  # authentic, but its data is gone: say so
+                log.warning("answered a request with an error: %s", exc)
+                msg = Message(exc.header, exc.parent_header, {}, None, (), exc.identities)
+                failed = error_reply(exc, engine_id=self.engine_id, serializer=None)
+                self._reply(sock, self._reply_route(sock, msg), failed, time.time())
+                continue
             except RemoteInputError as exc:
                 log.warning("dropped a message: %s", exc)
                 continue
-            if direct and msg.identities[0][:1] == b"s":
-                # A client sends from s<token> and receives on r<token>; another engine
-                # (p<token>) receives where it sends.
-                msg = msg._replace(identities=(b"r" + msg.identities[0][1:],))
-            self.pending.append((sock, msg))
+            self.pending.append((sock, self._reply_route(sock, msg)))
+
+    def _reply_route(self, sock: zmq.Socket[Any], msg: Message) -> Message:
+        """``msg`` with the identity its reply goes to: a client sends direct requests
+        from s<token> and receives on r<token>; another engine (p<token>) receives where
+        it sends."""
+        if sock is self._direct and msg.identities[:1] and msg.identities[0][:1] == b"s":
+            return msg._replace(identities=(b"r" + msg.identities[0][1:],))
+        return msg
 
     def _read_all(self) -> None:
         self._read(self._shell)

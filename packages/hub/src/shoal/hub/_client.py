@@ -39,6 +39,7 @@ from shoal.wire import (
     Message,
     RawContent,
     RemoteInputError,
+    SharedMemoryLost,
     default_shared_memory,
     new_header,
     read_connection_file,
@@ -661,6 +662,11 @@ class Client:
     def _on_message(self, route: bytes, frames: list[Any]) -> None:
         try:
             msg = self._codec.decode(frames)
+        except SharedMemoryLost as exc:  # a reply whose data is gone: fail its request
+            parent = exc.parent_header
+            if parent is not None and parent.msg_id in self._pending:
+                self._fail(parent.msg_id, RemoteError("SharedMemoryLost", str(exc)))
+            return
         except RemoteInputError as exc:
             log.warning("dropped a message: %s", exc)
             return

@@ -22,6 +22,7 @@ from ._errors import LocalUsageError as LocalUsageError
 from ._errors import MalformedMessageError as MalformedMessageError
 from ._errors import RemoteInputError as RemoteInputError
 from ._errors import ReplayError as ReplayError
+from ._errors import SharedMemoryLost as SharedMemoryLost
 from ._errors import UnpicklableError as UnpicklableError
 from ._errors import VersionMismatchError as VersionMismatchError
 from ._errors import WireError as WireError
@@ -100,6 +101,7 @@ __all__ = [
     "MalformedMessageError",
     "RemoteInputError",
     "ReplayError",
+    "SharedMemoryLost",
     "UnpicklableError",
     "VersionMismatchError",
     "WireError",

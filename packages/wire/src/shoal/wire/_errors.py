@@ -32,6 +32,7 @@ __all__ = [
     "LocalUsageError",
     "MalformedMessageError",
     "RemoteInputError",
+    "SharedMemoryLost",
     "ReplayError",
     "UnpicklableError",
     "VersionMismatchError",
@@ -95,6 +96,24 @@ class ReplayError(RemoteInputError):
 
 class MalformedMessageError(RemoteInputError):
     """The frames do not form a shoal message (missing delimiter, bad lengths...)."""
+
+
+class SharedMemoryLost(MalformedMessageError):
+    """An authentic message whose shared memory buffer cannot be opened here (its
+    segment is gone). It names the message, so the receiver can answer it with an error
+    rather than leave its sender waiting.
+
+    Attributes
+    ----------
+    header, parent_header : Header or None
+        The message's (verified) header and parent header.
+    identities : tuple of bytes
+        Its routing identities.
+    """
+
+    header: Any = None
+    parent_header: Any = None
+    identities: tuple[bytes, ...] = ()
 
 
 class FrameCountError(MalformedMessageError):

@@ -54,6 +54,7 @@ from ._errors import (
     InvalidKeyError,
     MalformedMessageError,
     ReplayError,
+    SharedMemoryLost,
     VersionMismatchError,
 )
 from ._serialize import Buffer, Serializer
@@ -392,25 +393,7 @@ class Codec:
         Raises only :class:`~shoal.wire.RemoteInputError` subclasses for bad input:
         nothing is parsed before the signature verified.
         """
-        nframes = len(frames)
-        if nframes > self.max_frames:
-            raise FrameCountError(
-                f"message has {nframes} frames, more than max_frames={self.max_frames}"
-            )
-        views = []
-        limit = self.max_frame_size
-        for i, frame in enumerate(frames):
-            try:
-                view = memoryview(frame)
-            except TypeError as exc:
-                raise MalformedMessageError(
-                    f"frame {i} is a {type(frame).__name__}, not a buffer"
-                ) from exc
-            if view.nbytes > limit:
-                raise FrameTooLargeError(
-                    f"frame {i} has {view.nbytes} bytes, more than max_frame_size={limit}"
-                )
-            views.append(view)
+        views = self._views(frames)
         at = _find_head(views)
         head = views[at]
         if head.nbytes < _BODY_AT + 4:
@@ -444,7 +427,14 @@ class Codec:
             raise HeaderDecodeError(
                 f"envelope says nbuf={nbuf!r}, but {len(buffers)} buffer frames came"
             )
-        buffers = self._open_shm(buffers, in_shm[0]) if in_shm else buffers
+        if in_shm:
+            try:
+                buffers = self._open_shm(buffers, in_shm[0])
+            except SharedMemoryLost as exc:
+                exc.header = header
+                exc.parent_header = None if parent_doc is None else Header.from_list(parent_doc)
+                exc.identities = tuple(bytes(v) for v in views[:at])
+                raise
         split = len(buffers) - nbuf
         content_frames = (body[4 + env_len :], *buffers[:split])
         if content:
@@ -460,6 +450,29 @@ class Codec:
         identities = (bytes(views[0]),) if at == 1 else tuple(bytes(v) for v in views[:at])
         return Message._make((header, parent, metadata, value, tuple(buffers[split:]), identities))
 
+    def _views(self, frames: Sequence[Any]) -> list[memoryview]:
+        """A memoryview of each frame, within the caps on their number and size."""
+        nframes = len(frames)
+        if nframes > self.max_frames:
+            raise FrameCountError(
+                f"message has {nframes} frames, more than max_frames={self.max_frames}"
+            )
+        views = []
+        limit = self.max_frame_size
+        for i, frame in enumerate(frames):
+            try:
+                view = memoryview(frame)
+            except TypeError as exc:
+                raise MalformedMessageError(
+                    f"frame {i} is a {type(frame).__name__}, not a buffer"
+                ) from exc
+            if view.nbytes > limit:
+                raise FrameTooLargeError(
+                    f"frame {i} has {view.nbytes} bytes, more than max_frame_size={limit}"
+                )
+            views.append(view)
+        return views
+
     def _open_shm(self, buffers: list[memoryview], indices: Any) -> list[memoryview]:
         """``buffers`` with the shared memory handles at ``indices`` opened."""
         if type(indices) is not list or not all(
@@ -472,7 +485,7 @@ class Codec:
             try:
                 out[i] = shm.open(buffers[i])
             except (OSError, ValueError) as exc:
-                raise MalformedMessageError(
+                raise SharedMemoryLost(
                     f"buffer {i} is in shared memory that cannot be opened here: {exc}"
                 ) from exc
         return out

@@ -186,8 +186,14 @@ class SharedMemory:
         if readers:
             return self._open_shared(pid, token, size, length, readers)
         mine = self._used(self._pid, token)
-        if pid != self._pid:
-            os.rename(self._used(pid, token), mine)
+        source = self._used(pid, token)
+        if source != mine or not os.path.exists(mine):
+            try:
+                os.rename(source, mine)
+            except FileNotFoundError:
+                # Taken by a receiver that died since (a task retried elsewhere after its
+                # engine died): its pages still hold the message, take them over.
+                os.rename(self._dead_holder(token, pid), mine)
         mm = self._map(token, size, mine)
         holder = (ctypes.c_char * length).from_buffer(mm)
         weakref.finalize(holder, self._release, token, size)
@@ -224,6 +230,13 @@ class SharedMemory:
                 os.rename(mine, self._free(size, token))
             else:
                 os.unlink(mine)
+
+    def _dead_holder(self, token: str, pid: int) -> str:
+        for name in os.listdir(SHM_DIR):
+            m = self._used_re.match(name)
+            if m and m.group(2) == token and not _alive(int(m.group(1))):
+                return os.path.join(SHM_DIR, name)
+        raise FileNotFoundError(f"segment {token} sent by process {pid} is gone")
 
     def _release(self, token: str, size: int) -> None:
         """The segment's last user is gone: free it for reuse, or unlink it. Either way
