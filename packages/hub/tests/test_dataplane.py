@@ -147,3 +147,15 @@ def test_a_retried_task_finds_its_array_after_the_first_engine_died(tmp_path: Pa
         a = np.ones(1_000_000)  # 8 MB: through shared memory
         assert lb.apply_async(crash_once, a, str(tmp_path / "crashed")).get(60) == 1_000_000.0
         assert len(rc.ids) == 1  # one engine died on the way
+
+
+def test_scatter_and_gather_of_a_large_array(tmp_path: Path) -> None:
+    with _hub(tmp_path / "hub") as (_, rc):
+        a = np.random.default_rng(5).random((3_000_001, 3))  # 72 MB, uneven halves
+        rc[:].scatter("part", a, block=True)
+        assert rc[:].pull("part.shape", block=True) == [(1_500_000, 3), (1_500_001, 3)]
+        back = rc[:].gather("part", block=True)  # joined on the pool's warm pages
+        assert back.dtype == a.dtype
+        assert np.array_equal(back, a)
+        back[0, 0] = -1.0  # an ordinary writable array
+        assert back[0, 0] == -1.0

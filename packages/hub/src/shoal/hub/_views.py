@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from shoal.wire import default_shared_memory, shared_memory_enabled
+
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
 from ._hub import LB, engine_route
@@ -437,6 +439,7 @@ class LoadBalancedView(View):
 
 
 _FLAGS = ("retries", "timeout", "after", "follow", "targets", "block")
+_WARM_BYTES = 16 << 20  # a gathered array this big goes on the shared memory pool's pages
 
 
 def _imap(
@@ -528,6 +531,16 @@ def _join(parts: list[Any], axis: int) -> Any:
     ):
         import numpy as np  # noqa: PLC0415
 
+        dtype = np.result_type(*parts)
+        shape = list(parts[0].shape)
+        shape[axis] = sum(p.shape[axis] for p in parts)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes >= _WARM_BYTES and shared_memory_enabled():
+            # A big result on warm pages from the shared memory pool: fresh ones would
+            # cost more page faults than the copy itself.
+            buf = default_shared_memory().allocate(nbytes)
+            warm = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            return np.concatenate(parts, axis=axis, out=warm)
         return np.concatenate(parts, axis=axis)
     out: list[Any] = []
     for part in parts:

@@ -125,6 +125,21 @@ class SharedMemory:
         self.sent += 1
         return f"{self._pid}:{token}:{size}:{length}".encode()
 
+    def allocate(self, nbytes: int) -> memoryview:
+        """A writable buffer of ``nbytes`` on the pool's pages, for this process.
+
+        Large allocations are slow here because the kernel faults in fresh pages; a
+        segment from the pool has them already. The segment goes back to the pool when
+        the last object using the buffer is freed.
+        """
+        if nbytes < 1:
+            raise ValueError(f"nbytes must be at least 1, got {nbytes}")
+        token, size = self._claim(nbytes)
+        mm = self._map(token, size, self._used(self._pid, token))
+        holder = (ctypes.c_char * nbytes).from_buffer(mm)
+        weakref.finalize(holder, self._release, token, size)
+        return memoryview(holder).cast("B")
+
     def share(self, buf: Any, readers: int) -> SharedHandle:
         """Copy ``buf`` once into a segment for ``readers`` receivers (a broadcast).
 
