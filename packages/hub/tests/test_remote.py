@@ -485,6 +485,8 @@ def test_calls_on_a_killed_engines_objects_fail_clearly(tmp_path: Path) -> None:
     with _hub(tmp_path) as (_, client):
         doomed = scatter([1, 2], destination=0, split=False, client=client)
         safe = scatter([3], destination=1, split=False, client=client)
+        safe.extend(doomed)  # engine 1 fetches from engine 0: their link is up
+        assert gather(safe) == [3, 1, 2]
         pid = client[0].apply_sync(os.getpid)
         slow = client[0].execute("import time; time.sleep(30)")
         pending = call_async(doomed, "__len__")
@@ -498,7 +500,13 @@ def test_calls_on_a_killed_engines_objects_fail_clearly(tmp_path: Path) -> None:
             time.sleep(0.05)
         with pytest.raises(EngineDiedError, match="engine 0"):
             len(doomed)
-        assert len(safe) == 1  # the other engine serves on
+        assert len(safe) == 3  # the other engine serves on
+        # A fetch from the dead engine fails, naming it, instead of waiting forever.
+        start = time.monotonic()
+        with pytest.raises(EngineDiedError, match="fetch_request to the engine at tcp://"):
+            safe.extend(doomed)
+        assert time.monotonic() - start < 30
+        assert len(safe) == 3
         del doomed
 
 

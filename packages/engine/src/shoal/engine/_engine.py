@@ -48,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from shoal.util import connect_engine_logger
 from shoal.wire import (
@@ -67,6 +68,7 @@ from shoal.wire import (
     shared_memory_enabled,
 )
 
+from ._errors import EngineDiedError
 from ._kernel import Kernel
 from ._objects import ObjectStore
 from ._replies import error_reply
@@ -157,7 +159,7 @@ class EngineProcess:
         self._timed_out = False
         self._abort_all = False
         self._releases: list[str] = []  # owners whose lease ended, filled by the I/O thread
-        self._peers: dict[str, zmq.Socket[Any]] = {}  # direct url of another engine -> DEALER
+        self._peers: dict[str, _PeerLink] = {}  # direct url of another engine -> its link
         self._peer_token = uuid.uuid4().hex[:16].encode()
         #: Called on the main thread after each reply is sent (e.g. proxies dropped on
         #: this engine give their references back); a failing hook is logged and kept.
@@ -383,31 +385,36 @@ class EngineProcess:
         """
         if threading.get_ident() != self._main_ident:
             raise RuntimeError("peer_request runs on the engine's main thread only")
-        sock = self._peers.get(url)
-        if sock is None:
-            sock = self.context.socket(zmq.DEALER)
-            sock.identity = b"p" + self._peer_token
-            sock.linger = 0
-            sock.connect(url)
-            self._peers[url] = sock
+        link = self._peers.get(url)
+        if link is None:
+            link = self._peers[url] = _PeerLink(self.context, url, b"p" + self._peer_token)
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
-        sock.send_multipart(self._codec.encode(Message(header, None, {}, content)), copy=False)
+        link.sock.send_multipart(self._codec.encode(Message(header, None, {}, content)), copy=False)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(link.sock, zmq.POLLIN)
+        poller.register(link.monitor, zmq.POLLIN)
         if self._direct is not None:
             poller.register(self._direct, zmq.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        sent = time.monotonic()
+        deadline = None if timeout is None else sent + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(
                     f"no answer to {msg_type} from the engine at {url} in {timeout} s"
                 )
+            problem = link.problem(sent)
+            if problem is not None:  # its process ended, or nothing listens there
+                self._peers.pop(url, None)
+                link.close()
+                raise EngineDiedError(f"{msg_type} to the engine at {url} failed: {problem}")
             wait_ms = _POLL_MS if left is None else min(_POLL_MS, int(left * 1000) + 1)
             for ready, _ in poller.poll(wait_ms):
-                if ready is sock:
+                if ready is link.monitor:
+                    link.read_events()
+                elif ready is link.sock:
                     try:
-                        reply = self._codec.decode(sock.recv_multipart(copy=False))
+                        reply = self._codec.decode(link.sock.recv_multipart(copy=False))
                     except RemoteInputError as exc:
                         log.warning("dropped a message: %s", exc)
                         continue
@@ -657,6 +664,47 @@ class EngineProcess:
             "python": sys.version.split()[0],
             "objects": 0 if self.kernel.objects is None else len(self.kernel.objects),
         }
+
+
+class _PeerLink:
+    """A DEALER to another engine's direct socket, with a monitor that tells when the
+    connection is up and when it went away."""
+
+    CONNECT_TIMEOUT = 5.0  # seconds a request may wait for a first connection
+
+    def __init__(self, context: zmq.Context[Any], url: str, identity: bytes) -> None:
+        self.sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
+        self.sock.identity = identity
+        self.sock.linger = 0
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.sock.connect(url)
+        self.connected = False
+        self.lost = False
+
+    def read_events(self) -> None:
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.lost = True
+
+    def problem(self, sent: float) -> str | None:
+        """Why a request sent at ``sent`` will never be answered, or None."""
+        self.read_events()
+        if self.lost:
+            return "the connection closed (the engine's process ended?)"
+        if not self.connected and time.monotonic() - sent > self.CONNECT_TIMEOUT:
+            return f"no engine answered there within {self.CONNECT_TIMEOUT:g} s"
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
 
 
 def _exit(code: int) -> None:
