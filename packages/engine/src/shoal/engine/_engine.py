@@ -48,7 +48,6 @@ from types import FrameType
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from shoal.util import connect_engine_logger
 from shoal.wire import (
@@ -685,7 +684,9 @@ class _PeerLink:
 
     def read_events(self) -> None:
         while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)["event"]
+            # The event number: the first 2 bytes of the first frame (zmq_socket_monitor).
+            frames = self.monitor.recv_multipart()
+            event = int.from_bytes(frames[0][:2], "little")
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected = True
             elif event == zmq.EVENT_DISCONNECTED:

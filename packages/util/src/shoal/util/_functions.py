@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -18,6 +17,7 @@ _R = TypeVar("_R")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
+    import asyncio
     from typing import TypeAlias
 
     # LoggerAdapter is subscriptable at runtime only from Python 3.11.
@@ -111,13 +111,20 @@ def _wrap(f: Callable[..., Any], *, logger: _AnyLogger | None) -> Callable[..., 
         except Exception:
             pick_logger(args).exception("Uncaught exception in %s", where)
             return None
-        if asyncio.isfuture(result):
+        if _is_future(result):
             result.add_done_callback(functools.partial(_log_future, pick_logger(args), where))
         elif inspect.isawaitable(result):
             return _log_awaitable(result, pick_logger(args), where)
         return result
 
     return logs_errors
+
+
+def _is_future(obj: object) -> bool:
+    """``asyncio.isfuture(obj)``, without importing asyncio (~50 ms at every start)."""
+    return getattr(obj, "_asyncio_future_blocking", None) is not None and hasattr(
+        type(obj), "_asyncio_future_blocking"
+    )
 
 
 def _log_future(log: _AnyLogger, where: str, future: asyncio.Future[Any]) -> None:

@@ -3,8 +3,9 @@
 Usable alone: ``pip install shoal-wire`` needs only pyzmq and dill.
 """
 
-from . import connection as connection
-from ._connection import HandshakeError as HandshakeError
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._curve import CurveServer as CurveServer
 from ._curve import bind as bind
 from ._curve import configure_curve_client as configure_curve_client
@@ -46,16 +47,40 @@ from ._message import new_header as new_header
 from ._message import peek as peek
 from ._serialize import Buffer as Buffer
 from ._serialize import Serializer as Serializer
-from ._session import AsyncSession as AsyncSession
-from ._session import Session as Session
-from ._session import SessionStatistics as SessionStatistics
 from ._shm import SharedMemory as SharedMemory
 from ._shm import default_shared_memory as default_shared_memory
 from ._shm import shared_memory_enabled as shared_memory_enabled
 from ._shm import sweep as sweep_shared_memory
 
+if _TYPE_CHECKING:
+    from . import connection as connection
+    from ._connection import HandshakeError as HandshakeError
+    from ._session import AsyncSession as AsyncSession
+    from ._session import Session as Session
+    from ._session import SessionStatistics as SessionStatistics
 
-def __getattr__(name: str) -> str:
+# Imported on first use: together with asyncio they cost ~100 ms, paid by every engine's
+# and every client's start, which use neither.
+_LAZY = {
+    "connection": ("shoal.wire.connection", None),
+    "HandshakeError": ("shoal.wire._connection", "HandshakeError"),
+    "AsyncSession": ("shoal.wire._session", "AsyncSession"),
+    "Session": ("shoal.wire._session", "Session"),
+    "SessionStatistics": ("shoal.wire._session", "SessionStatistics"),
+}
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        if attr is not None and value.__module__.startswith("shoal.wire._"):
+            value.__module__ = "shoal.wire"
+        globals()[name] = value
+        return value
     # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415
@@ -119,6 +144,8 @@ __all__ = [
 
 # Tracebacks and pickles show the public path, not the private module.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("shoal.wire._"):
         _obj.__module__ = "shoal.wire"
