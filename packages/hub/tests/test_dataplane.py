@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from shoal.hub import Client, scatter
+from shoal.hub import scatter
 from shoal.wire import default_shared_memory
 from shoal.wire._shm import SHM_DIR
 
@@ -25,42 +24,14 @@ pytestmark = [
 ]
 
 
-@contextlib.contextmanager
-def _hub(folder: Path, n: int = 2) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.hub", "-n", str(n), "--profile-dir", str(folder)],
-        stdout=subprocess.PIPE,
-    )
-    client = None
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "ready" in line, line
-        client = Client(url_file=str(folder / "hub-client.json"))
-        client.wait_for_engines(n, timeout=60)
-        yield proc, client
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            client.close()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 def _held_by(pids: set[int]) -> list[str]:
     return [
         n for n in os.listdir(SHM_DIR) if n.startswith("shoal-u-") and int(n.split("-")[2]) in pids
     ]
 
 
-def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (_, rc):
+def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path, hub: Any) -> None:
+    with hub(tmp_path) as (_, rc):
         a = np.random.default_rng(3).random(3_000_000)  # 24 MB
         view = rc[0]
         view.push({"a": a}, block=True)
@@ -85,10 +56,10 @@ def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path) -> None:
         assert view.apply_sync(lambda: default_shared_memory().received) > received
 
 
-def test_killed_processes_leave_no_segments_behind(tmp_path: Path) -> None:
+def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> None:
     """Engines and a client SIGKILLed in the middle of transfers: when the cluster
     stops, /dev/shm holds nothing of theirs."""
-    with _hub(tmp_path / "hub") as (hub_proc, rc):
+    with hub(tmp_path / "hub") as (hub_proc, rc):
         pid_of = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
         engine_pids = set(pid_of.values())
         script = tmp_path / "client.py"
@@ -140,8 +111,10 @@ def crash_once(a: np.ndarray, marker: str) -> float:
     return float(a.sum())
 
 
-def test_a_retried_task_finds_its_array_after_the_first_engine_died(tmp_path: Path) -> None:
-    with _hub(tmp_path / "hub") as (_, rc):
+def test_a_retried_task_finds_its_array_after_the_first_engine_died(
+    tmp_path: Path, hub: Any
+) -> None:
+    with hub(tmp_path / "hub") as (_, rc):
         lb = rc.load_balanced_view()
         lb.set_flags(retries=1)
         a = np.ones(1_000_000)  # 8 MB: through shared memory
@@ -149,8 +122,8 @@ def test_a_retried_task_finds_its_array_after_the_first_engine_died(tmp_path: Pa
         assert len(rc.ids) == 1  # one engine died on the way
 
 
-def test_scatter_and_gather_of_a_large_array(tmp_path: Path) -> None:
-    with _hub(tmp_path / "hub") as (_, rc):
+def test_scatter_and_gather_of_a_large_array(tmp_path: Path, hub: Any) -> None:
+    with hub(tmp_path / "hub") as (_, rc):
         a = np.random.default_rng(5).random((3_000_001, 3))  # 72 MB, uneven halves
         rc[:].scatter("part", a, block=True)
         assert rc[:].pull("part.shape", block=True) == [(1_500_001, 3), (1_500_000, 3)]

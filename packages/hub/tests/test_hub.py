@@ -6,11 +6,9 @@ import concurrent.futures
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,35 +25,6 @@ from shoal.hub import (
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@contextlib.contextmanager
-def hub(folder: Path, n: int = 2, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
-    """A hub with ``n`` engines and a client; everything ends when the block ends."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.hub", "-n", str(n), "--profile-dir", str(folder), *args],
-        stdout=subprocess.PIPE,
-    )
-    client = None
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "ready" in line, line
-        client = Client(url_file=str(folder / "hub-client.json"))
-        client.wait_for_engines(n, timeout=30)
-        yield proc, client
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            client.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _engine_pids(client: Client) -> dict[int, int]:
@@ -78,7 +47,7 @@ def _wait_gone(pid: int, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_direct_view_round_trips(tmp_path: Path) -> None:
+def test_direct_view_round_trips(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         view = rc[:]
         pids = view.apply_sync(os.getpid)
@@ -115,7 +84,7 @@ def test_direct_view_round_trips(tmp_path: Path) -> None:
         assert double(list(range(9))) == [2 * i for i in range(9)]
 
 
-def test_remote_errors(tmp_path: Path) -> None:
+def test_remote_errors(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         with pytest.raises(RemoteError) as one:
             rc[0].apply_sync(lambda: 1 / 0)
@@ -128,7 +97,7 @@ def test_remote_errors(tmp_path: Path) -> None:
         assert rc[:].apply_sync(lambda: "still serving") == ["still serving"] * 2
 
 
-def test_output_is_streamed_before_the_reply(tmp_path: Path) -> None:
+def test_output_is_streamed_before_the_reply(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1) as (_, rc):
         ar = rc[0].execute(
             "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)"
@@ -141,7 +110,7 @@ def test_output_is_streamed_before_the_reply(tmp_path: Path) -> None:
         assert ar.stdout == "0\n1\n2\n"
 
 
-def test_load_balanced_map_imap_and_order(tmp_path: Path) -> None:
+def test_load_balanced_map_imap_and_order(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         lb = rc.load_balanced_view()
         assert lb.map_sync(lambda x: x * x, range(100)) == [x * x for x in range(100)]
@@ -155,7 +124,9 @@ def test_load_balanced_map_imap_and_order(tmp_path: Path) -> None:
             lb.map(lambda x, y: x, [1, 2], [1])
 
 
-def test_killed_engine_fails_its_requests_and_the_cluster_serves_on(tmp_path: Path) -> None:
+def test_killed_engine_fails_its_requests_and_the_cluster_serves_on(
+    tmp_path: Path, hub: Any
+) -> None:
     with hub(tmp_path) as (_, rc):
         pid = _engine_pids(rc)[0]
         both = rc[:]
@@ -175,7 +146,7 @@ def test_killed_engine_fails_its_requests_and_the_cluster_serves_on(tmp_path: Pa
         assert rc.load_balanced_view().apply_sync(lambda: 5) == 5
 
 
-def test_load_balanced_retry_runs_elsewhere_once(tmp_path: Path) -> None:
+def test_load_balanced_retry_runs_elsewhere_once(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         pids = _engine_pids(rc)
         lb = rc.load_balanced_view()
@@ -196,7 +167,7 @@ def test_load_balanced_retry_runs_elsewhere_once(tmp_path: Path) -> None:
         assert records[0]["engine_id"] == survivor
 
 
-def test_stopped_engine_is_declared_dead(tmp_path: Path) -> None:
+def test_stopped_engine_is_declared_dead(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         pid = _engine_pids(rc)[1]
         ar = rc[1].apply_async(lambda: 1)
@@ -214,7 +185,7 @@ def test_stopped_engine_is_declared_dead(tmp_path: Path) -> None:
         _wait_gone(pid, 10)  # the hub ended its stopped child
 
 
-def test_engine_busy_in_c_holding_the_gil_is_not_declared_dead(tmp_path: Path) -> None:
+def test_engine_busy_in_c_holding_the_gil_is_not_declared_dead(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1, "--timeout", "1.0") as (_, rc):
         # libc sleep() called through PyDLL keeps the GIL for 4 s: only the heartbeat
         # device, in C, answers meanwhile.
@@ -223,7 +194,7 @@ def test_engine_busy_in_c_holding_the_gil_is_not_declared_dead(tmp_path: Path) -
         assert rc.ids == [0]
 
 
-def test_killed_hub_ends_engines_and_fails_clients(tmp_path: Path) -> None:
+def test_killed_hub_ends_engines_and_fails_clients(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (proc, rc):
         pids = list(_engine_pids(rc).values())
         pending = rc[0].execute("import time; time.sleep(60)")
@@ -238,7 +209,7 @@ def test_killed_hub_ends_engines_and_fails_clients(tmp_path: Path) -> None:
             rc.load_balanced_view().apply_async(lambda: 1)
 
 
-def test_dependencies_after_and_follow(tmp_path: Path) -> None:
+def test_dependencies_after_and_follow(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         lb = rc.load_balanced_view()
         first = lb.apply_async(
@@ -262,7 +233,7 @@ def test_dependencies_after_and_follow(tmp_path: Path) -> None:
             unknown.get(20)
 
 
-def test_abort_queued_tasks(tmp_path: Path) -> None:
+def test_abort_queued_tasks(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1) as (_, rc):
         lb = rc.load_balanced_view()
         blocker = lb.apply_async(lambda: __import__("time").sleep(1))
@@ -277,7 +248,7 @@ def test_abort_queued_tasks(tmp_path: Path) -> None:
         assert lb.apply_sync(lambda: 2) == 2
 
 
-def test_bad_input_gets_clear_errors_and_the_hub_serves_on(tmp_path: Path) -> None:
+def test_bad_input_gets_clear_errors_and_the_hub_serves_on(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         with pytest.raises(IndexError, match="no engine 7"):
             rc[7]
@@ -299,7 +270,7 @@ def test_bad_input_gets_clear_errors_and_the_hub_serves_on(tmp_path: Path) -> No
         assert rc[:].apply_sync(lambda: 1) == [1, 1]
 
 
-def test_history_and_queue_status(tmp_path: Path) -> None:
+def test_history_and_queue_status(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         ar = rc.load_balanced_view().map_async(lambda x: x, range(8), chunksize=2)
         ar.get(20)
@@ -311,7 +282,7 @@ def test_history_and_queue_status(tmp_path: Path) -> None:
         assert {e for e in status if isinstance(e, int)} == {0, 1}
 
 
-def test_task_time_limit_interrupts_and_the_engine_serves_on(tmp_path: Path) -> None:
+def test_task_time_limit_interrupts_and_the_engine_serves_on(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1) as (_, rc):
         lb = rc.load_balanced_view()
         lb.timeout = 0.5
@@ -329,7 +300,7 @@ def test_task_time_limit_interrupts_and_the_engine_serves_on(tmp_path: Path) -> 
             lb.apply_async(len, "")
 
 
-def test_submitting_waits_when_too_much_is_outstanding(tmp_path: Path) -> None:
+def test_submitting_waits_when_too_much_is_outstanding(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1) as (_, rc):
         rc.max_outstanding = 3
         lb = rc.load_balanced_view()
@@ -342,7 +313,7 @@ def test_submitting_waits_when_too_much_is_outstanding(tmp_path: Path) -> None:
             ar.get(20)
 
 
-def test_sqlite_history_survives_a_hub_restart(tmp_path: Path) -> None:
+def test_sqlite_history_survives_a_hub_restart(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path, 1, "--store", "sqlite") as (_, rc):
         ar = rc.load_balanced_view().map_async(lambda x: x, range(6), chunksize=1)
         ar.get(20)
@@ -364,7 +335,7 @@ def test_sqlite_history_survives_a_hub_restart(tmp_path: Path) -> None:
         assert len(rc.history()) == 7
 
 
-def test_ipython_magics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ipython_magics(tmp_path: Path, capsys: pytest.CaptureFixture[str], hub: Any) -> None:
     interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
     with hub(tmp_path) as (_, rc):
         ip = interactiveshell.InteractiveShell.instance()
@@ -390,7 +361,7 @@ def test_ipython_magics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             interactiveshell.InteractiveShell.clear_instance()
 
 
-def test_engine_status_interrupt_and_removal(tmp_path: Path) -> None:
+def test_engine_status_interrupt_and_removal(tmp_path: Path, hub: Any) -> None:
     with hub(tmp_path) as (_, rc):
         status = rc[0].status()
         assert status["engine_id"] == 0
@@ -408,7 +379,7 @@ def test_engine_status_interrupt_and_removal(tmp_path: Path) -> None:
         assert rc.ids == [0]
 
 
-def test_a_dropped_result_is_freed(tmp_path: Path) -> None:
+def test_a_dropped_result_is_freed(tmp_path: Path, hub: Any) -> None:
     """The client keeps no result once it is delivered: dropping the AsyncResult frees it."""
     import gc
     import weakref
@@ -425,7 +396,7 @@ def test_a_dropped_result_is_freed(tmp_path: Path) -> None:
         assert not rc._pending
 
 
-def test_many_threads_share_one_client(tmp_path: Path) -> None:
+def test_many_threads_share_one_client(tmp_path: Path, hub: Any) -> None:
     """Callers in several threads wait on their own results, reading for each other."""
     import concurrent.futures
 
@@ -447,7 +418,7 @@ def test_many_threads_share_one_client(tmp_path: Path) -> None:
         assert len(done.done) == 20
 
 
-def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str], hub: Any) -> None:
     """block, run, sync_imports, await, timings, outputs and the progress display."""
     import asyncio
 
@@ -491,7 +462,7 @@ def test_view_conveniences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert sum(f"item {x}" in out.out for x in range(6)) == 6
 
 
-def test_a_burst_of_tasks_travels_in_batches_and_each_is_answered(tmp_path: Path) -> None:
+def test_a_burst_of_tasks_travels_in_batches_and_each_is_answered(tmp_path: Path, hub: Any) -> None:
     """Tasks submitted while others are unanswered go together (the client's outbox);
     each still gets its own result, in order, and one awaited without get() arrives."""
     with hub(tmp_path, 1) as (_, rc):

@@ -9,7 +9,6 @@ run over scattered sequences); the rest is what distob never did.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gc
 import os
 import pickle
@@ -45,47 +44,9 @@ from shoal.hub import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@contextlib.contextmanager
-def _hub(folder: Path, n: int = 2) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shoal.hub",
-            "-n",
-            str(n),
-            "--profile-dir",
-            str(folder),
-            "--client-timeout",
-            "3",
-        ],
-        stdout=subprocess.PIPE,
-    )
-    client = None
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "ready" in line, line
-        client = Client(url_file=str(folder / "hub-client.json"))
-        client.wait_for_engines(n, timeout=60)
-        yield proc, client
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            client.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    with _hub(tmp_path_factory.mktemp("remote")) as (_, client):
+def rc(tmp_path_factory: pytest.TempPathFactory, hub: Any) -> Iterator[Client]:
+    with hub(tmp_path_factory.mktemp("remote"), 2, "--client-timeout", "3") as (_, client):
         yield client
 
 
@@ -337,8 +298,8 @@ def test_refs_are_hashable_and_picklable_and_the_object_hub_sees_every_object(
 # -- beyond distob -------------------------------------------------------------------
 
 
-def test_dropped_proxies_free_their_objects(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (_, rc):
+def test_dropped_proxies_free_their_objects(tmp_path: Path, hub: Any) -> None:
+    with hub(tmp_path, 2, "--client-timeout", "3") as (_, rc):
         proxies = scatter(list(range(10_000)), client=rc)
         assert ObjectHub(rc).counts() == {0: 5000, 1: 5000}
         copies = [p for p in proxies[:100] for _ in range(3)]  # the same proxy held thrice
@@ -420,13 +381,13 @@ def test_proxies_are_safe_to_use_from_many_threads(rc: Client) -> None:
     assert counter.n == 400
 
 
-def test_a_killed_clients_objects_are_freed(tmp_path: Path) -> None:
+def test_a_killed_clients_objects_are_freed(tmp_path: Path, hub: Any) -> None:
     """A client SIGKILLed with proxies alive: its lease ends, the engines free them.
 
     The client script runs as ``__main__`` and scatters an instance of a class it
     defines there: such a class travels by value.
     """
-    with _hub(tmp_path / "hub") as (_, rc):
+    with hub(tmp_path / "hub", 2, "--client-timeout", "3") as (_, rc):
         _killed_client(rc, tmp_path)
 
 
@@ -481,8 +442,8 @@ def _engine_owned(rc: Client) -> dict[str, int]:
     return owners
 
 
-def test_calls_on_a_killed_engines_objects_fail_clearly(tmp_path: Path) -> None:
-    with _hub(tmp_path) as (_, client):
+def test_calls_on_a_killed_engines_objects_fail_clearly(tmp_path: Path, hub: Any) -> None:
+    with hub(tmp_path, 2, "--client-timeout", "3") as (_, client):
         doomed = scatter([1, 2], destination=0, split=False, client=client)
         safe = scatter([3], destination=1, split=False, client=client)
         safe.extend(doomed)  # engine 1 fetches from engine 0: their link is up
