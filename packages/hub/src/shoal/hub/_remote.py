@@ -329,11 +329,7 @@ class Remote:
     def __shoal_resolve__(self) -> Any:
         """What the engine's object store puts in place of this proxy in arguments: the
         object itself, fetched from the engine holding it when that is another one."""
-        engine = current_engine()
-        ref = self._shoal_ref
-        if engine is not None and engine.engine_id == ref.engine and engine.kernel.objects:
-            return engine.kernel.objects.get(ref.id)
-        return _request(self, "fetch_request", {"id": ref.id}).result()["result"]
+        return _resolve(self._shoal_ref, self._shoal_url)
 
     def __del__(self) -> None:
         try:
@@ -565,12 +561,16 @@ class _ResolvedArg:
         self.ref, self.type_name, self.url, self.owner = ref, type_name, url, owner
 
     def __shoal_resolve__(self) -> Any:
-        engine = current_engine()
-        ref = self.ref
-        if engine is not None and engine.engine_id == ref.engine and engine.kernel.objects:
-            return engine.kernel.objects.get(ref.id)
-        reply = _peer(self.url, ref, "fetch_request", {"id": ref.id}).result()
-        return reply["result"]
+        return _resolve(self.ref, self.url)
+
+
+def _resolve(ref: Ref, url: str | None) -> Any:
+    """On an engine, the object ``ref`` names: its own, or fetched from the engine at
+    ``url`` that holds it."""
+    engine = current_engine()
+    if engine is not None and engine.engine_id == ref.engine and engine.kernel.objects:
+        return engine.kernel.objects.get(ref.id)
+    return _peer(url, ref, "fetch_request", {"id": ref.id}).result()["result"]
 
 
 def _call(
