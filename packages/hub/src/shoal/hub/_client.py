@@ -372,6 +372,18 @@ class Client:
         counts = array.array("I", [1] * len(heads)).tobytes()
         self._send_frames([LB_BATCH, counts, *heads], self._sender)
 
+    def direct_url(self, engine_id: int) -> str | None:
+        """The address of engine ``engine_id``'s own socket (engines on one host reach each
+        other there); None when it has none or is unknown."""
+        url = self._engines.get(engine_id, {}).get("direct_url")
+        return str(url) if url else None
+
+    @property
+    def bytes_received(self) -> int:
+        """How many bytes of messages this client has received (shared memory included):
+        what a computation that should stay on the engines must leave alone."""
+        return self._codec.bytes_received
+
     @property
     def owner(self) -> str:
         """This client's name in the engines' object stores: the objects its proxies hold

@@ -351,6 +351,8 @@ class Codec:
         self.max_frames = max_frames
         self.max_frame_size = max_frame_size
         self.shm = shm
+        #: Bytes of the messages decoded so far (head and buffers, shared memory included).
+        self.bytes_received = 0
 
     # -- sending ------------------------------------------------------------------------
     def encode(self, msg: Message) -> list[Buffer]:
@@ -435,6 +437,7 @@ class Codec:
                 exc.parent_header = None if parent_doc is None else Header.from_list(parent_doc)
                 exc.identities = tuple(bytes(v) for v in views[:at])
                 raise
+        self.bytes_received += head.nbytes + sum(b.nbytes for b in buffers)
         split = len(buffers) - nbuf
         content_frames = (body[4 + env_len :], *buffers[:split])
         if content:

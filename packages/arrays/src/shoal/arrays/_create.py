@@ -1,0 +1,378 @@
+"""Making arrays: scatter from here, create on the engines, redistribute between them."""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from shoal.hub import Client
+from shoal.hub._client import current_client
+
+from . import _kernels as K
+from ._array import (
+    DistArray,
+    RemoteArray,
+    _Array,
+    _assemble,
+    _block,
+    _piece,
+    _Plan,
+    region,
+)
+
+__all__ = [
+    "apply",
+    "arange",
+    "empty",
+    "full",
+    "ones",
+    "random",
+    "redistribute",
+    "remote",
+    "scatter",
+    "standard_normal",
+    "vectorize",
+    "zeros",
+]
+
+
+def _client(client: Client | None) -> Client:
+    return client if client is not None else current_client()
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        return (operator.index(shape),)
+    out = tuple(operator.index(s) for s in shape)
+    if any(s < 0 for s in out):
+        raise ValueError(f"negative dimensions are not allowed: {out}")
+    return out
+
+
+def _layout(
+    client: Client, n: int, engines: Sequence[int] | None, boundaries: Sequence[int] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The engines and boundaries for ``n`` rows: given, or every engine with rows split
+    as evenly as possible (the first blocks get the extra rows, like ``array_split``)."""
+    known = client.ids
+    if not known:
+        raise RuntimeError("the cluster has no engines: client.wait_for_engines(n) first")
+    if engines is None:
+        if boundaries is not None:
+            k = len(boundaries) - 1
+            engines = [known[i % len(known)] for i in range(k)]
+        else:
+            engines = known
+    engines = tuple(int(e) for e in engines)
+    unknown = [e for e in engines if e not in known]
+    if unknown or not engines:
+        raise ValueError(f"engines must name engines of the cluster {known}, got {list(engines)}")
+    if boundaries is None:
+        k = len(engines)
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        bounds = tuple(int(b) for b in np.cumsum([0, *sizes]))
+    else:
+        bounds = tuple(operator.index(b) for b in boundaries)
+        if (
+            len(bounds) != len(engines) + 1
+            or bounds[0] != 0
+            or bounds[-1] != n
+            or any(b > c for b, c in itertools.pairwise(bounds))
+        ):
+            raise ValueError(
+                f"boundaries must be {len(engines) + 1} non-decreasing offsets from 0 to {n} "
+                f"(one block per engine of {list(engines)}), got {list(bounds)}"
+            )
+    return engines, bounds
+
+
+def scatter(
+    a: Any,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    *,
+    client: Client | None = None,
+) -> DistArray:
+    """Split ``a`` along ``axis`` into blocks on the engines; a :class:`DistArray`.
+
+    ``engines``: the engine of each block (all engines by default); ``boundaries``: where
+    the blocks start and end along ``axis`` (``len(engines) + 1`` offsets; even blocks by
+    default, the first ones one row longer). Blocks may be empty. On one host the data
+    goes through shared memory.
+    """
+    client = _client(client)
+    a = np.asarray(a)
+    if a.ndim == 0:
+        raise ValueError("scatter needs an array of at least one dimension; use remote() for 0-d")
+    axis = operator.index(axis)
+    if not -a.ndim <= axis < a.ndim:
+        raise np.exceptions.AxisError(axis, a.ndim)
+    axis %= a.ndim
+    engines_, bounds = _layout(client, a.shape[axis], engines, boundaries)
+    pending = []
+    for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True):
+        part = a[(slice(None),) * axis + (slice(lo, hi),)]
+        content = {"obj": np.ascontiguousarray(part), "owner": client.owner}
+        pending.append((e, part, client._object_request(e, "store_request", content)))
+    made = []
+    for e, part, reply in pending:
+        oid = int(reply.result()["ref"]["id"])
+        kept = K.Kept(oid, part.shape, a.dtype.str)
+        made.append((_block(client, e, kept), kept))
+    result: DistArray = _assemble(client, made, axis, DistArray)
+    return result
+
+
+def remote(a: Any, engine: int | None = None, *, client: Client | None = None) -> RemoteArray:
+    """Put ``a`` whole on one engine (``engine``, or the first); a :class:`RemoteArray`."""
+    client = _client(client)
+    a = np.asarray(a)
+    if a.ndim == 0:
+        raise ValueError("remote() needs an array of at least one dimension")
+    one = scatter(a, 0, [client.ids[0] if engine is None else engine], client=client)
+    return RemoteArray._new(client, one._blocks, 0, one._bounds, one.shape, one.dtype)  # type: ignore[no-any-return]
+
+
+def _create(
+    shape: Any,
+    dtype: Any,
+    axis: int,
+    engines: Sequence[int] | None,
+    boundaries: Sequence[int] | None,
+    client: Client | None,
+    job: Callable[[int, tuple[int, ...]], tuple[Any, ...]],
+) -> DistArray:
+    """A DistArray whose blocks are made on their engines by ``job(index, shape)``."""
+    client = _client(client)
+    shape = _shape(shape)
+    if not shape:
+        raise ValueError("shoal arrays have at least one dimension")
+    axis = operator.index(axis)
+    if not -len(shape) <= axis < len(shape):
+        raise np.exceptions.AxisError(axis, len(shape))
+    axis %= len(shape)
+    engines_, bounds = _layout(client, shape[axis], engines, boundaries)
+    plan = _Plan(client)
+    tickets = []
+    for i, (e, lo, hi) in enumerate(zip(engines_, bounds[:-1], bounds[1:], strict=True)):
+        block_shape = list(shape)
+        block_shape[axis] = hi - lo
+        fn, *args = job(i, tuple(block_shape))
+        tickets.append(plan.add(e, fn, *args))
+    result = plan.run()
+    made = [result(t) for t in tickets]
+    out: DistArray = _assemble(client, made, axis, DistArray)
+    return out
+
+
+def full(
+    shape: Any,
+    fill_value: Any,
+    dtype: Any = None,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
+    """A new DistArray of ``shape`` filled with ``fill_value``, made on the engines."""
+    dt = np.dtype(dtype) if dtype is not None else np.asarray(fill_value).dtype
+    return _create(
+        shape,
+        dt,
+        axis,
+        engines,
+        boundaries,
+        client,
+        lambda i, s: (K.full_block, s, fill_value, dt.str),
+    )
+
+
+def zeros(shape: Any, dtype: Any = float, **kwargs: Any) -> DistArray:
+    """A new DistArray of zeros (``axis``, ``engines``, ``boundaries``, ``client`` as
+    for :func:`scatter`)."""
+    return full(shape, 0, dtype, **kwargs)
+
+
+def ones(shape: Any, dtype: Any = float, **kwargs: Any) -> DistArray:
+    """A new DistArray of ones."""
+    return full(shape, 1, dtype, **kwargs)
+
+
+def empty(
+    shape: Any,
+    dtype: Any = float,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
+    """A new DistArray whose values are whatever the engines' memory held."""
+    dt = np.dtype(dtype)
+    return _create(
+        shape, dt, axis, engines, boundaries, client, lambda i, s: (K.empty_block, s, dt.str)
+    )
+
+
+def arange(
+    start: Any,
+    stop: Any = None,
+    step: Any = 1,
+    dtype: Any = None,
+    *,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
+    """``numpy.arange`` made on the engines: a 1-d DistArray."""
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise ZeroDivisionError("arange: step of 0")
+    n = max(0, int(np.ceil((stop - start) / step)))
+    probe = np.arange(start, start + step, step, dtype=dtype)  # numpy's choice of dtype
+    dt = probe.dtype
+    client = _client(client)
+    engines_, bounds = _layout(client, n, engines, boundaries)
+    plan = _Plan(client)
+    tickets = [
+        plan.add(e, K.arange_block, start, step, lo, hi, dt.str)
+        for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True)
+    ]
+    result = plan.run()
+    out: DistArray = _assemble(client, [result(t) for t in tickets], 0, DistArray)
+    return out
+
+
+def random(
+    shape: Any,
+    seed: int | None = None,
+    dtype: Any = np.float64,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
+    """Uniform random floats in [0, 1), made on the engines; block ``i`` draws from
+    ``numpy.random.default_rng([seed, i])`` (a fresh seed when ``seed`` is None), so the
+    same seed and layout give the same array."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
+    dt = np.dtype(dtype)
+    return _create(
+        shape,
+        dt,
+        axis,
+        engines,
+        boundaries,
+        client,
+        lambda i, s: (K.random_block, seed, i, s, dt.str, "uniform"),
+    )
+
+
+def standard_normal(
+    shape: Any,
+    seed: int | None = None,
+    dtype: Any = np.float64,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
+    """Standard normal floats made on the engines, a generator per block as :func:`random`."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
+    dt = np.dtype(dtype)
+    return _create(
+        shape,
+        dt,
+        axis,
+        engines,
+        boundaries,
+        client,
+        lambda i, s: (K.random_block, seed, i, s, dt.str, "normal"),
+    )
+
+
+def redistribute(
+    x: _Array,
+    axis: int | None = None,
+    boundaries: Sequence[int] | None = None,
+    engines: Sequence[int] | None = None,
+) -> DistArray:
+    """A new DistArray with ``x``'s data split along ``axis`` at ``boundaries`` over
+    ``engines`` (defaults: ``x``'s axis; even blocks; the engines ``x`` uses). Each new
+    block is made on its engine from the rows it needs, fetched from the engines holding
+    them: data moves engine to engine, never through the client."""
+    if not isinstance(x, _Array):
+        raise TypeError(f"redistribute takes a RemoteArray or DistArray, not {type(x).__name__}")
+    client = x._client
+    axis = x._axis if axis is None else operator.index(axis) % x.ndim
+    if engines is None and boundaries is None:
+        engines = list(dict.fromkeys(x.engines))
+    elif engines is None and boundaries is not None and len(boundaries) - 1 == len(x.engines):
+        engines = list(x.engines)
+    engines_, bounds = _layout(client, x.shape[axis], engines, boundaries)
+    plan = _Plan(client)
+    tickets = []
+    for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True):
+        piece = region(x, axis, lo, hi)
+        local = isinstance(piece, K.Get) and piece.engine == e
+        tickets.append(plan.add(e, K.call, np.array if local else np.asarray, piece))
+    result = plan.run()
+    out: DistArray = _assemble(client, [result(t) for t in tickets], axis, DistArray)
+    return out
+
+
+def apply(f: Callable[..., Any], x: _Array, /, *args: Any, **kwargs: Any) -> Any:
+    """``f(block, *args, **kwargs)`` for every block of ``x``, in parallel, each on its
+    engine. When every result is an ndarray shaped like its block along the other axes,
+    the results form a new array split like ``x``; else the list of results."""
+    plan = _Plan(x._client)
+    tickets = [
+        plan.add(e, K.call, f, _piece(b), *args, **kwargs)
+        for b, e in zip(x._blocks, x.engines, strict=True)
+    ]
+    result = plan.run()
+    made = [result(t) for t in tickets]
+    if all(isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], K.Kept) for m in made):
+        shapes = [m[1].shape for m in made]
+        same = (
+            all(
+                len(s) == len(shapes[0])
+                and all(
+                    a == b
+                    for i, (a, b) in enumerate(zip(s, shapes[0], strict=True))
+                    if i != x._axis
+                )
+                for s in shapes
+            )
+            and len(shapes[0]) > x._axis
+        )
+        if same:
+            return _assemble(x._client, made, x._axis, type(x))
+    return [
+        _assemble(x._client, [m], 0, RemoteArray)
+        if isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], K.Kept)
+        else m
+        for m in made
+    ]
+
+
+def vectorize(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` made to run block by block: ``vectorize(f)(x, *args)`` is ``apply(f, x, *args)``."""
+
+    def vectorized(x: _Array, *args: Any, **kwargs: Any) -> Any:
+        return apply(f, x, *args, **kwargs)
+
+    vectorized.__name__ = f"vectorized_{getattr(f, '__name__', 'function')}"
+    vectorized.__doc__ = f.__doc__
+    return vectorized
