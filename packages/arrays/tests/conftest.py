@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import gc
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-import shoal.arrays as sa
-from shoal.hub import Client, Cluster, ObjectHub
+# The tests import their shared checks from arrays_testing.py, beside this file.
+sys.path.insert(0, str(Path(__file__).parent))
+from arrays_testing import NoGather, object_counts
+
+from shoal.hub import Client, Cluster
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +23,6 @@ def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     with Cluster(n=3, profile_dir=str(tmp_path_factory.mktemp("cluster"))) as client:
         client.wait_for_engines(3, timeout=60)
         yield client
-
-
-def object_counts(client: Client) -> dict[int, int]:
-    """How many objects each engine holds, once the dropped handles' releases landed."""
-    gc.collect()
-    client._flush_refs()
-    return ObjectHub(client).counts()
 
 
 @pytest.fixture
@@ -40,22 +37,4 @@ def clean(rc: Client) -> Iterator[Client]:
     assert after == before, f"engines' object counts {before} -> {after}: blocks leaked"
 
 
-class NoGather:
-    """``with NoGather(client):`` fails if array data reaches the client inside the block
-    (both shoal.arrays' own count and the bytes the client received)."""
-
-    def __init__(self, client: Client, slack: int = 64 * 1024) -> None:
-        self.client = client
-        self.slack = slack
-
-    def __enter__(self) -> NoGather:
-        self.count = sa.transfers.count
-        self.received = self.client.bytes_received
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            return
-        assert sa.transfers.count == self.count, "an operation gathered an array"
-        got = self.client.bytes_received - self.received
-        assert got <= self.slack, f"{got} bytes reached the client"
+__all__ = ["NoGather", "object_counts"]

@@ -375,6 +375,12 @@ class _Array:
 
         setitem(self, key, value)
 
+    def __divmod__(self, other: Any) -> Any:
+        return np.divmod(self, other)
+
+    def __rdivmod__(self, other: Any) -> Any:
+        return np.divmod(other, self)
+
     # -- methods ----------------------------------------------------------------------
     @property
     def T(self) -> Any:
@@ -601,8 +607,6 @@ for _name, _ufunc in {
     "ge": np.greater_equal,
 }.items():
     setattr(_Array, f"__{_name}__", _binary(_ufunc))
-setattr(_Array, "__divmod__", _binary(np.divmod))
-setattr(_Array, "__rdivmod__", _binary(np.divmod, reflected=True))
 for _name, _ufunc in {
     "neg": np.negative,
     "pos": np.positive,

@@ -334,8 +334,9 @@ def redistribute(
 
 def apply(f: Callable[..., Any], x: _Array, /, *args: Any, **kwargs: Any) -> Any:
     """``f(block, *args, **kwargs)`` for every block of ``x``, in parallel, each on its
-    engine. When every result is an ndarray shaped like its block along the other axes,
-    the results form a new array split like ``x``; else the list of results."""
+    engine. When every result is an ndarray with ``x``'s dimensions and sizes on all
+    axes but the split one, the results form a new array split like ``x``; else the list
+    of results (RemoteArrays for ndarrays)."""
     plan = _Plan(x._client)
     tickets = [
         plan.add(e, K.call, f, _piece(b), *args, **kwargs)
@@ -343,22 +344,15 @@ def apply(f: Callable[..., Any], x: _Array, /, *args: Any, **kwargs: Any) -> Any
     ]
     result = plan.run()
     made = [result(t) for t in tickets]
-    if all(isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], K.Kept) for m in made):
-        shapes = [m[1].shape for m in made]
-        same = (
-            all(
-                len(s) == len(shapes[0])
-                and all(
-                    a == b
-                    for i, (a, b) in enumerate(zip(s, shapes[0], strict=True))
-                    if i != x._axis
-                )
-                for s in shapes
-            )
-            and len(shapes[0]) > x._axis
+    kept = [m[1] for m in made if isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], K.Kept)]
+    if len(kept) == len(made) and all(
+        len(k.shape) == x.ndim
+        and all(
+            a == b for d, (a, b) in enumerate(zip(k.shape, x.shape, strict=True)) if d != x._axis
         )
-        if same:
-            return _assemble(x._client, made, x._axis, type(x))
+        for k in kept
+    ):
+        return _assemble(x._client, made, x._axis, type(x))
     return [
         _assemble(x._client, [m], 0, RemoteArray)
         if isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], K.Kept)
