@@ -89,6 +89,22 @@ def _dims(comps: list[Any]) -> list[int | None]:
     return dims
 
 
+def _covering(comps: list[Any], dims: list[int | None], axis: int) -> int:
+    """The position of the component that indexes ``axis``."""
+    for i, (c, d) in enumerate(zip(comps, dims, strict=True)):
+        width = c.ndim if _is_array(c) and c.dtype == bool else 1
+        if d is not None and d <= axis < d + width:
+            return i
+    raise AssertionError("normalize() gives a component for every axis")  # pragma: no cover
+
+
+def _masks_split(x: _Array, comps: list[Any], dims: list[int | None], at: int) -> bool:
+    """Whether ``comps[at]`` is a boolean mask whose first axis is the split axis: each
+    block then picks its own elements, in numpy's order."""
+    c = comps[at]
+    return _is_array(c) and c.dtype == bool and c.ndim >= 1 and dims[at] == x._axis
+
+
 def _check_ints(x: _Array, comps: list[Any], dims: list[int | None]) -> list[Any]:
     out = []
     for c, d in zip(comps, dims, strict=True):
@@ -156,7 +172,7 @@ def getitem(x: _Array, key: Any) -> Any:
     comps = normalize(key, x.ndim)
     dims = _dims(comps)
     comps = _check_ints(x, comps, dims)
-    at = dims.index(x._axis)
+    at = _covering(comps, dims, x._axis)
     c = comps[at]
     others = [k for i, k in enumerate(comps) if i != at]
     if isinstance(c, slice) and not any(isinstance(k, _Array) for k in others):
@@ -164,7 +180,7 @@ def getitem(x: _Array, key: Any) -> Any:
     if _is_int(c) and not _any_array(comps):
         return _by_int(x, comps, at)
     lone = not any(_is_array(k) or _is_int(k) for k in others)
-    if lone and _is_array(c) and c.ndim == 1 and c.dtype == bool:
+    if lone and _masks_split(x, comps, dims, at):
         return _by_mask(x, comps, at)
     if lone and _is_array(c) and c.ndim == 1 and c.dtype.kind in "iu":
         return _by_rows(x, comps, at)
@@ -202,19 +218,24 @@ def _by_int(x: _Array, comps: list[Any], at: int) -> Any:
     return _assemble(x._client, [value], 0, type(x), x._roots)
 
 
+def _check_mask(x: _Array, mask: Any) -> None:
+    want = x.shape[x._axis : x._axis + mask.ndim]
+    if mask.shape != want:
+        raise IndexError(
+            f"boolean index did not match indexed array along axes {x._axis}.."
+            f"{x._axis + mask.ndim - 1}; their sizes are {want} but the mask's are {mask.shape}"
+        )
+
+
 def _by_mask(x: _Array, comps: list[Any], at: int) -> Any:
     mask = comps[at]
     n = x.shape[x._axis]
-    if mask.shape != (n,):
-        raise IndexError(
-            f"boolean index did not match indexed array along axis {x._axis}; size of axis "
-            f"is {n} but size of corresponding boolean axis is {mask.shape[0]}"
-        )
+    _check_mask(x, mask)
     plan = _Plan(x._client)
     tickets = []
     for j, (b, lo, hi) in enumerate(x._spans()):
         key = list(comps)
-        key[at] = align(mask, 1, 0, n, lo, hi)
+        key[at] = align(mask, mask.ndim, 0, n, lo, hi)
         tickets.append(plan.add(x.engines[j], K.call, operator.getitem, _piece(b), tuple(key)))
     result = plan.run()
     made = [result(t) for t in tickets]
@@ -280,7 +301,7 @@ def setitem(x: _Array, key: Any, value: Any) -> None:
     comps = normalize(key, x.ndim)
     dims = _dims(comps)
     comps = _check_ints(x, comps, dims)
-    at = dims.index(x._axis)
+    at = _covering(comps, dims, x._axis)
     c = comps[at]
     others = [k for i, k in enumerate(comps) if i != at]
     if isinstance(c, slice) and not any(isinstance(k, _Array) for k in others):
@@ -292,11 +313,15 @@ def setitem(x: _Array, key: Any, value: Any) -> None:
         plan = _Plan(x._client)
         plan.add(x.engines[j], K.assign, _piece(x._blocks[j]), tuple(k), _whole_value(value))
         plan.run()
-    elif not any(_is_array(k) or _is_int(k) for k in others) and _is_array(c) and c.ndim == 1:
-        if c.dtype == bool:
-            _set_mask(x, comps, at, value)
-        else:
-            _set_rows(x, comps, at, value)
+    elif not any(_is_array(k) or _is_int(k) for k in others) and _masks_split(x, comps, dims, at):
+        _set_mask(x, comps, at, value)
+    elif (
+        not any(_is_array(k) or _is_int(k) for k in others)
+        and _is_array(c)
+        and c.ndim == 1
+        and c.dtype.kind in "iu"
+    ):
+        _set_rows(x, comps, at, value)
     else:
         _warn_one_engine("this assignment", x.nbytes)
         copy = on_one_engine_copy(x)
@@ -339,35 +364,31 @@ def _set_slice(x: _Array, comps: list[Any], at: int, value: Any) -> None:
 def _set_mask(x: _Array, comps: list[Any], at: int, value: Any) -> None:
     mask = comps[at]
     n = x.shape[x._axis]
-    if mask.shape != (n,):
-        raise IndexError(
-            f"boolean index did not match indexed array along axis {x._axis}; size of axis "
-            f"is {n} but size of corresponding boolean axis is {mask.shape[0]}"
-        )
-    pieces = [align(mask, 1, 0, n, lo, hi) for _, lo, hi in x._spans()]
+    _check_mask(x, mask)
+    pieces = [align(mask, mask.ndim, 0, n, lo, hi) for _, lo, hi in x._spans()]
     pos = _out_axis(comps, at)
-    per_row = np.ndim(value) > 0 and np.ndim(value) >= len(x.shape) - at and np.shape(value)[0] != 1
+    ndim = x.ndim - mask.ndim + 1 + sum(c is None for c in comps)  # of x[key]
+    vnd = np.ndim(value)
+    vax = pos - (ndim - vnd)
+    per_row = vnd > 0 and vax >= 0 and np.shape(value)[vax] != 1
     counts: list[int] = []
     if per_row:
         plan = _Plan(x._client)
         tickets = [plan.add(e, K.count_true, m) for e, m in zip(x.engines, pieces, strict=True)]
         result = plan.run()
         counts = [result(t) for t in tickets]
+        if sum(counts) != np.shape(value)[vax]:
+            raise ValueError(
+                f"NumPy boolean array indexing assignment cannot assign {np.shape(value)[vax]} "
+                f"input values to the {sum(counts)} output values where the mask is true"
+            )
     plan = _Plan(x._client)
     start = 0
-    total = sum(counts)
     for j, (b, _, _) in enumerate(x._spans()):
         key = list(comps)
         key[at] = pieces[j]
         if per_row:
-            v = align(
-                value,
-                np.ndim(value),
-                pos if np.ndim(value) > pos else 0,
-                total,
-                start,
-                start + counts[j],
-            )
+            v = align(value, vnd, vax, sum(counts), start, start + counts[j])
             start += counts[j]
         else:
             v = _whole_value(value)
