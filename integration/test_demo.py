@@ -38,6 +38,7 @@ def test_demo_runs_and_reports_each_step(tmp_path: Path) -> None:
         "| ZeroDivisionError: float division by zero",
         "equal: True",
         "7. a RemoteDict on engine 0: 3 keys, gathered {'apples': 3, 'pears': 5, 'plums': 2}",
+        "sin^2 + cos^2 summed to 16777216 in",
         "no process left behind",
     ]
     missing = [line for line in expected if line not in out]
