@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import shoal.arrays as sa
-from shoal.hub import Cluster, ObjectHub, RemoteError, gather, scatter
+from shoal.hub import Client, Cluster, ObjectHub, RemoteError, gather, scatter
 
 
 def slow_square(x: int) -> int:
@@ -59,6 +59,20 @@ def _alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
+
+
+def _arrays(rc: Client) -> None:
+    x = sa.random((4096, 4096), seed=0)  # 128 MiB, made in blocks on the engines
+    received = rc.bytes_received
+    t = time.perf_counter()
+    ones = np.sin(x) ** 2 + np.cos(x) ** 2  # computed where the blocks are
+    total = float(ones.sum())
+    seconds = time.perf_counter() - t
+    print(
+        f"8. a 128 MiB DistArray in {len(x.blocks)} blocks on engines {list(x.engines)}:"
+        f" sin^2 + cos^2 summed to {total:.0f} in {seconds:.2f} s,"
+        f" {rc.bytes_received - received} bytes to this session"
+    )
 
 
 def main() -> int:
@@ -130,17 +144,7 @@ def main() -> int:
                 f" objects per engine {ObjectHub().counts()}"
             )
 
-            x = sa.random((4096, 4096), seed=0)  # 128 MiB, made in blocks on the engines
-            received = rc.bytes_received
-            t = time.perf_counter()
-            ones = np.sin(x) ** 2 + np.cos(x) ** 2  # computed where the blocks are
-            total = float(ones.sum())
-            seconds = time.perf_counter() - t
-            print(
-                f"8. a 128 MiB DistArray in {len(x.blocks)} blocks on engines {list(x.engines)}:"
-                f" sin^2 + cos^2 summed to {total:.0f} in {seconds:.2f} s,"
-                f" {rc.bytes_received - received} bytes to this session"
-            )
+            _arrays(rc)
             t = time.perf_counter()
         stopped = time.perf_counter() - t
         left = [p for p in [hub_pid, *pids] if p is not None and _alive(p)]

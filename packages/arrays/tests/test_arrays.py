@@ -220,3 +220,21 @@ def test_apply_and_vectorize_run_per_block(clean: Client) -> None:
     assert sizes == [4, 3, 3]
     sums = sa.apply(lambda block: block.sum(axis=0), x)
     np.testing.assert_array_equal(np.sum([sa.gather(s) for s in sums], axis=0), a.sum(axis=0))
+
+
+def test_arrays_passed_to_tasks_travel_by_reference(clean: Client) -> None:
+    """An array given to apply or push reaches the engine as an ndarray fetched from the
+    engines holding its blocks; the client sends and receives no data for it."""
+    a = np.arange(1_000_000.0).reshape(1000, 1000)
+    x = sa.scatter(a, client=clean)
+    r = sa.remote(a[:10], engine=0, client=clean)
+    with NoGather(clean):
+        total = clean[1].apply_sync(lambda v: float(v.sum()), x)
+        kind = clean[2].apply_sync(lambda v: (type(v).__name__, v.shape), r)
+        clean[1].push({"pushed": x}, block=True)
+        clean[1].execute("row = float(pushed[999].sum())", block=True)
+        row = clean[1].pull("row", block=True)
+    assert total == a.sum()
+    assert kind == ("ndarray", (10, 1000))
+    assert row == a[999].sum()
+    clean[1].execute("del pushed", block=True)

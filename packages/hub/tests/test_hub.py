@@ -6,6 +6,8 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,31 @@ def test_direct_view_round_trips(tmp_path: Path, hub: Any) -> None:
             return [2 * c for c in chunk]
 
         assert double(list(range(9))) == [2 * i for i in range(9)]
+
+
+def test_interactive_functions_see_the_engine_namespace(tmp_path: Path, hub: Any) -> None:
+    """A lambda typed in a session (``__main__``) finds pushed names on the engine, as in
+    ipyparallel; names only the session has travel with it."""
+    script = (
+        "import sys\n"
+        "from shoal.hub import Client\n"
+        "rc = Client(url_file=sys.argv[1])\n"
+        "rc.wait_for_engines(1, timeout=30)\n"
+        "offset = 100\n"
+        "rc[0].push({'pushed': 41}, block=True)\n"
+        "print(rc[0].apply_sync(lambda: pushed + 1), rc[0].apply_sync(lambda k: k + offset, 1))\n"
+        "rc.close()\n"
+    )
+    with hub(tmp_path, 1):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "hub-client.json")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["42", "101"]
 
 
 def test_remote_errors(tmp_path: Path, hub: Any) -> None:

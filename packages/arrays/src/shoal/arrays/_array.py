@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from shoal.engine import current_engine
 from shoal.hub import Client, Ref, Remote
 from shoal.hub._views import _join  # big joins on warm pages: the hub's gather does the same
 
@@ -80,6 +81,25 @@ transfers = _Transfers()
 
 class _Block(Remote):
     """The handle of one block: its engine frees the block when the last handle goes."""
+
+
+def _rebuild(
+    kind: str,
+    blocks: list[Any],
+    axis: int,
+    bounds: tuple[int, ...],
+    shape: tuple[int, ...],
+    dtype: str,
+) -> Any:
+    """Unpickle an array: see ``_Array.__reduce__``."""
+    if current_engine() is not None:
+        parts = [b.__shoal_resolve__() if isinstance(b, Remote) else b for b in blocks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+    client = blocks[0]._shoal_client if isinstance(blocks[0], Remote) else None
+    if client is None:
+        raise RuntimeError("a shoal array can be unpickled on an engine or next to a Client only")
+    cls = RemoteArray if kind == "RemoteArray" else DistArray
+    return cls._new(client, blocks, axis, bounds, shape, np.dtype(dtype))
 
 
 def _url(client: Client, engine: int) -> str | None:
@@ -302,6 +322,22 @@ class _Array:
 
     def _layout(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         return self._axis, self._bounds, self.engines
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The blocks travel as references (their handles pickle as proxies): unpickled on
+        # an engine, the array is an ndarray made of its blocks, fetched straight from
+        # their engines; in another client, an array of the same blocks.
+        return (
+            _rebuild,
+            (
+                type(self).__name__,
+                list(self._blocks),
+                self._axis,
+                self._bounds,
+                self.shape,
+                self.dtype.str,
+            ),
+        )
 
     # -- to the client ----------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:

@@ -31,6 +31,7 @@ import builtins
 import io
 import linecache
 import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, cast
 
@@ -274,7 +275,25 @@ class Kernel:
             "apply_request",
             "kwargs",
         )
+        if type(f) is types.FunctionType and f.__module__ in ("__main__", "__mp_main__"):
+            f = self._in_namespace(f)
         return {"status": "ok", "result": f(*args, **kwargs)}
+
+    def _in_namespace(self, f: types.FunctionType) -> types.FunctionType:
+        """A function defined interactively on the client, made to look up its globals in
+        this engine's namespace (ipyparallel's rule: ``apply(lambda: x)`` sees a pushed
+        ``x``). The globals it came with fill in the names the namespace lacks."""
+        namespace = self.namespace
+        if f.__globals__ is namespace:
+            return f
+        for name, value in f.__globals__.items():
+            if not name.startswith("__"):
+                namespace.setdefault(name, value)
+        g = types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+        g.__kwdefaults__ = f.__kwdefaults__
+        g.__qualname__ = f.__qualname__
+        g.__dict__.update(f.__dict__)
+        return g
 
     def _push(self, content: Mapping[str, Any]) -> dict[str, Any]:
         names = _field(content, "push_request", "namespace", Mapping, "dict")
