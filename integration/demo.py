@@ -61,6 +61,19 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _push_pull(rc: Client) -> None:
+    a = np.random.default_rng(0).random(16 * 1024 * 1024)  # 128 MiB
+    t = time.perf_counter()
+    rc[0].push({"a": a}, block=True)
+    back = rc[0].pull("a", block=True)
+    seconds = time.perf_counter() - t
+    same = bool(np.array_equal(a, back))
+    print(
+        f"6. 128 MiB array pushed and pulled back in {seconds:.2f} s"
+        f" ({2 * a.nbytes / seconds / 1e9:.2f} GB/s), equal: {same}"
+    )
+
+
 def _arrays(rc: Client) -> None:
     x = sa.random((4096, 4096), seed=0)  # 128 MiB, made in blocks on the engines
     received = rc.bytes_received
@@ -124,16 +137,7 @@ def main() -> int:
                 for line in err.traceback.rstrip().splitlines():
                     print(f"   | {line}")
 
-            a = np.random.default_rng(0).random(16 * 1024 * 1024)  # 128 MiB
-            t = time.perf_counter()
-            rc[0].push({"a": a}, block=True)
-            back = rc[0].pull("a", block=True)
-            seconds = time.perf_counter() - t
-            same = bool(np.array_equal(a, back))
-            print(
-                f"6. 128 MiB array pushed and pulled back in {seconds:.2f} s"
-                f" ({2 * a.nbytes / seconds / 1e9:.2f} GB/s), equal: {same}"
-            )
+            _push_pull(rc)
 
             inventory = scatter({"apples": 3}, destination=0)  # kept on engine 0
             inventory["pears"] = 5  # each call runs there
