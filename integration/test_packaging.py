@@ -58,6 +58,12 @@ def test_shoal_pins_admit_siblings_and_point_down(package: Path) -> None:
             assert ORDER.index(target) < ORDER.index(me), f"{me} requires higher {target}"
 
 
+def test_every_layer_folder_is_in_order() -> None:
+    """Each packages/<layer> holding code is a layer of ORDER, so the checks here cover it."""
+    folders = {p.name for p in PACKAGES if (p / "src").is_dir()}
+    assert folders == set(ORDER)
+
+
 def test_meta_package_requires_every_layer() -> None:
     """`pip install shoal` brings every layer that exists."""
     meta = project(ROOT / "packages" / "shoal")

@@ -5,7 +5,7 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub, remote, data, managers. These are measurements, not tests:
+connection, engine, hub, remote, data, managers, arrays. These are measurements, not tests:
 nothing fails when a target is missed; the ``met`` column says so.
 """
 
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import zmq
 from _common import Row, Skipped, format_table
+from bench_arrays import bench_arrays
 from bench_connection import bench_connection
 from bench_data import bench_data
 from bench_engine import bench_engine
@@ -91,6 +92,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "managers": bench_managers,
     "remote": bench_remote,
     "data": bench_data,
+    "arrays": bench_arrays,
 }
 
 
