@@ -153,6 +153,11 @@ def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     if ufunc.signature is not None:  # a generalized ufunc: core dimensions, not elements
         from ._functions import matmul, on_one_engine  # noqa: PLC0415
 
+        outs = kwargs.pop("out", None)
+        if outs is not None:
+            if len(outs) != 1:
+                raise NotImplementedError(f"{ufunc.__name__} with several outputs")
+            kwargs["out"] = outs[0]
         if ufunc is np.matmul:
             return matmul(*inputs, **kwargs)
         return on_one_engine(ufunc, inputs, kwargs)
@@ -167,7 +172,7 @@ def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> A
             f"{ufunc.__name__}(..., where=...) into an `out` that is not a shoal array: "
             "give `out` as a shoal array, or leave it out"
         )
-    if not any(isinstance(v, _Array) for v in inputs):
+    if not any(isinstance(v, _Array) for v in operands):
         local = ufunc(*inputs, **kwargs)
         results = local if isinstance(local, tuple) else (local,)
     else:
@@ -221,7 +226,7 @@ def _call_into(
     axis, bounds, engines = layout
     plan = _Plan(first._client)
     for i, (e, lo, hi) in enumerate(zip(engines, bounds[:-1], bounds[1:], strict=True)):
-        args = [align(v, n, axis, shape[axis] if shape else 1, lo, hi) for v in ins[:-1]]
+        args = [align(v, n, axis, full[axis], lo, hi) for v in ins[:-1]]
         kw = dict(kwargs)
         kw["out"] = tuple(_piece(o._blocks[i]) for o in outs)
         if where is not True:
