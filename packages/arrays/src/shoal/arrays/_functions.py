@@ -363,9 +363,9 @@ def concatenate(
 
 
 def _chain(client: Any, arrays: list[Any], axis: int, dtype: np.dtype[Any], casting: str) -> Any:
-    """Arrays split along the axis they are joined on: their blocks in a row (ndarrays
-    become blocks on the engine of the block before them). Blocks of another dtype are
-    cast on their engines."""
+    """Arrays split along the axis they are joined on: their blocks in a row, each copied
+    (and cast) on its own engine, so nothing moves (ndarrays become blocks on the engine
+    of the block before them)."""
     plan = _Plan(client)
     tickets: list[Any] = []
     engine = next(a for a in arrays if isinstance(a, _Array)).engines[0]
@@ -710,8 +710,8 @@ HANDLED[np.isclose] = _elementwise(np.isclose, 2)
 HANDLED[np.round] = _elementwise(np.round, 1)
 HANDLED[np.around] = _elementwise(np.around, 1)
 HANDLED[np.nan_to_num] = _elementwise(np.nan_to_num, 1)
-HANDLED[np.real] = _elementwise(np.real, 1)
-HANDLED[np.imag] = _elementwise(np.imag, 1)
+HANDLED[np.real] = lambda val: val.real
+HANDLED[np.imag] = lambda val: val.imag
 HANDLED[np.angle] = _elementwise(np.angle, 1)
 _where3 = _elementwise(np.where, 3)
 

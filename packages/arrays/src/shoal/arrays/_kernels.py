@@ -328,13 +328,11 @@ def concat(axis: int, dtype: str, casting: Any, *parts: Any) -> Any:
 
 
 def cast(block: Any, dtype: str, casting: Any) -> Any:
-    """A block of another dtype, or the block itself (no copy) when it has it."""
+    """A new block of ``dtype`` with the data of ``block`` (a copy, as numpy's joins make)."""
     block = np.asarray(block)
-    if block.dtype == np.dtype(dtype):
-        return block
     if not np.can_cast(block.dtype, np.dtype(dtype), casting):
         raise TypeError(f"Cannot cast array data from {block.dtype} to {dtype} ({casting!r})")
-    return block.astype(dtype)
+    return np.array(block, dtype=np.dtype(dtype))
 
 
 def empty_like(block: Any, dtype: str) -> Any:
