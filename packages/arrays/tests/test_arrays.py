@@ -238,3 +238,24 @@ def test_arrays_passed_to_tasks_travel_by_reference(clean: Client) -> None:
     assert kind == ("ndarray", (10, 1000))
     assert row == a[999].sum()
     clean[1].execute("del pushed", block=True)
+
+
+def test_big_blocks_reuse_memory_only_once_no_view_uses_it() -> None:
+    """The engines' recycled memory for big results: a buffer goes back for reuse when
+    the last array viewing it is gone, never before."""
+    from shoal.arrays import _kernels
+
+    shape = (_kernels._RECYCLE_MIN // 8,)
+    a = _kernels.new_block(shape, np.float64)
+    a[:] = 1.0
+    address = a.ctypes.data
+    view = a[::2]
+    del a
+    b = _kernels.new_block(shape, np.float64)
+    assert b.ctypes.data != address  # `view` still uses the first buffer
+    assert view.sum() == shape[0] // 2
+    b_address = b.ctypes.data
+    del view, b
+    c = _kernels.new_block(shape, np.float64)
+    d = _kernels.new_block(shape, np.float64)
+    assert {c.ctypes.data, d.ctypes.data} == {address, b_address}

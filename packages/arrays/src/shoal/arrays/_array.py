@@ -137,6 +137,10 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
     raised (a RemoteError with the remote type, message and traceback).
     """
     owner = client.owner
+    if client._ref_changes:
+        # Blocks dropped since the last operation are freed before this one runs (same
+        # socket, so in order): their memory is reused instead of fresh pages faulted in.
+        client._flush_refs()
     pending = {e: client[e].apply_async(K.run, owner, js) for e, js in jobs.items() if js}
     results: dict[int, list[Any]] = {}
     error: BaseException | None = None

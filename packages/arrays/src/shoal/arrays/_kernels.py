@@ -16,6 +16,12 @@ block's id, shape and dtype) and sent back by value otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import math
+import os
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -128,6 +134,90 @@ def _get(piece: Get) -> Any:
     return reply["result"]
 
 
+# -- recycled memory for big results --------------------------------------------------
+#
+# A new 256 MiB result costs ~65k page faults (the kernel zeroing fresh pages) - about
+# as long as adding two such arrays. Big blocks this module makes are carved from
+# buffers that go back to a small per-engine cache when the last array using them is
+# freed, so the next result of that size finds its pages mapped already.
+
+_RECYCLE_MIN = 16 << 20
+
+
+def _recycle_limit() -> int:
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+    return int(min(1 << 30, physical // (4 * (os.cpu_count() or 1))))
+
+
+class _Recycler:
+    """Idle buffers by size, at most ``limit`` bytes of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.idle: dict[int, list[Any]] = {}
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def give_back(self, nbytes: int, raw: Any) -> None:
+        with self.lock:
+            if self.bytes + nbytes <= self.limit:
+                self.idle.setdefault(nbytes, []).append(raw)
+                self.bytes += nbytes
+
+    def take(self, nbytes: int) -> Any:
+        with self.lock:
+            free = self.idle.get(nbytes)
+            if not free:
+                return np.empty(nbytes, np.uint8)
+            self.bytes -= nbytes
+            return free.pop()
+
+
+_recycler = _Recycler(_recycle_limit())
+
+
+def new_block(shape: tuple[int, ...], dtype: Any) -> Any:
+    """``np.empty(shape, dtype)``, on recycled memory when it is big."""
+    dt = np.dtype(dtype)
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes < _RECYCLE_MIN or dt.hasobject or not _recycler.limit:
+        return np.empty(shape, dt)
+    raw = _recycler.take(nbytes)
+    # Every view of the result has this holder as its base: when the last one goes, the
+    # finalizer puts the memory (still held by its arguments) back in the cache.
+    holder = (ctypes.c_char * nbytes).from_buffer(raw)
+    weakref.finalize(holder, _recycler.give_back, nbytes, raw)
+    return np.frombuffer(holder, dtype=dt).reshape(shape)
+
+
+def _weak_dtype(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.dtype
+    if type(value) in (int, float, complex):
+        return type(value)  # a Python scalar: numpy's weak promotion
+    return np.asarray(value).dtype
+
+
+def _recycled_out(ufunc: np.ufunc, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The output array of a big ufunc call, on recycled memory; None when small or when
+    its dtype cannot be told beforehand."""
+    if any(k in kwargs for k in ("dtype", "signature", "casting", "subok")):
+        return None
+    if len(args) != ufunc.nin or not any(type(a) is np.ndarray for a in args):
+        return None
+    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    if math.prod(shape) * 8 < _RECYCLE_MIN // 2:
+        return None
+    try:
+        dtype = ufunc.resolve_dtypes((*(_weak_dtype(a) for a in args), None))[-1]
+    except (TypeError, ValueError):
+        return None
+    return new_block(shape, dtype)
+
+
 def keep(value: Any, owner: str) -> Any:
     """Keep ndarrays (also inside a tuple or list) in this engine's store for ``owner``."""
     if type(value) is np.ndarray:
@@ -171,7 +261,12 @@ def ufunc_into(ufunc: np.ufunc, args: Sequence[Any], kwargs: dict[str, Any]) -> 
 
 
 def array_chunk(ufunc: np.ufunc, *args: Any, **kwargs: Any) -> Any:
-    """A ufunc call whose result is an ndarray even for 0-d blocks."""
+    """A ufunc call whose result is an ndarray even for 0-d blocks (a big one on
+    recycled memory)."""
+    if type(ufunc) is np.ufunc and ufunc.nout == 1 and "out" not in kwargs:
+        out = _recycled_out(ufunc, args, kwargs)
+        if out is not None:
+            return ufunc(*args, out=out, **kwargs)
     result = ufunc(*args, **kwargs)
     if isinstance(result, tuple):
         return tuple(np.asarray(r) for r in result)
@@ -222,7 +317,12 @@ def squeeze_axis(block: Any, axis: Any) -> Any:
 def scan_block(ufunc: np.ufunc, block: Any, axis: int, dtype: Any) -> Any:
     """First pass of an accumulation along the split axis: this block alone, and a copy
     of its last row (the second pass changes the block in place)."""
-    acc = np.asarray(ufunc.accumulate(block, axis=axis, dtype=dtype))
+    out = None
+    if dtype is None and block.nbytes >= _RECYCLE_MIN and block.dtype.kind in "biufc":
+        with contextlib.suppress(TypeError, ValueError):
+            kind = ufunc.resolve_dtypes((block.dtype, block.dtype, None), reduction=True)[-1]
+            out = new_block(block.shape, kind)
+    acc = np.asarray(ufunc.accumulate(block, axis=axis, dtype=dtype, out=out))
     last = np.take(acc, [acc.shape[axis] - 1], axis=axis) if acc.shape[axis] else acc.copy()
     return acc, last
 
