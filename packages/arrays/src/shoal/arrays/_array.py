@@ -538,22 +538,24 @@ class _Array:
 
     # reductions and scans: numpy's functions dispatch back to the ufunc machinery
     def sum(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
-        return np.add.reduce(self, axis=axis, dtype=dtype, out=out, **kw)
+        return _reduce(np.add, self, axis=axis, dtype=dtype, out=out, **kw)
 
     def prod(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
-        return np.multiply.reduce(self, axis=axis, dtype=dtype, out=out, **kw)
+        return _reduce(np.multiply, self, axis=axis, dtype=dtype, out=out, **kw)
 
     def max(self, axis: Any = None, out: Any = None, **kw: Any) -> Any:
-        return np.maximum.reduce(self, axis=axis, out=out, **kw)
+        return _reduce(np.maximum, self, axis=axis, out=out, **kw)
 
     def min(self, axis: Any = None, out: Any = None, **kw: Any) -> Any:
-        return np.minimum.reduce(self, axis=axis, out=out, **kw)
+        return _reduce(np.minimum, self, axis=axis, out=out, **kw)
 
     def any(self, axis: Any = None, out: Any = None, keepdims: bool = False, **kw: Any) -> Any:
-        return np.logical_or.reduce(self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw)
+        return _reduce(np.logical_or, self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw)
 
     def all(self, axis: Any = None, out: Any = None, keepdims: bool = False, **kw: Any) -> Any:
-        return np.logical_and.reduce(self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw)
+        return _reduce(
+            np.logical_and, self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw
+        )
 
     def mean(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
         from ._functions import mean  # noqa: PLC0415
@@ -611,6 +613,12 @@ def _binary(ufunc: np.ufunc, reflected: bool = False, inplace: bool = False) -> 
             return ufunc(self, other)
 
     return method
+
+
+def _reduce(ufunc: np.ufunc, x: Any, **kwargs: Any) -> Any:
+    from ._ufuncs import reduce  # noqa: PLC0415
+
+    return reduce(ufunc, x, **kwargs)
 
 
 def _unary(ufunc: np.ufunc) -> Callable[..., Any]:

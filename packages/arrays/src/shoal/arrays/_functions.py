@@ -40,15 +40,11 @@ from ._array import (
     whole,
 )
 from ._kernels import BLOCK
-from ._ufuncs import _axes, blockwise, into, leader, result_class
+from ._ufuncs import _axes, accumulate, blockwise, into, leader, reduce, result_class
 
 __all__ = ["HANDLED", "array_function", "argext", "mean", "reshape", "std", "var"]
 
 HANDLED: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-#: np.add, typed loosely: its reductions here take arrays of ours, which numpy's stubs
-#: do not know.
-_ADD: Any = np.add
 
 #: numpy functions that change an argument in place: never run on a copy.
 IN_PLACE = frozenset(
@@ -523,7 +519,7 @@ def _reduction(ufunc: np.ufunc, **fixed: Any) -> Callable[..., Any]:
         kwargs = {**kw, **fixed}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        return ufunc.reduce(a, axis=axis, out=out, keepdims=keepdims, **kwargs)
+        return reduce(ufunc, a, axis=axis, out=out, keepdims=keepdims, **kwargs)
 
     return reduce
 
@@ -547,7 +543,7 @@ def cumsum(a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) 
         dtype = np.intp
     if dtype is None and a.dtype.kind == "u" and a.dtype.itemsize < np.dtype(np.uintp).itemsize:
         dtype = np.uintp
-    return np.add.accumulate(a, axis=axis, dtype=dtype, out=out)
+    return accumulate(np.add, a, axis=axis, dtype=dtype, out=out)
 
 
 @implements(np.cumprod)
@@ -561,13 +557,13 @@ def cumprod(a: Any, axis: int | None = None, dtype: Any = None, out: Any = None)
         dtype = np.intp
     if dtype is None and a.dtype.kind == "u" and a.dtype.itemsize < np.dtype(np.uintp).itemsize:
         dtype = np.uintp
-    return np.multiply.accumulate(a, axis=axis, dtype=dtype, out=out)
+    return accumulate(np.multiply, a, axis=axis, dtype=dtype, out=out)
 
 
 def _count(a: Any, axis: Any, where: Any) -> Any:
     if where is True:
         return math.prod(a.shape[d] for d in _axes(axis, a.ndim))
-    return np.add.reduce(np.broadcast_to(where, a.shape), axis=axis, keepdims=True, dtype=np.intp)
+    return reduce(np.add, np.broadcast_to(where, a.shape), axis=axis, keepdims=True, dtype=np.intp)
 
 
 @implements(np.mean)
@@ -585,7 +581,7 @@ def mean(
         work = (
             np.float64 if a.dtype.kind in "biu" else np.float32 if a.dtype == np.float16 else None
         )
-    total = _ADD.reduce(a, axis=axis, dtype=work, keepdims=keepdims, where=where)
+    total = reduce(np.add, a, axis=axis, dtype=work, keepdims=keepdims, where=where)
     n = _count(a, axis, where)
     if where is not True and not keepdims:
         n = np.squeeze(n, axis=_axes(axis, a.ndim)) if isinstance(n, np.ndarray) else n
@@ -622,7 +618,7 @@ def var(
     )
     d = np.subtract(a, centre)
     sq = np.multiply(d, np.conjugate(d)).real if a.dtype.kind == "c" else np.multiply(d, d)
-    total = _ADD.reduce(sq, axis=axis, dtype=dtype, keepdims=keepdims, where=where)
+    total = reduce(np.add, sq, axis=axis, dtype=dtype, keepdims=keepdims, where=where)
     n = _count(a, axis, where)
     if where is not True and not keepdims:
         n = np.squeeze(n, axis=_axes(axis, a.ndim))
@@ -745,7 +741,7 @@ def array_equal(a1: Any, a2: Any, equal_nan: bool = False) -> bool:
 
 @implements(np.count_nonzero)
 def count_nonzero(a: Any, axis: Any = None, *, keepdims: bool = False) -> Any:
-    return _ADD.reduce(np.not_equal(a, 0), axis=axis, dtype=np.intp, keepdims=keepdims)
+    return reduce(np.add, np.not_equal(a, 0), axis=axis, dtype=np.intp, keepdims=keepdims)
 
 
 def _like(fill: Any) -> Callable[..., Any]:

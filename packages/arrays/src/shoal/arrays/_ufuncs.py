@@ -37,7 +37,16 @@ from ._array import (
     whole,
 )
 
-__all__ = ["align", "array_ufunc", "blockwise", "into", "leader", "on_one_engine_copy"]
+__all__ = [
+    "accumulate",
+    "align",
+    "array_ufunc",
+    "blockwise",
+    "into",
+    "leader",
+    "on_one_engine_copy",
+    "reduce",
+]
 
 _SIMPLE = (_Array, np.ndarray, np.generic, numbers.Number, bool, str, bytes, type(None))
 
@@ -50,11 +59,39 @@ def array_ufunc(
             override = getattr(type(v), "__array_ufunc__", None)
             if override is not None and override is not np.ndarray.__array_ufunc__:
                 return NotImplemented  # another array library's type: let it decide
-    inputs = tuple(np.asarray(v) if isinstance(v, (list, tuple)) else v for v in inputs)
+    inputs = tuple(
+        np.asarray(v) if isinstance(v, (list, tuple)) and not (method == "at" and i == 1) else v
+        for i, v in enumerate(inputs)  # at's indices may be a tuple of index arrays
+    )
     handler = _METHODS.get(method)
     if handler is None:
         return NotImplemented
     return handler(ufunc, inputs, dict(kwargs))
+
+
+def reduce(ufunc: np.ufunc, x: Any, **kwargs: Any) -> Any:
+    """``ufunc.reduce(x, **kwargs)`` without numpy's dispatch in between.
+
+    Our methods and functions call this rather than ``ufunc.reduce``: numpy (2.4) leaks
+    its arguments when an ``__array_ufunc__`` override raises in a reduction (numpy
+    issue 31677), and the leaked arguments would keep the array's blocks alive.
+    """
+    if "out" in kwargs:
+        out = kwargs["out"]
+        kwargs["out"] = out if isinstance(out, tuple) or out is None else (out,)
+    if isinstance(x, _Array):
+        return _reduce(ufunc, (x,), kwargs)
+    return ufunc.reduce(x, **{k: v for k, v in kwargs.items() if v is not None or k != "out"})
+
+
+def accumulate(ufunc: np.ufunc, x: Any, **kwargs: Any) -> Any:
+    """``ufunc.accumulate(x, **kwargs)`` without numpy's dispatch (see :func:`reduce`)."""
+    if "out" in kwargs:
+        out = kwargs["out"]
+        kwargs["out"] = out if isinstance(out, tuple) or out is None else (out,)
+    if isinstance(x, _Array):
+        return _accumulate(ufunc, (x,), kwargs)
+    return ufunc.accumulate(x, **{k: v for k, v in kwargs.items() if v is not None or k != "out"})
 
 
 # -- layout of results -------------------------------------------------------------------
@@ -567,7 +604,11 @@ def _at(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     if not isinstance(a, _Array):  # only the values are ours: they must come here
         ufunc.at(a, _local(indices), *([_local(b)] if rest else []))
         return
-    key = indices if isinstance(indices, tuple) else (indices,)
+    key = tuple(
+        np.asarray(k, dtype=np.intp if len(k) == 0 else None) if isinstance(k, list) else k
+        for k in (indices if isinstance(indices, tuple) else (indices,))
+    )
+    indices = key if isinstance(indices, tuple) else key[0]
     first = key[0] if key else slice(None)
     simple = (
         a._axis == 0
