@@ -357,58 +357,61 @@ def test_reduceat_outer_and_at(clean: Client, case: Any, data: Any) -> None:
     same(v, expected)
 
 
+_RNG = np.random.default_rng(0)
+_TEXT = np.array([["ab", " c", "D1"]] * 5)
+_NUM = np.full((5, 3), 2, np.int64)
+# String ufuncs list no loops: argument recipes, tried until numpy accepts one.
+_RECIPES = {
+    1: [(_TEXT,)],
+    2: [(_TEXT, _TEXT), (_TEXT, _NUM)],
+    3: [(_TEXT, _NUM, np.full((5, 3), "*")), (_TEXT, _TEXT, _NUM), (_TEXT, _NUM, _NUM)],
+    4: [(_TEXT, _TEXT, _NUM, _NUM), (_TEXT, _TEXT, _TEXT, _NUM)],
+}
+
+
+def _operand(code: str) -> np.ndarray[Any, Any] | None:
+    """A (5, 3) operand for a ufunc loop's type code; None when there is none here."""
+    kind = np.dtype(code).kind if code not in "OTV" else code
+    if kind == "b":
+        return _RNG.random((5, 3)) > 0.5
+    if kind in "iu":
+        return _RNG.integers(1, 5, (5, 3)).astype(code)
+    if kind in "fc":
+        return (_RNG.random((5, 3)) * 4 + 0.5).astype(code)
+    if kind == "U":
+        return _TEXT
+    if kind == "M":
+        return np.array(["2020-01-01", "NaT", "1999-12-31"] * 5, "datetime64[D]").reshape(5, 3)
+    if kind == "m":
+        return np.arange(15, dtype="timedelta64[s]").reshape(5, 3)
+    return None
+
+
+def _numpy_accepts(ufunc: np.ufunc, args: tuple[Any, ...]) -> bool:
+    try:
+        with np.errstate(all="ignore"):
+            ufunc(*args)
+    except TypeError:  # no loop for these operands
+        return False
+    except Exception:  # a loop that fails on these values: compared too
+        return True
+    return True
+
+
+def _operands(ufunc: np.ufunc) -> Any:
+    for loop in ufunc.types:
+        candidate = [_operand(c) for c in loop.split("->")[0]]
+        if all(a is not None for a in candidate):
+            return candidate
+    return next((r for r in _RECIPES.get(ufunc.nin, []) if _numpy_accepts(ufunc, r)), None)
+
+
 def test_every_overridable_ufunc_is_handled(clean: Client) -> None:
     """numpy's list of ufuncs that dispatch to ``__array_ufunc__``: each gives numpy's
     result (or numpy's error) on DistArrays."""
-    rng = np.random.default_rng(0)
-
-    def operand(code: str) -> np.ndarray[Any, Any] | None:
-        kind = np.dtype(code).kind if code not in "OTV" else code
-        if kind == "b":
-            return rng.random((5, 3)) > 0.5
-        if kind in "iu":
-            return rng.integers(1, 5, (5, 3)).astype(code)
-        if kind in "fc":
-            return (rng.random((5, 3)) * 4 + 0.5).astype(code)
-        if kind == "U":
-            return np.array([["ab", " c", "D1"]] * 5)
-        if kind == "M":
-            return np.array(["2020-01-01", "NaT", "1999-12-31"] * 5, "datetime64[D]").reshape(5, 3)
-        if kind == "m":
-            return np.arange(15, dtype="timedelta64[s]").reshape(5, 3)
-        return None
-
-    # String ufuncs list no loops: try argument recipes until numpy accepts one.
-    text = np.array([["ab", " c", "D1"]] * 5)
-    num = np.full((5, 3), 2, np.int64)
-    char = np.full((5, 3), "*")
-    recipes = {
-        1: [(text,)],
-        2: [(text, text), (text, num)],
-        3: [(text, num, char), (text, text, num), (text, num, num)],
-        4: [(text, text, num, num), (text, text, text, num)],
-    }
-
-    def numpy_accepts(ufunc: np.ufunc, args: tuple[Any, ...]) -> bool:
-        try:
-            with np.errstate(all="ignore"):
-                ufunc(*args)
-        except TypeError:  # no loop for these operands
-            return False
-        except Exception:  # a loop that fails on these values: compared too
-            return True
-        return True
-
     unhandled, untried = [], []
     for ufunc in sorted(get_overridable_numpy_ufuncs(), key=lambda u: u.__name__):
-        args = None
-        for loop in ufunc.types:
-            candidate = [operand(c) for c in loop.split("->")[0]]
-            if all(a is not None for a in candidate):
-                args = candidate
-                break
-        if args is None:
-            args = next((r for r in recipes.get(ufunc.nin, []) if numpy_accepts(ufunc, r)), None)
+        args = _operands(ufunc)
         if args is None:
             untried.append(ufunc.__name__)
             continue
@@ -475,7 +478,6 @@ def test_reductions_and_scans(clean: Client, case: Any, data: Any) -> None:
         "all",
         "cumsum",
         "cumprod",
-        "ptp",
     ]
     small = np.clip(a, -3, 3)
     xs = dist(clean, small, layout)
@@ -488,6 +490,9 @@ def test_reductions_and_scans(clean: Client, case: Any, data: Any) -> None:
         want = getattr(arr, name)(axis=axis)
         same(got, want)
         same(via_np, want)
+    with NoGather(clean):
+        spread = np.ptp(x, axis=axis)
+    same(spread, np.ptp(a, axis=axis))
 
 
 @FAST
@@ -522,7 +527,7 @@ def test_structural_functions_move_no_data(clean: Client, case: Any, data: Any) 
             np.expand_dims(x, (0, -1)),
             np.squeeze(np.expand_dims(x, 0), 0),
             np.broadcast_to(x, (2, *a.shape)),
-            *np.broadcast_arrays(x, a[:1]),
+            np.broadcast_arrays(x, a[:1])[0],
             np.atleast_3d(x),
             x.astype(np.float32),
         ]
@@ -536,7 +541,7 @@ def test_structural_functions_move_no_data(clean: Client, case: Any, data: Any) 
         np.expand_dims(a, (0, -1)),
         a,
         np.broadcast_to(a, (2, *a.shape)),
-        *np.broadcast_arrays(a, a[:1]),
+        np.broadcast_arrays(a, a[:1])[0],
         np.atleast_3d(a),
         a.astype(np.float32),
     ]

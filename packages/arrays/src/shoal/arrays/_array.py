@@ -481,10 +481,10 @@ class _Array:
         return reshape(self, shape, order=order)
 
     def ravel(self, order: str = "C") -> Any:
-        return self.reshape(-1, order=order)
+        return np.ravel(self, order=order)
 
     def flatten(self, order: str = "C") -> Any:
-        return self.reshape(-1, order=order).copy()
+        return np.ravel(self, order=order).copy()
 
     def squeeze(self, axis: Any = None) -> Any:
         return np.squeeze(self, axis=axis)
@@ -585,9 +585,6 @@ class _Array:
         from ._functions import argext  # noqa: PLC0415
 
         return argext(self, "min", axis, out, keepdims)
-
-    def ptp(self, axis: Any = None, keepdims: bool = False) -> Any:
-        return np.subtract(self.max(axis, keepdims=keepdims), self.min(axis, keepdims=keepdims))
 
     def cumsum(self, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
         return np.cumsum(self, axis=axis, dtype=dtype, out=out)

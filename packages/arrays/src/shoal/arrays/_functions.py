@@ -244,8 +244,13 @@ def reshape(a: Any, shape: Any = None, order: str = "C", **kwargs: Any) -> Any:
     if shape == a.shape:
         return _per_block(a, K.method, BLOCK, "view", view=True)
     ax = a._axis
-    if not shape:
-        return on_one_engine(np.reshape, (a, shape), {})
+    full = [i for i, (lo, hi) in enumerate(itertools.pairwise(a._bounds)) if hi > lo]
+    if not shape or a.size == 0 or len(full) <= 1:  # all the data is in one block (or none)
+        j = full[0] if full else 0
+        plan = _Plan(a._client)
+        t = plan.add(a.engines[j], K.call, np.reshape, region(a, ax, 0, a.shape[ax]), shape)
+        value = plan.run()(t)
+        return _wrap(a._client, value, type(a)) if shape else value
     if shape[: ax + 1] == a.shape[: ax + 1]:  # the axes up to the split axis stay
         return _reshape_blocks(a, shape, ax, a._bounds)
     if math.prod(a.shape[:ax]) == 1 and a.size:
@@ -276,7 +281,14 @@ def _reshape_blocks(a: _Array, shape: tuple[int, ...], axis: int, bounds: tuple[
 
 @implements(np.ravel)
 def ravel(a: Any, order: str = "C") -> Any:
-    return reshape(a, (-1,), order)
+    """The flat array: blocks reshaped in place when their rows are runs of it, else the
+    array is first split along its first axis (rows move engine to engine)."""
+    try:
+        return reshape(a, (-1,), order)
+    except ValueError:
+        from ._create import redistribute  # noqa: PLC0415
+
+        return reshape(redistribute(a, axis=0), (-1,), order)
 
 
 @implements(np.atleast_1d)
@@ -508,7 +520,7 @@ def broadcast_arrays(*args: Any, subok: bool = False) -> Any:
 
 
 def _reduction(ufunc: np.ufunc, **fixed: Any) -> Callable[..., Any]:
-    def reduce(
+    def reduction(
         a: Any,
         axis: Any = None,
         dtype: Any = None,
@@ -521,7 +533,7 @@ def _reduction(ufunc: np.ufunc, **fixed: Any) -> Callable[..., Any]:
             kwargs["dtype"] = dtype
         return reduce(ufunc, a, axis=axis, out=out, keepdims=keepdims, **kwargs)
 
-    return reduce
+    return reduction
 
 
 HANDLED[np.sum] = _reduction(np.add)
@@ -530,6 +542,13 @@ HANDLED[np.max] = HANDLED[np.amax] = _reduction(np.maximum)
 HANDLED[np.min] = HANDLED[np.amin] = _reduction(np.minimum)
 HANDLED[np.any] = _reduction(np.logical_or, dtype=bool)
 HANDLED[np.all] = _reduction(np.logical_and, dtype=bool)
+
+
+@implements(np.ptp)
+def ptp(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+    top = reduce(np.maximum, a, axis=axis, keepdims=keepdims)
+    result = np.subtract(top, reduce(np.minimum, a, axis=axis, keepdims=keepdims))
+    return result if out is None else into(out, result)
 
 
 @implements(np.cumsum)
