@@ -481,10 +481,12 @@ class _Array:
         return reshape(self, shape, order=order)
 
     def ravel(self, order: str = "C") -> Any:
-        return np.ravel(self, order=order)
+        from ._functions import ravel  # noqa: PLC0415
+
+        return ravel(self, order)
 
     def flatten(self, order: str = "C") -> Any:
-        return np.ravel(self, order=order).copy()
+        return self.ravel(order).copy()
 
     def squeeze(self, axis: Any = None) -> Any:
         return np.squeeze(self, axis=axis)
