@@ -259,3 +259,16 @@ def test_big_blocks_reuse_memory_only_once_no_view_uses_it() -> None:
     c = _kernels.new_block(shape, np.float64)
     d = _kernels.new_block(shape, np.float64)
     assert {c.ctypes.data, d.ctypes.data} == {address, b_address}
+
+
+def test_stacking_remote_arrays_makes_a_dist_array_where_they_are(clean: Client) -> None:
+    parts = [np.full((2, 3), float(i)) for i in range(3)]
+    remotes = [sa.remote(p, engine=e, client=clean) for e, p in zip([2, 0, 1], parts, strict=True)]
+    with NoGather(clean):
+        stacked = np.stack(remotes)
+        joined = np.concatenate(remotes, axis=1)
+    assert isinstance(stacked, sa.DistArray)
+    assert (stacked.engines, stacked.axis) == ((2, 0, 1), 0)
+    assert (joined.engines, joined.axis) == ((2, 0, 1), 1)
+    np.testing.assert_array_equal(sa.gather(stacked), np.stack(parts))
+    np.testing.assert_array_equal(sa.gather(joined), np.concatenate(parts, axis=1))

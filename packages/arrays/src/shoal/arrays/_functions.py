@@ -354,6 +354,8 @@ def concatenate(
                 f"exactly, but shapes {arrays[0].shape} and {a.shape} differ"
             )
     target = np.dtype(dtype) if dtype is not None else np.result_type(*(a.dtype for a in arrays))
+    # One block can be read as split along any axis: along this one, it joins in place.
+    arrays = [_along(a, axis) if isinstance(a, _Array) else a for a in arrays]
     ours = [a for a in arrays if isinstance(a, _Array)]
     client = ours[0]._client
     if all(a._axis == axis for a in ours):
@@ -368,6 +370,13 @@ def concatenate(
         )
         result = _assemble(client, made, lead._axis, result_class(ours))
     return result if out is None else into(out, result)
+
+
+def _along(a: _Array, axis: int) -> Any:
+    """``a`` seen as split along ``axis`` when it has one block (the same block)."""
+    if len(a._blocks) != 1 or a._axis == axis:
+        return a
+    return type(a)._new(a._client, a._blocks, axis, (0, a.shape[axis]), a.shape, a.dtype, a._roots)
 
 
 def _chain(client: Any, arrays: list[Any], axis: int, dtype: np.dtype[Any], casting: str) -> Any:
