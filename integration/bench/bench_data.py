@@ -222,8 +222,8 @@ def _moves(cfg: Any, rc: Client, mib: int) -> list[Row]:
             shoal=bcast,
             baseline_name="one push to one engine",
             baseline=single,
-            note="GB/s of the array's size: each engine gets its own copy (no shared"
-            " read-only segment yet), so the ideal ratio is 1, a copy each costs 1/n",
+            note="GB/s of the array's size: on one host every engine maps the same segment"
+            " copy-on-write (one copy for all), so the ideal ratio is 1",
         ),
     ]
 
