@@ -36,6 +36,7 @@ import numpy as np
 
 from shoal.engine import current_engine
 from shoal.hub import Client, Ref, Remote
+from shoal.hub._remote import _collect, _replace  # the hub's gather walks values the same way
 from shoal.hub._views import _join  # big joins on warm pages: the hub's gather does the same
 
 from . import _kernels as K
@@ -795,7 +796,7 @@ def gather(x: Any) -> Any:
     """Bring arrays here as ndarrays: ``x`` itself, or inside lists, tuples and dicts;
     anything else passes through. Every engine sends its blocks at once."""
     found: list[_Array] = []
-    _collect(x, found, 8)
+    _collect(x, found, 8, _Array)
     if not found:
         return x
     pending = [[_fetch(a._client, b) for b in a._blocks] for a in found]
@@ -806,33 +807,12 @@ def gather(x: Any) -> Any:
         out = out.reshape(a.shape)
         transfers.add(out.nbytes)
         values[id(a)] = out
-    return _replace(x, values, 8)
+    return _replace(x, values, 8, _Array)
 
 
 def _fetch(client: Client, block: _Block) -> Any:
     ref = block._shoal_ref
     return client._object_request(ref.engine, "fetch_request", {"id": ref.id})
-
-
-def _collect(x: Any, found: list[_Array], depth: int) -> None:
-    if isinstance(x, _Array):
-        found.append(x)
-    elif depth > 0 and type(x) in (list, tuple):
-        for v in x:
-            _collect(v, found, depth - 1)
-    elif depth > 0 and type(x) is dict:
-        for v in x.values():
-            _collect(v, found, depth - 1)
-
-
-def _replace(x: Any, values: dict[int, Any], depth: int) -> Any:
-    if isinstance(x, _Array):
-        return values[id(x)]
-    if depth > 0 and type(x) in (list, tuple):
-        return type(x)(_replace(v, values, depth - 1) for v in x)
-    if depth > 0 and type(x) is dict:
-        return {k: _replace(v, values, depth - 1) for k, v in x.items()}
-    return x
 
 
 def _preview(x: _Array) -> str:

@@ -250,6 +250,30 @@ def arange(
     return out
 
 
+def _random(
+    kind: str,
+    shape: Any,
+    seed: int | None,
+    dtype: Any,
+    axis: int,
+    engines: Sequence[int] | None,
+    boundaries: Sequence[int] | None,
+    client: Client | None,
+) -> DistArray:
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
+    dt = np.dtype(dtype)
+    return _create(
+        shape,
+        dt,
+        axis,
+        engines,
+        boundaries,
+        client,
+        lambda i, s: (K.random_block, seed, i, s, dt.str, kind),
+    )
+
+
 def random(
     shape: Any,
     seed: int | None = None,
@@ -263,18 +287,7 @@ def random(
     """Uniform random floats in [0, 1), made on the engines; block ``i`` draws from
     ``numpy.random.default_rng([seed, i])`` (a fresh seed when ``seed`` is None), so the
     same seed and layout give the same array."""
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
-    dt = np.dtype(dtype)
-    return _create(
-        shape,
-        dt,
-        axis,
-        engines,
-        boundaries,
-        client,
-        lambda i, s: (K.random_block, seed, i, s, dt.str, "uniform"),
-    )
+    return _random("uniform", shape, seed, dtype, axis, engines, boundaries, client)
 
 
 def standard_normal(
@@ -288,18 +301,7 @@ def standard_normal(
     client: Client | None = None,
 ) -> DistArray:
     """Standard normal floats made on the engines, a generator per block as :func:`random`."""
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
-    dt = np.dtype(dtype)
-    return _create(
-        shape,
-        dt,
-        axis,
-        engines,
-        boundaries,
-        client,
-        lambda i, s: (K.random_block, seed, i, s, dt.str, "normal"),
-    )
+    return _random("normal", shape, seed, dtype, axis, engines, boundaries, client)
 
 
 def redistribute(

@@ -560,32 +560,27 @@ def ptp(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> An
     return result if out is None else into(out, result)
 
 
-@implements(np.cumsum)
-def cumsum(a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
-    if axis is None:
-        a, axis = ravel(a), 0
-    if dtype is None and (
-        (a.dtype.kind in "bi" and a.dtype.itemsize < np.dtype(np.intp).itemsize)
-        or a.dtype.kind == "b"
-    ):
-        dtype = np.intp
-    if dtype is None and a.dtype.kind == "u" and a.dtype.itemsize < np.dtype(np.uintp).itemsize:
-        dtype = np.uintp
-    return accumulate(np.add, a, axis=axis, dtype=dtype, out=out)
+def _scan(ufunc: np.ufunc) -> Callable[..., Any]:
+    """np.cumsum / np.cumprod: numpy's accumulation dtype for small integers and bools."""
+
+    def scan(a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
+        if axis is None:
+            a, axis = ravel(a), 0
+        if (
+            dtype is None
+            and a.dtype.kind in "bi"
+            and (a.dtype.kind == "b" or a.dtype.itemsize < np.dtype(np.intp).itemsize)
+        ):
+            dtype = np.intp
+        if dtype is None and a.dtype.kind == "u" and a.dtype.itemsize < np.dtype(np.uintp).itemsize:
+            dtype = np.uintp
+        return accumulate(ufunc, a, axis=axis, dtype=dtype, out=out)
+
+    return scan
 
 
-@implements(np.cumprod)
-def cumprod(a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
-    if axis is None:
-        a, axis = ravel(a), 0
-    if dtype is None and (
-        (a.dtype.kind in "bi" and a.dtype.itemsize < np.dtype(np.intp).itemsize)
-        or a.dtype.kind == "b"
-    ):
-        dtype = np.intp
-    if dtype is None and a.dtype.kind == "u" and a.dtype.itemsize < np.dtype(np.uintp).itemsize:
-        dtype = np.uintp
-    return accumulate(np.multiply, a, axis=axis, dtype=dtype, out=out)
+HANDLED[np.cumsum] = _scan(np.add)
+HANDLED[np.cumprod] = _scan(np.multiply)
 
 
 def _count(a: Any, axis: Any, where: Any) -> Any:

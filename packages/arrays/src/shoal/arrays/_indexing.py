@@ -168,21 +168,36 @@ def _pieces(comps: list[Any]) -> tuple[Any, ...]:
     return tuple(whole(c) if isinstance(c, _Array) else c for c in comps)
 
 
-def getitem(x: _Array, key: Any) -> Any:
+def _route(x: _Array, key: Any) -> tuple[str, list[Any], int]:
+    """How a key reaches the blocks (the module docstring's routes), its components,
+    and the position of the component on the split axis."""
     comps = normalize(key, x.ndim)
     dims = _dims(comps)
     comps = _check_ints(x, comps, dims)
     at = _covering(comps, dims, x._axis)
     c = comps[at]
     others = [k for i, k in enumerate(comps) if i != at]
-    if isinstance(c, slice) and not any(isinstance(k, _Array) for k in others):
-        return _by_slice(x, comps, at)
-    if _is_int(c) and not _any_array(comps):
-        return _by_int(x, comps, at)
     lone = not any(_is_array(k) or _is_int(k) for k in others)
+    if isinstance(c, slice) and not any(isinstance(k, _Array) for k in others):
+        return "slice", comps, at
+    if _is_int(c) and not _any_array(comps):
+        return "int", comps, at
     if lone and _masks_split(x, comps, dims, at):
-        return _by_mask(x, comps, at)
+        return "mask", comps, at
     if lone and _is_array(c) and c.ndim == 1 and c.dtype.kind in "iu":
+        return "rows", comps, at
+    return "one engine", comps, at
+
+
+def getitem(x: _Array, key: Any) -> Any:
+    route, comps, at = _route(x, key)
+    if route == "slice":
+        return _by_slice(x, comps, at)
+    if route == "int":
+        return _by_int(x, comps, at)
+    if route == "mask":
+        return _by_mask(x, comps, at)
+    if route == "rows":
         return _by_rows(x, comps, at)
     return _on_one_engine(x, comps)
 
@@ -298,29 +313,20 @@ def setitem(x: _Array, key: Any, value: Any) -> None:
         value = value.copy()  # its rows would change under the engines reading them
     elif isinstance(value, (list, tuple)):
         value = np.asarray(value)
-    comps = normalize(key, x.ndim)
-    dims = _dims(comps)
-    comps = _check_ints(x, comps, dims)
-    at = _covering(comps, dims, x._axis)
-    c = comps[at]
-    others = [k for i, k in enumerate(comps) if i != at]
-    if isinstance(c, slice) and not any(isinstance(k, _Array) for k in others):
+    route, comps, at = _route(x, key)
+    if route == "slice":
         _set_slice(x, comps, at, value)
-    elif _is_int(c) and not _any_array(comps):
+    elif route == "int":
+        c = comps[at]
         j = int(np.searchsorted(np.asarray(x._bounds[1:]), c, side="right"))
         k = list(comps)
         k[at] = c - x._bounds[j]
         plan = _Plan(x._client)
         plan.add(x.engines[j], K.assign, _piece(x._blocks[j]), tuple(k), _whole_value(value))
         plan.run()
-    elif not any(_is_array(k) or _is_int(k) for k in others) and _masks_split(x, comps, dims, at):
+    elif route == "mask":
         _set_mask(x, comps, at, value)
-    elif (
-        not any(_is_array(k) or _is_int(k) for k in others)
-        and _is_array(c)
-        and c.ndim == 1
-        and c.dtype.kind in "iu"
-    ):
+    elif route == "rows":
         _set_rows(x, comps, at, value)
     else:
         _warn_one_engine("this assignment", x.nbytes)

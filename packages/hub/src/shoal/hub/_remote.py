@@ -742,24 +742,26 @@ def gather(x: Any) -> Any:
     return _replace(x, values, 8)
 
 
-def _collect(x: Any, found: list[Remote], depth: int) -> None:
-    if isinstance(x, Remote):
+def _collect(x: Any, found: list[Any], depth: int, kind: type = Remote) -> None:
+    """The ``kind`` objects in ``x``, in lists, tuples and dict values ``depth`` deep."""
+    if isinstance(x, kind):
         found.append(x)
     elif depth > 0 and type(x) in (list, tuple):
         for v in x:
-            _collect(v, found, depth - 1)
+            _collect(v, found, depth - 1, kind)
     elif depth > 0 and type(x) is dict:
         for v in x.values():
-            _collect(v, found, depth - 1)
+            _collect(v, found, depth - 1, kind)
 
 
-def _replace(x: Any, values: dict[int, Any], depth: int) -> Any:
-    if isinstance(x, Remote):
+def _replace(x: Any, values: dict[int, Any], depth: int, kind: type = Remote) -> Any:
+    """``x`` with each ``kind`` object replaced by ``values[id(obj)]``."""
+    if isinstance(x, kind):
         return values[id(x)]
     if depth > 0 and type(x) in (list, tuple):
-        return type(x)(_replace(v, values, depth - 1) for v in x)
+        return type(x)(_replace(v, values, depth - 1, kind) for v in x)
     if depth > 0 and type(x) is dict:
-        return {k: _replace(v, values, depth - 1) for k, v in x.items()}
+        return {k: _replace(v, values, depth - 1, kind) for k, v in x.items()}
     return x
 
 
