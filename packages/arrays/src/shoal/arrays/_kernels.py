@@ -386,16 +386,6 @@ def ufunc_at(ufunc: np.ufunc, block: Any, key: Any, value: Any) -> None:
         ufunc.at(block, key, value)
 
 
-def place(shape: tuple[int, ...], dtype: str, axis: int, parts: Sequence[Any]) -> Any:
-    """A new block of ``shape`` filled from ``(positions, values)`` parts along ``axis``."""
-    out = np.empty(shape, np.dtype(dtype))
-    for positions, values in parts:
-        index = [slice(None)] * len(shape)
-        index[axis] = positions
-        out[tuple(index)] = values
-    return out
-
-
 def count_true(mask: Any) -> int:
     return int(np.count_nonzero(mask))
 
@@ -417,10 +407,6 @@ def full_block(shape: tuple[int, ...], value: Any, dtype: str) -> Any:
 
 def empty_block(shape: tuple[int, ...], dtype: str) -> Any:
     return np.empty(shape, np.dtype(dtype))
-
-
-def peek(block: Any, key: Any) -> Any:
-    return np.array(block[key])
 
 
 def concat(axis: int, dtype: str, casting: Any, *parts: Any) -> Any:
