@@ -619,6 +619,9 @@ def mean(
     return result if out is None else into(out, result)
 
 
+_mean = mean  # var's keyword `mean` hides the function
+
+
 @implements(np.var)
 def var(
     a: Any,
@@ -635,9 +638,7 @@ def var(
     if correction is not None:
         ddof = correction
     centre = (
-        mean
-        if mean is not None
-        else globals()["mean"](a, axis=axis, dtype=dtype, keepdims=True, where=where)
+        mean if mean is not None else _mean(a, axis=axis, dtype=dtype, keepdims=True, where=where)
     )
     d = np.subtract(a, centre)
     sq = np.multiply(d, np.conjugate(d)).real if a.dtype.kind == "c" else np.multiply(d, d)
