@@ -3,13 +3,18 @@ stays on the engines, lifetimes and errors."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from arrays_testing import NoGather, object_counts
 
 import shoal.arrays as sa
 from shoal.arrays import _functions
-from shoal.hub import Client, RemoteError
+from shoal.hub import Client, Cluster, EngineDiedError, RemoteError
 
 
 @pytest.mark.parametrize(
@@ -272,3 +277,20 @@ def test_stacking_remote_arrays_makes_a_dist_array_where_they_are(clean: Client)
     assert (joined.engines, joined.axis) == ((2, 0, 1), 1)
     np.testing.assert_array_equal(sa.gather(stacked), np.stack(parts))
     np.testing.assert_array_equal(sa.gather(joined), np.concatenate(parts, axis=1))
+
+
+def test_arrays_on_a_dead_engine_fail_with_engine_died_error(tmp_path: Path) -> None:
+    """A killed engine's blocks are lost: operations on them say so at once; arrays on
+    the other engines work on."""
+    with Cluster(n=2, profile_dir=str(tmp_path)) as client:
+        client.wait_for_engines(2, timeout=60)
+        x = sa.scatter(np.arange(10.0), client=client)
+        pid = client[1].apply_sync(os.getpid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while 1 in client.ids and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(EngineDiedError, match="engine 1 is gone"):
+            x + 1
+        y = sa.scatter(np.arange(4.0), client=client)
+        np.testing.assert_array_equal(sa.gather(y + 1), np.arange(4.0) + 1)

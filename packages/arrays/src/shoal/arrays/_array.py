@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from shoal.engine import current_engine
-from shoal.hub import Client, Ref, Remote
+from shoal.hub import Client, EngineDiedError, Ref, Remote
 from shoal.hub._remote import _collect, _replace  # the hub's gather walks values the same way
 from shoal.hub._views import _join  # big joins on warm pages: the hub's gather does the same
 
@@ -138,6 +138,12 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
     raised (a RemoteError with the remote type, message and traceback).
     """
     owner = client.owner
+    gone = sorted(set(jobs) - set(client.ids))
+    if gone:
+        raise EngineDiedError(
+            f"engine {', '.join(map(str, gone))} is gone, and with it the blocks it held: "
+            "make the array again (shoal keeps no copies of blocks)"
+        )
     if client._ref_changes:
         # Blocks dropped since the last operation are freed before this one runs (same
         # socket, so in order): their memory is reused instead of fresh pages faulted in.
