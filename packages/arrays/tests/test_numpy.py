@@ -658,6 +658,35 @@ def test_elementwise_functions_and_linear_algebra(clean: Client, case: Any, data
 
 
 @FAST
+@given(case=cases(dtypes=[np.int64, np.float64], min_side=1), data=st.data())
+def test_tensordot_on_any_axes(clean: Client, case: Any, data: Any) -> None:
+    a, layout = case
+    n = data.draw(st.integers(1, a.ndim))
+    contracted = data.draw(st.permutations(range(a.ndim)))[:n]
+    b = np.arange(int(np.prod([a.shape[i] for i in contracted])) * 2, dtype=a.dtype)
+    b = b.reshape(*(a.shape[i] for i in contracted), 2)
+    x = dist(clean, a, layout)
+    y = dist(clean, b, data.draw(layouts(b.shape)))
+    axes = (list(contracted), list(range(n)))
+    back = (list(range(n)), list(contracted))
+    with NoGather(clean):
+        got = [
+            np.tensordot(x, b, axes),
+            np.tensordot(x, y, axes),
+            np.tensordot(b, x, back),
+            np.tensordot(y, x, back),
+        ]
+    want = [
+        np.tensordot(a, b, axes),
+        np.tensordot(a, b, axes),
+        np.tensordot(b, a, back),
+        np.tensordot(b, a, back),
+    ]
+    for g, w in zip(got, want, strict=True):
+        same(g, w)
+
+
+@FAST
 @given(case=cases(dtypes=[np.int64, np.float64]), data=st.data())
 def test_take_sort_unique_and_methods(clean: Client, case: Any, data: Any) -> None:
     a, layout = case

@@ -954,4 +954,53 @@ def unique(
 
 @implements(np.tensordot)
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
+    """Block by block when the split axis is a free axis (the other operand goes whole to
+    each engine), partial products summed on one engine when it is contracted."""
+    a = a if isinstance(a, _Array) else np.asarray(a)
+    b = b if isinstance(b, _Array) else np.asarray(b)
+    try:
+        if isinstance(axes, (int, np.integer)):
+            n = int(axes)
+            a_axes = list(range(a.ndim - n, a.ndim))
+            b_axes = list(range(n))
+        else:
+            a_axes = [_check_axis(i, a.ndim) for i in np.atleast_1d(axes[0])]
+            b_axes = [_check_axis(i, b.ndim) for i in np.atleast_1d(axes[1])]
+    except (TypeError, IndexError, np.exceptions.AxisError):
+        return on_one_engine(np.tensordot, (a, b), {"axes": axes})  # numpy's own error
+    if len(a_axes) != len(b_axes) or any(
+        a.shape[i] != b.shape[j] for i, j in zip(a_axes, b_axes, strict=True)
+    ):
+        raise ValueError("shape-mismatch for sum")
+    spec = (a_axes, b_axes)
+    cls = result_class([a, b])
+    if isinstance(a, _Array) and a._axis not in a_axes:
+        free = [i for i in range(a.ndim) if i not in a_axes]
+        other = whole(b) if isinstance(b, _Array) else b
+        return _per_block(
+            a, K.call, np.tensordot, BLOCK, other, axes=spec, out_axis=free.index(a._axis), cls=cls
+        )
+    if isinstance(b, _Array) and b._axis not in b_axes:
+        free = [i for i in range(b.ndim) if i not in b_axes]
+        other = whole(a) if isinstance(a, _Array) else a
+        axis = a.ndim - len(a_axes) + free.index(b._axis)
+        plan = _Plan(b._client)
+        tickets = [
+            plan.add(e, K.call, np.tensordot, other, _piece(blk), axes=spec)
+            for blk, e in zip(b._blocks, b.engines, strict=True)
+        ]
+        result = plan.run()
+        return _assemble(b._client, [result(t) for t in tickets], axis, cls)
+    if isinstance(a, _Array):  # the split axis is contracted: partial products
+        row = b_axes[a_axes.index(a._axis)]
+        plan = _Plan(a._client)
+        tickets = []
+        for blk, e, lo, hi in zip(a._blocks, a.engines, a._bounds[:-1], a._bounds[1:], strict=True):
+            part = (
+                region(b, row, lo, hi)
+                if isinstance(b, _Array)
+                else b[_axis_key(row, slice(lo, hi))]
+            )
+            tickets.append(plan.add(e, K.call, np.tensordot, _piece(blk), part, axes=spec))
+        return _partial_sum(a._client, plan, tickets, a.engines[0], cls)
     return on_one_engine(np.tensordot, (a, b), {"axes": axes})
