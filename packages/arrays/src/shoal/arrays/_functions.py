@@ -39,7 +39,7 @@ from ._array import (
     region,
     whole,
 )
-from ._kernels import BLOCK
+from ._kernels import BLOCK, Cat
 from ._ufuncs import _axes, accumulate, blockwise, into, leader, reduce, result_class
 
 __all__ = ["HANDLED", "array_function", "argext", "mean", "reshape", "std", "var"]
@@ -920,11 +920,51 @@ def sort(a: Any, axis: int | None = -1, kind: Any = None, order: Any = None, **k
     axis = _check_axis(axis, a.ndim)
     if axis != a._axis:
         return _per_block(a, K.call, np.sort, BLOCK, axis=axis, kind=kind, order=order, **kw)
-    # along the split axis: sorted on one engine, then split again like the input
+    if a.ndim == 1 and order is None and not kw and a.dtype.kind in "biuf" and a.size:
+        return _sample_sort(a)
+    # along the split axis of an N-d array: sorted on one engine, then split like the input
     from ._create import redistribute  # noqa: PLC0415
 
     one = on_one_engine(np.sort, (a,), {"axis": axis, "kind": kind, "order": order, **kw})
     return redistribute(one, axis, a._bounds, a.engines)
+
+
+def _sample_sort(a: _Array) -> Any:
+    """A 1-d sort in parallel: each block sorts itself and sends a sample; splitters
+    from the samples give each engine a range of values, which it gathers from every
+    sorted block (engine to engine) and merges. Blocks end up uneven."""
+    plan = _Plan(a._client)
+    engines = list(dict.fromkeys(a.engines))
+    k = len(engines)
+    tickets = [
+        plan.add(e, K.sort_and_sample, _piece(b), 8 * k)
+        for b, e in zip(a._blocks, a.engines, strict=True)
+    ]
+    result = plan.run()
+    sorted_blocks = [result(t) for t in tickets]  # (block handle, kept) and a sample each
+    samples = np.sort(np.asarray([v for _, sample in sorted_blocks for v in sample], a.dtype))
+    splitters = (
+        samples[[len(samples) * d // k for d in range(1, k)]] if samples.size else samples[:0]
+    )
+    plan = _Plan(a._client)
+    tickets = [
+        plan.add(e, K.cut_points, _piece(handle[0]), splitters)
+        for (handle, _), e in zip(sorted_blocks, a.engines, strict=True)
+    ]
+    result = plan.run()
+    cuts = [[0, *result(t), hi - lo] for t, (_, lo, hi) in zip(tickets, a._spans(), strict=True)]
+    plan = _Plan(a._client)
+    tickets = []
+    for d, e in enumerate(engines):
+        parts = [
+            _piece(handle[0], (slice(c[d], c[d + 1]),))
+            for (handle, _), c in zip(sorted_blocks, cuts, strict=True)
+            if c[d + 1] > c[d]
+        ]
+        piece = Cat(tuple(parts), 0) if parts else K.Empty((0,), a.dtype.str)
+        tickets.append(plan.add(e, K.call, np.sort, piece, kind="stable"))
+    result = plan.run()
+    return _assemble(a._client, [result(t) for t in tickets], 0, type(a))
 
 
 @implements(np.unique)

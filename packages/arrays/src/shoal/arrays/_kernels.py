@@ -327,6 +327,21 @@ def scan_block(ufunc: np.ufunc, block: Any, axis: int, dtype: Any) -> Any:
     return acc, last
 
 
+def sort_and_sample(block: Any, n: int) -> Any:
+    """A sorted copy of a 1-d block, and ``n`` evenly spaced values of it as a list (so
+    they travel by value)."""
+    ordered = np.sort(block)
+    if not ordered.size:
+        return ordered, []
+    picks = np.linspace(0, ordered.size - 1, min(n, ordered.size)).astype(np.intp)
+    return ordered, ordered[picks].tolist()
+
+
+def cut_points(ordered: Any, splitters: Any) -> list[int]:
+    """Where each splitter falls in a sorted block (a list: it travels by value)."""
+    return [int(i) for i in np.searchsorted(ordered, splitters)]
+
+
 def reduceat_part(
     ufunc: np.ufunc, part: Any, indices: Any, axis: int, dtype: Any, drop_last: bool
 ) -> Any:
