@@ -282,6 +282,9 @@ def test_freed_object_returns_its_memory(km: KernelManager) -> None:
     np = pytest.importorskip("numpy")
     before = km.status()["memory_rss"]
     ref = km.request("store_request", {"obj": np.ones(64 * 1024 * 1024, dtype=np.uint8)})["ref"]
+    # A large buffer arrives in shared memory, mapped lazily: reading it maps its pages.
+    total = km.request("call_method_request", {"id": ref["id"], "method": "sum"})["result"]
+    assert total == 64 * 1024 * 1024
     holding = km.status()["memory_rss"]
     assert holding - before > 48 * 1024 * 1024
     assert km.request("incref_request", {"id": ref["id"]})["refcount"] == 2

@@ -23,6 +23,7 @@ from shoal.wire import (
     Message,
     SharedMemory,
     SharedMemoryLost,
+    copy_buffer,
     generate_key,
     new_header,
     shared_memory_enabled,
@@ -82,6 +83,39 @@ def test_a_buffer_travels_through_a_segment_that_is_then_reused() -> None:
     assert shm.created == created
     shm.close()
     assert not _segments(f"shoal-u-{os.getpid()}-{token}")
+
+
+@pytest.mark.parametrize("nbytes", [0, 1000, (24 << 20) + 4099])
+def test_copy_buffer_copies_every_byte(nbytes: int) -> None:
+    """Large copies are split among threads: every byte lands, at its place."""
+    source = np.random.default_rng(nbytes).integers(0, 255, nbytes, dtype=np.uint8)
+    target = np.zeros(nbytes, dtype=np.uint8)
+    copy_buffer(target, source)
+    assert np.array_equal(target, source)
+    readonly = source.copy()
+    readonly.flags.writeable = False  # ctypes cannot address it: copied in one piece
+    target[:] = 0
+    copy_buffer(target, readonly)
+    assert np.array_equal(target, source)
+
+
+def test_copy_buffer_refuses_buffers_of_other_sizes() -> None:
+    with pytest.raises(ValueError, match="cannot copy 10 bytes into a buffer of 9"):
+        copy_buffer(bytearray(9), bytes(10))
+
+
+def test_a_mapping_kept_for_reuse_goes_when_its_segment_is_unlinked() -> None:
+    """A sender keeps mappings of what it sent; one of a segment removed meanwhile would
+    keep its pages alive, so the next claim lets go of it."""
+    shm = _shm(threshold=1024)
+    handle = shm.export(b"x" * _size())
+    token = handle.split(b":")[1].decode()
+    assert token in shm._maps
+    (name,) = _segments(f"shoal-u-{os.getpid()}-{token}")
+    os.unlink(os.path.join(SHM_DIR, name))  # as a sweep or a full pool would
+    shm.export(b"y" * _size())
+    assert token not in shm._maps
+    shm.close()
 
 
 def test_without_room_in_the_pool_a_released_segment_is_unlinked() -> None:

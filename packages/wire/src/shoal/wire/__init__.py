@@ -48,6 +48,7 @@ from ._message import peek as peek
 from ._serialize import Buffer as Buffer
 from ._serialize import Serializer as Serializer
 from ._shm import SharedMemory as SharedMemory
+from ._shm import copy_buffer as copy_buffer
 from ._shm import default_shared_memory as default_shared_memory
 from ._shm import shared_memory_enabled as shared_memory_enabled
 from ._shm import sweep as sweep_shared_memory
@@ -105,6 +106,7 @@ __all__ = [
     "Session",
     "SessionStatistics",
     "SharedMemory",
+    "copy_buffer",
     "default_shared_memory",
     "shared_memory_enabled",
     "sweep_shared_memory",
