@@ -158,6 +158,73 @@ def test_another_process_receives_the_segment(tmp_path: Path) -> None:
     shm.close()
 
 
+def test_a_held_segment_is_sent_without_a_copy_and_each_side_keeps_its_writes() -> None:
+    """Bytes already in a segment this process uses are shared, not copied: from then on
+    both sides map it copy-on-write, so neither sees what the other writes."""
+    shm = _shm(threshold=1024)
+    n = _size()
+    mine = np.frombuffer(shm.allocate(n), dtype=np.uint8)
+    mine[:] = np.arange(n) % 251
+    expected = mine.copy()
+    created = shm.created
+    handle = shm.export(mine[100:])  # a view inside the segment: sent at its offset
+    assert handle.endswith(b":c")
+    assert (shm.shared, shm.created) == (1, created)
+    theirs = np.frombuffer(shm.open(handle), dtype=np.uint8)
+    assert np.array_equal(theirs, expected[100:])
+    mine[100:200] = 7  # the sender's writes stay the sender's
+    theirs[-50:] = 9  # and the receiver's the receiver's
+    assert np.array_equal(theirs[:100], expected[100:200])
+    assert np.array_equal(mine[-50:], expected[-50:])
+    again = shm.export(mine[5000:])  # pages not written since: shared again
+    assert again.endswith(b":c")
+    assert shm.shared == 2
+    copied = shm.export(mine[:1000])  # these were written: copied
+    assert not copied.endswith(b":c")
+    assert shm.shared == 2
+    third = np.frombuffer(shm.open(again), dtype=np.uint8)
+    assert np.array_equal(third, expected[5000:])
+    np.frombuffer(shm.open(copied), dtype=np.uint8)  # taken, then let go
+    token = handle.split(b":")[1].decode()
+    del mine, theirs, third
+    gc.collect()
+    # Every name is given up, and the segment went back to the pool once.
+    assert not [x for x in os.listdir(SHM_DIR) if x.startswith(f"{NS}-u-{os.getpid()}-")]
+    assert not [x for x in os.listdir(SHM_DIR) if token in x]
+    shm.close()
+
+
+def test_another_process_shares_a_held_segment(tmp_path: Path) -> None:
+    shm = _shm(threshold=1024)
+    mine = np.frombuffer(shm.allocate(_size()), dtype=np.uint8)
+    mine[:] = 3
+    handle = shm.export(mine)
+    assert handle.endswith(b":c")
+    script = tmp_path / "receive.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc
+            import numpy as np
+            from shoal.wire import SharedMemory
+            a = np.frombuffer(SharedMemory(namespace={NS!r}).open({handle!r}), dtype=np.uint8)
+            total = int(a.sum())
+            a[:] = 5  # its own copy-on-write pages
+            print(total, int(a.sum()))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out == [str(3 * mine.size), str(5 * mine.size)]
+    assert int(mine.sum()) == 3 * mine.size
+    del mine
+    gc.collect()
+    assert not [x for x in os.listdir(SHM_DIR) if x.startswith(f"{NS}-u-{os.getpid()}-")]
+    shm.close()
+
+
 def test_the_codec_sends_large_buffers_through_shared_memory() -> None:
     key = generate_key()
     sender = Codec(key, shm=_shm(threshold=1 << 20))

@@ -687,7 +687,14 @@ class Hub:
             try:
                 heart.send_multipart([engine.ident, b"ping"])
             except zmq.ZMQError:
-                self._engine_lost(engine, "its heartbeat connection is gone")
+                # Its process is ending (the kernel closed its sockets): say how, if ours.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    if engine.proc is not None:
+                        engine.proc.wait(0.5)
+                if engine.proc is not None and engine.proc.returncode is not None:
+                    self._check_children()
+                else:
+                    self._engine_lost(engine, "its heartbeat connection is gone")
         for client, heard in list(self.clients.items()):
             if now - heard > self.client_timeout:
                 self._client_gone(client, f"silent for {now - heard:.1f} s")

@@ -28,12 +28,19 @@ So segments are **reused, host-wide**, with the file system as the free list:
   pool keeps the pages for the next transfer). A mapping kept of a segment that is gone
   is dropped at the next claim, so that it does not keep the pages alive.
 * Copies into a segment are shared among threads (:func:`copy_buffer`).
+* **No copy at all** when the buffer already lies in a segment this process holds (an
+  array it received, or made on :meth:`SharedMemory.allocate`): the sender remaps its
+  own mapping of the segment copy-on-write in place (same address, same bytes), links
+  the file under a new name for the receiver, and sends ``pid:token:size:length:offset:c``;
+  the receiver maps it copy-on-write too. The file is frozen from then on: each side's
+  writes go to its own pages. The same buffer is shared again later only if the kernel's
+  pagemap shows that this process wrote none of its pages since; otherwise it is copied.
+  A segment with several names goes back to the pool when its last name is given up.
 * A process that dies holding segments leaves ``shoal-u-<pid>-*`` files behind:
   :func:`sweep` removes those of dead processes (a hub runs it when it starts and when it
   stops), and every process removes its own when it exits.
 
-The receiver gets its own pages: writable, and nobody else writes them while it holds
-them. Segments are files of this user, mode 0600: shared memory is trusted like the
+The receiver gets its own pages: writable, and nobody else's writes reach them. Segments are files of this user, mode 0600: shared memory is trusted like the
 user's other files, so the handle is signed with the message and the contents are not
 hashed (which is also what lets this path go faster than the signed zmq frames).
 """
@@ -50,6 +57,7 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -77,6 +85,36 @@ def _patterns(namespace: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
 _PAGE = mmap.PAGESIZE
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _BACKGROUND_BYTES = 16 << 20  # a mapping this large is unmapped by a thread
+# A pagemap entry's top byte: 0x80 present, 0x40 swapped, 0x20 a file page. A page of a
+# copy-on-write mapping that is present but not the file's, or swapped, was written.
+_WRITTEN = bytes(int(b & 0x40 != 0 or (b & 0xA0) == 0x80) for b in range(256))
+_MAP_FIXED = 0x10  # Linux's value (mmap does not export it)
+try:
+    _libc_mmap: Any = ctypes.CDLL(None, use_errno=True).mmap
+    _libc_mmap.restype = ctypes.c_void_p
+    _libc_mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+except (OSError, AttributeError):  # no way to remap here: held segments are copied too
+    _libc_mmap = None
+
+
+@dataclass
+class _Held:
+    """A segment this process uses now, with its mapping."""
+
+    mm: mmap.mmap
+    base: int  # the address of its first byte here
+    name: str  # its file: this process's name for it
+    size: int
+    private: bool  # mapped copy-on-write: the file is frozen, these pages may differ
+
+
 _CHUNK_BYTES = 4 << 20  # the least a copy thread is given
 _COPY_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
@@ -118,14 +156,28 @@ class SharedMemory:
         self._lock = threading.Lock()
         self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()  # token -> mapping, LRU
         self._mapped = 0
+        self._held: dict[str, _Held] = {}  # token -> a segment in use here
         self.sent = 0  # statistics: segments sent, received, created
         self.received = 0
         self.created = 0
+        self.shared = 0  # segments sent without a copy (their pages shared copy-on-write)
 
     # -- sending ------------------------------------------------------------------------
     def export(self, buf: Any) -> bytes:
-        """Copy ``buf`` into a segment this process holds; return its handle."""
+        """A handle to ``buf``'s bytes in a segment for one receiver.
+
+        ``buf`` is copied once into a segment, unless it lies in a segment this process
+        uses already (an array received, or made on :meth:`allocate`): then no byte is
+        copied. Both sides map that segment copy-on-write from then on, and each one's
+        writes stay its own.
+        """
         view = memoryview(buf).cast("B")
+        handle = self._share_held(view)
+        if handle is not None:
+            return handle
+        return self._copy_out(view)
+
+    def _copy_out(self, view: memoryview) -> bytes:
         length = view.nbytes
         token, size = self._claim(length)
         mm = self._map(token, size, self._used(self._pid, token))
@@ -143,8 +195,10 @@ class SharedMemory:
         if nbytes < 1:
             raise ValueError(f"nbytes must be at least 1, got {nbytes}")
         token, size = self._claim(nbytes)
-        mm = self._map(token, size, self._used(self._pid, token))
+        name = self._used(self._pid, token)
+        mm = self._map(token, size, name)
         holder = (ctypes.c_char * nbytes).from_buffer(mm)
+        self._hold(token, _Held(mm, ctypes.addressof(holder), name, size, private=False))
         weakref.finalize(holder, self._release, token, size, True)
         return memoryview(holder).cast("B")
 
@@ -157,8 +211,57 @@ class SharedMemory:
         """
         if readers < 1:
             raise ValueError(f"readers must be at least 1, got {readers}")
-        handle = self.export(buf)
+        handle = self._copy_out(memoryview(buf).cast("B"))
         return SharedHandle(handle + f":{readers}".encode())
+
+    def _share_held(self, view: memoryview) -> bytes | None:
+        """A handle sharing ``view``'s pages, if they lie in a segment held here.
+
+        The first time, this process's mapping of the segment becomes copy-on-write
+        (remapped in place: same address, same bytes), so that the file stays as it is
+        now whatever either side writes later. Later, the pages are shared again only if
+        this process has not written them since (the kernel's pagemap says).
+        """
+        if view.readonly or _libc_mmap is None or not self._held:
+            return None
+        n = view.nbytes
+        at = ctypes.addressof(ctypes.c_char.from_buffer(view))
+        with self._lock:
+            found = [
+                (t, h) for t, h in self._held.items() if h.base <= at and at + n <= h.base + h.size
+            ]
+            if not found:
+                return None
+            token, held = found[0]
+            if held.private:
+                if _written(at, n):
+                    return None  # these pages are no longer the file's: copy them
+            elif not self._make_private(token, held):
+                return None
+        transit = uuid.uuid4().hex
+        os.link(held.name, self._used(self._pid, transit))  # the receiver renames it
+        self.sent += 1
+        self.shared += 1
+        return f"{self._pid}:{transit}:{held.size}:{n}:{at - held.base}:c".encode()
+
+    def _make_private(self, token: str, held: _Held) -> bool:
+        """Remap a held segment copy-on-write where it is (under ``self._lock``)."""
+        fd = os.open(held.name, os.O_RDONLY)
+        try:
+            prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED
+            got = _libc_mmap(held.base, held.size, prot, flags, fd, 0)
+        finally:
+            os.close(fd)
+        if got != held.base:
+            return False
+        held.private = True
+        if self._maps.pop(token, None) is not None:  # never reused for writing now
+            self._mapped -= held.size
+        return True
+
+    def _hold(self, token: str, held: _Held) -> None:
+        with self._lock:
+            self._held[token] = held
 
     def _claim(self, length: int) -> tuple[str, int]:
         """A segment of at least ``length`` bytes, now named as this process's."""
@@ -203,12 +306,14 @@ class SharedMemory:
             The segment is gone (its sender died and it was swept, or it was taken).
         """
         try:
-            pid_s, token, size_s, length_s, *shared = bytes(handle).decode("ascii").split(":")
+            pid_s, token, size_s, length_s, *more = bytes(handle).decode("ascii").split(":")
             pid, size, length = int(pid_s), int(size_s), int(length_s)
-            readers = int(shared[0]) if shared else 0
+            cow = more[1:] == ["c"]  # pages shared copy-on-write, at an offset
+            offset = int(more[0]) if cow else 0
+            readers = int(more[0]) if more and not cow else 0
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a shared memory handle: {bytes(handle)[:80]!r}") from exc
-        if not re.fullmatch(r"[0-9a-f]{32}", token) or not 0 <= length <= size:
+        if not re.fullmatch(r"[0-9a-f]{32}", token) or not 0 <= offset <= offset + length <= size:
             raise ValueError(f"not a shared memory handle: {bytes(handle)[:80]!r}")
         if readers:
             return self._open_shared(pid, token, size, length, readers)
@@ -221,10 +326,15 @@ class SharedMemory:
                 # Taken by a receiver that died since (a task retried elsewhere after its
                 # engine died): its pages still hold the message, take them over.
                 os.rename(self._dead_holder(token, pid), mine)
-        warm = token in self._maps  # this process sent it before: keep its mapping
-        mm = self._map(token, size, mine, populate=False)
-        holder = (ctypes.c_char * length).from_buffer(mm)
-        weakref.finalize(holder, self._release, token, size, warm)
+        if cow:
+            mm = _map_private(mine, size)
+        else:
+            warm = token in self._maps  # this process sent it before: keep its mapping
+            mm = self._map(token, size, mine, populate=False)
+        holder = (ctypes.c_char * length).from_buffer(mm, offset)
+        base = ctypes.addressof(holder) - offset
+        self._hold(token, _Held(mm, base, mine, size, private=cow))
+        weakref.finalize(holder, self._release, token, size, not cow and warm)
         self.received += 1
         return memoryview(holder).cast("B")
 
@@ -240,24 +350,20 @@ class SharedMemory:
         with contextlib.suppress(OSError):
             if os.stat(mine).st_nlink >= readers + 1:
                 os.unlink(original)
-        fd = os.open(mine, os.O_RDONLY)
-        try:  # no MAP_POPULATE: on a private mapping it would copy every page now
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        holder = (ctypes.c_char * length).from_buffer(mm)
-        weakref.finalize(holder, self._release_shared, mine, token, size)
+        holder = (ctypes.c_char * length).from_buffer(_map_private(mine, size))
+        weakref.finalize(holder, self._let_go, mine, token, size)
         self.received += 1
         return memoryview(holder).cast("B")
 
-    def _release_shared(self, mine: str, token: str, size: int) -> None:
-        """Let go of this receiver's name; the last name left goes back to the pool
-        (under the segment's own token, so its sender's mapping still fits)."""
+    def _let_go(self, name: str, token: str, size: int) -> None:
+        """Give up this process's name for a segment: the last name left goes back to the
+        pool (under ``token``: for a broadcast the segment's own, so that its sender's
+        mapping still fits), or is unlinked past ``max_free``."""
         with contextlib.suppress(OSError):
-            if os.stat(mine).st_nlink == 1 and self._free_bytes() + size <= self.max_free:
-                os.rename(mine, self._free(size, token))
+            if os.stat(name).st_nlink == 1 and self._free_bytes() + size <= self.max_free:
+                os.rename(name, self._free(size, token))
             else:
-                os.unlink(mine)
+                os.unlink(name)
 
     def _dead_holder(self, token: str, pid: int) -> str:
         for name in os.listdir(SHM_DIR):
@@ -273,13 +379,13 @@ class SharedMemory:
         process that wrote the segment itself keeps its mapping with its sent ones.
         """
         used = self._used(os.getpid(), token)
-        if not keep_mapping:
+        with self._lock:
+            held = self._held.pop(token, None)
+        if held is not None and held.private:  # not in the cache: its pages may differ
+            _close_later(held.mm)
+        elif not keep_mapping:
             self._unmap(token)
-        with contextlib.suppress(OSError):
-            if self._free_bytes() + size <= self.max_free:
-                os.rename(used, self._free(size, token))
-            else:
-                os.unlink(used)
+        self._let_go(used, token, size)  # others may still share it
 
     # -- bookkeeping --------------------------------------------------------------------
     def _used(self, pid: int, token: str) -> str:
@@ -384,6 +490,27 @@ def copy_buffer(target: Any, source: Any) -> None:
     ctypes.memmove(dst_at, src_at, step)
     for t in threads:
         t.join()
+
+
+def _map_private(path: str, size: int) -> mmap.mmap:
+    """A copy-on-write mapping of a segment (no MAP_POPULATE: that would copy every page)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def _written(at: int, n: int) -> bool:
+    """Whether a page of ``[at, at + n)`` in a copy-on-write mapping was written here."""
+    first, last = at // _PAGE, (at + n - 1) // _PAGE
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(first * 8)
+            entries = f.read((last - first + 1) * 8)
+    except OSError:
+        return True  # cannot tell: take it as written
+    return b"\x01" in entries[7::8].translate(_WRITTEN)
 
 
 def _close_later(mm: mmap.mmap) -> None:
