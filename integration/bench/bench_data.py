@@ -1,8 +1,9 @@
 """The data plane (issue 6): large arrays between the client and 2 engines of one host.
 
 * W3: push and pull of a 64 MiB and a 512 MiB array to one engine (pull of the pushed
-  array, and of one the engine made), against numpy's memcpy bandwidth and Ray (``ray.put`` + a task on a worker that reads it; a task
-  returning the array + ``ray.get``), in the same run.
+  array, and of one the engine made), against numpy's memcpy bandwidth and Ray
+  (``ray.put`` + a task on a worker that reads it; a task returning the array +
+  ``ray.get``), in the same run.
 * W4: scatter of a 512 MiB array to 2 engines and gather back, against Ray (two halves
   put and read by two tasks; two tasks returning halves).
 * An engine-to-engine move of a 512 MiB block (a proxy argument, fetched by the other

@@ -40,9 +40,10 @@ So segments are **reused, host-wide**, with the file system as the free list:
   :func:`sweep` removes those of dead processes (a hub runs it when it starts and when it
   stops), and every process removes its own when it exits.
 
-The receiver gets its own pages: writable, and nobody else's writes reach them. Segments are files of this user, mode 0600: shared memory is trusted like the
-user's other files, so the handle is signed with the message and the contents are not
-hashed (which is also what lets this path go faster than the signed zmq frames).
+The receiver gets its own pages: writable, and nobody else's writes reach them.
+Segments are files of this user, mode 0600: shared memory is trusted like the user's
+other files, so the handle is signed with the message and the contents are not hashed
+(which is also what lets this path go faster than the signed zmq frames).
 """
 
 from __future__ import annotations
