@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.hub import scatter
+from shoal.hub import empty_shared, scatter
 from shoal.wire import default_shared_memory
 from shoal.wire._shm import SHM_DIR
 
@@ -54,6 +54,41 @@ def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path, hub: Any)
         target.extend(box)
         assert target[0].sum() == 2_000_000
         assert view.apply_sync(lambda: default_shared_memory().received) > received
+
+
+def test_arrays_already_in_shared_memory_travel_on_without_a_copy(
+    tmp_path: Path, hub: Any
+) -> None:
+    """A pulled array that was pushed, and an array made with empty_shared, are sent
+    without a copy; every side still keeps its own writes (copy-on-write)."""
+    with hub(tmp_path) as (_, rc):
+        shm = default_shared_memory()
+        view = rc[0]
+        view.push({"a": np.arange(4_000_000, dtype=np.float64)}, block=True)
+        shared = view.apply_sync(lambda: default_shared_memory().shared)
+        back = view.pull("a", block=True)  # the engine's pages, shared
+        assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
+        back[:10] = -1.0  # the client's write stays the client's
+        assert view.pull("float(a[:10].sum())", block=True) == 45.0
+        view.execute("a[-1] = 0.0", block=True)  # and the engine's the engine's
+        assert back[-1] == 3_999_999.0
+        copied = view.pull("a", block=True)  # its last page was written since: copied
+        assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
+        assert copied[-1] == 0.0
+
+        whole = empty_shared((3_000_001, 2), np.int64)
+        whole[:] = np.arange(whole.size).reshape(whole.shape)
+        expected = whole.copy()
+        before = shm.shared
+        rc[:].scatter("part", whole, block=True)
+        assert shm.shared == before + 2  # each engine's part: no copy
+        whole[:] = 0
+        assert rc[:].pull("int(part.sum())", block=True) == [
+            int(expected[:1_500_001].sum()),
+            int(expected[1_500_001:].sum()),
+        ]
+        assert np.array_equal(rc[:].gather("part", block=True), expected)
+        assert empty_shared(3).shape == (3,)  # small: an ordinary array
 
 
 def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> None:

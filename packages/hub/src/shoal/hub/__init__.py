@@ -33,6 +33,7 @@ from ._remote import vectorize as vectorize
 from ._views import DirectView as DirectView
 from ._views import LoadBalancedView as LoadBalancedView
 from ._views import View as View
+from ._views import empty_shared as empty_shared
 
 
 def __getattr__(name: str) -> str:
@@ -79,6 +80,7 @@ __all__ = [
     "apply",
     "call_all",
     "call_async",
+    "empty_shared",
     "gather",
     "proxy_methods",
     "scatter",

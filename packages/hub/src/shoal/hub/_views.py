@@ -524,6 +524,24 @@ def _partition(seq: Any, parts: int, axis: int) -> list[Any]:
     return [seq[a:b] for a, b in _bounds(len(seq), parts)]
 
 
+def empty_shared(shape: int | Sequence[int], dtype: Any = float) -> Any:
+    """A new array on shared memory pages, uninitialized like ``numpy.empty``.
+
+    Pushing or scattering it, or any part of it, to engines of this host sends no copy:
+    from then on each side maps those pages copy-on-write and keeps its own writes. An
+    ordinary array costs one copy instead. Small arrays, or shared memory turned off
+    (``SHOAL_SHM=0``), give an ordinary ``numpy.empty`` array.
+    """
+    import numpy as np  # noqa: PLC0415 - only when the user has arrays
+
+    dt = np.dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = math.prod(dims) * dt.itemsize
+    if not shared_memory_enabled() or nbytes < default_shared_memory().threshold:
+        return np.empty(dims, dt)
+    return np.frombuffer(default_shared_memory().allocate(nbytes), dt).reshape(dims)
+
+
 def _join(parts: list[Any], axis: int) -> Any:
     """The inverse of :func:`_partition`."""
     if parts and all(
@@ -534,20 +552,19 @@ def _join(parts: list[Any], axis: int) -> Any:
         dtype = np.result_type(*parts)
         shape = list(parts[0].shape)
         shape[axis] = sum(p.shape[axis] for p in parts)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        if nbytes >= _WARM_BYTES and shared_memory_enabled():
-            # A big result on warm pages from the shared memory pool: fresh ones would
-            # cost more page faults than the copy itself.
-            buf = default_shared_memory().allocate(nbytes)
-            warm = np.frombuffer(buf, dtype=dtype).reshape(shape)
-            if axis == 0 and all(p.dtype == dtype and p.flags.c_contiguous for p in parts):
-                at = 0  # each part is a run of bytes: copied by as many threads as cores
-                for p in parts:
-                    copy_buffer(buf[at : at + p.nbytes], p)
-                    at += p.nbytes
-                return warm
-            return np.concatenate(parts, axis=axis, out=warm)
-        return np.concatenate(parts, axis=axis)
+        # Big results go on the pool's warm pages (fresh ones would cost more page faults
+        # than the copy), which also lets them travel on with no copy.
+        if sum(p.nbytes for p in parts) < _WARM_BYTES:
+            return np.concatenate(parts, axis=axis)
+        joined = empty_shared(shape, dtype)
+        if axis == 0 and all(p.dtype == dtype and p.flags.c_contiguous for p in parts):
+            flat = joined.reshape(-1).view(np.uint8)
+            at = 0  # each part is a run of bytes: copied by as many threads as cores
+            for p in parts:
+                copy_buffer(flat[at : at + p.nbytes], p)
+                at += p.nbytes
+            return joined
+        return np.concatenate(parts, axis=axis, out=joined)
     out: list[Any] = []
     for part in parts:
         if isinstance(part, (list, tuple, range)):
