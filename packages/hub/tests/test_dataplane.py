@@ -138,6 +138,48 @@ def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> 
     assert _held_by(pids) == []
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
+    tmp_path: Path, hub: Any, direct: bool
+) -> None:
+    """A client killed while an engine computes a large result for it: the reply cannot
+    be delivered (by the engine's direct socket, or by the hub), and its segment goes
+    back to the pool at once rather than when the engine ends."""
+    with hub(tmp_path / "hub") as (_, rc):
+        engine_pid = rc[0].apply_sync(os.getpid)
+        script = tmp_path / "client.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import time
+                from shoal.hub import Client
+                rc = Client(url_file={str(tmp_path / "hub" / "hub-client.json")!r},
+                            direct={direct!r})
+                rc[0].execute("import time, numpy as np", block=True)
+                rc[0].execute("time.sleep(1.5); big = np.ones(4_000_000)")
+                rc[0].pull("big")  # queued behind it: its reply is 32 MB
+                print("sent", flush=True)
+                time.sleep(30)
+                """
+            )
+        )
+        client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == b"sent"
+            os.kill(client.pid, signal.SIGKILL)
+        finally:
+            client.kill()
+            client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
+        rc[0].execute("pass", block=True)  # after the pull's reply was tried
+        deadline = time.monotonic() + 10
+        while _held_by({engine_pid}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _held_by({engine_pid}) == []
+
+
 def crash_once(a: np.ndarray, marker: str) -> float:
     """Kill this engine the first time (after it took the array's segment), then sum."""
     if not os.path.exists(marker):

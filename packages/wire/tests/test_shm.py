@@ -242,6 +242,28 @@ def test_the_codec_sends_large_buffers_through_shared_memory() -> None:
     assert array[0] != -1.0
 
 
+def test_a_message_that_will_never_be_delivered_gives_its_segments_back() -> None:
+    """A reply whose client is gone: the sender discards its frames, and the segments
+    go back to the pool (a shared one only loses the name made for the receiver)."""
+    shm = _shm(threshold=1 << 20)
+    codec = Codec(generate_key(), shm=shm)
+    held = np.frombuffer(shm.allocate(_size()), dtype=np.uint8)
+    held[:] = 1
+    content = {"copied": np.ones(_size() // 8), "shared": held}
+    frames = codec.encode(Message(new_header("r", "s", "u"), None, {}, content))
+    assert shm.shared == 1
+    mine = _segments(f"shoal-u-{os.getpid()}-")
+    assert len(mine) == 3  # the held one, the copy, and the receiver's name for the shared
+    assert codec.discard(frames) == 2
+    assert len(_segments(f"shoal-u-{os.getpid()}-")) == 1  # the held one
+    assert codec.discard(frames) == 0  # nothing left to give back
+    assert held.sum() == held.size
+    del held, content
+    gc.collect()
+    assert not _segments(f"shoal-u-{os.getpid()}-")
+    shm.close()
+
+
 def test_a_tampered_or_missing_segment_is_refused_cleanly() -> None:
     key = generate_key()
     sender = Codec(key, shm=_shm(threshold=1024))

@@ -532,6 +532,7 @@ class EngineProcess:
             sock.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH on the direct socket: the client left
             log.warning("dropped a reply: its client is gone (%s)", exc)
+            self._codec.discard(frames)  # its shared memory, which nobody will open
 
     def _stream(self, name: str, text: str) -> None:
         frames = self._encode("stream", {"name": name, "text": text}, parent=self.running)

@@ -393,6 +393,7 @@ class Hub:
         try:
             _send(self.sockets["client"], client, frames)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
+            self.codec.discard(frames)  # its shared memory, which it will never open
             if client in self.clients:
                 self._client_gone(client, str(exc))
 

@@ -476,6 +476,26 @@ class Codec:
             views.append(view)
         return views
 
+    def discard(self, frames: Sequence[Any]) -> int:
+        """Give back the shared memory segments of encoded ``frames`` that will never be
+        delivered (their peer is gone: nobody else will open them); how many.
+
+        For this side's own frames only: they are not verified.
+        """
+        views = [memoryview(f) for f in frames]
+        try:
+            at = _find_head(views)
+            body = views[at][_BODY_AT:]
+            env_len = int.from_bytes(body[:4], "little")
+            _, _, _, _, *in_shm = _json_loads(body[4 : 4 + env_len])
+        except (ValueError, TypeError, MalformedMessageError):
+            return 0
+        if not in_shm:
+            return 0
+        shm = self.shm or default_shared_memory()
+        buffers = views[at + 1 :]
+        return sum(shm.discard(buffers[i]) for i in in_shm[0] if 0 <= i < len(buffers))
+
     def _open_shm(self, buffers: list[memoryview], indices: Any) -> list[memoryview]:
         """``buffers`` with the shared memory handles at ``indices`` opened."""
         if type(indices) is not list or not all(

@@ -339,6 +339,23 @@ class SharedMemory:
         self.received += 1
         return memoryview(holder).cast("B")
 
+    def discard(self, handle: bytes | memoryview) -> bool:
+        """Give back the segment of a handle whose message will never be opened (its
+        receiver is gone); whether there was one to give back. Any process may do it
+        (a hub for a reply it cannot deliver). A broadcast's segment is left alone: its
+        other receivers may still open it."""
+        try:
+            pid_s, token, size_s, _, *more = bytes(handle).decode("ascii").split(":")
+            name, size = self._used(int(pid_s), token), int(size_s)
+        except (UnicodeDecodeError, ValueError):
+            return False
+        if (more and more[-1] != "c") or not re.fullmatch(r"[0-9a-f]{32}", token):
+            return False
+        if not os.path.exists(name):
+            return False
+        self._let_go(name, token, size)
+        return True
+
     def _open_shared(
         self, pid: int, token: str, size: int, length: int, readers: int
     ) -> memoryview:
