@@ -17,17 +17,14 @@ block's id, shape and dtype) and sent back by value otherwise.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
-import os
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from shoal.engine import current_engine
+from shoal.hub import empty_shared
 
 __all__ = ["BLOCK", "Cat", "Empty", "Get", "Kept", "Place", "run"]
 
@@ -92,11 +89,11 @@ def materialize(value: Any) -> Any:
         return _get(value)
     if cls is Cat:
         parts = [materialize(p) for p in value.parts]
-        return np.concatenate(parts, axis=value.axis) if len(parts) > 1 else parts[0]
+        return _concatenate(parts, value.axis) if len(parts) > 1 else parts[0]
     if cls is Empty:
-        return np.empty(value.shape, np.dtype(value.dtype))
+        return new_block(value.shape, value.dtype)
     if cls is Place:
-        out = np.empty(value.shape, np.dtype(value.dtype))
+        out = new_block(value.shape, value.dtype)
         for positions, piece in value.parts:
             out[(slice(None),) * value.axis + (positions,)] = materialize(piece)
         return out
@@ -134,63 +131,22 @@ def _get(piece: Get) -> Any:
     return reply["result"]
 
 
-# -- recycled memory for big results --------------------------------------------------
+# -- big results on shared memory ------------------------------------------------------
 #
 # A new 256 MiB result costs ~65k page faults (the kernel zeroing fresh pages) - about
-# as long as adding two such arrays. Big blocks this module makes are carved from
-# buffers that go back to a small per-engine cache when the last array using them is
-# freed, so the next result of that size finds its pages mapped already.
+# as long as adding two such arrays. Big blocks this module makes go on the pages of the
+# host's shared memory pool (reused, mapped already) - which also lets a block travel to
+# the client or another engine with no copy (see shoal.wire's shared memory).
 
-_RECYCLE_MIN = 16 << 20
-
-
-def _recycle_limit() -> int:
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-    return int(min(1 << 30, physical // (4 * (os.cpu_count() or 1))))
-
-
-class _Recycler:
-    """Idle buffers by size, at most ``limit`` bytes of them."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.idle: dict[int, list[Any]] = {}
-        self.bytes = 0
-        self.lock = threading.Lock()
-
-    def give_back(self, nbytes: int, raw: Any) -> None:
-        with self.lock:
-            if self.bytes + nbytes <= self.limit:
-                self.idle.setdefault(nbytes, []).append(raw)
-                self.bytes += nbytes
-
-    def take(self, nbytes: int) -> Any:
-        with self.lock:
-            free = self.idle.get(nbytes)
-            if not free:
-                return np.empty(nbytes, np.uint8)
-            self.bytes -= nbytes
-            return free.pop()
-
-
-_recycler = _Recycler(_recycle_limit())
+_SHARED_MIN = 16 << 20
 
 
 def new_block(shape: tuple[int, ...], dtype: Any) -> Any:
-    """``np.empty(shape, dtype)``, on recycled memory when it is big."""
+    """``np.empty(shape, dtype)``, on the shared memory pool's pages when it is big."""
     dt = np.dtype(dtype)
-    nbytes = math.prod(shape) * dt.itemsize
-    if nbytes < _RECYCLE_MIN or dt.hasobject or not _recycler.limit:
+    if math.prod(shape) * dt.itemsize < _SHARED_MIN or dt.hasobject:
         return np.empty(shape, dt)
-    raw = _recycler.take(nbytes)
-    # Every view of the result has this holder as its base: when the last one goes, the
-    # finalizer puts the memory (still held by its arguments) back in the cache.
-    holder = (ctypes.c_char * nbytes).from_buffer(raw)
-    weakref.finalize(holder, _recycler.give_back, nbytes, raw)
-    return np.frombuffer(holder, dtype=dt).reshape(shape)
+    return empty_shared(shape, dt)
 
 
 def _weak_dtype(value: Any) -> Any:
@@ -209,7 +165,7 @@ def _recycled_out(ufunc: np.ufunc, args: tuple[Any, ...], kwargs: dict[str, Any]
     if len(args) != ufunc.nin or not any(type(a) is np.ndarray for a in args):
         return None
     shape = np.broadcast_shapes(*(np.shape(a) for a in args))
-    if math.prod(shape) * 8 < _RECYCLE_MIN // 2:
+    if math.prod(shape) * 8 < _SHARED_MIN // 2:
         return None
     try:
         dtype = ufunc.resolve_dtypes((*(_weak_dtype(a) for a in args), None))[-1]
@@ -318,7 +274,7 @@ def scan_block(ufunc: np.ufunc, block: Any, axis: int, dtype: Any) -> Any:
     """First pass of an accumulation along the split axis: this block alone, and a copy
     of its last row (the second pass changes the block in place)."""
     out = None
-    if dtype is None and block.nbytes >= _RECYCLE_MIN and block.dtype.kind in "biufc":
+    if dtype is None and block.nbytes >= _SHARED_MIN and block.dtype.kind in "biufc":
         with contextlib.suppress(TypeError, ValueError):
             kind = ufunc.resolve_dtypes((block.dtype, block.dtype, None), reduction=True)[-1]
             out = new_block(block.shape, kind)
@@ -407,9 +363,10 @@ def count_true(mask: Any) -> int:
 
 def random_block(seed: int, index: int, shape: tuple[int, ...], dtype: str, kind: str) -> Any:
     rng = np.random.default_rng([seed, index])
+    out = new_block(shape, dtype)
     if kind == "normal":
-        return rng.standard_normal(shape, dtype=np.dtype(dtype))
-    return rng.random(shape, dtype=np.dtype(dtype))
+        return rng.standard_normal(dtype=out.dtype, out=out)
+    return rng.random(dtype=out.dtype, out=out)
 
 
 def arange_block(start: Any, step: Any, lo: int, hi: int, dtype: str) -> Any:
@@ -417,15 +374,28 @@ def arange_block(start: Any, step: Any, lo: int, hi: int, dtype: str) -> Any:
 
 
 def full_block(shape: tuple[int, ...], value: Any, dtype: str) -> Any:
-    return np.full(shape, value, np.dtype(dtype))
+    out = new_block(shape, dtype)
+    np.copyto(out, value, casting="unsafe")  # as np.full fills
+    return out
 
 
 def empty_block(shape: tuple[int, ...], dtype: str) -> Any:
-    return np.empty(shape, np.dtype(dtype))
+    return new_block(shape, dtype)
+
+
+def _concatenate(
+    parts: Sequence[Any], axis: int, dtype: Any = None, casting: Any = "same_kind"
+) -> Any:
+    """``np.concatenate`` into a new block."""
+    arrays = [np.asarray(p) for p in parts]
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    dt = np.result_type(*arrays) if dtype is None else np.dtype(dtype)
+    return np.concatenate(arrays, axis=axis, out=new_block(tuple(shape), dt), casting=casting)
 
 
 def concat(axis: int, dtype: str, casting: Any, *parts: Any) -> Any:
-    return np.concatenate(parts, axis=axis, dtype=np.dtype(dtype), casting=casting)
+    return _concatenate(parts, axis, dtype, casting)
 
 
 def cast(block: Any, dtype: str, casting: Any) -> Any:
@@ -433,15 +403,17 @@ def cast(block: Any, dtype: str, casting: Any) -> Any:
     block = np.asarray(block)
     if not np.can_cast(block.dtype, np.dtype(dtype), casting):
         raise TypeError(f"Cannot cast array data from {block.dtype} to {dtype} ({casting!r})")
-    return np.array(block, dtype=np.dtype(dtype))
+    out = new_block(block.shape, dtype)
+    np.copyto(out, block, casting="unsafe")  # checked above
+    return out
 
 
 def empty_like(block: Any, dtype: str) -> Any:
-    return np.empty(block.shape, np.dtype(dtype))
+    return new_block(block.shape, dtype)
 
 
 def full_like(block: Any, value: Any, dtype: str) -> Any:
-    return np.full(block.shape, value, np.dtype(dtype))
+    return full_block(block.shape, value, dtype)
 
 
 def copyto(block: Any, src: Any, casting: Any, where: Any) -> None:
