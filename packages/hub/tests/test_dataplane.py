@@ -180,6 +180,53 @@ def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
         assert _held_by({engine_pid}) == []
 
 
+def _counters() -> tuple[int, int]:
+    shm = default_shared_memory()
+    return shm.sent, shm.received
+
+
+def test_an_engine_on_another_host_gets_its_data_as_frames(tmp_path: Path, hub: Any) -> None:
+    """Large buffers go through shared memory only between processes of one host: an
+    engine on another host (here one that says so with SHOAL_HOST) gets and sends them
+    as zmq frames, and the same calls work."""
+    with hub(tmp_path / "hub") as (_, rc):
+        env = {**os.environ, "SHOAL_HOST": "elsewhere"}
+        engine_file = str(tmp_path / "hub" / "hub-engine.json")
+        command = ["-m", "shoal.engine", "--connection-file", engine_file, "--register"]
+        far = subprocess.Popen(
+            [sys.executable, *command, "--direct", "--parent-pid", str(os.getpid())],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            rc.wait_for_engines(3, timeout=60)
+            far_id = max(rc.ids)
+            assert rc[far_id].apply_sync(os.getpid) == far.pid
+            a = np.arange(3_000_000, dtype=np.float64)  # 24 MB
+            client_before = _counters()
+            rc[far_id].push({"a": a}, block=True)
+            assert np.array_equal(rc[far_id].pull("a", block=True), a)
+            assert _counters() == client_before  # nothing through shared memory
+            assert rc[far_id].apply_sync(_counters) == (0, 0)
+            # A load-balanced task may land on it: so its buffers go as frames too.
+            lb = rc.load_balanced_view()
+            assert lb.apply_async(np.sum, a).get(30) == a.sum()
+            assert _counters() == client_before
+            # Engine to engine: a proxy argument fetched from an engine of this host.
+            box = scatter([a], destination=0, split=False, client=rc)
+            target = scatter([], destination=far_id, split=False, client=rc)
+            target.extend(box)
+            assert target[0].sum() == a.sum()
+            assert rc[0].apply_sync(_counters)[0] == 0  # engine 0 sent it as frames
+            assert rc[far_id].apply_sync(_counters) == (0, 0)
+            # Engines of this host still use it.
+            rc[0].push({"a": a}, block=True)
+            assert _counters()[0] > client_before[0]
+        finally:
+            far.kill()
+            far.wait()
+
+
 def crash_once(a: np.ndarray, marker: str) -> float:
     """Kill this engine the first time (after it took the array's segment), then sum."""
     if not os.path.exists(marker):

@@ -37,7 +37,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -65,6 +64,7 @@ from shoal.wire import (
     read_connection_file,
     read_private_file,
     shared_memory_enabled,
+    this_host,
 )
 
 from ._errors import EngineDiedError
@@ -192,6 +192,7 @@ class EngineProcess:
         self._shell.rcvhwm = 0  # requests wait here while user code runs: never refuse one
         self._direct: zmq.Socket[Any] | None = None
         self.direct_url: str | None = None
+        self.host = this_host()  # where clients on this host find its shared memory
         if direct:  # clients on this host send here, skipping the hub's relay
             self._direct = self.context.socket(zmq.ROUTER)
             self._direct.router_mandatory = True
@@ -271,7 +272,7 @@ class EngineProcess:
         """Ask the hub for an engine id; False when it does not answer or refuses."""
         info = {
             "pid": os.getpid(),
-            "hostname": socket.gethostname(),
+            "hostname": self.host,
             "direct_url": self.direct_url,
         }
         control.send_multipart(self._encode("register_request", info))
@@ -388,7 +389,8 @@ class EngineProcess:
         if link is None:
             link = self._peers[url] = _PeerLink(self.context, url, b"p" + self._peer_token)
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
-        link.sock.send_multipart(self._codec.encode(Message(header, None, {}, content)), copy=False)
+        msg = Message(header, None, {"host": self.host}, content)  # so it replies in kind
+        link.sock.send_multipart(self._codec.encode(msg), copy=False)
         poller = zmq.Poller()
         poller.register(link.sock, zmq.POLLIN)
         poller.register(link.monitor, zmq.POLLIN)
@@ -514,8 +516,10 @@ class EngineProcess:
             "started": started,
             "completed": time.time(),
         }
+        # Large buffers go through shared memory to a requester on this host only.
+        shm = request.metadata.get("host", self.host) == self.host
         try:
-            frames = self._encode(reply_type, reply, parent=request, metadata=meta)
+            frames = self._encode(reply_type, reply, parent=request, metadata=meta, shm=shm)
         except UnpicklableError as exc:  # the result itself cannot travel: say so
             fallback = error_reply(exc, engine_id=self.engine_id, serializer=None)
             frames = self._encode(reply_type, fallback, parent=request, metadata=meta)
@@ -551,13 +555,14 @@ class EngineProcess:
         *,
         parent: Message | None = None,
         metadata: dict[str, Any] | None = None,
+        shm: bool = True,
     ) -> list[Any]:
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
         if parent is None:
             msg = Message(header, None, metadata or {}, content)
         else:
             msg = Message(header, parent.header, metadata or {}, content, (), parent.identities)
-        return self._codec.encode(msg)
+        return self._codec.encode(msg, shm=shm)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._in_user_code:
@@ -653,7 +658,7 @@ class EngineProcess:
             rss = int(f.read().split()[1]) * page
         return {
             "pid": os.getpid(),
-            "hostname": socket.gethostname(),
+            "hostname": self.host,
             "cores": os.cpu_count(),
             "memory_rss": rss,
             "memory_total": os.sysconf("SC_PHYS_PAGES") * page,

@@ -18,12 +18,13 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from shoal.wire import this_host
 
 from ._client import Client
 from ._cluster import (
@@ -259,7 +260,7 @@ def _memory(client: Client, ids: list[int], queues: dict[Any, Any]) -> dict[int,
         value: Any = None
         with contextlib.suppress(Exception):
             value = client[i].status()["memory_rss"]
-        if value is None and queues[i].get("hostname") == socket.gethostname():
+        if value is None and queues[i].get("hostname") == this_host():
             value = _local_rss(int(queues[i].get("pid", 0)))
         if value is not None:
             rss[i] = _size(int(value))

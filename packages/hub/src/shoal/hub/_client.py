@@ -23,7 +23,6 @@ import collections
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -44,6 +43,7 @@ from shoal.wire import (
     new_header,
     read_connection_file,
     shared_memory_enabled,
+    this_host,
 )
 
 from ._asyncresult import AsyncResult
@@ -134,6 +134,7 @@ class Client:
         self._sender.connect(self.url)
         self._token = token
         self.direct = direct
+        self.host = this_host()
         self._init_io_state()
         self._send_lock = threading.Lock()
         self._pending: dict[str, AsyncResult] = {}
@@ -315,7 +316,9 @@ class Client:
         encoded: list[tuple[str, bytes, list[Any]]] = []
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
-            frames = self._codec.encode(Message(header, None, metadata or {}, content))
+            meta = {**metadata, "host": self.host} if metadata else {"host": self.host}
+            msg = Message(header, None, meta, content)
+            frames = self._codec.encode(msg, shm=self._same_host(route))
             encoded.append((str(header.msg_id), route, frames))
         result = make_result([msg_id for msg_id, _, _ in encoded])
         for msg_id, _, _ in encoded:  # before sending: a reply can come at once
@@ -339,6 +342,17 @@ class Client:
                 self._pending.pop(msg_id, None)
             raise
         return result
+
+    def _same_host(self, route: bytes) -> bool:
+        """Whether a request on ``route`` goes to this host (so its large buffers may go
+        through shared memory): its engine is here, or for a load-balanced task every
+        engine is; the hub is."""
+        if route[:1] in (b"e", b"c") and route[1:].isdigit():
+            host = self._engines.get(int(route[1:]), {}).get("hostname", self.host)
+            return bool(host == self.host)
+        if route in (LB, LB_BATCH):
+            return all(e.get("hostname", self.host) == self.host for e in self._engines.values())
+        return True
 
     def _coalesce(self, head: Any) -> bool:
         """Queue a small load-balanced task to go with others in one message (Nagle's
@@ -484,7 +498,8 @@ class Client:
             finally:
                 _copies.log = None
             shm = self._codec.shm
-            if shm is not None:  # large buffers: one copy in shared memory for all engines
+            here = all(self._same_host(engine_route(t)) for t in targets)
+            if shm is not None and here:  # large buffers: one copy in shared memory for all
                 buffers = [
                     shm.share(b, len(contents)) if memoryview(b).nbytes >= shm.threshold else b
                     for b in buffers
@@ -625,7 +640,7 @@ class Client:
         """Connect to an engine's own socket; requests go there once it answered a ping."""
         url = engine.get("direct_url")
         engine_id = int(engine["engine_id"])
-        if not url or engine.get("hostname") != socket.gethostname() or not self.direct:
+        if not url or engine.get("hostname") != self.host or not self.direct:
             return  # its socket listens on its host's loopback only
         receiver = self._context.socket(zmq.DEALER)
         receiver.identity = b"r" + self._token

@@ -52,6 +52,7 @@ from ._shm import copy_buffer as copy_buffer
 from ._shm import default_shared_memory as default_shared_memory
 from ._shm import shared_memory_enabled as shared_memory_enabled
 from ._shm import sweep as sweep_shared_memory
+from ._shm import this_host as this_host
 
 if _TYPE_CHECKING:
     from . import connection as connection
@@ -110,6 +111,7 @@ __all__ = [
     "default_shared_memory",
     "shared_memory_enabled",
     "sweep_shared_memory",
+    "this_host",
     "decode",
     "encode",
     "new_header",

@@ -355,8 +355,11 @@ class Codec:
         self.bytes_received = 0
 
     # -- sending ------------------------------------------------------------------------
-    def encode(self, msg: Message) -> list[Buffer]:
-        """Frames for ``msg``: its identities, the signed head, then its buffers."""
+    def encode(self, msg: Message, *, shm: bool = True) -> list[Buffer]:
+        """Frames for ``msg``: its identities, the signed head, then its buffers.
+
+        ``shm=False``: the receiver is on another host; large buffers go as frames.
+        """
         parent = msg.parent_header
         envelope = _json_dumps(
             [
@@ -372,17 +375,19 @@ class Codec:
         else:
             stream, *oob = self.serializer.dumps(content)
         buffers = [*oob, *msg.buffers]
-        shm = self.shm
-        if shm is not None:
+        pool = self.shm if shm else None
+        if pool is None and any(type(b) is SharedHandle for b in buffers):
+            raise ValueError("a message holding a shared memory handle cannot leave this host")
+        if pool is not None:
             moved = [
                 i
                 for i, b in enumerate(buffers)
-                if type(b) is SharedHandle or memoryview(b).nbytes >= shm.threshold
+                if type(b) is SharedHandle or memoryview(b).nbytes >= pool.threshold
             ]
             if moved:
                 for i in moved:
                     if type(buffers[i]) is not SharedHandle:  # else: shared already
-                        buffers[i] = shm.export(buffers[i])
+                        buffers[i] = pool.export(buffers[i])
                 envelope = envelope[:-1] + b"," + _json_dumps(moved) + b"]"
         body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
         signature = self._signer.sign(body, buffers)

@@ -54,6 +54,7 @@ import ctypes
 import mmap
 import os
 import re
+import socket
 import threading
 import uuid
 import weakref
@@ -68,6 +69,7 @@ __all__ = [
     "default_shared_memory",
     "shared_memory_enabled",
     "sweep",
+    "this_host",
 ]
 
 SHM_DIR = "/dev/shm"  # noqa: S108 - the host's shared memory, files made 0600
@@ -118,6 +120,16 @@ class _Held:
 
 _CHUNK_BYTES = 4 << 20  # the least a copy thread is given
 _COPY_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def this_host() -> str:
+    """The name of this host as shoal sees it: ``SHOAL_HOST`` if set, else the hostname.
+
+    Processes that say the same name share ``/dev/shm``; between two names, large buffers
+    travel as zmq frames. (The variable lets tests, or containers with their own
+    ``/dev/shm``, say otherwise.)
+    """
+    return os.environ.get("SHOAL_HOST") or socket.gethostname()
 
 
 def shared_memory_enabled() -> bool:
