@@ -56,9 +56,7 @@ def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path, hub: Any)
         assert view.apply_sync(lambda: default_shared_memory().received) > received
 
 
-def test_arrays_already_in_shared_memory_travel_on_without_a_copy(
-    tmp_path: Path, hub: Any
-) -> None:
+def test_arrays_already_in_shared_memory_travel_on_without_a_copy(tmp_path: Path, hub: Any) -> None:
     """A pulled array that was pushed, and an array made with empty_shared, are sent
     without a copy; every side still keeps its own writes (copy-on-write)."""
     with hub(tmp_path) as (_, rc):
