@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import random
 import subprocess
@@ -97,6 +98,11 @@ def test_copy_buffer_copies_every_byte(nbytes: int) -> None:
     target[:] = 0
     copy_buffer(target, readonly)
     assert np.array_equal(target, source)
+    if nbytes:  # into a fresh mapping, whose page tables the copy fills in first
+        fresh = mmap.mmap(-1, nbytes)
+        copy_buffer(memoryview(fresh)[100:], source[100:], populate=True)
+        assert np.array_equal(np.frombuffer(fresh, np.uint8)[100:], source[100:])
+        fresh.close()
 
 
 def test_copy_buffer_refuses_buffers_of_other_sizes() -> None:
