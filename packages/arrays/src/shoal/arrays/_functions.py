@@ -40,7 +40,16 @@ from ._array import (
     whole,
 )
 from ._kernels import BLOCK, Cat
-from ._ufuncs import _axes, accumulate, blockwise, into, leader, reduce, result_class
+from ._ufuncs import (
+    _axes,
+    _kept_local,
+    accumulate,
+    blockwise,
+    into,
+    leader,
+    reduce,
+    result_class,
+)
 
 __all__ = ["HANDLED", "array_function", "argext", "mean", "reshape", "std", "var"]
 
@@ -456,8 +465,12 @@ def _cuts(n: int, sections: Any, equal: bool) -> list[tuple[int, int]]:
         sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
         bounds = [0, *np.cumsum(sizes).tolist()]
         return list(itertools.pairwise(bounds))
-    points = [0, *(min(max(int(p), 0), n) for p in sections), n]
-    return [(lo, max(lo, hi)) for lo, hi in itertools.pairwise(points)]
+    points = [0, *(int(p) for p in sections), n]
+    cuts = []
+    for a, b in itertools.pairwise(points):  # as numpy slices: negative points count back
+        lo, hi, _ = slice(a, b).indices(n)
+        cuts.append((lo, max(lo, hi)))
+    return cuts
 
 
 @implements(np.array_split)
@@ -646,7 +659,9 @@ def var(
     n = _count(a, axis, where)
     if where is not True and not keepdims:
         n = np.squeeze(n, axis=_axes(axis, a.ndim))
-    result = np.true_divide(total, np.maximum(np.subtract(n, ddof), 0))
+    # In the sums' dtype, as numpy divides (a float32 variance stays float32).
+    denominator = np.maximum(np.subtract(n, ddof), 0)
+    result = np.true_divide(total, denominator, dtype=np.result_type(total))
     return result if out is None else into(out, result)
 
 
@@ -666,17 +681,19 @@ def std(
 
 def argext(a: Any, kind: str, axis: Any, out: Any, keepdims: bool) -> Any:
     """argmax / argmin: numpy's first occurrence (and first NaN) across blocks too."""
-    if a.size == 0:
+    fn = np.argmax if kind == "max" else np.argmin
+    if a.size == 0 and (axis is None or a.shape[_check_axis(axis, a.ndim)] == 0):
         raise ValueError(f"attempt to get arg{kind} of an empty sequence")
+    if a.size == 0:  # an empty result: nothing to spread
+        return on_one_engine(fn, (a,), {"axis": axis, "out": out, "keepdims": keepdims})
     if axis is None:
         flat = ravel(a) if a.ndim > 1 else a
         result = argext(flat, kind, 0, None, False)
-        if keepdims:
-            result = np.asarray(result).reshape((1,) * a.ndim)
+        if keepdims:  # an array of ours, as for other reductions with keepdims
+            result = _kept_local(a, np.asarray(result).reshape((1,) * a.ndim))
         return result if out is None else into(out, result)
     axis = _check_axis(axis, a.ndim)
     if axis != a._axis:
-        fn = np.argmax if kind == "max" else np.argmin
         out_axis = a._axis if keepdims else a._axis - (axis < a._axis)
         result = _per_block(a, K.call, fn, BLOCK, axis=axis, keepdims=keepdims, out_axis=out_axis)
         return result if out is None else into(out, result)
@@ -844,6 +861,16 @@ def _matmul(a: Any, b: Any, kwargs: dict[str, Any]) -> Any:
     a_ours, b_ours = isinstance(a, _Array), isinstance(b, _Array)
     a = a if a_ours else np.asarray(a)
     b = b if b_ours else np.asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(
+            f"matmul: Input operand {0 if a.ndim == 0 else 1} does not have enough dimensions"
+        )
+    inner_a, inner_b = a.shape[-1], b.shape[0 if b.ndim == 1 else -2]
+    if inner_a != inner_b:  # before any engine works on it
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} not aligned: {inner_a} (dim"
+            f" {a.ndim - 1}) != {inner_b} (dim {0 if b.ndim == 1 else b.ndim - 2})"
+        )
     cls = result_class([a, b])
     if a_ours and a.ndim == 2 and a._axis == 0 and b.ndim <= 2:
         # rows of a: each block times all of b
@@ -898,7 +925,7 @@ def dot(a: Any, b: Any, out: Any = None) -> Any:
 def take(
     a: Any, indices: Any, axis: int | None = None, out: Any = None, mode: str = "raise"
 ) -> Any:
-    if mode != "raise":
+    if mode != "raise" or a.size == 0:  # (numpy checks no index of an empty array)
         return on_one_engine(np.take, (a, indices), {"axis": axis, "mode": mode, "out": out})
     if axis is None:
         a, axis = ravel(a), 0

@@ -148,7 +148,9 @@ def _out_axis(comps: list[Any], at: int) -> int:
     advanced = [
         i for i, c in enumerate(comps) if _is_array(c) or (_is_int(c) and _any_array(comps))
     ]
-    adv_nd = len(np.broadcast_shapes(*(np.shape(comps[i]) for i in advanced))) if advanced else 0
+    # A boolean mask of any ndim stands for its nonzero(): one dimension.
+    shapes = [(1,) if _is_array(c) and c.dtype == bool else np.shape(c) for c in comps]
+    adv_nd = len(np.broadcast_shapes(*(shapes[i] for i in advanced))) if advanced else 0
     together = advanced == list(range(advanced[0], advanced[-1] + 1)) if advanced else True
     pos = 0 if together else adv_nd
     for i, c in enumerate(comps[:at]):

@@ -190,12 +190,28 @@ Job = tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
 
 
 def run(owner: str, jobs: Sequence[Job]) -> list[Any]:
-    """Run ``jobs`` in order on this engine; what each returned, kept or by value."""
-    out = []
-    for fn, args, kwargs in jobs:
-        result = fn(*materialize(args), **materialize(kwargs))
-        out.append(keep(result, owner))
+    """Run ``jobs`` in order on this engine; what each returned, kept or by value.
+
+    When a job fails, what the jobs before it kept is dropped (the client never hears
+    of it), and the error goes to the client.
+    """
+    out: list[Any] = []
+    try:
+        for fn, args, kwargs in jobs:
+            result = fn(*materialize(args), **materialize(kwargs))
+            out.append(keep(result, owner))
+    except BaseException:
+        _drop(out, owner)
+        raise
     return out
+
+
+def _drop(values: Any, owner: str) -> None:
+    if type(values) is Kept:
+        _store()[1].decref(values.oid, 1, owner)
+    elif type(values) in (tuple, list):
+        for v in values:
+            _drop(v, owner)
 
 
 # -- job functions (picklable by reference: the engines import this module) -------------

@@ -230,6 +230,14 @@ def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     return final[0] if ufunc.nout == 1 else final
 
 
+def _same(v: _Array, outs: tuple[Any, ...]) -> bool:
+    """Whether ``v`` is one of ``outs``: the same blocks, in the same shape."""
+    refs = [b._shoal_ref for b in v._blocks]
+    return any(
+        o.shape == v.shape and [b._shoal_ref for b in o._blocks] == refs for o in outs
+    )
+
+
 def _call_into(
     ufunc: np.ufunc,
     inputs: tuple[Any, ...],
@@ -249,8 +257,11 @@ def _call_into(
     layout = first._layout()
     n = first.ndim
     roots = functools.reduce(operator.or_, (o._roots for o in outs))
+    # An input sharing memory with an output is read as numpy reads it only when it is
+    # that output's very blocks (each element read where it is written); any other view
+    # of that memory (reversed, shifted, ...) is copied first.
     ins = [
-        v.copy() if isinstance(v, _Array) and v._roots & roots and not aligned(v, layout, n) else v
+        v.copy() if isinstance(v, _Array) and v._roots & roots and not _same(v, outs) else v
         for v in (*inputs, where)
     ]
     if any(not aligned(o, layout, n) for o in outs[1:]):
@@ -334,8 +345,8 @@ def _reduce(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) ->
         kw = {"axis": axes, "dtype": dtype, "keepdims": keepdims}
         if initial is not None:
             kw["initial"] = initial
-        if mask is not None:
-            kw["where"] = np.broadcast_to(_local(mask), x.shape)
+        if mask is not None:  # only its shape matters: it selects nothing from nothing
+            kw["where"] = np.broadcast_to(np.broadcast_to(False, np.shape(mask)), x.shape)
         result = _kept_local(x, np.asarray(ufunc.reduce(np.empty(x.shape, x.dtype), **kw)))
     elif reorderable(ufunc, x.dtype):
         result = _reduce_split(ufunc, x, axes, dtype, keepdims, initial, mask)
@@ -369,9 +380,10 @@ def _reduce_split(
     """Partials per block (kept dims), combined on the engine of the first block."""
     split = x._axis
     engines = x.engines
-    # With a mask, each block needs a start value: the identity, or (max, min: no
-    # identity, but idempotent) the caller's initial.
-    block_initial = initial if (mask is not None and ufunc.identity is None) else None
+    # A block may have nothing to reduce (masked out, or empty along another axis): it
+    # needs a start value, the identity, or (max, min: no identity, but idempotent) the
+    # caller's initial.
+    block_initial = initial if ufunc.identity is None else None
     plan = _Plan(x._client)
     tickets = []
     for i, b, lo, hi in _nonempty(x):
@@ -529,7 +541,7 @@ def _reduceat(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) 
     if axis != split or idx.size == 0:
         made = blockwise(
             K.array_chunk,
-            (ufunc.reduceat, x, idx),
+            (ufunc.reduceat, x, idx.tolist()),  # a list: not cut along the split axis
             {"axis": axis, "dtype": dtype},
             x.shape,
             x._layout(),
