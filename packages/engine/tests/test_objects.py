@@ -504,3 +504,28 @@ def test_objects_with_a_resolve_hook_are_replaced_in_arguments(store: ObjectStor
     lst = store.store([1])
     store.call_method(lst, "extend", (Stand(),))
     assert store.get(lst) == [1, 7, 8]
+
+
+def test_a_copy_given_back_before_its_reference_arrived_keeps_the_object() -> None:
+    """A proxy copy's reference is booked to an owner of its own ("<owner>+<n>") by the
+    client, while the engine that got the copy gives it back by another connection: the
+    give-back may come first. The count then waits below 0, and the object stays."""
+    store = ObjectStore()
+    oid = store.store([1, 2], owner="client")
+    assert store.decref(oid, 1, "client+1") == 0  # the copy is back before its +1
+    assert store.decref(oid, 1, "client") == -1  # and the client dropped its own
+    assert oid in store
+    assert store.incref(oid, 1, "client+1") == 0  # the +1 lands: nothing holds it now
+    assert oid not in store
+    with pytest.raises(ValueError, match="below 0"):  # an ordinary owner never goes below 0
+        store.decref(store.store([3]), 1, "other")
+
+
+def test_releasing_an_owner_releases_its_copies_too() -> None:
+    store = ObjectStore()
+    oid = store.store("x", owner="client")
+    store.incref(oid, 2, "client+7")
+    kept = store.store("y", owner="clients")  # another owner, whose name starts alike
+    assert store.release("client") == 1
+    assert oid not in store
+    assert kept in store

@@ -182,7 +182,14 @@ class ObjectStore:
         """Add ``n`` (>= 1) to ``owner``'s count of ``id``; return the total count."""
         _check_count(n, "incref")
         counts = self._owner_counts(id)
-        counts[owner] = counts.get(owner, 0) + n
+        mine = counts.get(owner, 0) + n
+        if mine:
+            counts[owner] = mine
+            return sum(counts.values())
+        del counts[owner]  # a copy's +1 that came after its give-back (see decref)
+        if not counts:
+            del self._objects[id], self._counts[id]
+            return 0
         return sum(counts.values())
 
     def decref(self, id: int, n: int = 1, owner: str = "") -> int:
@@ -200,7 +207,9 @@ class ObjectStore:
         _check_count(n, "decref")
         counts = self._owner_counts(id)
         mine = counts.get(owner, 0) - n
-        if mine < 0:
+        # A copy's own owner ("<owner>+<n>") may be given back before its +1 arrived (by
+        # another connection): the count waits below 0 for it, and holds the object.
+        if mine < 0 and "+" not in owner:
             raise ValueError(
                 f"decref(n={n}) of object {id} would take the reference count of owner "
                 f"{owner!r} below 0 (it is {mine + n}); nothing was changed"
@@ -215,11 +224,15 @@ class ObjectStore:
         return sum(counts.values())
 
     def release(self, owner: str) -> int:
-        """Drop every count ``owner`` holds; return how many objects that freed."""
+        """Drop every count ``owner`` holds (its copies' too); how many objects that freed."""
         freed = 0
-        for oid in [i for i, counts in self._counts.items() if owner in counts]:
-            counts = self._counts[oid]
-            del counts[owner]
+        mine = owner + "+"
+        for oid, counts in list(self._counts.items()):
+            gone = [o for o in counts if o == owner or o.startswith(mine)]
+            if not gone:
+                continue
+            for o in gone:
+                del counts[o]
             if not counts:
                 del self._objects[oid], self._counts[oid]
                 freed += 1

@@ -309,13 +309,18 @@ class Remote:
 
     def __reduce__(self) -> tuple[Any, ...]:
         client = self._shoal_client
+        owner = self._shoal_owner
         if client is not None:  # the copy holds a reference of its own
             ref = self._shoal_ref
-            client._ref_changes.append((ref.engine, ref.id, self._shoal_owner, 1))
+            # Booked to an owner of its own ("<owner>+<n>"): the engine that gets the copy
+            # may give that reference back before this +1 reached the object's engine (by
+            # another connection), and the object must not be freed meanwhile.
+            owner = f"{owner.split('+')[0]}+{next(_copy_numbers)}"
+            client._ref_changes.append((ref.engine, ref.id, owner, 1))
             client._flush_refs()  # before the message carrying the copy leaves
             log = getattr(_copies, "log", None)
             if log is not None:  # a broadcast: one copy per engine
-                log.append((ref.engine, ref.id, self._shoal_owner))
+                log.append((ref.engine, ref.id, owner))
         cls = type(self)
         interface = {
             "methods": sorted(cls.__shoal_methods__),
@@ -323,7 +328,7 @@ class Remote:
         }
         return (
             _rebuild,
-            (self._shoal_ref, self._shoal_type, self._shoal_url, self._shoal_owner, interface),
+            (self._shoal_ref, self._shoal_type, self._shoal_url, owner, interface),
         )
 
     def __shoal_resolve__(self) -> Any:
@@ -345,6 +350,7 @@ class Remote:
 
 
 _engine_drops: list[tuple[str | None, tuple[int, int, str, int]]] = []
+_copy_numbers = itertools.count(1)
 
 
 def _rebuild(
