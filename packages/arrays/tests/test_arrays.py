@@ -15,6 +15,7 @@ from arrays_testing import NoGather, object_counts
 import shoal.arrays as sa
 from shoal.arrays import _functions
 from shoal.hub import Client, Cluster, EngineDiedError, RemoteError
+from shoal.wire import shared_memory_enabled
 
 
 @pytest.mark.parametrize(
@@ -245,6 +246,7 @@ def test_arrays_passed_to_tasks_travel_by_reference(clean: Client) -> None:
     clean[1].execute("del pushed", block=True)
 
 
+@pytest.mark.skipif(not shared_memory_enabled(), reason="needs /dev/shm, and SHOAL_SHM on")
 def test_big_blocks_go_back_to_the_pool_only_once_no_view_uses_them() -> None:
     """Big blocks are made on the shared memory pool's pages: a block's segment goes
     back to the pool when the last array viewing it is gone, never before."""

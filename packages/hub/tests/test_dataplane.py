@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from shoal.hub import empty_shared, scatter
-from shoal.wire import default_shared_memory
+from shoal.wire import default_shared_memory, shared_memory_enabled
 from shoal.wire._shm import SHM_DIR
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm"),
+    pytest.mark.skipif(not shared_memory_enabled(), reason="needs /dev/shm, and SHOAL_SHM on"),
 ]
 
 

@@ -351,7 +351,8 @@ class Client:
             host = self._engines.get(int(route[1:]), {}).get("hostname", self.host)
             return bool(host == self.host)
         if route in (LB, LB_BATCH):
-            return all(e.get("hostname", self.host) == self.host for e in self._engines.values())
+            engines = list(self._engines.values())  # the I/O thread may add one meanwhile
+            return all(e.get("hostname", self.host) == self.host for e in engines)
         return True
 
     def _coalesce(self, head: Any) -> bool:
