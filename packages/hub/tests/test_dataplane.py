@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.hub import empty_shared, scatter
+from shoal.hub import CompositeError, empty_shared, scatter
 from shoal.wire import default_shared_memory, shared_memory_enabled
 from shoal.wire._shm import SHM_DIR
 
@@ -223,6 +223,43 @@ def test_an_engine_on_another_host_gets_its_data_as_frames(tmp_path: Path, hub: 
         finally:
             far.kill()
             far.wait()
+
+
+def test_a_push_to_engines_of_another_host_crosses_once(tmp_path: Path, hub: Any) -> None:
+    """A push to every engine, two of them on another host: the data goes to that host
+    once, to one of them, and the other fetches it from that one (a tree); every engine
+    ends with its own equal array."""
+    with hub(tmp_path / "hub") as (_, rc):
+        env = {**os.environ, "SHOAL_HOST": "elsewhere"}
+        engine_file = str(tmp_path / "hub" / "hub-engine.json")
+        command = ["-m", "shoal.engine", "--connection-file", engine_file, "--register"]
+        far = [
+            subprocess.Popen(
+                [sys.executable, *command, "--direct", "--parent-pid", str(os.getpid())],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+        try:
+            rc.wait_for_engines(4, timeout=60)
+            pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
+            far_ids = sorted(i for i, pid in pids.items() if pid in {p.pid for p in far})
+            a = np.arange(2_000_000, dtype=np.float64)  # 16 MB
+            assert rc[:].push({"a": a, "n": 1}, block=True) == [None] * 4
+            sums = rc[:].pull("float(a.sum()) + n", block=True)
+            assert sums == [float(a.sum()) + 1] * 4
+            # The far relay sent the other far engine its copy through shared memory.
+            received = {i: rc[i].apply_sync(_counters)[1] for i in far_ids}
+            assert sorted(received.values()) == [0, 1]
+            rc[far_ids].execute("a[0] = -1.0", block=True)  # each engine's own array
+            assert rc[:].pull("float(a[0])", block=True).count(-1.0) == 2
+            with pytest.raises(CompositeError):  # a failed push fails on both far engines
+                rc[:].push({1: a}, block=True)
+        finally:
+            for p in far:
+                p.kill()
+                p.wait()
 
 
 def crash_once(a: np.ndarray, marker: str) -> float:

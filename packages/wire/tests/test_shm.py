@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,25 @@ def test_a_mapping_kept_for_reuse_goes_when_its_segment_is_unlinked() -> None:
     os.unlink(os.path.join(SHM_DIR, name))  # as a sweep or a full pool would
     shm.export(b"y" * _size())
     assert token not in shm._maps
+    shm.close()
+
+
+def test_an_array_freed_while_the_pool_is_busy_is_released_after() -> None:
+    """Freeing an array runs the pool's release wherever that happens, even inside the
+    pool's own locked sections (a garbage collection there): it must not wait for the
+    lock its own thread holds, and the segment still goes back once the lock is free."""
+    shm = _shm(threshold=1024)
+    buf = shm.allocate(_size())
+    (token,) = shm._held
+    with shm._lock:
+        del buf
+        gc.collect()  # the release runs now, in this thread, which holds the lock
+        assert token in shm._held
+    deadline = time.monotonic() + 10
+    while token in shm._held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert token not in shm._held
+    assert not _segments(f"shoal-u-{os.getpid()}-{token}")
     shm.close()
 
 

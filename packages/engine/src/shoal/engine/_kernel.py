@@ -31,6 +31,7 @@ import builtins
 import io
 import linecache
 import sys
+import time
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, cast
@@ -50,6 +51,7 @@ SHELL_REQUESTS = (
     "push_request",
     "pull_request",
     "clear_request",
+    "relay_request",
 )
 #: Request types forwarded to the object store.
 OBJECT_REQUESTS = (
@@ -176,7 +178,10 @@ class Kernel:
             "push_request": self._push,
             "pull_request": self._pull,
             "clear_request": self._clear,
+            "relay_request": self._relay,
         }
+        # Pushes this engine relays to others of its host: token -> [names, readers left]
+        self._relays: dict[str, list[Any]] = {}
 
     def handle(self, msg_type: str, content: Mapping[str, Any]) -> dict[str, Any]:
         """Run one request and return its reply content; never raises.
@@ -296,9 +301,36 @@ class Kernel:
         return g
 
     def _push(self, content: Mapping[str, Any]) -> dict[str, Any]:
-        names = _field(content, "push_request", "namespace", Mapping, "dict")
-        self.namespace.update(_str_keys(names, "push_request", "namespace"))
+        source = content.get("namespace_from")
+        relay = content.get("relay")
+        try:
+            if isinstance(source, Mapping):  # a broadcast's copy, from an engine here
+                names = _fetch_relayed(source)
+            else:
+                names = _field(content, "push_request", "namespace", Mapping, "dict")
+            names = _str_keys(names, "push_request", "namespace")
+        except Exception as exc:
+            if isinstance(relay, Mapping):  # the others must not wait for it
+                self._relays[str(relay["token"])] = [exc, int(relay["readers"])]
+            raise
+        if isinstance(relay, Mapping):  # the others of this host fetch it from here
+            self._relays[str(relay["token"])] = [names, int(relay["readers"])]
+        self.namespace.update(names)
         return {"status": "ok"}
+
+    def _relay(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        """A relayed push's names, for an engine of this host (``ready`` False: the push
+        has not run here yet)."""
+        token = _field(content, "relay_request", "token", str, "str")
+        entry = self._relays.get(token)
+        if entry is None:
+            return {"status": "ok", "ready": False}
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._relays[token]
+        if isinstance(entry[0], Exception):  # the push failed here: say why there too
+            raise entry[0]
+        return {"status": "ok", "ready": True, "namespace": entry[0]}
 
     def _pull(self, content: Mapping[str, Any]) -> dict[str, Any]:
         names = _field(content, "pull_request", "names", (str, list, tuple), "str or list[str]")
@@ -343,6 +375,26 @@ def _field(
     if not isinstance(value, kind):
         raise TypeError(f"{request} needs content[{key!r}] as {expected}, got {_kind(value)}")
     return value
+
+
+def _fetch_relayed(source: Mapping[str, Any]) -> Any:
+    """The names of a push relayed by another engine of this host: asked for until that
+    engine has run the push (it may be busy; it answers between requests)."""
+    from ._engine import current_engine  # noqa: PLC0415 - the engine imports this module
+
+    engine = current_engine()
+    if engine is None:
+        raise RuntimeError("a relayed push reaches engines only")
+    url, token = str(source["url"]), str(source["token"])
+    while True:
+        reply = engine.peer_request(url, "relay_request", {"token": token})
+        if reply.get("status") != "ok":
+            raise RuntimeError(
+                f"the engine relaying this push failed: {reply.get('ename')}: {reply.get('evalue')}"
+            )
+        if reply.get("ready"):
+            return reply["namespace"]
+        time.sleep(0.005)
 
 
 def _str_keys(mapping: Mapping[Any, Any], request: str, key: str) -> dict[str, Any]:

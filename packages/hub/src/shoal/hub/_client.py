@@ -490,30 +490,14 @@ class Client:
     ) -> AsyncResult:
         """One request per target engine, gathered in one AsyncResult."""
         contents = [content_for(t) for t in targets]
-        if len(contents) > 1 and all(c is contents[0] for c in contents):
-            # The same content for every engine (a broadcast): serialize it once.
-            copied: list[tuple[int, int, str]] = []
-            _copies.log = copied
-            try:
-                stream, *buffers = self._codec.serializer.dumps(contents[0])
-            finally:
-                _copies.log = None
-            shm = self._codec.shm
-            here = all(self._same_host(engine_route(t)) for t in targets)
-            if shm is not None and here:  # large buffers: one copy in shared memory for all
-                buffers = [
-                    shm.share(b, len(contents)) if memoryview(b).nbytes >= shm.threshold else b
-                    for b in buffers
-                ]
-            shared = RawContent((stream, *buffers))
-            # Each engine unpickles its own copy of every proxy inside: one reference
-            # each, where pickling booked one for them all.
-            for engine, oid, owner in copied:
-                for _ in range(len(contents) - 1):
-                    self._ref_changes.append((engine, oid, owner, 1))
-            if copied:
-                self._flush_refs()
-            contents = [shared] * len(contents)
+        relayed = self._relays(targets, msg_type, contents)
+        plain = [i for i in range(len(targets)) if i not in relayed]
+        if len(plain) > 1 and all(contents[i] is contents[plain[0]] for i in plain):
+            shared = self._broadcast(contents[plain[0]], [targets[i] for i in plain])
+            for i in plain:
+                contents[i] = shared
+        for i, content in relayed.items():
+            contents[i] = content
         routes = [engine_route(t) for t in targets]
         requests = [(r, msg_type, c, None) for r, c in zip(routes, contents, strict=True)]
         return self._submit(
@@ -522,6 +506,58 @@ class Client:
                 self, ids, single=single, combine=combine, label=label or msg_type
             ),
         )
+
+    def _broadcast(self, content: Any, targets: Sequence[int]) -> RawContent:
+        """The same content for every engine of ``targets``: serialized once, its large
+        buffers in one shared memory segment for all when they are on this host."""
+        copied: list[tuple[int, int, str]] = []
+        _copies.log = copied
+        try:
+            stream, *buffers = self._codec.serializer.dumps(content)
+        finally:
+            _copies.log = None
+        shm = self._codec.shm
+        if shm is not None and all(self._same_host(engine_route(t)) for t in targets):
+            buffers = [
+                shm.share(b, len(targets)) if memoryview(b).nbytes >= shm.threshold else b
+                for b in buffers
+            ]
+        # Each engine unpickles its own copy of every proxy inside: one reference each,
+        # where pickling booked one for them all.
+        for engine, oid, owner in copied:
+            for _ in range(len(targets) - 1):
+                self._ref_changes.append((engine, oid, owner, 1))
+        if copied:
+            self._flush_refs()
+        return RawContent((stream, *buffers))
+
+    def _relays(self, targets: Sequence[int], msg_type: str, contents: list[Any]) -> dict[int, Any]:
+        """A push of the same names to several engines of another host crosses to that
+        host once: one of them gets it, the others fetch it from that one (on their host:
+        shared memory). Their contents, by position in ``targets``."""
+        first = contents[0] if contents else None
+        if (
+            msg_type != "push_request"
+            or not isinstance(first, dict)
+            or any(c is not first for c in contents)
+        ):
+            return {}
+        hosts: dict[str, list[int]] = {}
+        for i, t in enumerate(targets):
+            host = self._engines.get(t, {}).get("hostname", self.host)
+            if host != self.host:
+                hosts.setdefault(host, []).append(i)
+        relayed: dict[int, Any] = {}
+        for positions in hosts.values():
+            url = self._engines.get(targets[positions[0]], {}).get("direct_url")
+            if len(positions) < 2 or not url:
+                continue
+            token = uuid.uuid4().hex
+            relay = {"token": token, "readers": len(positions) - 1}
+            relayed[positions[0]] = {**first, "relay": relay}
+            for i in positions[1:]:
+                relayed[i] = {"namespace_from": {"url": url, "token": token}}
+        return relayed
 
     def _hub_request(
         self, msg_type: str, content: dict[str, Any], timeout: float | None = 10.0

@@ -49,6 +49,7 @@ other files, so the handle is signed with the message and the contents are not h
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import mmap
@@ -414,15 +415,26 @@ class SharedMemory:
 
         A receiver unmaps it, so its memory leaves the process (the pool keeps it). A
         process that wrote the segment itself keeps its mapping with its sent ones.
+
+        This runs when an array is freed, which may happen anywhere - even inside this
+        object's own locked sections (a garbage collection there). So it takes the lock
+        only if it is free at once; otherwise a thread does the work when it is.
         """
-        used = self._used(os.getpid(), token)
-        with self._lock:
-            held = self._held.pop(token, None)
+        if not self._lock.acquire(blocking=False):
+            _later.submit(self._release_locked, token, size, keep_mapping, self._lock)
+            return
+        try:
+            self._release_locked(token, size, keep_mapping)
+        finally:
+            self._lock.release()
+
+    def _release_locked(self, token: str, size: int, keep_mapping: bool) -> None:
+        held = self._held.pop(token, None)
         if held is not None and held.private:  # not in the cache: its pages may differ
             _close_later(held.mm)
         elif not keep_mapping:
-            self._unmap(token)
-        self._let_go(used, token, size)  # others may still share it
+            self._unmap_locked(token)
+        self._let_go(self._used(os.getpid(), token), token, size)  # others may share it
 
     # -- bookkeeping --------------------------------------------------------------------
     def _used(self, pid: int, token: str) -> str:
@@ -469,10 +481,13 @@ class SharedMemory:
 
     def _unmap(self, token: str) -> None:
         with self._lock:
-            mm = self._maps.pop(token, None)
-            if mm is not None:
-                self._mapped -= len(mm)
-                _close_later(mm)
+            self._unmap_locked(token)
+
+    def _unmap_locked(self, token: str) -> None:
+        mm = self._maps.pop(token, None)
+        if mm is not None:
+            self._mapped -= len(mm)
+            _close_later(mm)
 
     def _free_bytes(self) -> int:
         total = 0
@@ -558,6 +573,37 @@ def _written(at: int, n: int) -> bool:
     except OSError:
         return True  # cannot tell: take it as written
     return b"\x01" in entries[7::8].translate(_WRITTEN)
+
+
+class _Later:
+    """One thread that runs, in order, what could not run where it was asked for (see
+    :meth:`SharedMemory._release`): each call under the lock it names."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self._queue.append((fn, *args))  # deque.append: safe from any context
+        if self._thread is None or self._pid != os.getpid():  # (a forked child: anew)
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="shoal-shm", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                fn, *args, lock = self._queue.popleft()
+                with lock, contextlib.suppress(Exception):
+                    fn(*args)
+
+
+_later = _Later()
 
 
 def _close_later(mm: mmap.mmap) -> None:
