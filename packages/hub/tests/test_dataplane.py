@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,41 @@ def _held_by(pids: set[int]) -> list[str]:
     return [
         n for n in os.listdir(SHM_DIR) if n.startswith("shoal-u-") and int(n.split("-")[2]) in pids
     ]
+
+
+@contextlib.contextmanager
+def _client_script(path: Path, source: str, says: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    """A client process running ``source``, once its first line says ``says``; ended
+    (SIGKILL) after the block, if it still runs."""
+    path.write_text(textwrap.dedent(source))
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == says
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def _engines_elsewhere(hub_dir: Path, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` engines of the hub in ``hub_dir`` that say they run on another host."""
+    env = {**os.environ, "SHOAL_HOST": "elsewhere"}
+    command = ["-m", "shoal.engine", "--connection-file", str(hub_dir / "hub-engine.json")]
+    command += ["--register", "--direct", "--parent-pid", str(os.getpid())]
+    procs = [
+        subprocess.Popen([sys.executable, *command], env=env, stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path, hub: Any) -> None:
@@ -95,10 +132,7 @@ def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> 
     with hub(tmp_path / "hub") as (hub_proc, rc):
         pid_of = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
         engine_pids = set(pid_of.values())
-        script = tmp_path / "client.py"
-        script.write_text(
-            textwrap.dedent(
-                f"""
+        source = f"""
                 import numpy as np
                 from shoal.hub import Client
                 rc = Client(url_file={str(tmp_path / "hub" / "hub-client.json")!r})
@@ -108,20 +142,10 @@ def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> 
                     rc[:].push({{"big": a}}, block=True)
                     rc[:].pull("big", block=True)
                 """
-            )
-        )
-        client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
-        try:
-            assert client.stdout is not None
-            assert client.stdout.readline().strip() == b"ready"
+        with _client_script(tmp_path / "client.py", source, b"ready") as client:
             time.sleep(1.0)  # transfers under way
             os.kill(pid_of[0], signal.SIGKILL)
             os.kill(client.pid, signal.SIGKILL)
-        finally:
-            client.kill()
-            client.wait()
-            if client.stdout is not None:
-                client.stdout.close()
         deadline = time.monotonic() + 20
         while 0 in rc.ids and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -145,10 +169,7 @@ def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
     back to the pool at once rather than when the engine ends."""
     with hub(tmp_path / "hub") as (_, rc):
         engine_pid = rc[0].apply_sync(os.getpid)
-        script = tmp_path / "client.py"
-        script.write_text(
-            textwrap.dedent(
-                f"""
+        source = f"""
                 import time
                 from shoal.hub import Client
                 rc = Client(url_file={str(tmp_path / "hub" / "hub-client.json")!r},
@@ -159,18 +180,8 @@ def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
                 print("sent", flush=True)
                 time.sleep(30)
                 """
-            )
-        )
-        client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
-        try:
-            assert client.stdout is not None
-            assert client.stdout.readline().strip() == b"sent"
+        with _client_script(tmp_path / "client.py", source, b"sent") as client:
             os.kill(client.pid, signal.SIGKILL)
-        finally:
-            client.kill()
-            client.wait()
-            if client.stdout is not None:
-                client.stdout.close()
         rc[0].execute("pass", block=True)  # after the pull's reply was tried
         deadline = time.monotonic() + 10
         while _held_by({engine_pid}) and time.monotonic() < deadline:
@@ -187,79 +198,51 @@ def test_an_engine_on_another_host_gets_its_data_as_frames(tmp_path: Path, hub: 
     """Large buffers go through shared memory only between processes of one host: an
     engine on another host (here one that says so with SHOAL_HOST) gets and sends them
     as zmq frames, and the same calls work."""
-    with hub(tmp_path / "hub") as (_, rc):
-        env = {**os.environ, "SHOAL_HOST": "elsewhere"}
-        engine_file = str(tmp_path / "hub" / "hub-engine.json")
-        command = ["-m", "shoal.engine", "--connection-file", engine_file, "--register"]
-        far = subprocess.Popen(
-            [sys.executable, *command, "--direct", "--parent-pid", str(os.getpid())],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            rc.wait_for_engines(3, timeout=60)
-            far_id = max(rc.ids)
-            assert rc[far_id].apply_sync(os.getpid) == far.pid
-            a = np.arange(3_000_000, dtype=np.float64)  # 24 MB
-            client_before = _counters()
-            rc[far_id].push({"a": a}, block=True)
-            assert np.array_equal(rc[far_id].pull("a", block=True), a)
-            assert _counters() == client_before  # nothing through shared memory
-            assert rc[far_id].apply_sync(_counters) == (0, 0)
-            # A load-balanced task may land on it: so its buffers go as frames too.
-            lb = rc.load_balanced_view()
-            assert lb.apply_async(np.sum, a).get(30) == a.sum()
-            assert _counters() == client_before
-            # Engine to engine: a proxy argument fetched from an engine of this host.
-            box = scatter([a], destination=0, split=False, client=rc)
-            target = scatter([], destination=far_id, split=False, client=rc)
-            target.extend(box)
-            assert target[0].sum() == a.sum()
-            assert rc[0].apply_sync(_counters)[0] == 0  # engine 0 sent it as frames
-            assert rc[far_id].apply_sync(_counters) == (0, 0)
-            # Engines of this host still use it.
-            rc[0].push({"a": a}, block=True)
-            assert _counters()[0] > client_before[0]
-        finally:
-            far.kill()
-            far.wait()
+    with hub(tmp_path / "hub") as (_, rc), _engines_elsewhere(tmp_path / "hub", 1) as (far,):
+        rc.wait_for_engines(3, timeout=60)
+        far_id = max(rc.ids)
+        assert rc[far_id].apply_sync(os.getpid) == far.pid
+        a = np.arange(3_000_000, dtype=np.float64)  # 24 MB
+        client_before = _counters()
+        rc[far_id].push({"a": a}, block=True)
+        assert np.array_equal(rc[far_id].pull("a", block=True), a)
+        assert _counters() == client_before  # nothing through shared memory
+        assert rc[far_id].apply_sync(_counters) == (0, 0)
+        # A load-balanced task may land on it: so its buffers go as frames too.
+        lb = rc.load_balanced_view()
+        assert lb.apply_async(np.sum, a).get(30) == a.sum()
+        assert _counters() == client_before
+        # Engine to engine: a proxy argument fetched from an engine of this host.
+        box = scatter([a], destination=0, split=False, client=rc)
+        target = scatter([], destination=far_id, split=False, client=rc)
+        target.extend(box)
+        assert target[0].sum() == a.sum()
+        assert rc[0].apply_sync(_counters)[0] == 0  # engine 0 sent it as frames
+        assert rc[far_id].apply_sync(_counters) == (0, 0)
+        # Engines of this host still use it.
+        rc[0].push({"a": a}, block=True)
+        assert _counters()[0] > client_before[0]
 
 
 def test_a_push_to_engines_of_another_host_crosses_once(tmp_path: Path, hub: Any) -> None:
     """A push to every engine, two of them on another host: the data goes to that host
     once, to one of them, and the other fetches it from that one (a tree); every engine
     ends with its own equal array."""
-    with hub(tmp_path / "hub") as (_, rc):
-        env = {**os.environ, "SHOAL_HOST": "elsewhere"}
-        engine_file = str(tmp_path / "hub" / "hub-engine.json")
-        command = ["-m", "shoal.engine", "--connection-file", engine_file, "--register"]
-        far = [
-            subprocess.Popen(
-                [sys.executable, *command, "--direct", "--parent-pid", str(os.getpid())],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-            for _ in range(2)
-        ]
-        try:
-            rc.wait_for_engines(4, timeout=60)
-            pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
-            far_ids = sorted(i for i, pid in pids.items() if pid in {p.pid for p in far})
-            a = np.arange(2_000_000, dtype=np.float64)  # 16 MB
-            assert rc[:].push({"a": a, "n": 1}, block=True) == [None] * 4
-            sums = rc[:].pull("float(a.sum()) + n", block=True)
-            assert sums == [float(a.sum()) + 1] * 4
-            # The far relay sent the other far engine its copy through shared memory.
-            received = {i: rc[i].apply_sync(_counters)[1] for i in far_ids}
-            assert sorted(received.values()) == [0, 1]
-            rc[far_ids].execute("a[0] = -1.0", block=True)  # each engine's own array
-            assert rc[:].pull("float(a[0])", block=True).count(-1.0) == 2
-            with pytest.raises(CompositeError):  # a failed push fails on both far engines
-                rc[:].push({1: a}, block=True)
-        finally:
-            for p in far:
-                p.kill()
-                p.wait()
+    with hub(tmp_path / "hub") as (_, rc), _engines_elsewhere(tmp_path / "hub", 2) as far:
+        rc.wait_for_engines(4, timeout=60)
+        pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
+        far_ids = sorted(i for i, pid in pids.items() if pid in {p.pid for p in far})
+        a = np.arange(2_000_000, dtype=np.float64)  # 16 MB
+        assert rc[:].push({"a": a, "n": 1}, block=True) == [None] * 4
+        sums = rc[:].pull("float(a.sum()) + n", block=True)
+        assert sums == [float(a.sum()) + 1] * 4
+        # The far relay sent the other far engine its copy through shared memory.
+        received = {i: rc[i].apply_sync(_counters)[1] for i in far_ids}
+        assert sorted(received.values()) == [0, 1]
+        rc[far_ids].execute("a[0] = -1.0", block=True)  # each engine's own array
+        assert rc[:].pull("float(a[0])", block=True).count(-1.0) == 2
+        with pytest.raises(CompositeError):  # a failed push fails on both far engines
+            rc[:].push({1: a}, block=True)
 
 
 def crash_once(a: np.ndarray, marker: str) -> float:
