@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import shoal.arrays as sa
-from shoal.hub import Client
+from shoal.hub import Client, RemoteError
 
 FAST = settings(
     max_examples=int(os.environ.get("SHOAL_TEST_EXAMPLES", "20")),  # more: a deeper run
@@ -126,11 +126,12 @@ def attempt(fn: Callable[[], Any]) -> Any:
 
 
 def error_names(exc: BaseException) -> set[str]:
-    """The names an error answers to: its classes, and for an engine's error the
-    remote type's name."""
+    """The names an error answers to: its classes, and when it came from an engine (its
+    cause a RemoteError) the type raised there, which may not pickle (numpy's
+    UFuncTypeError arrives as the TypeError it derives from)."""
     names = {c.__name__ for c in type(exc).__mro__}
-    if hasattr(exc, "ename"):
-        names.add(exc.ename)
+    if isinstance(exc.__cause__, RemoteError):
+        names.add(exc.__cause__.ename)
     return names
 
 
@@ -143,6 +144,18 @@ def same_outcome(got: Any, want: Any, **kwargs: Any) -> None:
     if isinstance(got, Exception):
         pytest.fail(f"numpy gave a result, we raised {got!r}")
     same(got, want, **kwargs)
+
+
+@st.composite
+def axes(draw: Any, ndim: int) -> Any:
+    """An ``axis`` argument: None, one axis (negative too) or a tuple of distinct axes."""
+    return draw(
+        st.one_of(
+            st.none(),
+            st.integers(-ndim, ndim - 1),
+            st.lists(st.integers(0, ndim - 1), max_size=ndim, unique=True).map(tuple),
+        )
+    )
 
 
 @st.composite

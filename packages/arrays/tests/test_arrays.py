@@ -90,11 +90,15 @@ def test_metadata_and_repr_cost_no_data(clean: Client) -> None:
 
 def test_asarray_follows_numpy_2(clean: Client) -> None:
     a = np.arange(6.0)
-    x = sa.scatter(a, client=clean)
-    np.testing.assert_array_equal(np.asarray(x, dtype=np.float32), a.astype(np.float32))
-    with pytest.raises(ValueError, match="copy=False"):
-        np.asarray(x, copy=False)
-    assert not hasattr(x, "__array_interface__")
+    for x in (sa.scatter(a, client=clean), sa.remote(a, client=clean)):
+        for got in (np.asarray(x), np.array(x), np.array(x, copy=True)):
+            assert type(got) is np.ndarray
+            np.testing.assert_array_equal(got, a)
+        np.testing.assert_array_equal(np.asarray(x, dtype=np.float32), a.astype(np.float32))
+        for fn in (np.asarray, np.array):
+            with pytest.raises(ValueError, match="copy=False"):
+                fn(x, copy=False)
+        assert not hasattr(x, "__array_interface__")
 
 
 def test_constructors_make_the_data_on_the_engines(clean: Client) -> None:
@@ -192,10 +196,20 @@ def test_dropped_arrays_free_their_blocks(rc: Client) -> None:
 
 def test_remote_failures_reach_the_client_with_their_type(clean: Client) -> None:
     x = sa.scatter(np.arange(6), client=clean)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(ValueError, match="cannot reshape") as info:
         sa.apply(lambda block: block.reshape(5), x)
-    assert info.value.ename == "ValueError"
-    assert "cannot reshape" in str(info.value)
+    remote = info.value.__cause__  # where it happened: the engine's traceback
+    assert isinstance(remote, RemoteError)
+    assert remote.ename == "ValueError"
+    assert remote.engine_id in clean.ids
+    assert "block.reshape(5)" in remote.traceback
+    # numpy's UFuncTypeError holds DType classes that do not pickle: the TypeError it is
+    with pytest.raises(TypeError) as numpy_info:
+        np.gcd(np.arange(6), 2.5)
+    with pytest.raises(TypeError, match="did not contain a loop") as info:
+        np.gcd(x, 2.5)
+    assert isinstance(info.value.__cause__, RemoteError)
+    assert info.value.__cause__.ename == type(numpy_info.value).__name__
     with pytest.raises(IndexError, match="out of bounds"):
         x[6]
     with pytest.raises(ValueError, match="would move data between engines"):

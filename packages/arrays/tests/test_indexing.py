@@ -37,11 +37,6 @@ from hypothesis.extra import numpy as hnp
 import shoal.arrays as sa
 from shoal.hub import Client
 
-# -- arrays and layouts -----------------------------------------------------------------
-
-
-# -- comparing --------------------------------------------------------------------------
-
 
 @st.composite
 def slices(draw: Any, n: int) -> slice:
@@ -174,8 +169,7 @@ def test_out_of_range_and_bad_keys_raise_index_error(clean: Client, case: Any, d
         want = attempt(lambda key=key: a[key])
         assert isinstance(want, IndexError), (key, want)
         got = attempt(lambda key=key: x[key])
-        assert isinstance(got, Exception), f"key {key!r}: numpy raises IndexError, we {got!r}"
-        assert "IndexError" in error_names(got), f"key {key!r}: numpy raises IndexError, we {got!r}"
+        assert isinstance(got, IndexError), f"key {key!r}: numpy raises IndexError, we {got!r}"
 
 
 def test_one_element_is_a_numpy_scalar(clean: Client) -> None:
@@ -229,8 +223,9 @@ def write(
     with NoGather(rc):
         got = attempt(lambda: x.__setitem__(key, v))
     if isinstance(want, Exception):
-        assert isinstance(got, Exception), f"key {key!r}: numpy raised {want!r}, we did not"
-        assert type(want).__name__ in error_names(got), (key, want, got)
+        assert type(want).__name__ in error_names(got), (
+            f"key {key!r}: numpy raised {want!r}, we {got!r}"
+        )
     elif isinstance(got, Exception):
         pytest.fail(f"key {key!r}: numpy assigned, we raised {got!r}")
     try:

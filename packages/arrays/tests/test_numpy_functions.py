@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 from arrays_testing import NoGather
 from differential import (
     FAST,
     FEW,
     attempt,
+    axes,
     broadcastable,
     cases,
     dist,
@@ -39,22 +39,6 @@ from hypothesis.extra import numpy as hnp
 
 import shoal.arrays as sa
 from shoal.hub import Client
-
-# -- arrays and layouts -----------------------------------------------------------------
-
-
-# -- comparing --------------------------------------------------------------------------
-
-
-@st.composite
-def axes(draw: Any, ndim: int) -> Any:
-    return draw(
-        st.one_of(
-            st.none(),
-            st.integers(-ndim, ndim - 1),
-            st.lists(st.integers(0, ndim - 1), max_size=ndim, unique=True).map(tuple),
-        )
-    )
 
 
 def kind_of(rc: Client, data: Any, b: np.ndarray[Any, Any], kinds: list[str]) -> Any:
@@ -332,12 +316,18 @@ def test_reductions_as_functions_and_methods(
         kwargs["ddof"] = data.draw(st.sampled_from([0, 1, 2]))
     if name in ("sum", "prod", "mean") and data.draw(st.booleans()):
         kwargs["dtype"] = data.draw(st.sampled_from([np.float64, np.int64, np.float32]))
-    want = attempt(lambda: getattr(np, name)(a, **kwargs))
-    want_method = attempt(lambda: getattr(a, name)(**kwargs))
+    mask = None
+    if data.draw(st.booleans()):
+        mask = data.draw(hnp.arrays(np.bool_, data.draw(broadcastable(a.shape))))
+        if name in ("min", "max"):
+            kwargs["initial"] = 0
+    want = attempt(lambda: getattr(np, name)(a, **kwargs, where=True if mask is None else mask))
+    want_method = attempt(lambda: getattr(a, name)(**kwargs, where=True if mask is None else mask))
     x = dist(clean, a, layout)
+    where = True if mask is None else kind_of(clean, data, mask, ["ndarray", "dist"])
     with NoGather(clean):
-        got = attempt(lambda: getattr(np, name)(x, **kwargs))
-        got_method = attempt(lambda: getattr(x, name)(**kwargs))
+        got = attempt(lambda: getattr(np, name)(x, **kwargs, where=where))
+        got_method = attempt(lambda: getattr(x, name)(**kwargs, where=where))
     rtol = 1e-6 if a.dtype.kind in "biu" or name in ("std", "var") else 1e-9
     same_outcome(got, want, rtol=rtol)
     same_outcome(got_method, want_method, rtol=rtol)
@@ -648,27 +638,6 @@ def test_methods(clean: Client, case: Any, data: Any) -> None:
         assert x.item(i) == a.item(i)
         idx = np.unravel_index(i, a.shape)
         assert x.item(*idx) == a.item(*idx)
-
-
-def test_asarray_gathers_and_copy_false_raises(clean: Client) -> None:
-    a = np.arange(24.0).reshape(2, 3, 4)
-    for axis in range(3):
-        x = sa.scatter(a, axis, client=clean)
-        for got in (np.asarray(x), np.array(x), np.array(x, copy=True)):
-            assert type(got) is np.ndarray
-            np.testing.assert_array_equal(got, a)
-        as_int = np.asarray(x, dtype=np.int32)
-        assert as_int.dtype == np.int32
-        np.testing.assert_array_equal(as_int, a.astype(np.int32))
-        with pytest.raises(ValueError, match="copy"):
-            np.asarray(x, copy=False)
-        with pytest.raises(ValueError, match="copy"):
-            np.array(x, copy=False)
-        r = sa.remote(a, client=clean)
-        np.testing.assert_array_equal(np.asarray(r), a)
-        with pytest.raises(ValueError, match="copy"):
-            np.asarray(r, copy=False)
-        assert not hasattr(x, "__array_interface__")
 
 
 @FEW

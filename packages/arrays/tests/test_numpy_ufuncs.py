@@ -26,6 +26,7 @@ from differential import (
     FEW,
     arrays,
     attempt,
+    axes,
     broadcastable,
     cases,
     dist,
@@ -42,12 +43,6 @@ from numpy.testing.overrides import get_overridable_numpy_ufuncs
 
 import shoal.arrays as sa
 from shoal.hub import Client
-
-# -- arrays and layouts -----------------------------------------------------------------
-
-
-# -- comparing --------------------------------------------------------------------------
-
 
 # -- __call__ ---------------------------------------------------------------------------
 
@@ -435,17 +430,6 @@ def test_unary_operators_and_matmul_operators(clean: Client) -> None:
 # -- reduce -----------------------------------------------------------------------------
 
 
-@st.composite
-def axes(draw: Any, ndim: int) -> Any:
-    return draw(
-        st.one_of(
-            st.none(),
-            st.integers(-ndim, ndim - 1),
-            st.lists(st.integers(0, ndim - 1), max_size=ndim, unique=True).map(tuple),
-        )
-    )
-
-
 REORDERABLE = [
     np.add,
     np.multiply,
@@ -516,6 +500,11 @@ def test_reduce_with_where(clean: Client, case: Any, ufunc: np.ufunc, data: Any)
     same_outcome(got, want, rtol=1e-7)
 
 
+# numpy 2.3 and 2.4 get a float power reduction along a contiguous axis wrong
+# ((2.0**3.0)**2.0 gives 4.0), so their float64 answer is no reference there.
+FLOAT_POWER_REDUCES = np.power.reduce(np.array([2.0, 3.0, 2.0])) == 64
+
+
 @FAST
 @given(
     case=cases(dtypes=[np.float64, np.int64]),
@@ -527,15 +516,16 @@ def test_reduce_that_is_not_reorderable(
 ) -> None:
     """numpy's order, left to right, along any one axis (the split axis too)."""
     a, layout = case
+    float_power_wrong = ufunc is np.power and not FLOAT_POWER_REDUCES
     if ufunc is np.power:
-        a = np.clip(a, 0, 3)
+        a = np.clip(a, 0, 3).astype(np.int64 if float_power_wrong else a.dtype)
     elif ufunc is not np.subtract:
         a = np.where(a == 0, 3, a)
     axis = data.draw(st.sampled_from([layout[0], layout[0], -1, 0]))
     kwargs: dict[str, Any] = {"axis": axis, "keepdims": data.draw(st.booleans())}
     if data.draw(st.booleans()):
         kwargs["initial"] = data.draw(st.sampled_from([1, 100]))
-    if data.draw(st.booleans()):
+    if data.draw(st.booleans()) and not float_power_wrong:
         kwargs["dtype"] = np.float64
     want = attempt(lambda: ufunc.reduce(a, **kwargs))
     x = dist(clean, a, layout)

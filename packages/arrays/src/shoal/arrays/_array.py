@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from shoal.engine import current_engine
-from shoal.hub import Client, EngineDiedError, Ref, Remote
+from shoal.hub import Client, EngineDiedError, Ref, Remote, RemoteError
 from shoal.hub._remote import _collect, _replace  # the hub's gather walks values the same way
 from shoal.hub._views import _join  # big joins on warm pages: the hub's gather does the same
 
@@ -135,7 +135,8 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
     """Run each engine's jobs (one message per engine, all in parallel); their results.
 
     When one engine fails, the blocks the others made are freed and the first error is
-    raised (a RemoteError with the remote type, message and traceback).
+    raised: a job's exception with its own type (or its builtin base type when it does
+    not pickle), caused by a RemoteError that holds the engine's traceback.
     """
     owner = client.owner
     gone = sorted(set(jobs) - set(client.ids))
@@ -153,9 +154,16 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
     error: BaseException | None = None
     for e, result in pending.items():
         try:
-            results[e] = result.get()
+            value = result.get()
         except BaseException as exc:
             error = error or exc
+            continue
+        if type(value) is K.Failed:
+            failed = value.exception
+            failed.__cause__ = RemoteError(value.ename, str(failed), value.traceback, e)
+            error = error or failed
+        else:
+            results[e] = value
     if error is not None:
         for e, values in results.items():
             _handles(client, e, values)  # dropped at once: their engines free them

@@ -596,10 +596,12 @@ HANDLED[np.cumsum] = _scan(np.add)
 HANDLED[np.cumprod] = _scan(np.multiply)
 
 
-def _count(a: Any, axis: Any, where: Any) -> Any:
+def _count(a: Any, axis: Any, where: Any, keepdims: bool) -> Any:
+    """How many elements each result of a reduction of ``a`` sums up."""
     if where is True:
         return math.prod(a.shape[d] for d in _axes(axis, a.ndim))
-    return reduce(np.add, np.broadcast_to(where, a.shape), axis=axis, keepdims=True, dtype=np.intp)
+    mask = np.broadcast_to(where, a.shape)
+    return reduce(np.add, mask, axis=axis, keepdims=keepdims, dtype=np.intp)
 
 
 @implements(np.mean)
@@ -618,10 +620,10 @@ def mean(
             np.float64 if a.dtype.kind in "biu" else np.float32 if a.dtype == np.float16 else None
         )
     total = reduce(np.add, a, axis=axis, dtype=work, keepdims=keepdims, where=where)
-    n = _count(a, axis, where)
-    if where is not True and not keepdims:
-        n = np.squeeze(n, axis=_axes(axis, a.ndim)) if isinstance(n, np.ndarray) else n
-    result = np.true_divide(total, n)
+    n = _count(a, axis, where, keepdims)
+    # In the sums' dtype, as numpy divides (float32 stays float32, where= counts too).
+    kind = np.result_type(total)
+    result = np.true_divide(total, n, dtype=kind if kind.kind in "fc" else None)
     target = dtype or (np.float16 if a.dtype == np.float16 else None)
     if target is not None:
         result = (
@@ -656,9 +658,7 @@ def var(
     d = np.subtract(a, centre)
     sq = np.multiply(d, np.conjugate(d)).real if a.dtype.kind == "c" else np.multiply(d, d)
     total = reduce(np.add, sq, axis=axis, dtype=dtype, keepdims=keepdims, where=where)
-    n = _count(a, axis, where)
-    if where is not True and not keepdims:
-        n = np.squeeze(n, axis=_axes(axis, a.ndim))
+    n = _count(a, axis, where, keepdims)
     # In the sums' dtype, as numpy divides (a float32 variance stays float32).
     denominator = np.maximum(np.subtract(n, ddof), 0)
     result = np.true_divide(total, denominator, dtype=np.result_type(total))
@@ -868,8 +868,8 @@ def _matmul(a: Any, b: Any, kwargs: dict[str, Any]) -> Any:
     inner_a, inner_b = a.shape[-1], b.shape[0 if b.ndim == 1 else -2]
     if inner_a != inner_b:  # before any engine works on it
         raise ValueError(
-            f"matmul: shapes {a.shape} and {b.shape} not aligned: {inner_a} (dim"
-            f" {a.ndim - 1}) != {inner_b} (dim {0 if b.ndim == 1 else b.ndim - 2})"
+            "matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc"
+            f" signature (n?,k),(k,m?)->(n?,m?) (size {inner_b} is different from {inner_a})"
         )
     cls = result_class([a, b])
     if a_ours and a.ndim == 2 and a._axis == 0 and b.ndim <= 2:
@@ -915,6 +915,11 @@ def dot(a: Any, b: Any, out: Any = None) -> Any:
     if np.ndim(a) == 0 or np.ndim(b) == 0:
         result = np.multiply(a, b)
     elif np.ndim(a) <= 2 and np.ndim(b) <= 2:
+        sa, sb = np.shape(a), np.shape(b)
+        if sa[-1] != sb[0]:  # numpy's words for dot (matmul's differ)
+            raise ValueError(
+                f"shapes {sa} and {sb} not aligned: {sa[-1]} (dim {len(sa) - 1}) != {sb[0]} (dim 0)"
+            )
         result = _matmul(a, b, {})
     else:
         result = on_one_engine(np.dot, (a, b), {})

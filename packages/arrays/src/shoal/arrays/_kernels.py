@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,7 +28,7 @@ import numpy as np
 from shoal.engine import current_engine
 from shoal.hub import empty_shared
 
-__all__ = ["BLOCK", "Cat", "Empty", "Get", "Kept", "Place", "run"]
+__all__ = ["BLOCK", "Cat", "Empty", "Failed", "Get", "Kept", "Place", "run"]
 
 
 class Get(NamedTuple):
@@ -189,21 +191,52 @@ def keep(value: Any, owner: str) -> Any:
 Job = tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
 
 
-def run(owner: str, jobs: Sequence[Job]) -> list[Any]:
+class Failed(NamedTuple):
+    """A job's exception, sent back as a value so that the client raises it with its own
+    type (numpy's ValueError stays a ValueError); its type's name and the engine's
+    traceback text."""
+
+    exception: Exception
+    ename: str
+    traceback: str
+
+
+def run(owner: str, jobs: Sequence[Job]) -> list[Any] | Failed:
     """Run ``jobs`` in order on this engine; what each returned, kept or by value.
 
     When a job fails, what the jobs before it kept is dropped (the client never hears
-    of it), and the error goes to the client.
+    of it), and the error goes to the client as a :class:`Failed` (raised instead when
+    not even its builtin base type can carry it: the client gets a RemoteError).
     """
     out: list[Any] = []
     try:
         for fn, args, kwargs in jobs:
             result = fn(*materialize(args), **materialize(kwargs))
             out.append(keep(result, owner))
-    except BaseException:
+    except BaseException as exc:
         _drop(out, owner)
-        raise
+        sent = _portable(exc) if isinstance(exc, Exception) else None
+        if sent is None:
+            raise
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc.__traceback__ = None  # its frames hold the blocks the jobs read
+        return Failed(sent, type(exc).__name__, text)
     return out
+
+
+def _portable(exc: Exception) -> Exception | None:
+    """``exc`` when it pickles, else its message in the builtin type it derives from
+    (numpy's UFuncTypeError holds DType classes that do not pickle: a TypeError)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        base = next(c for c in type(exc).__mro__ if c.__module__ == "builtins")
+        try:
+            plain: Exception = base(str(exc))
+        except Exception:  # a builtin that wants other arguments (UnicodeError, ...)
+            return None
+        return plain
+    return exc
 
 
 def _drop(values: Any, owner: str) -> None:
@@ -338,7 +371,9 @@ def accumulate_after(ufunc: np.ufunc, carry: Any, block: Any, axis: int, dtype: 
     """An accumulation that is not reorderable, continued from the last row before."""
     if carry is None:
         return np.asarray(ufunc.accumulate(block, axis=axis, dtype=dtype))
-    joined = np.concatenate([carry.astype(block.dtype if dtype is None else dtype), block], axis)
+    # In the accumulation's dtype (carry's, as numpy's loop): true_divide of ints is float.
+    kind = carry.dtype if dtype is None else dtype
+    joined = np.concatenate([carry.astype(kind), block.astype(kind)], axis)
     out = ufunc.accumulate(joined, axis=axis, dtype=dtype)
     return np.asarray(np.take(out, range(1, out.shape[axis]), axis=axis))
 

@@ -233,9 +233,7 @@ def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> A
 def _same(v: _Array, outs: tuple[Any, ...]) -> bool:
     """Whether ``v`` is one of ``outs``: the same blocks, in the same shape."""
     refs = [b._shoal_ref for b in v._blocks]
-    return any(
-        o.shape == v.shape and [b._shoal_ref for b in o._blocks] == refs for o in outs
-    )
+    return any(o.shape == v.shape and [b._shoal_ref for b in o._blocks] == refs for o in outs)
 
 
 def _call_into(
@@ -288,15 +286,15 @@ def _call_into(
 
 
 @functools.lru_cache(maxsize=256)
-def reorderable(ufunc: np.ufunc, dtype: np.dtype[Any]) -> bool:
-    """Whether numpy lets ``ufunc`` reduce over several axes at once (its reductions
-    may then be split into partials and combined)."""
+def reorderable(ufunc: np.ufunc, dtype: np.dtype[Any], work: Any = None) -> bool:
+    """Whether numpy lets ``ufunc`` reduce ``dtype`` (in ``work``, when given) over
+    several axes at once (its reductions may then be split into partials and combined).
+    Only numpy's "not reorderable" says no: with no loop for the dtype, the blocks fail
+    with numpy's own error."""
     try:
-        ufunc.reduce(np.ones((1, 1), dtype), axis=(0, 1))
-    except ValueError as exc:
+        ufunc.reduce(np.ones((1, 1), dtype), axis=(0, 1), dtype=work)
+    except Exception as exc:
         return "reorderable" not in str(exc)
-    except Exception:
-        return False
     return True
 
 
@@ -348,7 +346,7 @@ def _reduce(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) ->
         if mask is not None:  # only its shape matters: it selects nothing from nothing
             kw["where"] = np.broadcast_to(np.broadcast_to(False, np.shape(mask)), x.shape)
         result = _kept_local(x, np.asarray(ufunc.reduce(np.empty(x.shape, x.dtype), **kw)))
-    elif reorderable(ufunc, x.dtype):
+    elif reorderable(ufunc, x.dtype, dtype):
         result = _reduce_split(ufunc, x, axes, dtype, keepdims, initial, mask)
     else:
         if len(axes) > 1:
@@ -474,7 +472,7 @@ def _accumulate(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]
             x._client,
         )
         result = _assemble(x._client, made, split, type(x))
-    elif reorderable(ufunc, x.dtype):
+    elif reorderable(ufunc, x.dtype, dtype):
         result = _scan(ufunc, x, dtype)
     else:
         result = _scan_in_order(ufunc, x, dtype)
