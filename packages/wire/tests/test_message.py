@@ -21,6 +21,7 @@ from shoal.wire import (
     Header,
     HeaderDecodeError,
     InvalidKeyError,
+    Link,
     MalformedMessageError,
     Message,
     RawContent,
@@ -37,8 +38,8 @@ from shoal.wire import (
 
 KEY = b"k" * 32
 GOLDEN_MESSAGE = Message(
-    Header("m-1", "ping", "sess", 1700000000.5, "1", "alice"),
-    Header("m-0", "req", "sess", 1700000000.0, "1", "bob"),
+    Header("m-1", "ping", "sess", 1700000000.5, "2", "alice"),
+    Header("m-0", "req", "sess", 1700000000.0, "2", "bob"),
     {"engine": 3},
     {"n": 1},
     (b"raw",),
@@ -47,13 +48,33 @@ GOLDEN_MESSAGE = Message(
 # The frames of GOLDEN_MESSAGE: the wire format, fixed. Changing it needs a new version.
 GOLDEN_FRAMES = [
     b"id1",
-    b"<SHOAL|1>336d2ddc4ef73ad5ce3bd743807fcd867e3a5ed59a9f2b6c021986bf3b3d1cf8"
+    b"<SHOAL|2>"
+    b"H\xdd\xf9\xd84pH\x08+aA\xaa\n\\\"K\xc1\xf1X\xd1\xbb\xcc\xdf\x10\x17\xa7[\xa3\rP\xb6 "
+    b"LLLLLLLLLLLLLLLL\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00@@\xfcT\xd9A"
+    b"312c779d39c7e86a6fae8493c0a6a6dc72f5a1fa3aace6a189416993624ad330"
     b"k\x00\x00\x00"
-    b'[["m-1","ping","sess",1700000000.5,"1","alice"],'
-    b'["m-0","req","sess",1700000000.0,"1","bob"],{"engine":3},1]'
+    b'[["m-1","ping","sess",1700000000.5,"2","alice"],'
+    b'["m-0","req","sess",1700000000.0,"2","bob"],{"engine":3},1]'
     b"\x80\x05\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01n\x94K\x01s.",
     b"raw",
 ]
+# Where the parts of the head start: delimiter, link MAC, link stamp, signature, body.
+MAC_AT, STAMP_AT, SIG_AT, BODY_AT = 9, 41, 73, 137
+
+
+def head_of(signature: bytes, body: bytes) -> bytes:
+    """A head frame built by hand: a valid link stamp over ``signature``, then ``body``."""
+    import os
+    import struct
+
+    stamp = struct.pack("<16sQd", os.urandom(16), 1, time.time())
+    mac = hmac.new(KEY, stamp + signature, hashlib.sha256).digest()
+    return b"<SHOAL|2>" + mac + stamp + signature + body
+
+
+def golden_link(codec: Codec) -> Link:
+    """The link that stamped GOLDEN_FRAMES: a fixed id, first message, a fixed time."""
+    return Link(codec, link_id=b"L" * 16, clock=lambda: 1700000001.0)
 
 
 def fresh(msg_type: str = "ping", content: Any = None, **kw: Any) -> Message:
@@ -66,7 +87,8 @@ def as_bytes(frames: list[Any]) -> list[bytes]:
 
 def test_golden_frames_encode() -> None:
     """Encoding the reference message gives exactly the reference frames."""
-    assert as_bytes(encode(GOLDEN_MESSAGE, KEY)) == GOLDEN_FRAMES
+    codec = Codec(KEY, replay=None)
+    assert as_bytes(codec.encode(GOLDEN_MESSAGE, link=golden_link(codec))) == GOLDEN_FRAMES
 
 
 def test_golden_frames_decode() -> None:
@@ -83,10 +105,37 @@ def test_golden_frames_decode() -> None:
 def test_signature_is_hmac_sha256_of_every_frame() -> None:
     """The signature is plain HMAC-SHA256, so other implementations can check it."""
     head = GOLDEN_FRAMES[1]
-    body = head[9 + 64 :]
+    body = head[BODY_AT:]
     mac = hmac.new(KEY, body, hashlib.sha256)
     mac.update(len(b"raw").to_bytes(8, "little") + b"raw")
-    assert head[9 : 9 + 64] == mac.hexdigest().encode()
+    assert head[SIG_AT:BODY_AT] == mac.hexdigest().encode()
+
+
+def test_link_mac_is_hmac_sha256_of_stamp_and_signature() -> None:
+    """The link stamp's MAC is plain HMAC-SHA256 (raw) over the stamp and the signature."""
+    head = GOLDEN_FRAMES[1]
+    mac = hmac.new(KEY, head[STAMP_AT:BODY_AT], hashlib.sha256).digest()
+    assert head[MAC_AT:STAMP_AT] == mac
+
+
+def test_restamped_message_verifies_and_keeps_its_signature() -> None:
+    """A router's stamp replaces the link stamp only; the message's signature is kept."""
+    sender, router, receiver = Codec(KEY), Codec(KEY), Codec(KEY)
+    frames = as_bytes(sender.encode(fresh(content="x", buffers=(b"b" * 100,))))
+    router.verify(frames)
+    forwarded = [router.link().stamp(frames[0]), *frames[1:]]
+    assert forwarded[0][SIG_AT:] == frames[0][SIG_AT:]
+    assert receiver.decode(forwarded).content == "x"
+
+
+def test_tampered_link_stamp_refused() -> None:
+    """Changing the link id or sequence number under the MAC fails authentication."""
+    frames = as_bytes(encode(fresh(), KEY))
+    for at in (STAMP_AT, STAMP_AT + 16):
+        bad = bytearray(frames[0])
+        bad[at] ^= 1
+        with pytest.raises(AuthenticationError, match="link stamp"):
+            decode([bytes(bad)], KEY)
 
 
 def test_roundtrip_with_array_buffers() -> None:
@@ -128,7 +177,7 @@ def test_resplit_buffers_refused() -> None:
 def test_wrong_key_refused() -> None:
     """A message signed with another key fails authentication."""
     frames = encode(fresh(), b"x" * 32)
-    with pytest.raises(AuthenticationError, match="signature"):
+    with pytest.raises(AuthenticationError, match="does not match the key"):
         decode(frames, KEY)
 
 
@@ -164,43 +213,69 @@ def test_forged_copy_does_not_poison_history() -> None:
     assert codec.decode(genuine).content == "genuine"
 
 
-def test_old_message_refused() -> None:
-    """A message dated outside the replay window is refused, naming the window."""
+def test_unknown_link_stamped_before_the_receiver_started_is_refused() -> None:
+    """A message captured before the receiver existed cannot be replayed to it."""
+    sender = Codec(KEY)
+    old = sender.encode(fresh(), link=Link(sender, clock=lambda: time.time() - 3600))
+    with pytest.raises(ReplayError, match="before this receiver started"):
+        Codec(KEY).decode(old)
+
+
+def test_header_date_is_not_a_replay_rule() -> None:
+    """A request created long ago (it waited in a queue) is accepted: only links count."""
     codec = Codec(KEY)
-    old = Message(Header("id", "t", "s", time.time() - 3600))
-    with pytest.raises(ReplayError, match="window"):
-        codec.decode(codec.encode(old))
+    old = Message(Header("id", "t", "s", time.time() - 30 * 24 * 3600, "2", ""))
+    assert codec.decode(Codec(KEY).encode(old)).header.msg_id == "id"
 
 
-def test_replay_history_is_bounded_and_safe() -> None:
-    """A full history forgets the oldest signature but then refuses anything that old."""
-    from shoal.wire import ReplayGuard
+def test_a_flood_never_gets_honest_traffic_refused() -> None:
+    """Finding 5: a message encoded early (or dated just inside the old window) and
+    delivered after 300,000 others is accepted; replays of either are still refused."""
+    receiver = Codec(KEY)
+    early, old_dated = Codec(KEY), Codec(KEY)
+    waited = early.encode(fresh("waited"))
+    edge = old_dated.encode(Message(Header("edge", "t", "s", time.time() - 590, "2", "")))
+    receiver.decode(edge)
+    flood = Codec(KEY)
+    frames = flood.encode(fresh())
+    for _ in range(300_000):
+        receiver.verify(flood.encode(fresh()))
+    assert receiver.decode(waited).msg_type == "waited"
+    assert receiver.decode(old_dated.encode(fresh("later"))).msg_type == "later"
+    for replay in (waited, edge, frames):
+        with pytest.raises(ReplayError):
+            receiver.decode(replay)
 
-    guard = ReplayGuard(window=60, max_entries=3)
-    now = 1000.0
-    for i in range(3):
-        guard.check(b"sig%d" % i, now + i, now=now + 3)
-    guard.check(b"sig3", now + 3, now=now + 3)
+
+def test_links_remembered_are_bounded() -> None:
+    """The guard keeps at most max_links links, forgetting the least recently used."""
+    guard = ReplayGuard(window=60, max_links=3, clock=lambda: 1000.0)
+    for link in (b"a", b"b", b"c"):
+        guard.record(link, 1)
+    guard.record(b"a", 2)  # a is now the most recently used
+    guard.record(b"d", 1)
     assert len(guard) == 3
-    with pytest.raises(ReplayError, match="predates"):
-        guard.check(b"sig0", now, now=now + 3)
+    with pytest.raises(ReplayError):
+        guard.check(b"a", 2, 1000.0)
+    guard.check(b"b", 1, 1000.0)  # forgotten: a new link again, stamped in time
 
 
-def test_replay_history_expires_with_window() -> None:
-    """Signatures older than the window are forgotten (the window refuses them anyway)."""
-    from shoal.wire import ReplayGuard
-
-    guard = ReplayGuard(window=10, max_entries=100)
-    guard.check(b"a", 100.0, now=100.0)
-    guard.check(b"b", 200.0, now=200.0)
-    assert len(guard) == 1
+def test_a_link_out_of_order_is_refused() -> None:
+    """Within one link, a message not after the last accepted one is refused."""
+    sender, receiver = Codec(KEY), Codec(KEY)
+    link = sender.link()
+    first = sender.encode(fresh(), link=link)
+    second = sender.encode(fresh(), link=link)
+    receiver.decode(second)
+    with pytest.raises(ReplayError, match="not after"):
+        receiver.decode(first)
 
 
 def test_version_mismatch_names_both() -> None:
     """A peer speaking protocol 2 is told apart from a bad signature, with both versions."""
     frames = as_bytes(encode(fresh(), KEY))
-    frames[0] = frames[0].replace(b"<SHOAL|1>", b"<SHOAL|2>", 1)
-    with pytest.raises(VersionMismatchError, match=r"'2'.*'1'"):
+    frames[0] = frames[0].replace(b"<SHOAL|2>", b"<SHOAL|3>", 1)
+    with pytest.raises(VersionMismatchError, match=r"'3'.*'2'"):
         decode(frames, KEY)
 
 
@@ -244,7 +319,7 @@ def test_signed_garbage_envelope() -> None:
     body = (5).to_bytes(4, "little") + b"[1,2]" + b"x"
     sig = hmac.new(KEY, body, hashlib.sha256).hexdigest().encode()
     with pytest.raises(HeaderDecodeError):
-        decode([b"<SHOAL|1>" + sig + body], KEY)
+        decode([head_of(sig, body)], KEY)
 
 
 def test_signed_nbuf_lie() -> None:
@@ -252,11 +327,11 @@ def test_signed_nbuf_lie() -> None:
     msg = fresh(buffers=(b"a",))
     frames = as_bytes(encode(msg, KEY))
     head = frames[0]
-    body = head[73:].replace(b"},1]", b"},7]")
+    body = head[BODY_AT:].replace(b"},1]", b"},7]")
     sig = hmac.new(KEY, body, hashlib.sha256)
     sig.update((1).to_bytes(8, "little") + b"a")
     with pytest.raises(HeaderDecodeError, match="nbuf"):
-        decode([b"<SHOAL|1>" + sig.hexdigest().encode() + body, b"a"], KEY)
+        decode([head_of(sig.hexdigest().encode(), body), b"a"], KEY)
 
 
 def test_raw_content_forwarding() -> None:
@@ -282,8 +357,8 @@ def test_errors_are_wire_errors_and_builtins() -> None:
 
 frame = st.one_of(
     st.binary(max_size=200),
-    st.just(b"<SHOAL|1>"),
-    st.builds(lambda tail: b"<SHOAL|1>" + tail, st.binary(max_size=200)),
+    st.just(b"<SHOAL|2>"),
+    st.builds(lambda tail: b"<SHOAL|2>" + tail, st.binary(max_size=200)),
     st.builds(lambda tail: b"<SHOAL|" + tail, st.binary(max_size=20)),
 )
 
@@ -350,7 +425,7 @@ def test_signed_arbitrary_envelopes_raise_only_wire_errors(envelope: Any, nbuffe
     mac = hmac.new(KEY, body, hashlib.sha256)
     for buf in buffers:
         mac.update(len(buf).to_bytes(8, "little") + buf)
-    frames = [b"<SHOAL|1>" + mac.hexdigest().encode() + body, *buffers]
+    frames = [head_of(mac.hexdigest().encode(), body), *buffers]
     with contextlib.suppress(RemoteInputError):
         Codec(KEY).decode(frames)
 
@@ -363,7 +438,7 @@ def pickle_none() -> bytes:
 
 def test_a_guard_given_to_the_codec_is_used() -> None:
     """A fresh ReplayGuard passed in (empty, so len() == 0) still refuses replays."""
-    codec = Codec(KEY, replay=ReplayGuard(window=60.0, max_entries=16))
+    codec = Codec(KEY, replay=ReplayGuard(window=60.0, max_links=16))
     frames = Codec(KEY).encode(Message(new_header("ping", "s"), None, {}, {}))
     codec.decode(frames)
     with pytest.raises(ReplayError):

@@ -12,7 +12,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from shoal.wire import AsyncSession, Codec, Session, generate_key
+from shoal.wire import AsyncSession, Codec, Message, Session, generate_key, new_header
 
 Pair = Callable[..., tuple[zmq.Socket[Any], zmq.Socket[Any]]]
 
@@ -133,3 +133,52 @@ def test_async_session_roundtrip(key: bytes) -> None:
             ctx.destroy(linger=0)
 
     asyncio.run(main())
+
+
+def test_many_frames_are_capped_while_receiving(bound_pair: Pair, key: bytes) -> None:
+    """A message of 10**6 tiny frames is read to its end, kept nowhere and counted as a
+    FrameCountError; the honest message behind it arrives."""
+    router, dealer = bound_pair(zmq.ROUTER, zmq.DEALER, "inproc")
+    server, honest = Session(router, key), Session(dealer, key)
+    dealer.sndhwm = 0
+    router.rcvhwm = 0
+    for _ in range(10**6 - 1):
+        dealer.send(b"x", zmq.SNDMORE)
+    dealer.send(b"x")
+    honest.send("honest", 1)
+    assert server.recv(timeout=60).msg_type == "honest"
+    assert server.statistics().dropped == {"FrameCountError": 1}
+
+
+def test_message_size_cap(bound_pair: Pair, key: bytes) -> None:
+    """A message over max_message_size in total is dropped as FrameTooLargeError."""
+    a, b = bound_pair(zmq.PAIR, zmq.PAIR)
+    receiver = Session(b, Codec(key, max_message_size=1 << 20))
+    sender = Session(a, key)
+    sender.send("big", None, buffers=[b"x" * (600 << 10), b"y" * (600 << 10)])
+    sender.send("small", None)
+    assert receiver.recv(timeout=10).msg_type == "small"
+    assert receiver.statistics().dropped == {"FrameTooLargeError": 1}
+
+
+def test_router_forwards_verified_messages_restamped(bound_pair: Pair, key: bytes) -> None:
+    """recv_envelope verifies without loading; forward stamps with the router's link, so
+    the receiver accepts messages whose senders' links it never saw in order."""
+    router_in, client = bound_pair(zmq.ROUTER, zmq.DEALER, "inproc")
+    out, engine = bound_pair(zmq.PAIR, zmq.PAIR, "inproc")
+    hub_in, hub_out = Session(router_in, key), Session(out, key)
+    receiver = Session(engine, key)
+    first, second = Codec(key), Codec(key)
+    late = first.encode(Message(new_header("late", "s")))  # made first, sent last
+    client.send_multipart(second.encode(Message(new_header("early", "s"), content=[1])))
+    client.send_multipart(late)
+    got = []
+    while len(got) < 2:
+        received = hub_in.recv_envelope(timeout=10)
+        assert received is not None
+        got.append(received.envelope.msg_type)
+        hub_out.forward(received.message_frames)
+    assert got == ["early", "late"]
+    assert receiver.recv(timeout=10).content == [1]
+    assert receiver.recv(timeout=10).msg_type == "late"
+    assert hub_in.recv_envelope(timeout=0) is None

@@ -50,13 +50,13 @@ import zmq
 
 from shoal.util import connect_engine_logger
 from shoal.wire import (
+    DELIMITER,
     Codec,
     ConnectionInfo,
     Message,
     RawContent,
-    RemoteInputError,
-    ReplayGuard,
     Serializer,
+    Session,
     SharedMemoryLost,
     UnpicklableError,
     default_shared_memory,
@@ -80,7 +80,6 @@ _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
 _PING = b"ping"  # a client checking its direct way to this engine
 _PONG = b"pong"
-_REPLAY_WINDOW = 30 * 24 * 3600.0
 _CONTROL_REQUESTS = (
     "interrupt_request",
     "abort_request",
@@ -175,32 +174,38 @@ class EngineProcess:
             objects=ObjectStore(self.serializer, engine_id=engine_id),
         )
         self.context: zmq.Context[Any] = zmq.Context()
-        # Requests may wait long before they are read (queued behind a long task, or in
-        # the hub's queue): the replay window spans days, and the guard's size bound
-        # (with its floor) keeps the memory in check.
-        # Large buffers go to clients of this host through shared memory; a client
-        # elsewhere would need the hub to say where it is, which it does not yet.
+        # Replay protection is per link (shoal.wire): a request that waited long in a
+        # queue is never refused. Large buffers go through shared memory to peers of
+        # this host only (requests say where their sender is).
         self._codec = Codec(
             info.key,
             serializer=self.serializer,
-            replay=ReplayGuard(_REPLAY_WINDOW, 1 << 16),
             shm=default_shared_memory() if shared_memory_enabled() else None,
         )
+        # Every socket sends and receives through a Session of its own: caps, verification,
+        # drop counts and the link stamp that orders what it sends.
+        self._sessions: dict[zmq.Socket[Any], Session] = {}
         self._pipe_lock = threading.Lock()
         self._pipe_in, self._pipe_out = self._pipe()
         self._shell: zmq.Socket[Any] = self._dealer("shell")
         self._shell.rcvhwm = 0  # requests wait here while user code runs: never refuse one
+        self._sessions[self._shell] = Session(self._shell, self._codec)
         self._direct: zmq.Socket[Any] | None = None
         self.direct_url: str | None = None
         self.host = this_host()  # where clients on this host find its shared memory
         if direct:  # clients on this host send here, skipping the hub's relay
-            self._direct = self.context.socket(zmq.ROUTER)
-            self._direct.router_mandatory = True
-            self._direct.rcvhwm = 0
-            self._direct.sndhwm = 0
-            self._direct.linger = 1000
-            port = self._direct.bind_to_random_port("tcp://127.0.0.1")
-            self.direct_url = f"tcp://127.0.0.1:{port}"
+            self._bind_direct()
+
+    def _bind_direct(self) -> None:
+        sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
+        sock.router_mandatory = True
+        sock.rcvhwm = 0
+        sock.sndhwm = 0
+        sock.linger = 1000
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        self.direct_url = f"tcp://127.0.0.1:{port}"
+        self._sessions[sock] = Session(sock, self._codec)
+        self._direct = sock
 
     def _pipe(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         """The inproc pipe to the main thread: it reads one end, other threads write."""
@@ -229,6 +234,8 @@ class EngineProcess:
         _current = self
         signal.signal(signal.SIGINT, self._on_sigint)
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
+        # The control socket is the I/O thread's: a codec of its own (no shared state).
+        self._sessions[control] = Session(control, Codec(self.info.key, serializer=self.serializer))
         if self.register and not self._register(control):
             return 2
         if self.log_url:
@@ -236,7 +243,7 @@ class EngineProcess:
         # Say hello on every channel: the peer's ROUTERs can address this engine on a
         # channel only once they have heard from it there.
         hello = {"pid": os.getpid(), "engine_id": self.engine_id}
-        control.send_multipart(self._encode("engine_ready", hello))
+        self._send(control, self._encode("engine_ready", hello))
         heartbeat.send(b"ready")
         capture = self.context.socket(zmq.PUB)
         capture.bind(f"inproc://shoal-heart-{id(self)}")
@@ -249,7 +256,7 @@ class EngineProcess:
         threading.Thread(
             target=self._io_loop, args=(control, pings), name="shoal-engine-io", daemon=True
         ).start()
-        self._shell.send_multipart(self._encode("engine_ready", hello))
+        self._send(self._shell, self._encode("engine_ready", hello))
         poller = zmq.Poller()
         poller.register(self._shell, zmq.POLLIN)
         poller.register(self._pipe_in, zmq.POLLIN)
@@ -275,16 +282,14 @@ class EngineProcess:
             "hostname": self.host,
             "direct_url": self.direct_url,
         }
-        control.send_multipart(self._encode("register_request", info))
+        session = self._sessions[control]
+        self._send(control, self._encode("register_request", info))
         deadline = time.monotonic() + self.register_timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not control.poll(int(left * 1000) + 1):
-                break
             try:
-                reply = self._codec.decode(control.recv_multipart(copy=False))
-            except RemoteInputError as exc:
-                log.warning("dropped a message while registering: %s", exc)
-                continue
+                reply = session.recv(timeout=left)
+            except TimeoutError:
+                break
             if reply.msg_type != "register_reply":
                 continue
             content = reply.content
@@ -305,29 +310,28 @@ class EngineProcess:
 
     def _read(self, sock: zmq.Socket[Any]) -> None:
         """Move every request waiting on ``sock`` into ``pending``, verified, not loaded."""
-        decode = self._codec.decode
+        session = self._sessions[sock]
         direct = sock is self._direct
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = session.recv_frames_nowait()
             except zmq.Again:
                 return
+            if frames is None:  # over the caps: dropped and counted
+                continue
             if direct and len(frames) == 2 and frames[1].bytes == _PING:
                 with contextlib.suppress(zmq.ZMQError):  # a client checks the way back
                     sock.send_multipart([frames[0], _PONG])
                 continue
             try:  # content is loaded when the request runs, not here
-                msg = decode(frames, content=False)
+                msg = session.decode_or_drop(frames, content=False)
             except SharedMemoryLost as exc:  # authentic, but its data is gone: say so
-                log.warning("answered a request with an error: %s", exc)
                 msg = Message(exc.header, exc.parent_header, {}, None, (), exc.identities)
                 failed = error_reply(exc, engine_id=self.engine_id, serializer=None)
                 self._reply(sock, self._reply_route(sock, msg), failed, time.time())
                 continue
-            except RemoteInputError as exc:
-                log.warning("dropped a message: %s", exc)
-                continue
-            self.pending.append((sock, self._reply_route(sock, msg)))
+            if msg is not None:
+                self.pending.append((sock, self._reply_route(sock, msg)))
 
     def _reply_route(self, sock: zmq.Socket[Any], msg: Message) -> Message:
         """``msg`` with the identity its reply goes to: a client sends direct requests
@@ -387,10 +391,12 @@ class EngineProcess:
             raise RuntimeError("peer_request runs on the engine's main thread only")
         link = self._peers.get(url)
         if link is None:
-            link = self._peers[url] = _PeerLink(self.context, url, b"p" + self._peer_token)
+            link = self._peers[url] = _PeerLink(
+                self.context, url, b"p" + self._peer_token, self._codec
+            )
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
         msg = Message(header, None, {"host": self.host}, content)  # so it replies in kind
-        link.sock.send_multipart(self._codec.encode(msg), copy=False)
+        link.sock.send_multipart(self._codec.encode(msg, link=link.session.link), copy=False)
         poller = zmq.Poller()
         poller.register(link.sock, zmq.POLLIN)
         poller.register(link.monitor, zmq.POLLIN)
@@ -414,13 +420,10 @@ class EngineProcess:
                 if ready is link.monitor:
                     link.read_events()
                 elif ready is link.sock:
-                    try:
-                        reply = self._codec.decode(link.sock.recv_multipart(copy=False))
-                    except RemoteInputError as exc:
-                        log.warning("dropped a message: %s", exc)
-                        continue
+                    reply = link.receive()
                     if (
-                        reply.parent_header is not None
+                        reply is not None
+                        and reply.parent_header is not None
                         and reply.parent_header.msg_id == header.msg_id
                     ):
                         return dict(reply.content)
@@ -532,6 +535,11 @@ class EngineProcess:
             )
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+        """Send encoded ``frames`` on ``sock``, stamped now by its session's link."""
+        at = 0
+        while memoryview(frames[at])[: len(DELIMITER)] != DELIMITER:
+            at += 1  # past the routing identities
+        self._sessions[sock].stamp(frames, at)
         try:
             sock.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH on the direct socket: the client left
@@ -570,7 +578,8 @@ class EngineProcess:
 
     # -- I/O thread -----------------------------------------------------------------------
     def _io_loop(self, control: zmq.Socket[Any], pings: zmq.Socket[Any]) -> None:
-        codec = Codec(self.info.key, serializer=self.serializer)
+        session = self._sessions[control]
+        codec = session.codec
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(pings, zmq.POLLIN)
@@ -582,17 +591,20 @@ class EngineProcess:
                         pings.recv(copy=False)
                     last_ping = time.monotonic()
                     continue
-                frames = control.recv_multipart(copy=False)
-                try:
-                    msg = codec.decode(frames)
-                except RemoteInputError as exc:
-                    log.warning("dropped a message: %s", exc)
-                    continue
-                self._control(control, codec, msg)
+                while True:
+                    try:
+                        frames = session.recv_frames_nowait()
+                    except zmq.Again:
+                        break
+                    with contextlib.suppress(SharedMemoryLost):  # control carries none
+                        msg = None if frames is None else session.decode_or_drop(frames)
+                        if msg is not None:
+                            self._control(control, codec, msg)
             if self._direct_done:
                 done, self._direct_done = self._direct_done, []
                 header = new_header("history_report", self.identity.decode(), "engine")
-                control.send_multipart(codec.encode(Message(header, None, {}, {"tasks": done})))
+                report = Message(header, None, {}, {"tasks": done})
+                control.send_multipart(codec.encode(report, link=session.link))
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline and self._in_user_code:
                 self._deadline = None
@@ -641,7 +653,7 @@ class EngineProcess:
         reply_type = kind.replace("_request", "_reply")
         header = new_header(reply_type, self.identity.decode(), f"engine.{self.engine_id}")
         reply = Message(header, msg.header, {}, content, (), msg.identities)
-        frames = codec.encode(reply)
+        frames = codec.encode(reply, link=self._sessions[control].link)
         if kind != "shutdown_request":
             control.send_multipart(frames)
             return
@@ -677,16 +689,30 @@ class _PeerLink:
 
     CONNECT_TIMEOUT = 5.0  # seconds a request may wait for a first connection
 
-    def __init__(self, context: zmq.Context[Any], url: str, identity: bytes) -> None:
+    def __init__(
+        self, context: zmq.Context[Any], url: str, identity: bytes, codec: Codec
+    ) -> None:
         self.sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
         self.sock.identity = identity
         self.sock.linger = 0
+        self.session = Session(self.sock, codec)
         self.monitor = self.sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         self.sock.connect(url)
         self.connected = False
         self.lost = False
+
+    def receive(self) -> Message | None:
+        """The reply waiting on the socket, verified; None when it was dropped."""
+        frames = self.session.recv_frames_nowait()
+        if frames is None:
+            return None
+        try:
+            return self.session.decode_or_drop(frames)
+        except SharedMemoryLost as exc:
+            log.warning("dropped a reply: %s", exc)
+            return None
 
     def read_events(self) -> None:
         while self.monitor.poll(0):

@@ -40,7 +40,8 @@ from shoal.wire import (
     Codec,
     ConnectionInfo,
     Message,
-    RemoteInputError,
+    Session,
+    SharedMemoryLost,
     default_shared_memory,
     generate_key,
     new_header,
@@ -102,6 +103,7 @@ class KernelManager:
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._folder: str | None = None
         self._codec: Codec | None = None
+        self._sessions: dict[str, Session] = {}
         self._identity = b""
         self._session = uuid.uuid4().hex
         self._replies: dict[str, Message] = {}
@@ -127,6 +129,12 @@ class KernelManager:
             self._sockets[name] = sock
         key = generate_key()
         self._codec = Codec(key, shm=default_shared_memory() if shared_memory_enabled() else None)
+        # One Session per socket: caps, verification, drop counts, and its own link stamp.
+        self._sessions = {
+            name: Session(sock, self._codec)
+            for name, sock in self._sockets.items()
+            if name != "heartbeat"
+        }
         self._folder = tempfile.mkdtemp(prefix="shoal-kernel-")
         path = os.path.join(self._folder, "engine.json")
         write_connection_file(path, ConnectionInfo(urls=urls, key=key))
@@ -287,7 +295,8 @@ class KernelManager:
         if self.process is None or self._codec is None:
             raise RuntimeError("start() the KernelManager before sending it requests")
         header = new_header(msg_type, self._session, "kernel-manager")
-        frames = self._codec.encode(Message(header, None, {}, content))
+        session = self._sessions[channel]
+        frames = self._codec.encode(Message(header, None, {}, content), link=session.link)
         try:
             self._sockets[channel].send_multipart([self._identity, *frames], copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the engine's socket is gone
@@ -330,15 +339,18 @@ class KernelManager:
                 raise TimeoutError(f"no reply from the engine within {timeout} s")
 
     def _receive(self, sock: zmq.Socket[Any]) -> None:
-        assert self._codec is not None  # noqa: S101 - set by start()
-        frames = sock.recv_multipart(copy=False)
         if sock is self._sockets["heartbeat"]:
+            sock.recv_multipart(copy=False)
             self._ready.add("heartbeat")  # its hello, or a late echo: either says "here"
             return
+        session = self._sessions["shell" if sock is self._sockets["shell"] else "control"]
         try:
-            msg = self._codec.decode(frames[1:])
-        except RemoteInputError:
-            return  # dropped: never answered
+            frames = session.recv_frames_nowait()
+            msg = None if frames is None else session.decode_or_drop(frames)
+        except (zmq.Again, SharedMemoryLost):
+            return
+        if msg is None:
+            return  # dropped (counted in the session's statistics): never answered
         if msg.msg_type == "stream":
             self.on_stream(str(msg.content["name"]), str(msg.content["text"]))
         elif msg.msg_type == "engine_ready":

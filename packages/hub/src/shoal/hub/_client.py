@@ -10,9 +10,15 @@ A client connects two DEALER sockets to the hub's client port (see ``_hub.py``):
   never loss. A send also stops waiting when the hub is lost.
 * ``r<token>`` receives, in the client's I/O thread: replies, output streamed by the
   engines, and the hub's notices (engines joining and leaving). Each reply resolves its
-  :class:`AsyncResult`. The same thread pings the hub every ``ping_period``; when the hub
-  has been silent for ``hub_timeout`` seconds (or says it shuts down) every outstanding
-  result fails with :class:`HubLost` and further requests raise it at once.
+  :class:`AsyncResult`.
+* ``b<token>`` pings the hub's beat socket every ``ping_period``, echoed there in C, so a
+  hub busy routing is never taken for a lost one; when the hub has been silent for
+  ``hub_timeout`` seconds (or says it shuts down) every outstanding result fails with
+  :class:`HubLost` and further requests raise it at once.
+
+Every socket sends and receives through a :class:`shoal.wire.Session`: a request is
+encoded by the calling thread, then stamped by the socket's link under the send lock,
+just before it goes out, so the receiver sees each link's messages in order.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from shoal.wire import (
     Codec,
     Message,
     RawContent,
-    RemoteInputError,
+    Session,
     SharedMemoryLost,
     default_shared_memory,
     new_header,
@@ -123,15 +129,7 @@ class Client:
         self._session = uuid.uuid4().hex
         self._context: zmq.Context[Any] = zmq.Context()
         token = uuid.uuid4().hex[:16].encode()
-        self._sender: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._sender.identity = b"s" + token
-        self._sender.linger = 0
-        self._receiver: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._receiver.identity = b"r" + token
-        self._receiver.linger = 0
-        self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
-        self._receiver.connect(self.url)
-        self._sender.connect(self.url)
+        self._connect(token, info.urls.get("beat"))
         self._token = token
         self.direct = direct
         self.host = this_host()
@@ -160,6 +158,27 @@ class Client:
                 self._engines[int(e["engine_id"])] = e
         _clients.append(weakref.ref(self))
 
+    def _connect(self, token: bytes, beat_url: str | None) -> None:
+        """The sockets to the hub: send, receive and (when the hub has one) beat."""
+        self._sender: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
+        self._sender.identity = b"s" + token
+        self._sender.linger = 0
+        self._receiver: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
+        self._receiver.identity = b"r" + token
+        self._receiver.linger = 0
+        self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
+        self._receiver.connect(self.url)
+        self._sender.connect(self.url)
+        self._beat: zmq.Socket[Any] | None = None
+        if beat_url is not None:
+            self._beat = self._context.socket(zmq.DEALER)
+            self._beat.identity = b"b" + token
+            self._beat.linger = 0
+            self._beat.connect(beat_url)
+        self._sessions: dict[zmq.Socket[Any], Session] = {
+            sock: Session(sock, self._codec) for sock in (self._sender, self._receiver)
+        }
+
     def _init_io_state(self) -> None:
         # Whoever holds `_reading` reads the sockets: the I/O thread, or a caller waiting
         # for its result (`_wait`), which then needs no hand-off. `_waiters` callers want it.
@@ -177,6 +196,8 @@ class Client:
         self._wake_out.connect(address)
         self._poller.register(self._receiver, zmq.POLLIN)
         self._poller.register(self._wake_in, zmq.POLLIN)
+        if self._beat is not None:
+            self._poller.register(self._beat, zmq.POLLIN)
         # Direct ways to engines on this host: route -> (engine id, sending socket), and
         # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
         self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
@@ -385,7 +406,7 @@ class Client:
         if not heads:
             return
         counts = array.array("I", [1] * len(heads)).tobytes()
-        self._send_frames([LB_BATCH, counts, *heads], self._sender)
+        self._send_frames([LB_BATCH, counts, *heads], self._sender, heads=len(heads))
 
     def direct_url(self, engine_id: int) -> str | None:
         """The address of engine ``engine_id``'s own socket (engines on one host reach each
@@ -450,11 +471,24 @@ class Client:
                 self._check()
 
     def _send_frames(
-        self, frames: list[Any], sock: zmq.Socket[Any], direct_route: bytes | None = None
+        self,
+        frames: list[Any],
+        sock: zmq.Socket[Any],
+        direct_route: bytes | None = None,
+        *,
+        heads: int = 0,
     ) -> None:
+        """Send ``frames`` on ``sock``: a message (after its route, for the hub), or with
+        ``heads`` a batch ``[lbs, counts, head, ...]``; stamped here, under the lock."""
         big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[1:])
         with self._send_lock:
             self._check()
+            session = self._sessions[sock]
+            if heads:
+                for at in range(2, 2 + heads):
+                    session.stamp(frames, at)
+            else:
+                session.stamp(frames, 0 if direct_route is not None else 1)
             if not big and _send_now(sock, frames):
                 return  # the common case: there was room in the queue, no poll needed
             while not sock.poll(100, zmq.POLLOUT):  # the receiver's queue is full: wait
@@ -627,8 +661,11 @@ class Client:
         now = time.monotonic()
         if now >= self._next_ping:
             self._next_ping = now + self.ping_period
+            # Until the hub answered the receiving socket's hello it may not route to it;
+            # after that the beat socket carries the pings (echoed there in C).
+            pinger = hub if self._beat is None or not self._heard.is_set() else self._beat
             with contextlib.suppress(zmq.ZMQError):
-                hub.send(PING, zmq.NOBLOCK)
+                pinger.send(PING, zmq.NOBLOCK)
             if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
                 silent = now - self._last_heard
                 self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
@@ -651,26 +688,45 @@ class Client:
             ready = self._poller.poll(int(timeout * 1000) + 1 if timeout > 0 else 0)
         except zmq.ZMQError:
             return  # the context is ending: close() was called
+        self._handle(ready)
+
+    def _handle(self, ready: list[tuple[Any, int]]) -> None:
+        """Read one message from each socket the poll found ready."""
+        hub = self._receiver
         for sock, _ in ready:
             if sock is self._wake_in:
                 while self._wake_in.poll(0):
                     self._wake_in.recv()
                 continue
+            if sock is self._beat:
+                self._read_beats()
+                continue
+            session = self._sessions[sock]
             try:
-                frames = sock.recv_multipart(copy=False)
-            except zmq.ZMQError:
-                return
+                frames = session.recv_frames_nowait()
+            except zmq.ZMQError:  # Again, or the context is ending
+                continue
+            if frames is None:  # over the caps: dropped and counted
+                continue
             try:
                 if sock is hub:
                     self._last_heard = time.monotonic()
                     if frames[0].bytes == PONG:
                         self._heard.set()
                     else:
-                        self._on_message(frames[0].bytes, frames[1:])
+                        self._on_message(frames[0].bytes, frames, session)
                 else:
-                    self._on_direct(sock, frames)
+                    self._on_direct(sock, frames, session)
             except Exception:
                 log.exception("failed to handle a message")
+
+    def _read_beats(self) -> None:
+        """The hub echoed pings: it is alive."""
+        assert self._beat is not None  # noqa: S101 - only polled when there is one
+        with contextlib.suppress(zmq.ZMQError):
+            while self._beat.poll(0):
+                self._beat.recv()
+        self._last_heard = time.monotonic()
 
     # -- direct connections to engines (I/O thread) -------------------------------------
     def _open_direct(self, engine: dict[str, Any]) -> None:
@@ -690,14 +746,16 @@ class Client:
         sender.connect(url)
         receiver.send(PING)  # the engine answers once it can route to `receiver`
         self._direct_receivers[receiver] = (engine_id, sender)
+        self._sessions[receiver] = Session(receiver, self._codec)
+        self._sessions[sender] = Session(sender, self._codec)
         self._poller.register(receiver, zmq.POLLIN)
 
-    def _on_direct(self, receiver: zmq.Socket[Any], frames: list[Any]) -> None:
+    def _on_direct(self, receiver: zmq.Socket[Any], frames: list[Any], session: Session) -> None:
         engine_id, sender = self._direct_receivers[receiver]
         if frames[0].bytes == PONG:
             self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
             return
-        self._on_message(engine_route(engine_id), frames)
+        self._on_message(engine_route(engine_id), frames, session)
 
     def _close_direct(self, engine_id: int, cause: str) -> None:
         """The engine is gone: fail what was sent to it directly, close its sockets."""
@@ -707,9 +765,11 @@ class Client:
         for receiver, (eid, sender) in list(self._direct_receivers.items()):
             if eid == engine_id:
                 del self._direct_receivers[receiver]
+                self._sessions.pop(receiver, None)
                 self._poller.unregister(receiver)
                 receiver.close(linger=0)
                 with self._send_lock:
+                    self._sessions.pop(sender, None)
                     sender.close(linger=0)
         why = f"engine {engine_id} died while this request was outstanding: {cause}"
         for msg_id, eid in list(self._sent_to.items()):
@@ -723,16 +783,15 @@ class Client:
             result._deliver(msg_id, None, error, {})
 
     # -- messages -----------------------------------------------------------------------
-    def _on_message(self, route: bytes, frames: list[Any]) -> None:
+    def _on_message(self, route: bytes, frames: list[Any], session: Session) -> None:
         try:
-            msg = self._codec.decode(frames)
+            msg = session.decode_or_drop(frames)
         except SharedMemoryLost as exc:  # a reply whose data is gone: fail its request
             parent = exc.parent_header
             if parent is not None and parent.msg_id in self._pending:
                 self._fail(parent.msg_id, RemoteError("SharedMemoryLost", str(exc)))
             return
-        except RemoteInputError as exc:
-            log.warning("dropped a message: %s", exc)
+        if msg is None:  # dropped: counted in the session's statistics, logged
             return
         kind = msg.msg_type
         parent = msg.parent_header
@@ -812,6 +871,8 @@ class Client:
             sender.close(linger=0)
         for sock in (self._sender, self._receiver, self._wake_in, self._wake_out):
             sock.close(linger=0)
+        if self._beat is not None:
+            self._beat.close(linger=0)
         self._context.term()
 
     def __enter__(self) -> Client:

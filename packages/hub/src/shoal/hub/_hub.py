@@ -2,23 +2,34 @@
 
 Theory of operation
 -------------------
-One thread, one ``zmq.Poller`` over five sockets, all bound on loopback by default:
+Three threads, all sockets bound on loopback by default (another address needs Curve, or
+``insecure=True``: :func:`shoal.wire.bind`, the rule the command line uses too):
 
-* ``client`` (ROUTER): every client connects two DEALERs, ``s<token>`` to send requests
-  (used by the client's calling threads) and ``r<token>`` to receive (its I/O thread).
-  The hub answers a message from ``s<token>`` to ``r<token>``.
-* ``shell``, ``control``, ``heartbeat`` (ROUTERs): every engine's three DEALERs.
+* The **routing thread** (``serve``), one ``zmq.Poller`` over ``client`` (ROUTER: every
+  client connects two DEALERs, ``s<token>`` to send requests, used by the client's calling
+  threads, and ``r<token>`` to receive, its I/O thread; the hub answers a message from
+  ``s<token>`` to ``r<token>``), ``shell`` and ``control`` (ROUTERs: every engine's
+  DEALERs). Each socket is read through its :class:`shoal.wire.Session`: frames are
+  counted and capped as they are read, and every message is verified in full (link
+  stamp, signature over every buffer, envelope) *before* it is booked, routed or kept.
+  Identities are opaque bytes. Drops are counted per socket and reason
+  (``statistics_request``) and logged at most once a second per peer.
+* The **heart thread** pings every engine on ``heartbeat`` each ``period`` and records
+  their echoes; the routing thread only reads those times. A routing thread busy with a
+  huge message therefore never stops the pings that keep engines alive.
+* The **beat echo**: clients ping ``beat`` (a ROUTER), echoed by ``zmq.proxy`` in C
+  without the GIL, so a client never thinks a busy hub is gone; a copy of each ping
+  (its identity only) tells the routing thread which clients' leases go on.
 
 A client message is ``[route, head, *buffers]``; ``route`` says where it goes:
 ``e<id>`` (an engine's shell), ``c<id>`` (its control), ``lb`` (the load-balanced
 scheduler), ``hub`` (a request to the hub itself) or ``ping`` (answered ``pong``).
 The hub forwards ``[engine, client, head, *buffers]``; the engine answers with the
 client's identity in front, and the hub passes ``[client, e<id>, head, *buffers]`` on.
-Relayed messages are never loaded nor verified here (their destination verifies them):
-the hub reads only their envelope (:func:`shoal.wire.peek`) to keep its books --
-who waits for what, on which engine -- and it holds a request's frames (references, not
-copies) only while the request is outstanding, for retries. Hub requests and engine
-registrations are verified in full.
+Relayed messages are verified here but not loaded: the hub reads their envelope to keep
+its books -- who waits for what, on which engine -- forwards them stamped by its own link
+(each hop signs what it forwards: :class:`shoal.wire.Link`), and holds a request's
+frames (references, not copies) only while the request is outstanding, for retries.
 
 Liveness: the hub pings every engine each ``period`` seconds; an engine that has not
 echoed for ``timeout`` seconds, whose socket is gone (``ROUTER_MANDATORY`` makes a send
@@ -40,21 +51,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 
 from shoal.wire import (
+    DELIMITER,
     Codec,
     ConnectionInfo,
     Header,
+    InsecureBindError,
     Message,
-    RemoteInputError,
+    Session,
+    SharedMemoryLost,
+    bind,
     generate_key,
-    new_header,
-    peek,
     sweep_shared_memory,
     write_connection_file,
 )
@@ -81,17 +95,16 @@ def control_route(engine_id: int) -> bytes:
     return b"c%d" % engine_id
 
 
-def _send(sock: zmq.Socket[Any], to: bytes, frames: list[Any]) -> None:
-    """``[to, *frames]`` as one message; frames go without a copy. A loop of ``send``
-    calls costs half of ``send_multipart``."""
-    send = sock.send
-    send(to, _SNDMORE)
-    for frame in frames[:-1]:
-        send(frame, _SNDMORE, copy=False)
-    send(frames[-1], 0, copy=False)
+def reply_type_of(request_type: str) -> str:
+    """The reply's type for a request's type: ``x_request`` -> ``x_reply``."""
+    if request_type.endswith("_request"):
+        return request_type[: -len("_request")] + "_reply"
+    return request_type + "_reply"
 
 
-_SNDMORE = int(zmq.SNDMORE)
+def _is_head(frame: Any) -> bool:
+    """Whether ``frame`` starts a shoal message (rather than being a routing identity)."""
+    return memoryview(frame)[: len(DELIMITER)] == DELIMITER
 
 
 _Record = tuple[int | None, str, float, float | None, float | None]
@@ -123,6 +136,7 @@ class _Task:
         "excluded",
         "follow",
         "frames",
+        "header",
         "lb",
         "msg_id",
         "retries",
@@ -130,10 +144,11 @@ class _Task:
         "targets",
     )
 
-    def __init__(self, client: bytes, frames: list[Any], msg_id: str, lb: bool) -> None:
+    def __init__(self, client: bytes, frames: list[Any], header: Header, lb: bool) -> None:
         self.client = client
-        self.frames = [frames[0].bytes, *frames[1:]]  # head copied; buffers referenced
-        self.msg_id = msg_id
+        self.frames = [bytes(frames[0]), *frames[1:]]  # head copied; buffers referenced
+        self.header = header
+        self.msg_id = header.msg_id
         self.lb = lb
         self.engine: int | None = None
         self.submitted = time.time()
@@ -142,11 +157,6 @@ class _Task:
         self.after: list[str] = []
         self.follow: list[str] = []
         self.excluded: set[int] = set()
-
-    @property
-    def header(self) -> list[Any]:
-        """The request's header, read again from its head (needed only to answer it)."""
-        return peek(self.frames[0])[0]
 
 
 class _Engine:
@@ -174,6 +184,75 @@ class _Engine:
         self.ready = False
 
 
+class _Heart(threading.Thread):
+    """Pings the engines on the hub's heartbeat socket every ``period`` and records when
+    each echoed; the routing thread reads :attr:`last` and :attr:`unreachable`.
+
+    The routing thread adds and removes engines with :meth:`watch` and :meth:`forget`
+    (plain dict operations, atomic under the GIL); this thread owns the socket.
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], period: float) -> None:
+        super().__init__(name="shoal-hub-heart", daemon=True)
+        self.sock = sock
+        self.period = period
+        self.last: dict[bytes, float] = {}  # identity -> when it last echoed (monotonic)
+        self.unreachable: set[bytes] = set()  # identities a ping could not be sent to
+        self._watched: dict[bytes, None] = {}
+        self._halt = threading.Event()
+
+    def watch(self, ident: bytes) -> None:
+        self.last[ident] = time.monotonic()
+        self._watched[ident] = None
+
+    def forget(self, ident: bytes) -> None:
+        self._watched.pop(ident, None)
+        self.last.pop(ident, None)
+        self.unreachable.discard(ident)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5 * self.period + 1)
+
+    def run(self) -> None:
+        sock = self.sock
+        next_ping = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                wait = max(0.0, next_ping - time.monotonic())
+                if sock.poll(int(wait * 1000) + 1):
+                    while True:  # echoes: [identity, b"ping"]; the identity is all we use
+                        try:
+                            ident = sock.recv(zmq.NOBLOCK)
+                            while sock.rcvmore:
+                                sock.recv()
+                        except zmq.Again:
+                            break
+                        if ident in self._watched:
+                            self.last[ident] = time.monotonic()
+                if time.monotonic() >= next_ping:
+                    next_ping = time.monotonic() + self.period
+                    for ident in list(self._watched):
+                        try:
+                            sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
+                            sock.send(b"ping", zmq.NOBLOCK)
+                        except zmq.ZMQError:  # its connection is gone
+                            self.unreachable.add(ident)
+        finally:
+            sock.close(linger=0)
+
+
+def _beat_echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any], control: zmq.Socket[Any]) -> None:
+    """Echo clients' pings in C, without the GIL, until told to stop on ``control``."""
+    try:
+        zmq.proxy_steerable(sock, sock, capture, control)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        for s in (sock, capture, control):
+            s.close(linger=0)
+
+
 class Hub:
     """The hub: registration, routing, load balancing, liveness and task history.
 
@@ -182,7 +261,10 @@ class Hub:
     folder : str
         Where the connection files go (``hub-client.json``, ``hub-engine.json``, 0600).
     ip : str
-        Interface to bind; loopback by default.
+        Interface to bind; loopback by default. Any other address is refused unless
+        ``insecure`` (:func:`shoal.wire.bind`: the same rule as ``shoal hub --ip``).
+    insecure : bool
+        Allow binding a non-loopback address without encryption (a trusted network only).
     period, timeout : float
         Heartbeat period, and how long an engine may stay silent before it is declared
         dead (an engine busy in C code still answers: its echo runs without the GIL).
@@ -212,6 +294,7 @@ class Hub:
         engine_log_level: str = "WARNING",
         store: str | None = None,
         client_timeout: float = 10.0,
+        insecure: bool = False,
     ) -> None:
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1 task per engine, got {hwm}")
@@ -226,16 +309,14 @@ class Hub:
         self.codec = Codec(self.key)
         self.context: zmq.Context[Any] = zmq.Context()
         self.sockets: dict[str, zmq.Socket[Any]] = {}
-        urls: dict[str, str] = {}
-        for name in ("client", "shell", "control", "heartbeat"):
-            sock = self.context.socket(zmq.ROUTER)
-            sock.linger = 0
-            sock.router_mandatory = True  # a send to a gone peer fails, never vanishes
-            sock.sndhwm = 0  # never block the hub on a slow reader, never drop
-            port = sock.bind_to_random_port(f"tcp://{ip}")
-            urls[name] = f"tcp://{ip}:{port}"
-            self.sockets[name] = sock
-        self.urls = urls
+        self.urls = urls = self._bind(ip, insecure)
+        # Every socket the routing thread reads or writes has its Session (one message
+        # path: caps, verification, drop counts, the link that stamps what it sends).
+        self.sessions = {
+            name: Session(self.sockets[name], self.codec, session_id="hub", sender="hub")
+            for name in ("client", "shell", "control")
+        }
+        self.heart = _Heart(self.sockets.pop("heartbeat"), period)
         self.engines: dict[int, _Engine] = {}
         self.by_ident: dict[bytes, _Engine] = {}
         self.routes: dict[bytes, _Engine] = {}  # b"e<id>" -> a ready engine
@@ -260,8 +341,28 @@ class Hub:
         self.engine_file = os.path.join(folder, ENGINE_FILE)
         engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat")}
         write_connection_file(self.engine_file, ConnectionInfo(engine_urls, self.key))
-        client_info = ConnectionInfo({"client": urls["client"]}, self.key, extra=extra)
+        client_urls = {"client": urls["client"], "beat": urls["beat"]}
+        client_info = ConnectionInfo(client_urls, self.key, extra=extra)
         write_connection_file(self.client_file, client_info)
+
+    def _bind(self, ip: str, insecure: bool) -> dict[str, str]:
+        """Bind the hub's ROUTERs on random ports of ``ip``, by :func:`shoal.wire.bind`'s
+        rule (a non-loopback address needs Curve, or ``insecure``); their urls."""
+        urls: dict[str, str] = {}
+        try:
+            for name in ("client", "shell", "control", "heartbeat", "beat"):
+                sock = self.context.socket(zmq.ROUTER)
+                sock.linger = 0
+                sock.router_mandatory = True  # a send to a gone peer fails, never vanishes
+                sock.sndhwm = 0  # never block the hub on a slow reader, never drop
+                self.sockets[name] = sock
+                urls[name] = bind(sock, f"tcp://{ip}:*", insecure=insecure)
+        except (InsecureBindError, zmq.ZMQError):
+            for sock in self.sockets.values():
+                sock.close(linger=0)
+            self.context.term()
+            raise
+        return urls
 
     # -- engines this hub starts --------------------------------------------------------
     def launch(self, n: int) -> list[int]:
@@ -292,15 +393,17 @@ class Hub:
         sweep_shared_memory()  # what an earlier cluster's SIGKILLed processes left
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        self.heart.start()
+        echo, beats, steer = self._start_beat_echo()
         poller = zmq.Poller()
         handlers = {
-            self.sockets["client"]: self._on_client,
-            self.sockets["shell"]: self._on_shell,
-            self.sockets["control"]: self._on_control,
-            self.sockets["heartbeat"]: self._on_heartbeat,
+            self.sockets["client"]: (self.sessions["client"], self._on_client),
+            self.sockets["shell"]: (self.sessions["shell"], self._on_shell),
+            self.sockets["control"]: (self.sessions["control"], self._on_control),
         }
         for sock in handlers:
             poller.register(sock, zmq.POLLIN)
+        poller.register(beats, zmq.POLLIN)
         # A child engine's death wakes the poll at once (SIGCHLD through a wakeup fd),
         # instead of waiting for the next heartbeat tick.
         wake_r, wake_w = socket.socketpair()
@@ -319,62 +422,137 @@ class Hub:
                             wake_r.recv(4096)
                         self._check_children()
                         continue
-                    handler = handlers[sock]
-                    for _ in range(64):  # drain a burst before looking elsewhere
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        try:
-                            handler(frames)
-                        except Exception:  # one bad message must not end the hub
-                            log.exception("failed to handle a message")
+                    if sock is beats:
+                        self._on_beats(beats)
+                        continue
+                    self._drain(*handlers[sock])
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.period
-                    self._beat()
+                    try:
+                        self._beat()
+                    except Exception:  # a periodic path must not end the hub either
+                        log.exception("failed in the hub's periodic checks")
         finally:
             signal.set_wakeup_fd(-1)
             wake_r.close()
             wake_w.close()
             self._shutdown_engines()
+            self.heart.stop()
+            with contextlib.suppress(zmq.ZMQError):
+                steer.send(b"TERMINATE")
+            echo.join(timeout=2)
+            for sock in (steer, beats):
+                sock.close(linger=0)
             self._close()
         return 0
+
+    @staticmethod
+    def _drain(session: Session, handler: Callable[[list[Any]], None]) -> None:
+        """Handle a burst of what waits on ``session``'s socket, then look elsewhere."""
+        for _ in range(64):
+            try:
+                frames = session.recv_frames_nowait()
+            except zmq.Again:
+                return
+            if frames is None:  # over the caps: read, dropped, counted
+                continue
+            try:
+                handler(frames)
+            except Exception:  # one bad message must not end the hub
+                log.exception("failed to handle a message")
+
+    def _start_beat_echo(
+        self,
+    ) -> tuple[threading.Thread, zmq.Socket[Any], zmq.Socket[Any]]:
+        """Clients' pings answered in C; the copies (``beats``) say whose lease goes on;
+        ``steer`` stops the echo."""
+        capture = self.context.socket(zmq.PUB)
+        capture.bind("inproc://shoal-hub-beats")
+        beats = self.context.socket(zmq.SUB)
+        beats.subscribe(b"")
+        beats.connect("inproc://shoal-hub-beats")
+        steer_in = self.context.socket(zmq.PAIR)
+        steer_in.bind("inproc://shoal-hub-beat-steer")
+        steer = self.context.socket(zmq.PAIR)
+        steer.connect("inproc://shoal-hub-beat-steer")
+        echo = threading.Thread(
+            target=_beat_echo,
+            args=(self.sockets.pop("beat"), capture, steer_in),
+            name="shoal-hub-beat",
+            daemon=True,
+        )
+        echo.start()
+        return echo, beats, steer
+
+    def _on_beats(self, beats: zmq.Socket[Any]) -> None:
+        """Copies of clients' pings: each names a client (``b<token>``) whose lease goes
+        on. Unverified, so they only refresh leases of clients already known."""
+        now = time.monotonic()
+        for _ in range(1024):
+            try:
+                ident = beats.recv(zmq.NOBLOCK)
+                while beats.rcvmore:
+                    beats.recv()
+            except zmq.Again:
+                return
+            client = b"r" + ident[1:]
+            if client in self.clients:
+                self.clients[client] = now
+
+    def statistics(self) -> dict[str, Any]:
+        """What each socket's session sent, received and dropped (by reason)."""
+        return {
+            name: {"sent": st.sent, "received": st.received, "dropped": dict(st.dropped)}
+            for name, session in self.sessions.items()
+            for st in (session.statistics(),)
+        }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
     # -- clients ------------------------------------------------------------------------
     def _on_client(self, frames: list[Any]) -> None:
+        """``[sender, route, head, *buffers]`` from a client's ``s`` socket, or its
+        receiving socket's hello ``[r<token>, ping]``."""
+        if len(frames) == 2 and frames[1].bytes == PING:  # unverified: answered, not booked
+            with contextlib.suppress(zmq.ZMQError):
+                self.sessions["client"].socket.send_multipart([frames[0], PONG])
+            client = frames[0].bytes
+            if client in self.clients:
+                self.clients[client] = time.monotonic()
+            return
         if len(frames) < 3:
-            if len(frames) == 2 and frames[1].bytes == PING:
-                client = self._reply_to(frames[0].bytes)
-                self.clients[client] = time.monotonic()  # the lease goes on
-                self._to_client(client, [PONG])
+            self.sessions["client"].refuse(frames, "a client message needs a route and a head")
+            return
+        route = frames[1].bytes
+        if route == LB_BATCH:
+            self._lb_batch(frames[0].bytes, frames[2:], frames[0])
+            return
+        session = self.sessions["client"]
+        if route == HUB:
+            try:
+                request = session.decode_or_drop(frames)
+            except SharedMemoryLost:
+                return
+            if request is not None:
+                self._hub_request(self._reply_to(frames[0].bytes), request)
+            return
+        received = session.verify_or_drop(frames)
+        if received is None:
             return
         reply_to = self._reply_to(frames[0].bytes)
-        route = frames[1].bytes
-        msg = frames[2:]
-        if route == HUB:
-            self._hub_request(reply_to, msg)
-            return
-        if route == LB_BATCH:
-            self._lb_batch(reply_to, msg)
-            return
-        try:
-            header, _parent, metadata = peek(msg[0])
-        except RemoteInputError as exc:
-            log.warning("dropped a client message: %s", exc)
-            return
+        header = received.envelope.header
+        msg = frames[received.envelope.at :]
         engine = self.routes.get(route)
         if engine is not None:  # the hot path: a request for one engine's shell
-            task = _Task(reply_to, msg, header[0], lb=False)
+            task = _Task(reply_to, msg, header, lb=False)
             task.engine = engine.id
             engine.outstanding[task.msg_id] = task
-            self._to_engine(engine, "shell", [reply_to, *msg])
+            self._to_engine(engine, "shell", [reply_to], task.frames)
         elif route == LB:
-            self._lb_submit(_Task(reply_to, msg, header[0], lb=True), metadata)
+            self._lb_submit(_Task(reply_to, msg, header, lb=True), received.envelope.metadata)
         elif route[:1] == b"c" and route[1:].isdigit() and int(route[1:]) in self.engines:
-            self._to_engine(self.engines[int(route[1:])], "control", [reply_to, *msg])
+            self._to_engine(self.engines[int(route[1:])], "control", [reply_to], msg)
         elif route[:1] in (b"e", b"c") and route[1:].isdigit():
             known = sorted(self.engines)
             why = f"engine {int(route[1:])} is not registered (known: {known})"
@@ -383,25 +561,39 @@ class Hub:
             self._fail(reply_to, header, ("ValueError", f"unknown route {route!r}"), HUB)
 
     def _reply_to(self, sender: bytes) -> bytes:
-        """The receiving socket of the client whose sending socket is ``sender``."""
+        """The receiving socket of the client whose sending socket is ``sender`` (opaque
+        bytes); called only for verified messages, so only honest clients are booked."""
         reply_to = b"r" + sender[1:]
         if reply_to not in self.clients:
             self.clients[reply_to] = time.monotonic()
         return reply_to
 
-    def _to_client(self, client: bytes, frames: list[Any]) -> None:
+    def _to_client(self, client: bytes, route: bytes, frames: list[Any]) -> None:
+        """Forward a verified message (its head and buffers) to ``client``."""
         try:
-            _send(self.sockets["client"], client, frames)
+            self.sessions["client"].forward(frames, [client, route])
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
             self.codec.discard(frames)  # its shared memory, which it will never open
             if client in self.clients:
                 self._client_gone(client, str(exc))
 
-    def _to_engine(self, engine: _Engine, channel: str, frames: list[Any]) -> bool:
+    def _to_engine(
+        self, engine: _Engine, channel: str, identities: list[bytes], frames: list[Any]
+    ) -> bool:
+        """Forward a verified message to an engine (``identities`` after its own)."""
         try:
-            _send(self.sockets[channel], engine.ident, frames)
+            self.sessions[channel].forward(frames, [engine.ident, *identities])
         except zmq.ZMQError as exc:
             self._engine_lost(engine, f"its {channel} connection is gone ({exc.strerror})")
+            return False
+        return True
+
+    def _tell_engine(self, engine: _Engine, msg_type: str, content: dict[str, Any]) -> bool:
+        """A message of the hub's own to an engine's control socket."""
+        try:
+            self.sessions["control"].send(msg_type, content, identities=[engine.ident])
+        except zmq.ZMQError as exc:
+            self._engine_lost(engine, f"its control connection is gone ({exc.strerror})")
             return False
         return True
 
@@ -411,22 +603,26 @@ class Hub:
         msg_type: str,
         content: Any,
         *,
-        parent: list[Any] | None = None,
+        parent: Header | None = None,
         route: bytes = HUB,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        header = new_header(msg_type, "hub", "hub")
-        parent_header = None if parent is None else Header._make(parent)
-        frames = self.codec.encode(Message(header, parent_header, metadata or {}, content))
-        self._to_client(client, [route, *frames])
+        try:
+            self.sessions["client"].send(
+                msg_type, content, parent=parent, metadata=metadata, identities=[client, route]
+            )
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
+            if client in self.clients:
+                self._client_gone(client, str(exc))
 
     def _fail(
         self,
         client: bytes,
-        request: list[Any],
+        request: Header,
         error: tuple[str, str],
         route: bytes,
         engine_id: int | None = None,
+        **extra: Any,
     ) -> None:
         """Answer a request on the engine's behalf with an error reply."""
         ename, evalue = error
@@ -437,30 +633,33 @@ class Hub:
             "traceback": "",
             "engine_id": engine_id,
             "exception": None,
+            **extra,
         }
-        reply_type = str(request[1]).replace("_request", "_reply")
         meta = {"engine_id": engine_id, "status": "error", "started": None, "completed": None}
+        reply_type = reply_type_of(request.msg_type)
         self._send_hub_msg(client, reply_type, content, parent=request, route=route, metadata=meta)
-        self._record(str(request[0]), engine_id, "error", time.time())
+        self._record(request.msg_id, engine_id, "error", time.time())
 
     # -- load balancing -----------------------------------------------------------------
-    def _lb_batch(self, client: bytes, frames: list[Any]) -> None:
-        """Load-balanced tasks a client sent together: each is queued as if sent alone."""
-        counts = array.array("I", frames[0].bytes)
-        if sum(counts) != len(frames) - 1 or 0 in counts:
-            log.warning("dropped a task batch whose frame counts do not add up")
+    def _lb_batch(self, sender: Any, frames: list[Any], peer: Any) -> None:
+        """Load-balanced tasks a client sent together: each is verified and queued as if
+        sent alone. The client is booked only once one of them verified."""
+        session = self.sessions["client"]
+        counts = array.array("I")
+        if len(frames[0]) % counts.itemsize == 0:
+            counts.frombytes(frames[0].bytes)
+        if not counts or sum(counts) != len(frames) - 1 or 0 in counts:
+            session.refuse([peer], "a task batch whose frame counts do not add up")
             return
         at = 1
         for n in counts:
             task_frames = frames[at : at + n]
             at += n
-            try:
-                header, _parent, metadata = peek(task_frames[0])
-            except RemoteInputError as exc:
-                log.warning("dropped a task of a batch: %s", exc)
+            received = session.verify_or_drop([peer, *task_frames])
+            if received is None:
                 continue
-            task = _Task(client, task_frames, header[0], lb=True)
-            self._lb_submit(task, metadata, dispatch=False)
+            task = _Task(self._reply_to(sender), task_frames, received.envelope.header, lb=True)
+            self._lb_submit(task, received.envelope.metadata, dispatch=False)
         self._dispatch()
 
     def _lb_submit(self, task: _Task, metadata: dict[str, Any], *, dispatch: bool = True) -> None:
@@ -556,7 +755,7 @@ class Hub:
             engine = min(eligible, key=lambda e: len(e.outstanding))
             task.engine = engine.id
             engine.outstanding[task.msg_id] = task
-            self._to_engine(engine, "shell", [task.client, *task.frames])
+            self._to_engine(engine, "shell", [task.client], task.frames)
         self.pending.extendleft(reversed(skipped))
 
     def _could_run(self, task: _Task, engines: list[_Engine]) -> bool:
@@ -567,29 +766,34 @@ class Hub:
 
     # -- engines ------------------------------------------------------------------------
     def _on_shell(self, frames: list[Any]) -> None:
+        """An engine's shell message: its hello ``[engine, head]``, or a reply (or output)
+        for a client, ``[engine, client, head, *buffers]``."""
         ident = frames[0].bytes
         engine = self.by_ident.get(ident)
+        session = self.sessions["shell"]
         if engine is None:
+            session.refuse(frames[:1], "a shell message from an engine that is not registered")
             self._stray(ident)
             return
-        if frames[1].bytes[:1] == b"<":  # addressed to the hub: the engine's hello
-            try:
-                msg = self.codec.decode(frames[1:])
-            except RemoteInputError as exc:
-                log.warning("dropped an engine message: %s", exc)
-                return
-            if msg.msg_type == "engine_ready":
-                self._engine_ready(engine)
+        if _is_head(frames[1]):  # addressed to the hub: the engine's hello
+            with contextlib.suppress(SharedMemoryLost):
+                msg = session.decode_or_drop(frames)
+                if msg is not None and msg.msg_type == "engine_ready":
+                    self._engine_ready(engine)
+            return
+        received = session.verify_or_drop(frames)
+        if received is None:
+            return
+        envelope = received.envelope
+        if envelope.at != 2:
+            session.refuse(frames[:1], "an engine reply must name one client")
             return
         client = frames[1].bytes
         relayed = frames[2:]
-        try:
-            header, parent, metadata = peek(relayed[0])
-        except RemoteInputError as exc:
-            log.warning("dropped an engine message: %s", exc)
-            return
-        if header[1] != "stream" and parent is not None:
-            task = engine.outstanding.pop(parent[0], None)
+        parent = envelope.parent_header
+        metadata = envelope.metadata
+        if envelope.msg_type != "stream" and parent is not None:
+            task = engine.outstanding.pop(parent.msg_id, None)
             status = metadata.get("status")
             if task is not None:
                 if task.lb and status == "error" and task.retries > 0:
@@ -601,63 +805,84 @@ class Hub:
                     self.pending.appendleft(task)
                     self._dispatch()
                     return
+                started, completed = metadata.get("started"), metadata.get("completed")
                 self._record(
                     task.msg_id,
                     engine.id,
                     str(status),
                     task.submitted,
-                    (metadata.get("started"), metadata.get("completed")),
+                    (
+                        started if isinstance(started, int | float) else None,
+                        completed if isinstance(completed, int | float) else None,
+                    ),
                 )
                 if task.lb:
                     self._dispatch()
                 if self.waiting:
                     self._check_waiting()
                     self._dispatch()
-        self._to_client(client, [engine_route(engine.id), *relayed])
+        self._to_client(client, engine_route(engine.id), relayed)
 
     def _on_control(self, frames: list[Any]) -> None:
+        """An engine's control message: a reply for a client ``[engine, client, head]``,
+        or one for the hub ``[engine, head]`` (registration, history reports)."""
         ident = frames[0].bytes
-        if frames[1].bytes[:1] != b"<":  # a control reply for a client
+        session = self.sessions["control"]
+        if not _is_head(frames[1]):  # a control reply for a client
             engine = self.by_ident.get(ident)
-            if engine is not None:
-                self._to_client(frames[1].bytes, [control_route(engine.id), *frames[2:]])
+            received = None if engine is None else session.verify_or_drop(frames)
+            if engine is None:
+                session.refuse(frames[:1], "a control reply from an engine not registered")
+            elif received is not None and received.envelope.at == 2:
+                self._to_client(frames[1].bytes, control_route(engine.id), frames[2:])
             return
         try:
-            msg = self.codec.decode(frames[1:])
-        except RemoteInputError as exc:
-            log.warning("dropped an engine message: %s", exc)
+            msg = session.decode_or_drop(frames)
+        except SharedMemoryLost:
+            return
+        if msg is None:
             return
         if msg.msg_type == "register_request":
-            self._register(ident, msg)
+            self._register(ident, msg.header, msg.content)
         elif msg.msg_type == "history_report":  # requests clients sent the engine directly
             engine = self.by_ident.get(ident)
             tasks = msg.content.get("tasks", ()) if isinstance(msg.content, dict) else ()
-            for msg_id, status, submitted, started, completed in tasks:
-                engine_id = None if engine is None else engine.id
-                self._record(str(msg_id), engine_id, str(status), submitted, (started, completed))
+            for task in tasks:
+                try:
+                    msg_id, status, submitted, started, completed = task
+                    engine_id = None if engine is None else engine.id
+                    when = (float(started), float(completed))
+                    self._record(str(msg_id), engine_id, str(status), float(submitted), when)
+                except (TypeError, ValueError):
+                    session.refuse(frames[:1], "a history report entry is not 5 fields")
 
-    def _register(self, ident: bytes, msg: Message) -> None:
-        content = msg.content if isinstance(msg.content, dict) else {}
+    def _register(self, ident: bytes, request: Header, content: Any) -> None:
+        content = content if isinstance(content, dict) else {}
         reply: dict[str, Any]
         if ident in self.by_ident or ident in self.dead:
             reply = {"status": "error", "evalue": f"identity {ident!r} is already taken"}
         else:
             engine_id = self.next_id
             self.next_id += 1  # ids are never reused within a hub's life
+            pid = content.get("pid", 0)
             engine = _Engine(
-                engine_id, ident, int(content.get("pid", 0)), str(content.get("hostname", ""))
+                engine_id,
+                ident,
+                pid if isinstance(pid, int) else 0,
+                str(content.get("hostname", "")),
             )
             engine.proc = self.procs.get(engine.pid)
             url = content.get("direct_url")
             engine.direct_url = url if isinstance(url, str) else None
             self.engines[engine_id] = engine
             self.by_ident[ident] = engine
+            self.heart.watch(ident)
             reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 0.5}
             log.info("engine %d registered (pid %s on %s)", engine_id, engine.pid, engine.hostname)
-        header = new_header("register_reply", "hub", "hub")
-        frames = self.codec.encode(Message(header, msg.header, {}, reply))
         with contextlib.suppress(zmq.ZMQError):
-            self.sockets["control"].send_multipart([ident, *frames])
+            self.sessions["control"].send(
+                "register_reply", reply, parent=request, identities=[ident]
+            )
 
     def _engine_ready(self, engine: _Engine) -> None:
         if engine.ready:
@@ -669,32 +894,21 @@ class Hub:
             self._send_hub_msg(client, "engine_registered", self._engine_info(engine))
         self._dispatch()
 
-    def _on_heartbeat(self, frames: list[Any]) -> None:
-        engine = self.by_ident.get(frames[0].bytes)
-        if engine is not None:
-            engine.last_beat = time.monotonic()
-
     def _beat(self) -> None:
-        """Ping every engine; declare dead those that stopped answering or ended."""
+        """Declare dead the engines that stopped echoing the heart's pings or ended;
+        end the leases of silent clients."""
         now = time.monotonic()
-        heart = self.sockets["heartbeat"]
         self._check_children()
+        heart = self.heart
         for engine in list(self.engines.values()):
-            if now - engine.last_beat > self.timeout:
-                self._engine_lost(
-                    engine, f"it did not answer heartbeats for {now - engine.last_beat:.1f} s"
-                )
-                continue
-            try:
-                heart.send_multipart([engine.ident, b"ping"])
-            except zmq.ZMQError:
+            silent = now - heart.last.get(engine.ident, now)
+            if silent > self.timeout:
+                self._engine_lost(engine, f"it did not answer heartbeats for {silent:.1f} s")
+            elif engine.ident in heart.unreachable:
                 # Its process is ending (the kernel closed its sockets): say how, if ours.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    if engine.proc is not None:
-                        engine.proc.wait(0.5)
-                if engine.proc is not None and engine.proc.returncode is not None:
+                if engine.proc is not None and engine.proc.poll() is not None:
                     self._check_children()
-                else:
+                elif engine.proc is None or silent > self.period * 3:
                     self._engine_lost(engine, "its heartbeat connection is gone")
         for client, heard in list(self.clients.items()):
             if now - heard > self.client_timeout:
@@ -711,11 +925,11 @@ class Hub:
     def _client_gone(self, client: bytes, why: str) -> None:
         """A client's lease ended: every engine frees the objects the client held."""
         self.clients.pop(client, None)
-        log.info("client %r is gone (%s): releasing its objects", client, why)
-        header = new_header("release_request", "hub", "hub")
-        frames = self.codec.encode(Message(header, None, {}, {"owner": client[1:].decode()}))
+        log.info("client 0x%s is gone (%s): releasing its objects", client.hex(), why)
+        # The owner name engines booked: the client's token (opaque bytes, shown as text).
+        owner = client[1:].decode("utf-8", "backslashreplace")
         for engine in list(self.engines.values()):
-            self._to_engine(engine, "control", frames)
+            self._tell_engine(engine, "release_request", {"owner": owner})
 
     def _check_children(self) -> None:
         """Engines this hub started whose process ended are lost, with the cause."""
@@ -734,6 +948,7 @@ class Hub:
             return
         self.by_ident.pop(engine.ident, None)
         self.routes.pop(engine_route(engine.id), None)
+        self.heart.forget(engine.ident)
         self.dead.add(engine.ident)
         log.warning("engine %d is lost: %s", engine.id, cause)
         if kill and engine.proc is not None:
@@ -762,10 +977,8 @@ class Hub:
         """A message from an engine declared dead (or unknown): tell it to go."""
         if ident not in self.dead:
             return
-        header = new_header("shutdown_request", "hub", "hub")
-        frames = self.codec.encode(Message(header, None, {}, {}))
         with contextlib.suppress(zmq.ZMQError):
-            self.sockets["control"].send_multipart([ident, *frames])
+            self.sessions["control"].send("shutdown_request", {}, identities=[ident])
 
     # -- history ------------------------------------------------------------------------
     def _record(
@@ -784,12 +997,7 @@ class Hub:
             self.history.popitem(last=False)
 
     # -- hub requests -------------------------------------------------------------------
-    def _hub_request(self, client: bytes, frames: list[Any]) -> None:
-        try:
-            msg = self.codec.decode(frames)
-        except RemoteInputError as exc:
-            log.warning("dropped a hub request: %s", exc)
-            return
+    def _hub_request(self, client: bytes, msg: Message) -> None:
         kind = msg.msg_type
         content = msg.content if isinstance(msg.content, dict) else {}
         reply: dict[str, Any] = {"status": "ok"}
@@ -799,6 +1007,8 @@ class Hub:
                 reply["hub_pid"] = os.getpid()
             elif kind == "queue_status_request":
                 reply.update(self._queue_status())
+            elif kind == "statistics_request":
+                reply["sockets"] = self.statistics()
             elif kind == "history_request":
                 reply["history"] = self._history(content.get("msg_ids"))
             elif kind == "add_engines_request":
@@ -820,8 +1030,7 @@ class Hub:
                 "engine_id": None,
                 "exception": None,
             }
-        reply_type = kind.replace("_request", "_reply")
-        self._send_hub_msg(client, reply_type, reply, parent=msg.header.to_list())
+        self._send_hub_msg(client, reply_type_of(kind), reply, parent=msg.header)
 
     def _history(self, msg_ids: list[Any] | None) -> list[dict[str, Any] | None]:
         if msg_ids is None:
@@ -865,9 +1074,7 @@ class Hub:
             engine = self.engines.get(int(engine_id))
             if engine is None:
                 continue
-            header = new_header("shutdown_request", "hub", "hub")
-            frames = self.codec.encode(Message(header, None, {}, {}))
-            self._to_engine(engine, "control", frames)
+            self._tell_engine(engine, "shutdown_request", {})
             self._engine_lost(engine, "it was removed", kill=False)  # it exits by itself
             removed.append(engine.id)
         return removed
@@ -886,7 +1093,7 @@ class Hub:
         aborted += [self.waiting.pop(m) for m in list(self.waiting) if m in wanted]
         for task in aborted:
             meta = {"engine_id": None, "status": "aborted", "started": None, "completed": None}
-            reply_type = str(task.header[1]).replace("_request", "_reply")
+            reply_type = reply_type_of(task.header.msg_type)
             self._send_hub_msg(
                 task.client,
                 reply_type,
@@ -899,18 +1106,14 @@ class Hub:
         for engine in self.engines.values():
             queued = [m for m in wanted if m in engine.outstanding]
             if queued:
-                header = new_header("abort_request", "hub", "hub")
-                frames = self.codec.encode(Message(header, None, {}, {"msg_ids": queued}))
-                self._to_engine(engine, "control", frames)
+                self._tell_engine(engine, "abort_request", {"msg_ids": queued})
         return [t.msg_id for t in aborted]
 
     # -- ending -------------------------------------------------------------------------
     def _shutdown_engines(self, grace: float = 2.0) -> None:
-        header = new_header("shutdown_request", "hub", "hub")
         for engine in list(self.engines.values()):
-            frames = self.codec.encode(Message(header, None, {}, {}))
             with contextlib.suppress(zmq.ZMQError):
-                self.sockets["control"].send_multipart([engine.ident, *frames])
+                self.sessions["control"].send("shutdown_request", {}, identities=[engine.ident])
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -943,6 +1146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--profile-dir", default=None, help="overrides --profile")
     parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (loopback)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --ip without encryption (a trusted network only)",
+    )
     parser.add_argument("--hwm", type=int, default=2, help="tasks queued per engine")
     parser.add_argument("--period", type=float, default=0.2, help="heartbeat period, s")
     parser.add_argument("--timeout", type=float, default=2.0, help="silent engine is dead, s")
@@ -957,23 +1165,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
-    if args.ip not in ("127.0.0.1", "localhost"):
-        parser.error(
-            f"--ip {args.ip} would expose the hub without encryption; only loopback is"
-            " supported for now"
-        )
     folder = args.profile_dir or profile_dir(args.profile)
-    hub = Hub(
-        folder,
-        ip="127.0.0.1" if args.ip == "localhost" else args.ip,
-        hwm=args.hwm,
-        period=args.period,
-        timeout=args.timeout,
-        parent_pid=args.parent_pid,
-        engine_log_level=args.engine_log_level,
-        store=args.store,
-        client_timeout=args.client_timeout,
-    )
+    try:
+        hub = Hub(
+            folder,
+            ip="127.0.0.1" if args.ip == "localhost" else args.ip,
+            hwm=args.hwm,
+            period=args.period,
+            timeout=args.timeout,
+            parent_pid=args.parent_pid,
+            engine_log_level=args.engine_log_level,
+            store=args.store,
+            client_timeout=args.client_timeout,
+            insecure=args.insecure,
+        )
+    except InsecureBindError as exc:  # the same rule as Hub(ip=...): one place decides
+        parser.error(f"--ip {args.ip}: {exc}; pass --insecure to allow it on a trusted network")
     hub.launch(args.engines)
     print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line
     return hub.serve()

@@ -37,14 +37,15 @@ from ._files import write_private_file as write_private_file
 from ._message import DELIMITER as DELIMITER
 from ._message import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._message import Codec as Codec
+from ._message import Envelope as Envelope
 from ._message import Header as Header
+from ._message import Link as Link
 from ._message import Message as Message
 from ._message import RawContent as RawContent
 from ._message import ReplayGuard as ReplayGuard
 from ._message import decode as decode
 from ._message import encode as encode
 from ._message import new_header as new_header
-from ._message import peek as peek
 from ._serialize import Buffer as Buffer
 from ._serialize import Serializer as Serializer
 from ._shm import SharedMemory as SharedMemory
@@ -58,15 +59,17 @@ if _TYPE_CHECKING:
     from . import connection as connection
     from ._connection import HandshakeError as HandshakeError
     from ._session import AsyncSession as AsyncSession
+    from ._session import Received as Received
     from ._session import Session as Session
     from ._session import SessionStatistics as SessionStatistics
 
-# Imported on first use: together with asyncio they cost ~100 ms, paid by every engine's
-# and every client's start, which use neither.
+# Imported on first use: the connection module costs ~100 ms with asyncio, which every
+# engine's and client's start would pay.
 _LAZY = {
     "connection": ("shoal.wire.connection", None),
     "HandshakeError": ("shoal.wire._connection", "HandshakeError"),
     "AsyncSession": ("shoal.wire._session", "AsyncSession"),
+    "Received": ("shoal.wire._session", "Received"),
     "Session": ("shoal.wire._session", "Session"),
     "SessionStatistics": ("shoal.wire._session", "SessionStatistics"),
 }
@@ -98,10 +101,12 @@ __all__ = [
     "AuthenticationError",
     "Buffer",
     "Codec",
+    "Envelope",
     "Header",
+    "Link",
     "Message",
-    "peek",
     "RawContent",
+    "Received",
     "ReplayGuard",
     "Serializer",
     "Session",

@@ -5,42 +5,58 @@ Theory of operation
 A message on the wire is a list of frames::
 
     [*identities, head, *buffers]
-    head = b"<SHOAL|1>" + signature + envelope_length (4 bytes LE) + envelope + content
+    head = b"<SHOAL|2>" + link stamp + signature + envelope_length (4 bytes LE)
+           + envelope + content
+    link stamp = link MAC (32 bytes) + link id (16 bytes) + sequence number (8 bytes LE)
+                 + send time (8 bytes, a little-endian double)
 
 * ``identities`` are routing prefixes added by ROUTER sockets; they are not signed,
-  because every hop may change them.
+  because every hop may change them. They are opaque bytes: nothing here decodes them.
 * The head starts with the delimiter, which carries the protocol version, so a peer of
   another version is told so (:class:`VersionMismatchError` naming both) instead of
   failing a signature check. Everything small travels in this one frame: each extra
   zmq frame costs more than the whole codec.
-* The signature is HMAC-SHA256, hex, over the rest of the head and then the length and
-  bytes of *every* buffer frame: a swapped or re-split buffer under a valid signature is
-  refused. A buffer of 1 MiB or more enters the HMAC as its BLAKE3 digest, hashed on
-  all cores, because hashing is what limits bandwidth (SHA-256 runs at about 1 GB/s per
-  core here, BLAKE3 at 5 GB/s; see the package README). The signature is compared with
-  ``hmac.compare_digest`` before anything is parsed.
+* The signature is HMAC-SHA256, hex, over the rest of the head after it and then the
+  length and bytes of *every* buffer frame: a swapped or re-split buffer under a valid
+  signature is refused. A buffer of 1 MiB or more enters the HMAC as its BLAKE3 digest,
+  hashed on all cores, because hashing is what limits bandwidth (SHA-256 runs at about
+  1 GB/s per core here, BLAKE3 at 5 GB/s; see the package README).
+* The **link stamp** says which sender stream (a :class:`Link`: one per sending socket)
+  sent the message, its place in that stream and when; its MAC (HMAC-SHA256, raw) covers
+  the stamp and the signature. A router that forwards a message verifies it, then
+  stamps it again with its own link (:meth:`Link.stamp`, a copy of the head only): each
+  hop signs what it forwards, and the message's own signature travels unchanged.
+* Receiving checks, in this order, and nothing is parsed, booked or kept before all of
+  them pass: caps on the number and size of frames; the delimiter; the link MAC (cheap:
+  it rejects garbage before any buffer is hashed); replay (below); the signature over
+  the head and every buffer; the envelope's shape; the version.
+* **Replay protection** (:class:`ReplayGuard`) is per link: a zmq connection delivers a
+  link's messages in the order they were sent, so a receiver accepts a link's message
+  only if its sequence number is above the last one it accepted from that link. That
+  never refuses honest traffic, however long a message waited in a queue or how much
+  traffic passed meanwhile, and costs one integer per link. A link the receiver has not
+  seen is accepted if it was stamped no earlier than ``window`` seconds before the
+  receiver started (a message captured before the receiver existed cannot be replayed to
+  it); the number of links remembered is bounded (least recently used go first).
 * ``envelope`` is a compact JSON array ``[header, parent, metadata, nbuf]``; ``content``
   is the :class:`~shoal.wire.Serializer` stream. The buffer frames are the stream's
   out-of-band buffers followed by the message's own ``nbuf`` extra ``buffers``.
-* Only after the signature verified does a :class:`ReplayGuard` record it: a forged
-  message carrying a sniffed signature fails verification and cannot get the genuine
-  message refused. The guard refuses signatures seen before and messages dated outside
-  its window; its memory is bounded.
 
 Nothing here touches a socket: :mod:`shoal.wire` sessions and any other transport use it.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import hmac
 import itertools
+import os
+import struct
 import time
 import types
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import blake3
@@ -64,7 +80,9 @@ __all__ = [
     "DELIMITER",
     "PROTOCOL_VERSION",
     "Codec",
+    "Envelope",
     "Header",
+    "Link",
     "Message",
     "RawContent",
     "ReplayGuard",
@@ -74,12 +92,16 @@ __all__ = [
 ]
 
 #: The version of the frame layout and header fields; both ends must agree.
-PROTOCOL_VERSION: Final = "1"
+PROTOCOL_VERSION: Final = "2"
 _DELIM_PREFIX: Final = b"<SHOAL|"
 #: The frame that separates routing identities from the message.
 DELIMITER: Final = _DELIM_PREFIX + PROTOCOL_VERSION.encode() + b">"
 _PREFIX_LEN: Final = len(_DELIM_PREFIX)
-_SIG_AT: Final = len(DELIMITER)
+_MAC_AT: Final = len(DELIMITER)
+_STAMP_AT: Final = _MAC_AT + 32  # raw HMAC-SHA256 of the stamp and the signature
+_LINK_ID_LEN: Final = 16
+_STAMP = struct.Struct("<16sQd")  # link id, sequence number, send time
+_SIG_AT: Final = _STAMP_AT + _STAMP.size
 _BODY_AT: Final = _SIG_AT + 64  # hex HMAC-SHA256
 _DEFAULT_MAX_FRAMES: Final = 64 + 1 + 4096
 _BULK: Final = 1 << 20  # frames this large enter the HMAC as their BLAKE3 digest
@@ -236,63 +258,125 @@ class _Signer:
         outer.update(inner.digest())
         return outer.hexdigest().encode("ascii")
 
+    def mac(self, data: Any) -> bytes:
+        """HMAC-SHA256 of ``data``, raw (32 bytes): the link stamp's MAC."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+class Link:
+    """One sender's stream of messages: stamps each head with the link's id, the next
+    sequence number and the time, under a MAC.
+
+    Make one per sending socket (:meth:`Codec.link`), and stamp a message just before it
+    goes to the socket, in the order messages go out: the receiver refuses a sequence
+    number that is not above the last one it accepted from this link. A router stamps
+    what it forwards with its own link.
+
+    Parameters
+    ----------
+    codec : Codec
+        Whose key signs the stamps.
+    link_id : bytes, optional
+        16 bytes naming the stream; random if omitted.
+    clock : callable, optional
+        The send time (``time.time`` by default).
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("_clock", "_mac", "_next", "id")
+
+    def __init__(
+        self,
+        codec: Codec,
+        *,
+        link_id: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        link_id = os.urandom(_LINK_ID_LEN) if link_id is None else bytes(link_id)
+        if len(link_id) != _LINK_ID_LEN:
+            raise ValueError(f"link_id must be {_LINK_ID_LEN} bytes, got {len(link_id)}")
+        self.id = link_id
+        self._mac = codec._signer.mac
+        self._next = itertools.count(1).__next__
+        self._clock = clock
+
+    def stamp(self, head: Buffer) -> bytes:
+        """``head`` (a head frame, signed) stamped as this link's next message."""
+        view = memoryview(head)
+        stamp = _STAMP.pack(self.id, self._next(), self._clock())
+        tail = view[_SIG_AT:]
+        mac = self._mac(stamp + bytes(tail[:64]))
+        return b"".join((DELIMITER, mac, stamp, tail))
+
 
 class ReplayGuard:
-    """Refuses a message whose signature was seen before or whose date is too far off.
+    """Refuses a message that is not newer than the last one accepted from its link.
 
     Parameters
     ----------
     window : float
-        Messages dated more than ``window`` seconds before (or after) the receiver's
-        clock are refused; signatures are remembered for that long.
-    max_entries : int
-        Bound on remembered signatures. When the bound is hit before the window has
-        passed, the oldest is forgotten and messages dated before it are refused from
-        then on, so a replay is never accepted.
+        A link seen for the first time is accepted only if its message was stamped no
+        earlier than ``window`` seconds before this guard was made (allowing for clocks
+        of other hosts that run behind): a message captured before the receiver existed
+        cannot be replayed to it.
+    max_links : int
+        How many links are remembered; the least recently used are forgotten first.
+
+    .. versionchanged:: 0.2
+       Per-link sequence numbers instead of a bounded history of signatures: honest
+       traffic is never refused, however long it waited or how much passed meanwhile.
     """
 
-    def __init__(self, window: float = 600.0, max_entries: int = 1 << 18) -> None:
-        if window <= 0 or max_entries <= 0:
-            raise ValueError(
-                f"window and max_entries must be positive, got {window}, {max_entries}"
-            )
+    def __init__(
+        self,
+        window: float = 600.0,
+        max_links: int = 1 << 16,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if window <= 0 or max_links <= 0:
+            raise ValueError(f"window and max_links must be positive, got {window}, {max_links}")
         self.window = window
-        self.max_entries = max_entries
-        self._seen: set[bytes] = set()
-        self._order: collections.deque[tuple[float, bytes]] = collections.deque()
-        self._floor = float("-inf")
+        self.max_links = max_links
+        self.started = clock()
+        self._last: dict[bytes, int] = {}
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._last)
 
-    def check(self, signature: bytes, date: float, now: float | None = None) -> None:
-        """Raise :class:`ReplayError` for a replay; otherwise remember ``signature``."""
-        now = time.time() if now is None else now
-        if not isinstance(date, int | float) or abs(now - date) > self.window:
+    def check(self, link_id: bytes, seq: int, stamped: float) -> None:
+        """Raise :class:`ReplayError` unless ``seq`` is new on ``link_id``; remembers
+        nothing (:meth:`record` does, once the whole message verified)."""
+        last = self._last.get(link_id)
+        if last is None:
+            if stamped < self.started - self.window:
+                raise ReplayError(
+                    f"message stamped at {stamped:.3f}, {self.started - stamped:.0f} s before"
+                    f" this receiver started, on a link it has not seen: a replay",
+                    hint="check that the hosts' clocks agree",
+                )
+        elif seq <= last:
             raise ReplayError(
-                f"message dated {date!r} is outside the {self.window:g} s window around"
-                f" the receiver's clock ({now:.3f})",
-                hint="check that the hosts' clocks agree",
+                f"message {seq} of link {link_id.hex()} is not after {last}, the last one"
+                " accepted from that link: a replay"
             )
-        if date <= self._floor:
-            raise ReplayError(f"message dated {date!r} predates the replay history ({self._floor})")
-        if signature in self._seen:
-            raise ReplayError("message signature was seen before: a replay")
-        order = self._order
-        # Forget what the window refuses anyway, then enforce the bound.
-        limit = now - self.window
-        while order and order[0][0] < limit:
-            self._seen.discard(order.popleft()[1])
-        while len(order) >= self.max_entries:
-            old_date, old_sig = order.popleft()
-            self._seen.discard(old_sig)
-            self._floor = max(self._floor, old_date)
-        self._seen.add(signature)
-        order.append((date, signature))
+
+    def record(self, link_id: bytes, seq: int) -> None:
+        """Remember ``seq`` as the last message accepted from ``link_id``."""
+        last = self._last
+        if last.pop(link_id, None) is None and len(last) >= self.max_links:
+            del last[next(iter(last))]  # the least recently used link
+        last[link_id] = seq
 
 
 def encode(msg: Message, key: bytes, *, serializer: Serializer | None = None) -> list[Buffer]:
-    """Frames for ``msg``, signed with ``key``. Buffers are referenced, not copied.
+    """Frames for ``msg``, signed with ``key`` and stamped by a one-message link.
+    Buffers are referenced, not copied.
 
     ``msg.content`` may be a :class:`RawContent` (forwarding without re-serializing).
     """
@@ -313,6 +397,25 @@ def decode(
     return Codec(key, serializer=serializer, replay=None).decode(frames, content=content)
 
 
+class Envelope(NamedTuple):
+    """What :meth:`Codec.verify` found in a verified message, its content not loaded.
+
+    ``at`` is the index of the head frame in the frames given (the identities come
+    before it, the buffers after it).
+
+    .. versionadded:: 0.2
+    """
+
+    header: Header
+    parent_header: Header | None
+    metadata: dict[str, Any]
+    at: int
+
+    @property
+    def msg_type(self) -> str:
+        return self.header.msg_type
+
+
 class Codec:
     """Encodes and decodes messages for one key, with replay protection and caps.
 
@@ -325,8 +428,9 @@ class Codec:
     replay : ReplayGuard or None
         Replay protection for received messages; a default guard if omitted, or
         ``None`` to disable it (stateless decoding).
-    max_frames, max_frame_size : int
-        Caps on received messages (:class:`FrameCountError`, :class:`FrameTooLargeError`).
+    max_frames, max_frame_size, max_message_size : int
+        Caps on received messages: frames per message (:class:`FrameCountError`), bytes
+        per frame and bytes per message (:class:`FrameTooLargeError`).
     shm : SharedMemory or None
         Send buffers of ``shm.threshold`` bytes or more through shared memory (for a peer
         on this host; see :mod:`shoal.wire._shm`). Received handles are always opened.
@@ -340,6 +444,7 @@ class Codec:
         replay: ReplayGuard | bool | None = True,
         max_frames: int = _DEFAULT_MAX_FRAMES,
         max_frame_size: int = _DEFAULT_MAX_FRAME_SIZE,
+        max_message_size: int = _DEFAULT_MAX_FRAME_SIZE,
         shm: SharedMemory | None = None,
     ) -> None:
         self._signer = _Signer(key)
@@ -350,15 +455,23 @@ class Codec:
         )
         self.max_frames = max_frames
         self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
         self.shm = shm
         #: Bytes of the messages decoded so far (head and buffers, shared memory included).
         self.bytes_received = 0
+        self._link = Link(self)
+
+    def link(self) -> Link:
+        """A new sender stream signed with this codec's key: one per sending socket."""
+        return Link(self)
 
     # -- sending ------------------------------------------------------------------------
-    def encode(self, msg: Message, *, shm: bool = True) -> list[Buffer]:
-        """Frames for ``msg``: its identities, the signed head, then its buffers.
+    def encode(self, msg: Message, *, shm: bool = True, link: Link | None = None) -> list[Buffer]:
+        """Frames for ``msg``: its identities, the signed and stamped head, then its buffers.
 
         ``shm=False``: the receiver is on another host; large buffers go as frames.
+        ``link``: the stream that stamps it (this codec's own if omitted); a sender that
+        encodes ahead of sending stamps again with :meth:`Link.stamp` when it sends.
         """
         parent = msg.parent_header
         envelope = _json_dumps(
@@ -390,25 +503,81 @@ class Codec:
                         buffers[i] = pool.export(buffers[i])
                 envelope = envelope[:-1] + b"," + _json_dumps(moved) + b"]"
         body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
-        signature = self._signer.sign(body, buffers)
-        return [*msg.identities, b"".join((DELIMITER, signature, body)), *buffers]
+        signer = self._signer
+        signature = signer.sign(body, buffers)
+        link = self._link if link is None else link
+        stamp = _STAMP.pack(link.id, link._next(), link._clock())
+        mac = signer.mac(stamp + signature)
+        return [*msg.identities, b"".join((DELIMITER, mac, stamp, signature, body)), *buffers]
 
     # -- receiving ----------------------------------------------------------------------
+    def verify(self, frames: Sequence[Any]) -> Envelope:
+        """Verify ``frames`` in full (caps, link stamp, replay, signature over the head and
+        every buffer, envelope) and parse the envelope; the content is not loaded and
+        shared memory is not opened. What a router calls before it books or forwards a
+        message.
+
+        Raises only :class:`~shoal.wire.RemoteInputError` subclasses for bad input.
+        """
+        views = self._views(frames)
+        at = _find_head(views)
+        header, parent, metadata, _nbuf, _in_shm, _env_len = self._check(views, at)
+        return Envelope(header, parent, metadata, at)
+
     def decode(self, frames: Sequence[Any], *, content: bool = True) -> Message:
         """Verify and parse ``frames`` into a :class:`Message`.
 
         Raises only :class:`~shoal.wire.RemoteInputError` subclasses for bad input:
-        nothing is parsed before the signature verified.
+        nothing is parsed before the link stamp and the signature verified.
         """
         views = self._views(frames)
         at = _find_head(views)
+        header, parent, metadata, nbuf, in_shm, env_len = self._check(views, at)
+        head = views[at]
+        buffers = views[at + 1 :]
+        if in_shm:
+            try:
+                buffers = self._open_shm(buffers, in_shm[0])
+            except SharedMemoryLost as exc:
+                exc.header = header
+                exc.parent_header = parent
+                exc.identities = tuple(bytes(v) for v in views[:at])
+                raise
+        self.bytes_received += head.nbytes + sum(b.nbytes for b in buffers)
+        split = len(buffers) - nbuf
+        content_frames = (head[_BODY_AT + 4 + env_len :], *buffers[:split])
+        if content:
+            try:
+                value = self.serializer.loads(content_frames)
+            except Exception as exc:  # authenticated, yet unloadable here
+                raise MalformedMessageError(
+                    f"content of a {header.msg_type!r} message cannot be deserialized"
+                    f" here: {type(exc).__name__}: {exc}"
+                ) from exc
+        else:
+            value = RawContent(content_frames)
+        identities = (bytes(views[0]),) if at == 1 else tuple(bytes(v) for v in views[:at])
+        return Message._make((header, parent, metadata, value, tuple(buffers[split:]), identities))
+
+    def _check(
+        self, views: list[memoryview], at: int
+    ) -> tuple[Header, Header | None, dict[str, Any], int, list[Any], int]:
+        """Everything that must hold before a message is acted on, cheapest first."""
         head = views[at]
         if head.nbytes < _BODY_AT + 4:
             raise MalformedMessageError(f"head frame has only {head.nbytes} bytes")
+        signer = self._signer
+        stamp = head[_STAMP_AT:_SIG_AT]
         signature = bytes(head[_SIG_AT:_BODY_AT])
+        if not hmac.compare_digest(head[_MAC_AT:_STAMP_AT], signer.mac(bytes(stamp) + signature)):
+            raise AuthenticationError("message link stamp does not match the key")
+        link_id, seq, stamped = _STAMP.unpack(stamp)
+        replay = self.replay
+        if replay is not None:
+            replay.check(link_id, seq, stamped)  # before hashing buffers a replay may carry
         body = head[_BODY_AT:]
         buffers = views[at + 1 :]
-        if not hmac.compare_digest(signature, self._signer.sign(body, buffers)):
+        if not hmac.compare_digest(signature, signer.sign(body, buffers)):
             raise AuthenticationError("message signature does not match the key")
         env_len = int.from_bytes(body[:4], "little")
         if env_len > body.nbytes - 4:
@@ -425,8 +594,6 @@ class Codec:
                 f"header says protocol version {header.version!r}, this side speaks"
                 f" {PROTOCOL_VERSION!r}"
             )
-        if self.replay is not None:
-            self.replay.check(signature, header.date)
         parent = None if parent_doc is None else Header.from_list(parent_doc)
         if type(metadata) is not dict:
             raise HeaderDecodeError(f"metadata must be a JSON object, got {metadata!r:.100}")
@@ -434,29 +601,14 @@ class Codec:
             raise HeaderDecodeError(
                 f"envelope says nbuf={nbuf!r}, but {len(buffers)} buffer frames came"
             )
-        if in_shm:
-            try:
-                buffers = self._open_shm(buffers, in_shm[0])
-            except SharedMemoryLost as exc:
-                exc.header = header
-                exc.parent_header = None if parent_doc is None else Header.from_list(parent_doc)
-                exc.identities = tuple(bytes(v) for v in views[:at])
-                raise
-        self.bytes_received += head.nbytes + sum(b.nbytes for b in buffers)
-        split = len(buffers) - nbuf
-        content_frames = (body[4 + env_len :], *buffers[:split])
-        if content:
-            try:
-                value = self.serializer.loads(content_frames)
-            except Exception as exc:  # authenticated, yet unloadable here
-                raise MalformedMessageError(
-                    f"content of a {header.msg_type!r} message cannot be deserialized"
-                    f" here: {type(exc).__name__}: {exc}"
-                ) from exc
-        else:
-            value = RawContent(content_frames)
-        identities = (bytes(views[0]),) if at == 1 else tuple(bytes(v) for v in views[:at])
-        return Message._make((header, parent, metadata, value, tuple(buffers[split:]), identities))
+        if in_shm and (
+            type(in_shm[0]) is not list
+            or not all(type(i) is int and 0 <= i < len(buffers) for i in in_shm[0])
+        ):
+            raise HeaderDecodeError(f"envelope's shared memory list is {in_shm[0]!r:.100}")
+        if replay is not None:
+            replay.record(link_id, seq)
+        return header, parent, metadata, nbuf, in_shm, env_len
 
     def _views(self, frames: Sequence[Any]) -> list[memoryview]:
         """A memoryview of each frame, within the caps on their number and size."""
@@ -467,6 +619,7 @@ class Codec:
             )
         views = []
         limit = self.max_frame_size
+        total = 0
         for i, frame in enumerate(frames):
             try:
                 view = memoryview(frame)
@@ -478,7 +631,12 @@ class Codec:
                 raise FrameTooLargeError(
                     f"frame {i} has {view.nbytes} bytes, more than max_frame_size={limit}"
                 )
+            total += view.nbytes
             views.append(view)
+        if total > self.max_message_size:
+            raise FrameTooLargeError(
+                f"message has {total} bytes, more than max_message_size={self.max_message_size}"
+            )
         return views
 
     def discard(self, frames: Sequence[Any]) -> int:
@@ -502,11 +660,7 @@ class Codec:
         return sum(shm.discard(buffers[i]) for i in in_shm[0] if 0 <= i < len(buffers))
 
     def _open_shm(self, buffers: list[memoryview], indices: Any) -> list[memoryview]:
-        """``buffers`` with the shared memory handles at ``indices`` opened."""
-        if type(indices) is not list or not all(
-            type(i) is int and 0 <= i < len(buffers) for i in indices
-        ):
-            raise HeaderDecodeError(f"envelope's shared memory list is {indices!r:.100}")
+        """``buffers`` with the shared memory handles at ``indices`` (checked) opened."""
         shm = self.shm or default_shared_memory()
         out = list(buffers)
         for i in indices:
@@ -517,33 +671,6 @@ class Codec:
                     f"buffer {i} is in shared memory that cannot be opened here: {exc}"
                 ) from exc
         return out
-
-
-def peek(head: Buffer) -> tuple[list[Any], list[Any] | None, dict[str, Any]]:
-    """The header, parent header (as JSON lists) and metadata of a head frame, unverified.
-
-    For routers, which must route and keep books without loading content or paying for
-    the signature check of large buffers: the destination verifies the whole message.
-    Never act on what this returns beyond routing.
-
-    Raises
-    ------
-    MalformedMessageError
-        When ``head`` is not a shoal head frame of this protocol version.
-    """
-    view = memoryview(head)
-    if view.nbytes < _BODY_AT + 4 or view[: len(DELIMITER)].tobytes() != DELIMITER:
-        raise MalformedMessageError("not a shoal head frame of this protocol version")
-    env_len = int.from_bytes(view[_BODY_AT : _BODY_AT + 4], "little")
-    try:
-        header, parent, metadata, _nbuf, *_ = _json_loads(
-            view[_BODY_AT + 4 : _BODY_AT + 4 + env_len]
-        )
-    except (ValueError, TypeError) as exc:
-        raise MalformedMessageError(f"head frame has no readable envelope: {exc}") from exc
-    if type(header) is not list or len(header) != 6 or type(metadata) is not dict:
-        raise MalformedMessageError("head frame's envelope is not [header, parent, metadata, nbuf]")
-    return header, parent, metadata
 
 
 def _find_head(views: Sequence[memoryview]) -> int:
