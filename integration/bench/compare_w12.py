@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("wire", "util", "engine", "hub", "arrays")
 
-PROBE = r'''
+PROBE = r"""
 import json, os, sys, tempfile, time, threading
 import zmq
 from shoal.hub import Cluster
@@ -81,7 +81,7 @@ with tempfile.TemporaryDirectory(prefix="shoal-w12-") as folder:
         rc.close()
         cluster.stop()
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def worktree(rev: str) -> Path:
@@ -140,9 +140,10 @@ def main() -> None:
         ("w2_tasks_per_s", f"W2 {args.tasks} no-op tasks at once, tasks/s"),
         ("raw_echo_us", "raw pyzmq DEALER/ROUTER echo, 400 B, us"),
     ]
-    print(f"\nbaseline {args.baseline} vs tree, {args.repeats} interleaved repeats,"
-          " median [min-max]:")
-    print(f"| workload | baseline | tree | tree/baseline |\n|---|---|---|---|")
+    print(
+        f"\nbaseline {args.baseline} vs tree, {args.repeats} interleaved repeats, median [min-max]:"
+    )
+    print("| workload | baseline | tree | tree/baseline |\n|---|---|---|---|")
     for key, label in keys:
         b = [r[key] for r in results["baseline"]]
         t = [r[key] for r in results["tree"]]

@@ -506,3 +506,39 @@ def test_a_burst_of_tasks_travels_in_batches_and_each_is_answered(tmp_path: Path
             queued[-1].get(20)
         assert [q.get(20) for q in queued[:-1]] == [1] * 9
         blocker.get(20)
+
+
+def test_drop_counters_are_readable(tmp_path: Path, hub: Any) -> None:
+    """Messages refused by the hub (a wrong key here) are counted per socket and reason,
+    and the engines' and the client's own counters are readable too."""
+    import zmq
+
+    from shoal.wire import Codec, Message, generate_key, new_header, read_connection_file
+
+    with hub(tmp_path, 1) as (_, rc):
+        info = read_connection_file(str(tmp_path / "hub-client.json"))
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(info.urls["client"])
+            forged = Codec(generate_key()).encode(Message(new_header("apply_request", "x")))
+            for _ in range(3):
+                sock.send_multipart([b"lb", *forged])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                dropped = rc.hub_statistics()["client"]["dropped"]
+                if dropped.get("AuthenticationError", 0) >= 3:
+                    break
+                time.sleep(0.05)
+            assert rc.hub_statistics()["client"]["dropped"] == {"AuthenticationError": 3}
+            sock.close()
+        finally:
+            ctx.term()
+        assert rc.queue_status()["unassigned"] == 0
+        assert rc[0].apply_sync(lambda: 1) == 1
+        messages = rc[0].status()["messages"]
+        assert sum(m["received"] for m in messages.values()) > 0
+        assert all(m["dropped"] == {} for m in messages.values())
+        assert rc.statistics()["dropped"] == {}
+        assert rc.statistics()["received"] > 0

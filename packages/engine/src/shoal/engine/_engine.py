@@ -394,6 +394,7 @@ class EngineProcess:
             link = self._peers[url] = _PeerLink(
                 self.context, url, b"p" + self._peer_token, self._codec
             )
+            self._sessions[link.sock] = link.session
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
         msg = Message(header, None, {"host": self.host}, content)  # so it replies in kind
         link.sock.send_multipart(self._codec.encode(msg, link=link.session.link), copy=False)
@@ -413,6 +414,7 @@ class EngineProcess:
             problem = link.problem(sent)
             if problem is not None:  # its process ended, or nothing listens there
                 self._peers.pop(url, None)
+                self._sessions.pop(link.sock, None)
                 link.close()
                 raise EngineDiedError(f"{msg_type} to the engine at {url} failed: {problem}")
             wait_ms = _POLL_MS if left is None else min(_POLL_MS, int(left * 1000) + 1)
@@ -680,7 +682,28 @@ class EngineProcess:
             "engine_id": self.engine_id,
             "python": sys.version.split()[0],
             "objects": 0 if self.kernel.objects is None else len(self.kernel.objects),
+            "messages": self.statistics(),
         }
+
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """Per socket: messages sent, received, and dropped by reason (what was refused
+        before anything was acted on: bad signatures, replays, caps)."""
+        peers = {link.sock for link in self._peers.values()}
+        out: dict[str, dict[str, Any]] = {}
+        for sock, session in list(self._sessions.items()):
+            stats = session.statistics()
+            if sock is self._shell:
+                name = "shell"
+            elif sock is self._direct:
+                name = "direct"
+            else:
+                name = "peers" if sock in peers else "control"
+            mine = out.setdefault(name, {"sent": 0, "received": 0, "dropped": {}})
+            mine["sent"] += stats.sent
+            mine["received"] += stats.received
+            for reason, n in stats.dropped.items():
+                mine["dropped"][reason] = mine["dropped"].get(reason, 0) + n
+        return out
 
 
 class _PeerLink:
@@ -689,9 +712,7 @@ class _PeerLink:
 
     CONNECT_TIMEOUT = 5.0  # seconds a request may wait for a first connection
 
-    def __init__(
-        self, context: zmq.Context[Any], url: str, identity: bytes, codec: Codec
-    ) -> None:
+    def __init__(self, context: zmq.Context[Any], url: str, identity: bytes, codec: Codec) -> None:
         self.sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
         self.sock.identity = identity
         self.sock.linger = 0

@@ -294,6 +294,22 @@ class Client:
         status["unassigned"] = reply["unassigned"]
         return status
 
+    def hub_statistics(self) -> dict[str, dict[str, Any]]:
+        """What the hub's sockets (``client``, ``shell``, ``control``) sent, received and
+        dropped, by reason: the messages it refused before acting on them."""
+        return dict(self._hub_request("statistics_request", {})["sockets"])
+
+    def statistics(self) -> dict[str, Any]:
+        """What this client's own sockets sent, received and dropped (summed), by reason."""
+        sent = received = 0
+        dropped: collections.Counter[str] = collections.Counter()
+        for session in list(self._sessions.values()):
+            stats = session.statistics()
+            sent += stats.sent
+            received += stats.received
+            dropped.update(stats.dropped)
+        return {"sent": sent, "received": received, "dropped": dict(dropped)}
+
     def history(self, msg_ids: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
         """The hub's metadata on finished tasks: engine, status, submitted/started/completed."""
         content = {"msg_ids": None if msg_ids is None else list(msg_ids)}

@@ -41,6 +41,21 @@ counted and logged, never answered and never unpickled. The rules:
    garbage collected, or the process exits (including a ``multiprocessing`` child),
    it closes gracefully, and the process's zmq context is then terminated so queued
    messages are flushed for up to :data:`CLOSE_LINGER` seconds.
+7. **Fork.** A ``fork`` child has no zmq I/O threads, and often leaves with ``os._exit``
+   (no finalizers, no flush). So an end that a child inherited through ``fork`` (the
+   object was made in another process: not unpickled here) sends without zmq: over a
+   blocking OS socket connected to the peer's address, speaking ZMTP 2.0 as a PUSH
+   (libzmq still accepts it, and unlike ZMTP 3 it lets a writer send right behind its
+   greeting, before the peer accepted). ``send`` returns once the kernel holds the
+   whole message, so it arrives even if the child ``_exit``s at once, or before the
+   peer opened its end -- as with a multiprocess pipe. Receiving in the child uses zmq
+   (a fresh context). A :func:`Client` connection has its listener's side door for
+   this: each accepted connection also binds a PULL (its url comes in the ``accept``
+   reply) that forked children of the client write to; its replies still go to the
+   process that called ``Client``, so ``recv`` in the child raises ``OSError``, as
+   does any use of an accepted end in a fork child (its PAIR belongs to the parent).
+   A forked child's ``close`` of a ``Client`` copy signals nothing (the parent's copy
+   lives on); on a ``Pipe`` end it sends the ``close`` message.
 
 One end is used by one process at a time. Connections made by ``Listener``/``Client``
 cannot be pickled (their sockets are bound to the process that opened them); use
@@ -71,7 +86,7 @@ import zmq
 
 from ._curve import bind as _checked_bind
 from ._errors import AuthenticationError, InvalidKeyError
-from ._message import Codec, Message, RawContent
+from ._message import Codec, Message, RawContent, new_header
 from ._serialize import Buffer, Serializer
 from ._session import Session
 
@@ -259,13 +274,133 @@ class _Plan(NamedTuple):
     pair_bind: bool = False
     in_url: str | None = None  # PULL, bound here
     out_url: str | None = None  # PUSH, connected to the peer's PULL
+    # The accepted end's side door (rule 7): bound there (pair_bind), known to the client.
+    side_url: str | None = None
+
+
+# ZMTP 2.0's greeting for a PUSH with an empty identity: signature, revision 1, socket
+# type, then the identity as a final empty frame. No security handshake follows.
+_ZMTP2_GREETING: Final = b"\xff" + bytes(7) + b"\x01\x7f\x01" + bytes((zmq.PUSH, 0, 0))
+_ZMTP_MORE: Final = 1
+_ZMTP_LONG: Final = 2
+_IOV_MAX: Final = 512  # vectors per sendmsg(); POSIX guarantees at least 16, Linux 1024
+_NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class _StreamWriter:
+    """A PUSH peer on a blocking OS socket: a message sent is in the kernel (rule 7).
+
+    Frames go without a copy (``sendmsg`` reads the buffers); a message the kernel did
+    not take in full raises, and the peer's zmq drops the partial message with the
+    connection, so nothing arrives half or twice.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        scheme, _, rest = url.partition("://")
+        address: Any
+        if scheme == "ipc":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address = rest
+        elif scheme == "tcp":
+            host, _, port = rest.rpartition(":")
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = (host, int(port))
+        else:
+            raise OSError(
+                f"connection {name} cannot be used in a fork child: its peer is at {url},"
+                " not an ipc or tcp address (open a new connection in the child)"
+            )
+        self.name = name
+        self.broken = False
+        self._sock = sock
+        try:
+            sock.connect(address)
+            sock.sendall(_ZMTP2_GREETING)
+            if scheme == "tcp":
+                # Read all the peer will ever send us: closing a TCP socket with unread
+                # input sends a reset, and a reset can discard what the peer has not
+                # read yet. (A unix socket keeps it readable; and a Pipe's peer may not
+                # answer before it opens its end, so there we do not wait.)
+                sock.settimeout(_HANDSHAKE_TIMEOUT)
+                self._read_greeting(sock)
+                sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            raise _broken(name) from exc
+
+    @staticmethod
+    def _read_greeting(sock: socket.socket) -> None:
+        """Read a zmq peer's answer to a ZMTP 2.0 greeting: its own, then its identity."""
+
+        def exactly(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = sock.recv(n - len(data))
+                if not chunk:
+                    raise ConnectionResetError("the peer closed the connection")
+                data += chunk
+            return data
+
+        exactly(12)  # signature, version, socket type
+        flags = exactly(1)[0]
+        size = exactly(8 if flags & _ZMTP_LONG else 1)
+        exactly(int.from_bytes(size, "big"))
+
+    def send(self, frames: list[Buffer]) -> None:
+        """Write one message (``frames``); return when the kernel took all of it."""
+        if self.broken:
+            raise _broken(self.name)
+        parts: list[memoryview] = []
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            view = memoryview(frame)
+            if view.itemsize != 1 or view.ndim != 1:
+                view = view.cast("B")
+            n = view.nbytes
+            flags = _ZMTP_MORE if i < last else 0
+            if n < 256:
+                parts.append(memoryview(bytes((flags, n))))
+            else:
+                parts.append(memoryview(bytes((flags | _ZMTP_LONG,)) + n.to_bytes(8, "big")))
+            if n:
+                parts.append(view)
+        try:
+            self._write(parts)
+        except OSError as exc:
+            self.broken = True
+            raise _broken(self.name) from exc
+
+    def _write(self, parts: list[memoryview]) -> None:
+        first = 0
+        while first < len(parts):
+            sent = self._sock.sendmsg(parts[first : first + _IOV_MAX], (), _NOSIGNAL)
+            while sent:
+                n = parts[first].nbytes
+                if sent < n:
+                    parts[first] = parts[first][sent:]
+                    break
+                sent -= n
+                first += 1
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class _Link:
     """The sockets, monitors and session of one connection end in one process."""
 
     def __init__(
-        self, plan: _Plan, key: bytes, *, insecure: bool = False, in_fd: int | None = None
+        self,
+        plan: _Plan,
+        key: bytes,
+        *,
+        insecure: bool = False,
+        in_fd: int | None = None,
+        stream_out: bool = False,
+        announce_close: bool = True,
     ) -> None:
         self.pid = os.getpid()
         self.pending: collections.deque[Message] = collections.deque()
@@ -280,39 +415,61 @@ class _Link:
         self.closed = False
         self._poller: zmq.Poller | None = None
         self._mourned = False  # waited once for a dead peer's last messages
-        ctx = _context()
         codec = Codec(key)
         self.sockets: list[zmq.Socket[Any]] = []
         self.monitors: list[zmq.Socket[Any]] = []
         self.inbox: zmq.Socket[Any] | None = None
         self.outbox: zmq.Socket[Any] | None = None
+        self.side: zmq.Socket[Any] | None = None
+        self.in_session: Session | None
+        self.out_session: Session | None
+        self.side_session: Session | None
+        self.side_url: str | None = None
+        # Rule 7: in a fork child, send through a _StreamWriter to this url (made lazily).
+        self.codec = codec
+        self.stream_url = plan.out_url if stream_out else None
+        self.stream: _StreamWriter | None = None
+        self.announce_close = announce_close
+        self.session_id = secrets.token_hex(16)
         self.url = ""
         # Both ends of a connection share this; the pipe paths or the private url.
         self.pair_key = plan.pair_url or min(u for u in (plan.in_url, plan.out_url) if u)
         try:
-            if plan.pair_url is not None:
-                sock = self._socket(ctx, zmq.PAIR, plan.pair_url)
-                if plan.pair_bind:
-                    self.url = _checked_bind(sock, plan.pair_url, insecure=insecure)
-                else:
-                    sock.connect(plan.pair_url)
-                    self.url = plan.pair_url
-                self.inbox = self.outbox = sock
-            if plan.in_url is not None:
-                self.inbox = self._socket(ctx, zmq.PULL, plan.in_url)
-                if in_fd is not None:
-                    self.inbox.setsockopt(zmq.USE_FD, in_fd)  # zmq owns it from here
-                self.inbox.bind(plan.in_url)
-                self.url = plan.in_url
-            if plan.out_url is not None:
-                self.outbox = self._socket(ctx, zmq.PUSH, plan.out_url)
-                self.outbox.connect(plan.out_url)
-                self.url = self.url or plan.out_url
+            self._open_sockets(plan, insecure, in_fd)
         except BaseException:
             self.close(graceful=False)
             raise
-        self.in_session = None if self.inbox is None else Session(self.inbox, codec)
-        self.out_session = None if self.outbox is None else Session(self.outbox, codec)
+        self.in_session, self.out_session, self.side_session = (
+            None if sock is None else Session(sock, codec)
+            for sock in (self.inbox, self.outbox, self.side)
+        )
+
+    def _open_sockets(self, plan: _Plan, insecure: bool, in_fd: int | None) -> None:
+        """Open this end's zmq sockets (none for a fork child's stream only)."""
+        if plan.pair_url is None and plan.in_url is None and self.stream_url is not None:
+            return  # a Client's fork child: no zmq context needed (rule 7)
+        ctx = _context()
+        if plan.pair_url is not None:
+            sock = self._socket(ctx, zmq.PAIR, plan.pair_url)
+            if plan.pair_bind:
+                self.url = _checked_bind(sock, plan.pair_url, insecure=insecure)
+            else:
+                sock.connect(plan.pair_url)
+                self.url = plan.pair_url
+            self.inbox = self.outbox = sock
+            if plan.pair_bind and plan.side_url is not None:
+                self.side = self._socket(ctx, zmq.PULL, plan.side_url)
+                self.side_url = _checked_bind(self.side, plan.side_url, insecure=insecure)
+        if plan.in_url is not None:
+            self.inbox = self._socket(ctx, zmq.PULL, plan.in_url)
+            if in_fd is not None:
+                self.inbox.setsockopt(zmq.USE_FD, in_fd)  # zmq owns it from here
+            self.inbox.bind(plan.in_url)
+            self.url = plan.in_url
+        if plan.out_url is not None and self.stream_url is None:
+            self.outbox = self._socket(ctx, zmq.PUSH, plan.out_url)
+            self.outbox.connect(plan.out_url)
+            self.url = self.url or plan.out_url
 
     def _socket(self, ctx: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = ctx.socket(kind)
@@ -367,7 +524,11 @@ class _Link:
                 self._read_inbox()
 
     def _read_inbox(self) -> None:
-        sock, session = self.inbox, self.in_session
+        self._read(self.inbox, self.in_session)
+        if not self.pending and self.side is not None:
+            self._read(self.side, self.side_session)
+
+    def _read(self, sock: zmq.Socket[Any] | None, session: Session | None) -> None:
         if sock is None or session is None:
             return
         while not self.pending and not self.peer_closed:
@@ -393,7 +554,7 @@ class _Link:
 
     def watched(self) -> list[zmq.Socket[Any]]:
         """What to poll for input: the inbox and every monitor."""
-        return [*self.monitors, *([self.inbox] if self.inbox is not None else [])]
+        return [*self.monitors, *(s for s in (self.inbox, self.side) if s is not None)]
 
     def poller(self) -> zmq.Poller:
         """A poller for input on :meth:`watched` (made once)."""
@@ -405,6 +566,9 @@ class _Link:
 
     def send(self, msg_type: str, content: Any, buffers: tuple[Buffer, ...], name: str) -> None:
         """Sign and send; wait until zmq is done with large buffers, or the peer is gone."""
+        if self.stream_url is not None:
+            self._send_stream(msg_type, content, buffers, name)
+            return
         sock, session = self.outbox, self.out_session
         if sock is None or session is None:
             raise OSError(f"connection {name} is read-only")
@@ -434,6 +598,17 @@ class _Link:
                     self.drain_monitors()
                     if self.gone:
                         raise _broken(name) from None
+
+    def _send_stream(
+        self, msg_type: str, content: Any, buffers: tuple[Buffer, ...], name: str
+    ) -> None:
+        """Send through the blocking stream of rule 7: back once the kernel has it all."""
+        assert self.stream_url is not None  # noqa: S101
+        msg = Message(new_header(msg_type, self.session_id), content=content, buffers=buffers)
+        frames = self.codec.encode(msg)  # before connecting: an unpicklable sends nothing
+        if self.stream is None:
+            self.stream = _StreamWriter(self.stream_url, name)
+        self.stream.send(frames)
 
     def _wait_writable(self, name: str) -> None:
         sock = self.outbox
@@ -465,6 +640,11 @@ class _Link:
                 half.discard(self.pair_key)
             else:
                 half.add(self.pair_key)
+        if graceful and not sibling_closed and self.announce_close and self.stream_url:
+            with contextlib.suppress(OSError):  # the peer may be gone: then it knows
+                self._send_stream(_CLOSE, None, (), "")
+        if self.stream is not None:
+            self.stream.close()
         if graceful and not sibling_closed:
             self.drain_monitors()
             if not self.gone:
@@ -559,6 +739,7 @@ class Connection:
     _finalizer: Callable[[], Any] | None
     _listener: socket.socket | None  # a Pipe end's listening socket, until it is opened
     _opened_in: int | None
+    _born_in: int  # the process that made this object; another one inherited it by fork
 
     def __init__(self) -> None:
         raise TypeError("Connection objects are made by Pipe(), Listener.accept() and Client()")
@@ -587,6 +768,7 @@ class Connection:
         self._finalizer = None
         self._listener = listener
         self._opened_in = None
+        self._born_in = os.getpid()
         if link is not None:
             self._adopt(link)
         return self
@@ -603,15 +785,36 @@ class Connection:
             raise OSError(f"connection {self._name} is closed")
         link = self._link
         if link is None or link.pid != os.getpid():
-            self._check_not_opened_elsewhere()
-            in_fd = None
-            if self._listener is not None:
-                in_fd, self._listener = self._listener.detach(), None
-            self._adopt(_Link(self._plan, self._key, in_fd=in_fd))
+            forked = self._born_in != os.getpid()
+            if self._plan.pair_url is not None:
+                self._adopt(self._open_forked_pair(link))
+            else:
+                self._check_not_opened_elsewhere()
+                in_fd = None
+                if self._listener is not None:
+                    in_fd, self._listener = self._listener.detach(), None
+                self._adopt(_Link(self._plan, self._key, in_fd=in_fd, stream_out=forked))
             self._opened_in = os.getpid()
             link = self._link
             assert link is not None  # noqa: S101
         return link
+
+    def _open_forked_pair(self, parents: _Link | None) -> _Link:
+        """In a fork child: a Client end's link to the side door, or a clear error (rule 7)."""
+        owner = "the parent" if parents is None else f"process {parents.pid}"
+        if self._plan.pair_bind:
+            raise OSError(
+                f"connection {self._name} was accepted by a Listener in {owner}, which"
+                " owns its socket: a fork child cannot use it. Accept the connection in"
+                " the child, or hand work to the child through a Pipe()"
+            )
+        if self._plan.side_url is None:
+            raise OSError(
+                f"connection {self._name} was made by Client() in {owner}, and its"
+                " listener offers no way in for a fork child: call Client() in the child"
+            )
+        plan = _Plan(out_url=self._plan.side_url)
+        return _Link(plan, self._key, stream_out=True, announce_close=False)
 
     def _check_not_opened_elsewhere(self) -> None:
         if self._opened_in is not None and self._plan.in_url is not None:
@@ -645,7 +848,11 @@ class Connection:
         """
         link = self._open()
         sock = link.inbox if link.inbox is not None else link.outbox
-        assert sock is not None  # noqa: S101
+        if sock is None:
+            raise OSError(
+                f"connection {self._name} has no zmq socket in this fork child (it only"
+                " sends, through a blocking OS socket): there is nothing to wait for"
+            )
         return int(sock.getsockopt(zmq.FD))
 
     def __repr__(self) -> str:
@@ -697,6 +904,13 @@ class Connection:
         link = self._open()
         if not self._readable:
             raise OSError(f"connection {self._name} is write-only")
+        if link.inbox is None:
+            raise OSError(
+                f"connection {self._name} was made by Client() in process {self._born_in}"
+                " and inherited by this fork child: the child can send on it (the"
+                " messages arrive), but the replies go to the process that called"
+                " Client(). To receive here, call Client() in the child"
+            )
         return link
 
     def _next(self) -> Message:
@@ -1028,12 +1242,12 @@ class Listener:
                 self._socket.poll()
             request, peer = self._requests.popleft()
             link = _Link(
-                _Plan(pair_url=self._private_url(), pair_bind=True),
+                _Plan(pair_url=self._private_url(), pair_bind=True, side_url=self._private_url()),
                 self._key,
                 insecure=self._insecure,
             )
             conn = Connection._from_plan(
-                _Plan(pair_url=link.url, pair_bind=True),
+                _Plan(pair_url=link.url, pair_bind=True, side_url=link.side_url),
                 self._key,
                 readable=True,
                 writable=True,
@@ -1041,7 +1255,10 @@ class Listener:
                 link=link,
             )
             self._session.send(
-                _ACCEPT, {"url": link.url}, parent=request, identities=request.identities
+                _ACCEPT,
+                {"url": link.url, "side": link.side_url},
+                parent=request,
+                identities=request.identities,
             )
             if _wait_link(link, link.done_greeting, _HANDSHAKE_TIMEOUT) and link.greeted:
                 self.last_accepted = peer
@@ -1135,12 +1352,16 @@ def Client(
     finally:
         dealer.close(linger=0)
     private: str = reply.content["url"]
+    side = reply.content.get("side")
+    side = side if isinstance(side, str) else None
     if url.startswith("tcp://"):
         # The listener may have bound a wildcard: reach its port the way we reached it.
-        private = f"{url.rpartition(':')[0]}:{private.rpartition(':')[2]}"
+        host = url.rpartition(":")[0]
+        private = f"{host}:{private.rpartition(':')[2]}"
+        side = None if side is None else f"{host}:{side.rpartition(':')[2]}"
     link = _Link(_Plan(pair_url=private), key)
     conn = Connection._from_plan(
-        _Plan(pair_url=private),
+        _Plan(pair_url=private, side_url=side),
         key,
         readable=True,
         writable=True,
