@@ -42,3 +42,27 @@ def test_base_is_abstract_and_builtins_are_kept() -> None:
     assert issubclass(NoSuchObjectError, LookupError)
     message = "engine 0 was killed by SIGKILL"
     assert str(EngineDiedError(message)) == message
+
+
+def test_protocol_page_names_every_message_type_and_no_other() -> None:
+    """PROTOCOL.md documents exactly the message types of MsgType, and every request of
+    the table has a reply type."""
+    import re
+    from pathlib import Path
+
+    from shoal.engine import CONTROL_REQUESTS, HUB_REQUESTS, SHELL_REQUESTS, MsgType, reply_type
+
+    page = (Path(__file__).parents[1] / "PROTOCOL.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([a-z_]+_(?:request|reply|report))`", page))
+    named |= {t for t in re.findall(r"`([a-z_]+)`", page) if t in {m.value for m in MsgType}}
+    types = {m.value for m in MsgType}
+    requests = {t for t in types if t.endswith("_request")}
+    assert requests <= named, f"PROTOCOL.md does not name {sorted(requests - named)}"
+    assert named - types == set(), f"PROTOCOL.md names unknown {sorted(named - types)}"
+    notices = {"stream", "engine_ready", "engine_registered", "engine_unregistered"}
+    notices |= {"no_engines", "hub_shutdown", "history_report", "error_reply"}
+    assert notices <= named
+    for request in requests:
+        assert reply_type(request) in types and reply_type(request).endswith("_reply")
+    assert reply_type("bogus_request") == "error_reply"
+    assert SHELL_REQUESTS | CONTROL_REQUESTS | HUB_REQUESTS | {"register_request"} == requests

@@ -9,6 +9,14 @@ from ._kernel import Kernel as Kernel
 from ._manager import KernelManager as KernelManager
 from ._objects import ObjectStore as ObjectStore
 from ._objects import Ref as Ref
+from ._protocol import CONTROL_REQUESTS as CONTROL_REQUESTS
+from ._protocol import HUB_REQUESTS as HUB_REQUESTS
+from ._protocol import PING as PING
+from ._protocol import PONG as PONG
+from ._protocol import SHELL_REQUESTS as SHELL_REQUESTS
+from ._protocol import MsgType as MsgType
+from ._protocol import known_requests as known_requests
+from ._protocol import reply_type as reply_type
 
 
 def __getattr__(name: str) -> str:
@@ -21,15 +29,23 @@ def __getattr__(name: str) -> str:
 
 
 __all__ = [
+    "CONTROL_REQUESTS",
+    "HUB_REQUESTS",
+    "PING",
+    "PONG",
+    "SHELL_REQUESTS",
     "EngineDiedError",
     "EngineError",
     "Kernel",
     "KernelManager",
+    "MsgType",
     "NoSuchObjectError",
     "ObjectStore",
     "Ref",
     "RemoteError",
     "current_engine",
+    "known_requests",
+    "reply_type",
 ]
 
 # Tracebacks and pickles show the public path, not the private module.

@@ -70,6 +70,7 @@ from shoal.wire import (
 from ._errors import EngineDiedError
 from ._kernel import Kernel
 from ._objects import ObjectStore
+from ._protocol import CONTROL_REQUESTS, PING, PONG, MsgType, reply_type
 from ._replies import error_reply
 
 __all__ = ["EngineProcess", "current_engine", "main"]
@@ -78,15 +79,7 @@ log = logging.getLogger("shoal.engine")
 _POLL_MS = 100  # how often the I/O thread looks at its peer
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
-_PING = b"ping"  # a client checking its direct way to this engine
-_PONG = b"pong"
-_CONTROL_REQUESTS = (
-    "interrupt_request",
-    "abort_request",
-    "status_request",
-    "shutdown_request",
-    "release_request",
-)
+_PEER = b"p"  # the identity prefix of this engine's DEALERs to other engines
 _current: EngineProcess | None = None
 
 
@@ -243,7 +236,7 @@ class EngineProcess:
         # Say hello on every channel: the peer's ROUTERs can address this engine on a
         # channel only once they have heard from it there.
         hello = {"pid": os.getpid(), "engine_id": self.engine_id}
-        self._send(control, self._encode("engine_ready", hello))
+        self._send(control, self._encode(MsgType.ENGINE_READY, hello))
         heartbeat.send(b"ready")
         capture = self.context.socket(zmq.PUB)
         capture.bind(f"inproc://shoal-heart-{id(self)}")
@@ -256,7 +249,7 @@ class EngineProcess:
         threading.Thread(
             target=self._io_loop, args=(control, pings), name="shoal-engine-io", daemon=True
         ).start()
-        self._send(self._shell, self._encode("engine_ready", hello))
+        self._send(self._shell, self._encode(MsgType.ENGINE_READY, hello))
         poller = zmq.Poller()
         poller.register(self._shell, zmq.POLLIN)
         poller.register(self._pipe_in, zmq.POLLIN)
@@ -283,14 +276,14 @@ class EngineProcess:
             "direct_url": self.direct_url,
         }
         session = self._sessions[control]
-        self._send(control, self._encode("register_request", info))
+        self._send(control, self._encode(MsgType.REGISTER_REQUEST, info))
         deadline = time.monotonic() + self.register_timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
                 reply = session.recv(timeout=left)
             except TimeoutError:
                 break
-            if reply.msg_type != "register_reply":
+            if reply.msg_type != MsgType.REGISTER_REPLY:
                 continue
             content = reply.content
             if content.get("status") != "ok":
@@ -319,9 +312,9 @@ class EngineProcess:
                 return
             if frames is None:  # over the caps: dropped and counted
                 continue
-            if direct and len(frames) == 2 and frames[1].bytes == _PING:
+            if direct and len(frames) == 2 and frames[1].bytes == PING:
                 with contextlib.suppress(zmq.ZMQError):  # a client checks the way back
-                    sock.send_multipart([frames[0], _PONG])
+                    sock.send_multipart([frames[0], PONG])
                 continue
             try:  # content is loaded when the request runs, not here
                 msg = session.decode_or_drop(frames, content=False)
@@ -334,11 +327,12 @@ class EngineProcess:
                 self.pending.append((sock, self._reply_route(sock, msg)))
 
     def _reply_route(self, sock: zmq.Socket[Any], msg: Message) -> Message:
-        """``msg`` with the identity its reply goes to: a client sends direct requests
-        from s<token> and receives on r<token>; another engine (p<token>) receives where
-        it sends."""
-        if sock is self._direct and msg.identities[:1] and msg.identities[0][:1] == b"s":
-            return msg._replace(identities=(b"r" + msg.identities[0][1:],))
+        """``msg`` with the identity its reply goes to: the one its (signed) metadata
+        names as ``reply_to``, for a peer that receives on another socket than it sends
+        from; else the sender's own."""
+        reply_to = msg.metadata.get("reply_to") if sock is self._direct else None
+        if isinstance(reply_to, str):
+            return msg._replace(identities=(reply_to.encode("utf-8", "surrogateescape"),))
         return msg
 
     def _read_all(self) -> None:
@@ -392,7 +386,7 @@ class EngineProcess:
         link = self._peers.get(url)
         if link is None:
             link = self._peers[url] = _PeerLink(
-                self.context, url, b"p" + self._peer_token, self._codec
+                self.context, url, _PEER + self._peer_token, self._codec
             )
             self._sessions[link.sock] = link.session
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
@@ -436,14 +430,14 @@ class EngineProcess:
     def _serve_peers(self) -> None:
         """Serve now the requests other engines sent, keeping the rest in order."""
         peers = [
-            (s, m) for s, m in self.pending if s is self._direct and m.identities[0][:1] == b"p"
+            (s, m) for s, m in self.pending if s is self._direct and m.identities[0][:1] == _PEER
         ]
         if not peers:
             return
         self.pending = collections.deque(
             (s, m)
             for s, m in self.pending
-            if not (s is self._direct and m.identities[0][:1] == b"p")
+            if not (s is self._direct and m.identities[0][:1] == _PEER)
         )
         saved = (self.running, self._running_sock, self._deadline, self._in_user_code)
         try:
@@ -514,7 +508,6 @@ class EngineProcess:
     def _reply(
         self, sock: zmq.Socket[Any], request: Message, reply: dict[str, Any], started: float
     ) -> None:
-        reply_type = request.msg_type.replace("_request", "_reply")
         meta = {
             "engine_id": self.engine_id,
             "status": reply.get("status"),  # for routers, which never load content
@@ -524,10 +517,14 @@ class EngineProcess:
         # Large buffers go through shared memory to a requester on this host only.
         shm = request.metadata.get("host", self.host) == self.host
         try:
-            frames = self._encode(reply_type, reply, parent=request, metadata=meta, shm=shm)
+            frames = self._encode(
+                reply_type(request.msg_type), reply, parent=request, metadata=meta, shm=shm
+            )
         except UnpicklableError as exc:  # the result itself cannot travel: say so
             fallback = error_reply(exc, engine_id=self.engine_id, serializer=None)
-            frames = self._encode(reply_type, fallback, parent=request, metadata=meta)
+            frames = self._encode(
+                reply_type(request.msg_type), fallback, parent=request, metadata=meta
+            )
         self._send(sock, frames)
         if sock is self._direct and self.register:  # the hub did not see it: tell it
             header = request.header
@@ -549,7 +546,7 @@ class EngineProcess:
             self._codec.discard(frames)  # its shared memory, which nobody will open
 
     def _stream(self, name: str, text: str) -> None:
-        frames = self._encode("stream", {"name": name, "text": text}, parent=self.running)
+        frames = self._encode(MsgType.STREAM, {"name": name, "text": text}, parent=self.running)
         sock = self._running_sock or self._shell
         if threading.get_ident() == self._main_ident:
             self._send(sock, frames)
@@ -604,7 +601,7 @@ class EngineProcess:
                             self._control(control, codec, msg)
             if self._direct_done:
                 done, self._direct_done = self._direct_done, []
-                header = new_header("history_report", self.identity.decode(), "engine")
+                header = new_header(MsgType.HISTORY_REPORT, self.identity.decode(), "engine")
                 report = Message(header, None, {}, {"tasks": done})
                 control.send_multipart(codec.encode(report, link=session.link))
             deadline = self._deadline
@@ -626,12 +623,12 @@ class EngineProcess:
     def _control(self, control: zmq.Socket[Any], codec: Codec, msg: Message) -> None:
         content: dict[str, Any] = {"status": "ok"}
         kind = msg.msg_type
-        if kind == "interrupt_request":
+        if kind == MsgType.INTERRUPT_REQUEST:
             running = self.running is not None
             if running and self._main_ident is not None:
                 signal.pthread_kill(self._main_ident, signal.SIGINT)
             content["interrupted"] = running
-        elif kind == "abort_request":
+        elif kind == MsgType.ABORT_REQUEST:
             msg_ids = msg.content.get("msg_ids") if isinstance(msg.content, dict) else None
             if msg_ids is None:
                 self._abort_all = True
@@ -639,24 +636,22 @@ class EngineProcess:
                 self._abort_ids.update(str(m) for m in msg_ids)
             with self._pipe_lock:  # wake the main thread, which owns the queue
                 self._pipe_out.send(_ABORT)
-        elif kind == "status_request":
+        elif kind == MsgType.STATUS_REQUEST:
             content.update(self.status())
-        elif kind == "release_request":  # a client's lease ended: the main thread frees
+        elif kind == MsgType.RELEASE_REQUEST:  # a client's lease ended: the main thread frees
             owner = msg.content.get("owner") if isinstance(msg.content, dict) else None
             if isinstance(owner, str):
                 self._releases.append(owner)
                 with self._pipe_lock:
                     self._pipe_out.send(_RELEASE)
-        elif kind not in _CONTROL_REQUESTS:
-            problem = ValueError(
-                f"unknown control request {kind!r}; known: {', '.join(_CONTROL_REQUESTS)}"
-            )
+        elif kind not in CONTROL_REQUESTS:
+            known = ", ".join(sorted(CONTROL_REQUESTS))
+            problem = ValueError(f"unknown control request {kind!r}; known: {known}")
             content = error_reply(problem, engine_id=self.engine_id, serializer=None)
-        reply_type = kind.replace("_request", "_reply")
-        header = new_header(reply_type, self.identity.decode(), f"engine.{self.engine_id}")
+        header = new_header(reply_type(kind), self.identity.decode(), f"engine.{self.engine_id}")
         reply = Message(header, msg.header, {}, content, (), msg.identities)
         frames = codec.encode(reply, link=self._sessions[control].link)
-        if kind != "shutdown_request":
+        if kind != MsgType.SHUTDOWN_REQUEST:
             control.send_multipart(frames)
             return
         tracker = control.send_multipart(frames, copy=False, track=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 import zmq
 
-from shoal.engine import EngineDiedError, RemoteError
+from shoal.engine import PING, PONG, EngineDiedError, MsgType, RemoteError
 from shoal.wire import (
     Codec,
     Message,
@@ -54,7 +54,7 @@ from shoal.wire import (
 
 from ._asyncresult import AsyncResult
 from ._errors import HubLost, error_from_reply
-from ._hub import HUB, LB, LB_BATCH, PING, PONG, control_route, engine_route
+from ._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
 from ._profile import CLIENT_FILE, profile_dir
 
 __all__ = ["Client", "current_client"]
@@ -131,6 +131,7 @@ class Client:
         token = uuid.uuid4().hex[:16].encode()
         self._connect(token, info.urls.get("beat"))
         self._token = token
+        self._reply_to = (RECEIVER + token).decode()
         self.direct = direct
         self.host = this_host()
         self._init_io_state()
@@ -152,7 +153,7 @@ class Client:
                 f"no hub answered at {self.url} within {timeout} s (from {path}); is the"
                 " cluster running? `shoal cluster list` shows the running clusters"
             )
-        reply = self._hub_request("connect_request", {}, timeout)
+        reply = self._hub_request(MsgType.CONNECT_REQUEST, {}, timeout)
         with self._engines_changed:
             for e in reply["engines"]:
                 self._engines[int(e["engine_id"])] = e
@@ -161,10 +162,10 @@ class Client:
     def _connect(self, token: bytes, beat_url: str | None) -> None:
         """The sockets to the hub: send, receive and (when the hub has one) beat."""
         self._sender: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._sender.identity = b"s" + token
+        self._sender.identity = SENDER + token
         self._sender.linger = 0
         self._receiver: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._receiver.identity = b"r" + token
+        self._receiver.identity = RECEIVER + token
         self._receiver.linger = 0
         self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
         self._receiver.connect(self.url)
@@ -172,7 +173,7 @@ class Client:
         self._beat: zmq.Socket[Any] | None = None
         if beat_url is not None:
             self._beat = self._context.socket(zmq.DEALER)
-            self._beat.identity = b"b" + token
+            self._beat.identity = BEAT + token
             self._beat.linger = 0
             self._beat.connect(beat_url)
         self._sessions: dict[zmq.Socket[Any], Session] = {
@@ -289,7 +290,7 @@ class Client:
     # -- hub requests -------------------------------------------------------------------
     def queue_status(self) -> dict[int, Any]:
         """Per engine: outstanding requests, pid, host; plus ``unassigned`` tasks."""
-        reply = self._hub_request("queue_status_request", {})
+        reply = self._hub_request(MsgType.QUEUE_STATUS_REQUEST, {})
         status: dict[Any, Any] = {int(k): v for k, v in reply["engines"].items()}
         status["unassigned"] = reply["unassigned"]
         return status
@@ -297,7 +298,7 @@ class Client:
     def hub_statistics(self) -> dict[str, dict[str, Any]]:
         """What the hub's sockets (``client``, ``shell``, ``control``) sent, received and
         dropped, by reason: the messages it refused before acting on them."""
-        return dict(self._hub_request("statistics_request", {})["sockets"])
+        return dict(self._hub_request(MsgType.STATISTICS_REQUEST, {})["sockets"])
 
     def statistics(self) -> dict[str, Any]:
         """What this client's own sockets sent, received and dropped (summed), by reason."""
@@ -313,21 +314,23 @@ class Client:
     def history(self, msg_ids: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
         """The hub's metadata on finished tasks: engine, status, submitted/started/completed."""
         content = {"msg_ids": None if msg_ids is None else list(msg_ids)}
-        return list(self._hub_request("history_request", content)["history"])
+        return list(self._hub_request(MsgType.HISTORY_REQUEST, content)["history"])
 
     def abort(self, msg_ids: Sequence[str]) -> None:
         """Drop the given requests if they have not started (they fail with TaskAborted)."""
         self._flush()
-        self._hub_request("abort_request", {"msg_ids": list(msg_ids)})
+        self._hub_request(MsgType.ABORT_REQUEST, {"msg_ids": list(msg_ids)})
 
     def add_engines(self, n: int = 1) -> list[int]:
         """Ask the hub to start ``n`` more local engines; returns their pids."""
-        return list(self._hub_request("add_engines_request", {"n": n})["pids"])
+        return list(self._hub_request(MsgType.ADD_ENGINES_REQUEST, {"n": n})["pids"])
 
     def remove_engines(self, engine_ids: Iterable[int]) -> list[int]:
         """Shut engines down and take them out of the cluster."""
         ids = [int(i) for i in engine_ids]
-        return list(self._hub_request("remove_engines_request", {"engine_ids": ids})["removed"])
+        return list(
+            self._hub_request(MsgType.REMOVE_ENGINES_REQUEST, {"engine_ids": ids})["removed"]
+        )
 
     def shutdown(self, hub: bool = True, timeout: float = 10.0) -> None:
         """Stop the cluster: every engine and, with ``hub=True``, the hub."""
@@ -335,7 +338,7 @@ class Client:
             self.remove_engines(self.ids)
             return
         with contextlib.suppress(HubLost):
-            self._hub_request("shutdown_request", {}, timeout)
+            self._hub_request(MsgType.SHUTDOWN_REQUEST, {}, timeout)
 
     # -- sending ------------------------------------------------------------------------
     def _submit(
@@ -354,6 +357,8 @@ class Client:
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
             meta = {**metadata, "host": self.host} if metadata else {"host": self.host}
+            if route[:1] == b"e":  # an engine's direct socket answers where this names
+                meta["reply_to"] = self._reply_to
             msg = Message(header, None, meta, content)
             frames = self._codec.encode(msg, shm=self._same_host(route))
             encoded.append((str(header.msg_id), route, frames))
@@ -474,8 +479,8 @@ class Client:
             content = {"owner": owner, "deltas": items}
             with contextlib.suppress(HubLost, RuntimeError, EngineDiedError):
                 self._submit(
-                    [(engine_route(engine), "refs_request", content, None)],
-                    lambda ids: AsyncResult(self, ids, single=True, label="refs_request"),
+                    [(engine_route(engine), MsgType.REFS_REQUEST, content, None)],
+                    lambda ids: AsyncResult(self, ids, single=True, label=MsgType.REFS_REQUEST),
                     wait_for_room=False,
                 )
 
@@ -587,7 +592,7 @@ class Client:
         shared memory). Their contents, by position in ``targets``."""
         first = contents[0] if contents else None
         if (
-            msg_type != "push_request"
+            msg_type != MsgType.PUSH_REQUEST
             or not isinstance(first, dict)
             or any(c is not first for c in contents)
         ):
@@ -752,12 +757,12 @@ class Client:
         if not url or engine.get("hostname") != self.host or not self.direct:
             return  # its socket listens on its host's loopback only
         receiver = self._context.socket(zmq.DEALER)
-        receiver.identity = b"r" + self._token
+        receiver.identity = RECEIVER + self._token
         receiver.rcvhwm = 0
         receiver.linger = 0
         receiver.connect(url)
         sender = self._context.socket(zmq.DEALER)
-        sender.identity = b"s" + self._token
+        sender.identity = SENDER + self._token
         sender.linger = 0
         sender.connect(url)
         receiver.send(PING)  # the engine answers once it can route to `receiver`
@@ -815,13 +820,13 @@ class Client:
             if route == HUB:
                 self._notice(kind, msg.content)
             return
-        if kind == "connect_reply":
+        if kind == MsgType.CONNECT_REPLY:
             for engine in msg.content.get("engines", ()):
                 self._open_direct(engine)
         result = self._pending.get(parent.msg_id)
         if result is None:
             return
-        if kind == "stream":
+        if kind == MsgType.STREAM:
             result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
             return
         del self._pending[parent.msg_id]
@@ -845,18 +850,18 @@ class Client:
         result._deliver(parent.msg_id, value, error, metadata)
 
     def _notice(self, kind: str, content: Any) -> None:
-        if kind == "engine_registered":
+        if kind == MsgType.ENGINE_REGISTERED:
             with self._engines_changed:
                 self._engines[int(content["engine_id"])] = content
                 self._engines_changed.notify_all()
             self._open_direct(content)
-        elif kind == "engine_unregistered":
+        elif kind == MsgType.ENGINE_UNREGISTERED:
             engine_id = int(content["engine_id"])
             with self._engines_changed:
                 self._engines.pop(engine_id, None)
                 self._engines_changed.notify_all()
             self._close_direct(engine_id, str(content.get("cause", "unknown cause")))
-        elif kind == "hub_shutdown":
+        elif kind == MsgType.HUB_SHUTDOWN:
             self._hub_lost("the hub shut down")
 
     def _hub_lost(self, why: str) -> None:

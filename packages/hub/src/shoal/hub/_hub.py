@@ -58,6 +58,7 @@ from typing import Any
 
 import zmq
 
+from shoal.engine import HUB_REQUESTS, PING, PONG, MsgType, reply_type
 from shoal.wire import (
     DELIMITER,
     Codec,
@@ -74,32 +75,12 @@ from shoal.wire import (
 )
 
 from ._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
+from ._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
 from ._store import HistoryStore
 
 __all__ = ["Hub", "main"]
 
 log = logging.getLogger("shoal.hub")
-
-HUB = b"hub"
-LB = b"lb"
-LB_BATCH = b"lbs"  # [lbs, frame counts (uint32 each), task 1's frames, task 2's, ...]
-PING = b"ping"
-PONG = b"pong"
-
-
-def engine_route(engine_id: int) -> bytes:
-    return b"e%d" % engine_id
-
-
-def control_route(engine_id: int) -> bytes:
-    return b"c%d" % engine_id
-
-
-def reply_type_of(request_type: str) -> str:
-    """The reply's type for a request's type: ``x_request`` -> ``x_reply``."""
-    if request_type.endswith("_request"):
-        return request_type[: -len("_request")] + "_reply"
-    return request_type + "_reply"
 
 
 def _is_head(frame: Any) -> bool:
@@ -495,7 +476,7 @@ class Hub:
                     beats.recv()
             except zmq.Again:
                 return
-            client = b"r" + ident[1:]
+            client = receiver_of(ident)
             if client in self.clients:
                 self.clients[client] = now
 
@@ -551,19 +532,20 @@ class Hub:
             self._to_engine(engine, "shell", [reply_to], task.frames)
         elif route == LB:
             self._lb_submit(_Task(reply_to, msg, header, lb=True), received.envelope.metadata)
-        elif route[:1] == b"c" and route[1:].isdigit() and int(route[1:]) in self.engines:
-            self._to_engine(self.engines[int(route[1:])], "control", [reply_to], msg)
-        elif route[:1] in (b"e", b"c") and route[1:].isdigit():
-            known = sorted(self.engines)
-            why = f"engine {int(route[1:])} is not registered (known: {known})"
-            self._fail(reply_to, header, ("EngineDiedError", why), route)
+        elif (engine_id := engine_id_of(route)) is not None:
+            if route[:1] == b"c" and engine_id in self.engines:
+                self._to_engine(self.engines[engine_id], "control", [reply_to], msg)
+            else:
+                known = sorted(self.engines)
+                why = f"engine {engine_id} is not registered (known: {known})"
+                self._fail(reply_to, header, ("EngineDiedError", why), route)
         else:
             self._fail(reply_to, header, ("ValueError", f"unknown route {route!r}"), HUB)
 
     def _reply_to(self, sender: bytes) -> bytes:
         """The receiving socket of the client whose sending socket is ``sender`` (opaque
         bytes); called only for verified messages, so only honest clients are booked."""
-        reply_to = b"r" + sender[1:]
+        reply_to = receiver_of(sender)
         if reply_to not in self.clients:
             self.clients[reply_to] = time.monotonic()
         return reply_to
@@ -636,8 +618,8 @@ class Hub:
             **extra,
         }
         meta = {"engine_id": engine_id, "status": "error", "started": None, "completed": None}
-        reply_type = reply_type_of(request.msg_type)
-        self._send_hub_msg(client, reply_type, content, parent=request, route=route, metadata=meta)
+        kind = reply_type(request.msg_type)
+        self._send_hub_msg(client, kind, content, parent=request, route=route, metadata=meta)
         self._record(request.msg_id, engine_id, "error", time.time())
 
     # -- load balancing -----------------------------------------------------------------
@@ -778,7 +760,7 @@ class Hub:
         if _is_head(frames[1]):  # addressed to the hub: the engine's hello
             with contextlib.suppress(SharedMemoryLost):
                 msg = session.decode_or_drop(frames)
-                if msg is not None and msg.msg_type == "engine_ready":
+                if msg is not None and msg.msg_type == MsgType.ENGINE_READY:
                     self._engine_ready(engine)
             return
         received = session.verify_or_drop(frames)
@@ -792,7 +774,7 @@ class Hub:
         relayed = frames[2:]
         parent = envelope.parent_header
         metadata = envelope.metadata
-        if envelope.msg_type != "stream" and parent is not None:
+        if envelope.msg_type != MsgType.STREAM and parent is not None:
             task = engine.outstanding.pop(parent.msg_id, None)
             status = metadata.get("status")
             if task is not None:
@@ -842,9 +824,9 @@ class Hub:
             return
         if msg is None:
             return
-        if msg.msg_type == "register_request":
+        if msg.msg_type == MsgType.REGISTER_REQUEST:
             self._register(ident, msg.header, msg.content)
-        elif msg.msg_type == "history_report":  # requests clients sent the engine directly
+        elif msg.msg_type == MsgType.HISTORY_REPORT:  # requests clients sent the engine directly
             engine = self.by_ident.get(ident)
             tasks = msg.content.get("tasks", ()) if isinstance(msg.content, dict) else ()
             for task in tasks:
@@ -881,7 +863,7 @@ class Hub:
             log.info("engine %d registered (pid %s on %s)", engine_id, engine.pid, engine.hostname)
         with contextlib.suppress(zmq.ZMQError):
             self.sessions["control"].send(
-                "register_reply", reply, parent=request, identities=[ident]
+                MsgType.REGISTER_REPLY, reply, parent=request, identities=[ident]
             )
 
     def _engine_ready(self, engine: _Engine) -> None:
@@ -891,7 +873,7 @@ class Hub:
         engine.last_beat = time.monotonic()
         self.routes[engine_route(engine.id)] = engine
         for client in list(self.clients):
-            self._send_hub_msg(client, "engine_registered", self._engine_info(engine))
+            self._send_hub_msg(client, MsgType.ENGINE_REGISTERED, self._engine_info(engine))
         self._dispatch()
 
     def _beat(self) -> None:
@@ -929,7 +911,7 @@ class Hub:
         # The owner name engines booked: the client's token (opaque bytes, shown as text).
         owner = client[1:].decode("utf-8", "backslashreplace")
         for engine in list(self.engines.values()):
-            self._tell_engine(engine, "release_request", {"owner": owner})
+            self._tell_engine(engine, MsgType.RELEASE_REQUEST, {"owner": owner})
 
     def _check_children(self) -> None:
         """Engines this hub started whose process ended are lost, with the cause."""
@@ -958,7 +940,7 @@ class Hub:
             self.procs.pop(engine.pid, None)
         note = {"engine_id": engine.id, "cause": cause}
         for client in list(self.clients):  # first: a client that sees the error knows it
-            self._send_hub_msg(client, "engine_unregistered", note)
+            self._send_hub_msg(client, MsgType.ENGINE_UNREGISTERED, note)
         why = f"engine {engine.id} died while this request was outstanding: {cause}"
         for task in engine.outstanding.values():
             if task.lb and task.retries > 0:
@@ -978,7 +960,7 @@ class Hub:
         if ident not in self.dead:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self.sessions["control"].send("shutdown_request", {}, identities=[ident])
+            self.sessions["control"].send(MsgType.SHUTDOWN_REQUEST, {}, identities=[ident])
 
     # -- history ------------------------------------------------------------------------
     def _record(
@@ -1002,25 +984,26 @@ class Hub:
         content = msg.content if isinstance(msg.content, dict) else {}
         reply: dict[str, Any] = {"status": "ok"}
         try:
-            if kind == "connect_request":
+            if kind == MsgType.CONNECT_REQUEST:
                 reply["engines"] = self._engine_list()
                 reply["hub_pid"] = os.getpid()
-            elif kind == "queue_status_request":
+            elif kind == MsgType.QUEUE_STATUS_REQUEST:
                 reply.update(self._queue_status())
-            elif kind == "statistics_request":
+            elif kind == MsgType.STATISTICS_REQUEST:
                 reply["sockets"] = self.statistics()
-            elif kind == "history_request":
+            elif kind == MsgType.HISTORY_REQUEST:
                 reply["history"] = self._history(content.get("msg_ids"))
-            elif kind == "add_engines_request":
+            elif kind == MsgType.ADD_ENGINES_REQUEST:
                 reply["pids"] = self.launch(int(content.get("n", 1)))
-            elif kind == "remove_engines_request":
+            elif kind == MsgType.REMOVE_ENGINES_REQUEST:
                 reply["removed"] = self._remove(list(content.get("engine_ids", ())))
-            elif kind == "abort_request":
+            elif kind == MsgType.ABORT_REQUEST:
                 reply["aborted"] = self._abort(client, list(content.get("msg_ids", ())))
-            elif kind == "shutdown_request":
+            elif kind == MsgType.SHUTDOWN_REQUEST:
                 self._stopping = True
             else:
-                raise ValueError(f"unknown hub request {kind!r}")
+                known = ", ".join(sorted(HUB_REQUESTS))
+                raise ValueError(f"unknown hub request {kind!r}; the hub serves {known}")
         except Exception as exc:  # answer, never crash the hub
             reply = {
                 "status": "error",
@@ -1030,7 +1013,7 @@ class Hub:
                 "engine_id": None,
                 "exception": None,
             }
-        self._send_hub_msg(client, reply_type_of(kind), reply, parent=msg.header)
+        self._send_hub_msg(client, reply_type(kind), reply, parent=msg.header)
 
     def _history(self, msg_ids: list[Any] | None) -> list[dict[str, Any] | None]:
         if msg_ids is None:
@@ -1074,7 +1057,7 @@ class Hub:
             engine = self.engines.get(int(engine_id))
             if engine is None:
                 continue
-            self._tell_engine(engine, "shutdown_request", {})
+            self._tell_engine(engine, MsgType.SHUTDOWN_REQUEST, {})
             self._engine_lost(engine, "it was removed", kill=False)  # it exits by itself
             removed.append(engine.id)
         return removed
@@ -1093,10 +1076,10 @@ class Hub:
         aborted += [self.waiting.pop(m) for m in list(self.waiting) if m in wanted]
         for task in aborted:
             meta = {"engine_id": None, "status": "aborted", "started": None, "completed": None}
-            reply_type = reply_type_of(task.header.msg_type)
+            kind = reply_type(task.header.msg_type)
             self._send_hub_msg(
                 task.client,
-                reply_type,
+                kind,
                 {"status": "aborted"},
                 parent=task.header,
                 route=LB,
@@ -1106,14 +1089,16 @@ class Hub:
         for engine in self.engines.values():
             queued = [m for m in wanted if m in engine.outstanding]
             if queued:
-                self._tell_engine(engine, "abort_request", {"msg_ids": queued})
+                self._tell_engine(engine, MsgType.ABORT_REQUEST, {"msg_ids": queued})
         return [t.msg_id for t in aborted]
 
     # -- ending -------------------------------------------------------------------------
     def _shutdown_engines(self, grace: float = 2.0) -> None:
         for engine in list(self.engines.values()):
             with contextlib.suppress(zmq.ZMQError):
-                self.sessions["control"].send("shutdown_request", {}, identities=[engine.ident])
+                self.sessions["control"].send(
+                    MsgType.SHUTDOWN_REQUEST, {}, identities=[engine.ident]
+                )
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -1123,7 +1108,7 @@ class Hub:
                 proc.wait()
         note = {"cause": "the hub shut down"}
         for client in list(self.clients):
-            self._send_hub_msg(client, "hub_shutdown", note)
+            self._send_hub_msg(client, MsgType.HUB_SHUTDOWN, note)
 
     def _close(self) -> None:
         if self.store is not None:

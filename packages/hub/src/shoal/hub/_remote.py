@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shoal.engine import current_engine
+from shoal.engine import MsgType, current_engine
 
 from ._asyncresult import AsyncResult
 from ._client import Client, _copies, current_client
@@ -289,7 +289,7 @@ class Remote:
         if name in _OWN:
             object.__setattr__(self, name, value)
             return
-        _request(self, "setattr_request", {"name": name, "value": _as_refs(value)}).result()
+        _request(self, MsgType.SETATTR_REQUEST, {"name": name, "value": _as_refs(value)}).result()
 
     def __delattr__(self, name: str) -> None:
         _call(self, "__delattr__", (name,), {}, True).result()
@@ -527,7 +527,7 @@ def _send_engine_drops(engine: Any) -> None:
             batches.setdefault((url, owner), []).append([oid, delta])
     for (url, owner), deltas in batches.items():
         with contextlib.suppress(Exception):  # an engine that is gone freed them already
-            engine.peer_request(url, "refs_request", {"owner": owner, "deltas": deltas}, 10.0)
+            engine.peer_request(url, MsgType.REFS_REQUEST, {"owner": owner, "deltas": deltas}, 10.0)
 
 
 def _as_refs(value: Any, depth: int = 8) -> Any:
@@ -576,7 +576,7 @@ def _resolve(ref: Ref, url: str | None) -> Any:
     engine = current_engine()
     if engine is not None and engine.engine_id == ref.engine and engine.kernel.objects:
         return engine.kernel.objects.get(ref.id)
-    return _peer(url, ref, "fetch_request", {"id": ref.id}).result()["result"]
+    return _peer(url, ref, MsgType.FETCH_REQUEST, {"id": ref.id}).result()["result"]
 
 
 def _call(
@@ -597,14 +597,14 @@ def _call(
     }
     if _registered:
         content["keep"] = sorted(_registered)
-    return _then(_request(proxy, "call_method_request", content), proxy)
+    return _then(_request(proxy, MsgType.CALL_METHOD_REQUEST, content), proxy)
 
 
 def _getattr(proxy: Remote, name: str) -> Any:
     content: dict[str, Any] = {"name": name, "owner": proxy._shoal_owner}
     if _registered:
         content["keep"] = sorted(_registered)
-    return _then(_request(proxy, "getattr_request", content), proxy)
+    return _then(_request(proxy, MsgType.GETATTR_REQUEST, content), proxy)
 
 
 def _then(reply: Any, proxy: Remote) -> concurrent.futures.Future[Any]:
@@ -707,7 +707,7 @@ def scatter(
             if hi > lo:
                 content = {"obj": list(obj[lo:hi]), "items": True, "owner": client.owner}
                 pending.append(
-                    (engine_id, client._object_request(engine_id, "store_request", content))
+                    (engine_id, client._object_request(engine_id, MsgType.STORE_REQUEST, content))
                 )
         proxies: list[Remote] = []
         for engine_id, reply in pending:
@@ -718,7 +718,7 @@ def scatter(
         engines[0] if destination is not None else engines[next(_next_engine) % len(engines)]
     )
     content = {"obj": obj, "owner": client.owner}
-    reply = client._object_request(engine_id, "store_request", content).result()
+    reply = client._object_request(engine_id, MsgType.STORE_REQUEST, content).result()
     return _make_proxies(engine_id, [reply["ref"]], reply, None, client)[0]
 
 
@@ -743,7 +743,7 @@ def gather(x: Any) -> Any:
     pass through unchanged."""
     found: list[Remote] = []
     _collect(x, found, 8)
-    futures = {id(p): _request(p, "fetch_request", {"id": p._shoal_ref.id}) for p in found}
+    futures = {id(p): _request(p, MsgType.FETCH_REQUEST, {"id": p._shoal_ref.id}) for p in found}
     values = {k: f.result()["result"] for k, f in futures.items()}
     return _replace(x, values, 8)
 
@@ -861,7 +861,7 @@ class ObjectHub:
 
     def _listing(self) -> dict[int, list[list[Any]]]:
         client = self.client
-        pending = {e: client._object_request(e, "list_request", {}) for e in client.ids}
+        pending = {e: client._object_request(e, MsgType.LIST_REQUEST, {}) for e in client.ids}
         listing = {}
         for e, reply in pending.items():
             try:
@@ -897,7 +897,7 @@ class ObjectHub:
         if ref not in types:
             raise KeyError(f"{ref} is not held by any engine of the cluster")
         client = self.client
-        interface = client._object_request(ref.engine, "describe_request", {"id": ref.id})
+        interface = client._object_request(ref.engine, MsgType.DESCRIBE_REQUEST, {"id": ref.id})
         client._ref_changes.append((ref.engine, ref.id, client.owner, 1))
         client._flush_refs()
         reply = {"types": {types[ref]: interface.result()}}

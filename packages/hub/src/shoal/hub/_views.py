@@ -17,11 +17,12 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from shoal.engine import MsgType
 from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._client import Client
-from ._hub import LB, engine_route
+from ._protocol import LB, engine_route
 
 __all__ = ["DirectView", "LoadBalancedView", "View"]
 
@@ -136,14 +137,18 @@ class DirectView(View):
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncResult:
         content = _apply_content(f, args, kwargs)
-        return self._send("apply_request", lambda _t: content, getattr(f, "__name__", "apply"))
+        return self._send(
+            MsgType.APPLY_REQUEST, lambda _t: content, getattr(f, "__name__", "apply")
+        )
 
     def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
         """Run ``code`` (a str) on the engines; the value of a final expression, if any."""
         if not isinstance(code, str):
             raise TypeError(f"execute() needs code as a str, got {type(code).__name__}")
         content = {"code": code, "silent": silent}
-        return self._finish(self._send("execute_request", lambda _t: content, "execute"), block)
+        return self._finish(
+            self._send(MsgType.EXECUTE_REQUEST, lambda _t: content, "execute"), block
+        )
 
     def run(self, filename: str | os.PathLike[str], block: bool | None = None) -> Any:
         """Run a local Python file's code on the engines."""
@@ -155,13 +160,13 @@ class DirectView(View):
         if not isinstance(ns, Mapping):
             raise TypeError(f"push() needs a dict of names to values, got {type(ns).__name__}")
         content = {"namespace": dict(ns)}
-        return self._finish(self._send("push_request", lambda _t: content, "push"), block)
+        return self._finish(self._send(MsgType.PUSH_REQUEST, lambda _t: content, "push"), block)
 
     def pull(self, names: str | Sequence[str], block: bool | None = None) -> Any:
         """Values of names (or expressions) from the engines."""
         names = names if isinstance(names, str) else list(names)
         content = {"names": names}
-        return self._finish(self._send("pull_request", lambda _t: content, "pull"), block)
+        return self._finish(self._send(MsgType.PULL_REQUEST, lambda _t: content, "pull"), block)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.push({key: value}, block=True)
@@ -171,7 +176,7 @@ class DirectView(View):
 
     def clear(self, block: bool | None = None) -> Any:
         """Empty the engines' namespaces."""
-        return self._finish(self._send("clear_request", lambda _t: {}, "clear"), block)
+        return self._finish(self._send(MsgType.CLEAR_REQUEST, lambda _t: {}, "clear"), block)
 
     def scatter(self, key: str, seq: Any, axis: int = 0, block: bool | None = None) -> Any:
         """Split ``seq`` (a sequence or a numpy array, along ``axis``) across the engines
@@ -181,7 +186,7 @@ class DirectView(View):
         return self._finish(
             self.client._request(
                 self._ids,
-                "push_request",
+                MsgType.PUSH_REQUEST,
                 lambda t: {"namespace": {key: by_engine[t]}},
                 single=False,
                 combine=lambda _r: None,
@@ -195,7 +200,7 @@ class DirectView(View):
         return self._finish(
             self.client._request(
                 self._ids,
-                "pull_request",
+                MsgType.PULL_REQUEST,
                 lambda _t: {"names": key},
                 single=False,
                 combine=lambda parts: _join(parts, axis),
@@ -214,7 +219,7 @@ class DirectView(View):
         requests = [
             (
                 engine_route(t),
-                "apply_request",
+                MsgType.APPLY_REQUEST,
                 {"f": _map_chunk, "args": (f, *chunks[t]), "kwargs": {}},
                 None,
             )
@@ -286,7 +291,7 @@ class DirectView(View):
                     by_engine = dict(zip(view._ids, parts, strict=True))
                     result = view.client._request(
                         view._ids,
-                        "apply_request",
+                        MsgType.APPLY_REQUEST,
                         lambda t: {"f": f, "args": (by_engine[t],), "kwargs": {}},
                         single=False,
                         combine=lambda r: _join(r, 0),
@@ -307,13 +312,13 @@ class DirectView(View):
 
     def interrupt(self) -> None:
         """Raise KeyboardInterrupt in whatever the view's engines are running."""
-        results = [self.client._control(t, "interrupt_request", {}) for t in self._ids]
+        results = [self.client._control(t, MsgType.INTERRUPT_REQUEST, {}) for t in self._ids]
         for result in results:
             result.get(10)
 
     def status(self) -> Any:
         """Each engine's pid, host, cores, memory, queue length and uptime."""
-        results = [self.client._control(t, "status_request", {}) for t in self._ids]
+        results = [self.client._control(t, MsgType.STATUS_REQUEST, {}) for t in self._ids]
         replies = [dict(r.get(10)) for r in results]
         return replies[0] if self._single else replies
 
@@ -388,7 +393,7 @@ class LoadBalancedView(View):
         content = _apply_content(f, args, kwargs)
         label = getattr(f, "__name__", "apply")
         return self.client._submit(
-            [(LB, "apply_request", content, self._metadata())],
+            [(LB, MsgType.APPLY_REQUEST, content, self._metadata())],
             lambda ids: AsyncResult(self.client, ids, single=True, label=label),
         )
 
@@ -411,7 +416,7 @@ class LoadBalancedView(View):
         requests = [
             (
                 LB,
-                "apply_request",
+                MsgType.APPLY_REQUEST,
                 {"f": _map_chunk, "args": (f, *[s[a : a + chunksize] for s in seqs]), "kwargs": {}},
                 meta,
             )
@@ -466,7 +471,7 @@ def _imap(
         content = {"f": _map_chunk, "args": (f, *columns), "kwargs": {}}
         outstanding.append(
             view.client._submit(
-                [(LB, "apply_request", content, meta)],
+                [(LB, MsgType.APPLY_REQUEST, content, meta)],
                 lambda ids: AsyncResult(view.client, ids, single=True, label="imap"),
             )
         )
