@@ -63,6 +63,7 @@ def test_protocol_page_names_every_message_type_and_no_other() -> None:
     notices |= {"no_engines", "hub_shutdown", "history_report", "error_reply"}
     assert notices <= named
     for request in requests:
-        assert reply_type(request) in types and reply_type(request).endswith("_reply")
+        assert reply_type(request) in types
+        assert reply_type(request).endswith("_reply")
     assert reply_type("bogus_request") == "error_reply"
     assert SHELL_REQUESTS | CONTROL_REQUESTS | HUB_REQUESTS | {"register_request"} == requests

@@ -54,8 +54,8 @@ from shoal.wire import (
 
 from ._asyncresult import AsyncResult
 from ._errors import HubLost, error_from_reply
-from ._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
 from ._profile import CLIENT_FILE, profile_dir
+from ._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
 
 __all__ = ["Client", "current_client"]
 
