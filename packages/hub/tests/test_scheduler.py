@@ -260,8 +260,9 @@ def test_poison_task_fails_after_killing_allowed_engines(allowed: int) -> None:
     assert failed.engine_id == allowed - 1
     engines = list(range(allowed))
     assert failed.evalue == (
-        f"task p was running on engines {engines} when each of them died"
-        f" (allowed_failures={allowed}); it is not retried further"
+        f"task p killed {allowed} engine{'s' if allowed > 1 else ''}: it was running on"
+        f" engines {engines} when each"
+        f" of them died (allowed_failures={allowed}); it is not retried further"
     )
     assert not state.in_flight("p")
 

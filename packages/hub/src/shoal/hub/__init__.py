@@ -11,6 +11,7 @@ from ._cluster import Cluster as Cluster
 from ._errors import CompositeError as CompositeError
 from ._errors import DependencyError as DependencyError
 from ._errors import HubLost as HubLost
+from ._errors import KilledEngineError as KilledEngineError
 from ._errors import TaskAborted as TaskAborted
 from ._hub import Hub as Hub
 from ._managers import BaseManager as BaseManager
@@ -66,6 +67,7 @@ __all__ = [
     "Executor",
     "Hub",
     "HubLost",
+    "KilledEngineError",
     "LoadBalancedView",
     "Manager",
     "ManagerLost",

@@ -289,10 +289,12 @@ class Client:
 
     # -- hub requests -------------------------------------------------------------------
     def queue_status(self) -> dict[int, Any]:
-        """Per engine: outstanding requests, pid, host; plus ``unassigned`` tasks."""
+        """Per engine: outstanding requests, pid, host; plus ``unassigned`` tasks and
+        ``no_engines``: True while tasks wait and no engine is left to run them."""
         reply = self._hub_request(MsgType.QUEUE_STATUS_REQUEST, {})
         status: dict[Any, Any] = {int(k): v for k, v in reply["engines"].items()}
         status["unassigned"] = reply["unassigned"]
+        status["no_engines"] = bool(reply.get("no_engines", False))
         return status
 
     def hub_statistics(self) -> dict[str, dict[str, Any]]:
@@ -861,6 +863,12 @@ class Client:
                 self._engines.pop(engine_id, None)
                 self._engines_changed.notify_all()
             self._close_direct(engine_id, str(content.get("cause", "unknown cause")))
+        elif kind == MsgType.NO_ENGINES:
+            log.warning(
+                "no engine is left in the cluster: %s task(s) wait for one; add engines"
+                " (Client.add_engines, shoal engine) or abort them",
+                content.get("unassigned", "?") if isinstance(content, dict) else "?",
+            )
         elif kind == MsgType.HUB_SHUTDOWN:
             self._hub_lost("the hub shut down")
 

@@ -132,6 +132,9 @@ class Cluster:
         The folder for the hub's files, instead of the profile's.
     hwm : int, optional
         Load-balanced tasks an engine may hold at once (the hub's default: 2).
+    allowed_failures : int, optional
+        A task that was running on this many engines when each died fails with
+        ``KilledEngineError`` (the hub's default: 3).
     log_level : str
         Log level of the hub and its engines; their logs go to ``<profile dir>/hub.log``.
     daemonize : bool
@@ -157,6 +160,7 @@ class Cluster:
         profile: str = "default",
         profile_dir: str | None = None,
         hwm: int | None = None,
+        allowed_failures: int | None = None,
         log_level: str = "WARNING",
         daemonize: bool = False,
     ) -> None:
@@ -173,7 +177,10 @@ class Cluster:
         else:
             self._option = f"--profile-dir {self.profile_dir}"
             self._connect_hint = f"url_file={self.client_file!r}"
+        if allowed_failures is not None and allowed_failures < 1:
+            raise ValueError(f"allowed_failures must be at least 1, got {allowed_failures}")
         self.hwm = hwm
+        self.allowed_failures = allowed_failures
         self.log_level = log_level
         self.daemonize = daemonize
         self.log_file = os.path.join(self.profile_dir, LOG_FILE)
@@ -264,6 +271,8 @@ class Cluster:
         ]
         if self.hwm is not None:
             cmd += ["--hwm", str(self.hwm)]
+        if self.allowed_failures is not None:
+            cmd += ["--allowed-failures", str(self.allowed_failures)]
         if not self.daemonize:
             cmd += ["--parent-pid", str(os.getpid())]
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -16,6 +16,7 @@ __all__ = [
     "CompositeError",
     "DependencyError",
     "HubLost",
+    "KilledEngineError",
     "TaskAborted",
     "error_from_reply",
 ]
@@ -33,6 +34,26 @@ class TaskAborted(RuntimeError):
 class DependencyError(RuntimeError):
     """A task's ``after``/``follow`` dependencies can never be met (one failed, is
     unknown to the hub, or ran on an engine that is gone)."""
+
+
+class KilledEngineError(EngineDiedError):
+    """A load-balanced task was running on ``allowed_failures`` engines (3 by default)
+    when each of them died, so the hub will not feed it more engines: it fails for good,
+    whatever its ``retries`` (Dask calls this ``KilledWorker``).
+
+    Raised by the task's result. The task most likely crashes its engine (a segfault,
+    ``os._exit``, running out of memory): run it on one engine to see how, or raise the
+    hub's ``allowed_failures`` if the deaths had other causes.
+
+    Attributes
+    ----------
+    engine_ids : list of int
+        The engines that died while they ran it, in order.
+    """
+
+    def __init__(self, message: str, engine_ids: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.engine_ids = list(engine_ids)
 
 
 class CompositeError(RuntimeError):
@@ -83,6 +104,9 @@ def error_from_reply(content: dict[str, Any], *, original: bool = False) -> Base
     evalue = str(content.get("evalue", ""))
     if ename == "EngineDiedError":
         return EngineDiedError(evalue)
+    if ename == "KilledEngineError":
+        ids = content.get("engine_ids")
+        return KilledEngineError(evalue, ids if isinstance(ids, list) else ())
     if ename == "DependencyError":
         return DependencyError(evalue)
     return RemoteError.from_reply(content)

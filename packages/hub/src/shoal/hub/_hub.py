@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import collections
 import contextlib
 import logging
 import os
@@ -76,6 +75,15 @@ from shoal.wire import (
 
 from ._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
 from ._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
+from ._scheduler import (
+    Aborted,
+    AbortOnEngine,
+    Fail,
+    Record,
+    SchedulerState,
+    Send,
+    Task,
+)
 from ._store import HistoryStore
 
 __all__ = ["Hub", "main"]
@@ -88,10 +96,7 @@ def _is_head(frame: Any) -> bool:
     return memoryview(frame)[: len(DELIMITER)] == DELIMITER
 
 
-_Record = tuple[int | None, str, float, float | None, float | None]
-
-
-def _as_dict(msg_id: str, record: _Record) -> dict[str, Any]:
+def _as_dict(msg_id: str, record: Record) -> dict[str, Any]:
     engine_id, status, submitted, started, completed = record
     return {
         "msg_id": msg_id,
@@ -103,41 +108,20 @@ def _as_dict(msg_id: str, record: _Record) -> dict[str, Any]:
     }
 
 
-class _Task:
-    """A request in flight or waiting: its frames and what the hub knows about it.
+class _Request:
+    """What the hub keeps of a request for an engine's shell while it is in flight (the
+    scheduler's :class:`Task` payload): its frames, for retries, and its header, to
+    answer it.
 
     The head frame is kept as a copy: a received zmq frame can pin the whole receive
     buffer it was decoded from, which multiplies the memory of a long queue.
     """
 
-    __slots__ = (
-        "after",
-        "client",
-        "engine",
-        "excluded",
-        "follow",
-        "frames",
-        "header",
-        "lb",
-        "msg_id",
-        "retries",
-        "submitted",
-        "targets",
-    )
+    __slots__ = ("frames", "header")
 
-    def __init__(self, client: bytes, frames: list[Any], header: Header, lb: bool) -> None:
-        self.client = client
+    def __init__(self, frames: list[Any], header: Header) -> None:
         self.frames = [bytes(frames[0]), *frames[1:]]  # head copied; buffers referenced
         self.header = header
-        self.msg_id = header.msg_id
-        self.lb = lb
-        self.engine: int | None = None
-        self.submitted = time.time()
-        self.retries = 0
-        self.targets: set[int] | None = None
-        self.after: list[str] = []
-        self.follow: list[str] = []
-        self.excluded: set[int] = set()
 
 
 class _Engine:
@@ -147,7 +131,6 @@ class _Engine:
         "id",
         "ident",
         "last_beat",
-        "outstanding",
         "pid",
         "proc",
         "ready",
@@ -160,7 +143,6 @@ class _Engine:
         self.hostname = hostname
         self.proc: subprocess.Popen[bytes] | None = None
         self.direct_url: str | None = None
-        self.outstanding: dict[str, _Task] = {}
         self.last_beat = time.monotonic()
         self.ready = False
 
@@ -260,6 +242,9 @@ class Hub:
     client_timeout : float
         A client's lease: when it has not pinged for this long (it died, or lost its
         connection), every engine frees the objects it held.
+    allowed_failures : int
+        A task that was running on this many engines when each of them died fails with
+        ``KilledEngineError`` and is never retried further (Dask's ``KilledWorker``).
     """
 
     def __init__(
@@ -276,6 +261,7 @@ class Hub:
         store: str | None = None,
         client_timeout: float = 10.0,
         insecure: bool = False,
+        allowed_failures: int = 3,
     ) -> None:
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1 task per engine, got {hwm}")
@@ -304,19 +290,22 @@ class Hub:
         self.dead: set[bytes] = set()  # identities of engines declared dead
         self.next_id = 0
         self.clients: dict[bytes, float] = {}  # receive identity -> last heard
-        self.pending: collections.deque[_Task] = collections.deque()  # lb, ready to run
-        self.waiting: dict[str, _Task] = {}  # lb, dependencies not met yet
-        # msg_id -> (engine_id, status, submitted, started, completed): a tuple costs a
-        # quarter of a dict, and the history holds up to `history` of them.
-        self.history: collections.OrderedDict[str, _Record] = collections.OrderedDict()
-        self.history_size = history
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # engines this hub started
         self.started = time.time()
         self._stopping = False
+        self._carrying_out = False
         os.makedirs(folder, mode=0o700, exist_ok=True)
         if store not in (None, "sqlite"):
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
+        # Queues, outstanding work, retries, deaths, the poison policy and the history:
+        # state with no sockets (_scheduler.py); this class carries out its actions.
+        self.scheduler = SchedulerState(
+            hwm=hwm,
+            history_size=history,
+            allowed_failures=allowed_failures,
+            on_record=None if self.store is None else self._store_record,
+        )
         extra = {"pid": os.getpid(), "started": self.started}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
@@ -496,9 +485,9 @@ class Hub:
         """``[sender, route, head, *buffers]`` from a client's ``s`` socket, or its
         receiving socket's hello ``[r<token>, ping]``."""
         if len(frames) == 2 and frames[1].bytes == PING:  # unverified: answered, not booked
+            client = receiver_of(frames[0].bytes)  # answered where its client receives
             with contextlib.suppress(zmq.ZMQError):
-                self.sessions["client"].socket.send_multipart([frames[0], PONG])
-            client = frames[0].bytes
+                self.sessions["client"].socket.send_multipart([client, PONG])
             if client in self.clients:
                 self.clients[client] = time.monotonic()
             return
@@ -526,12 +515,14 @@ class Hub:
         msg = frames[received.envelope.at :]
         engine = self.routes.get(route)
         if engine is not None:  # the hot path: a request for one engine's shell
-            task = _Task(reply_to, msg, header, lb=False)
-            task.engine = engine.id
-            engine.outstanding[task.msg_id] = task
-            self._to_engine(engine, "shell", [reply_to], task.frames)
+            booked = _Request(msg, header)
+            task = Task(header.msg_id, reply_to, booked, lb=False, engine=engine.id)
+            if self.scheduler.submit(task):
+                self._to_engine(engine, "shell", [reply_to], booked.frames)
+            self._carry_out()
         elif route == LB:
-            self._lb_submit(_Task(reply_to, msg, header, lb=True), received.envelope.metadata)
+            self._lb_submit(reply_to, _Request(msg, header), received.envelope.metadata)
+            self._carry_out()
         elif (engine_id := engine_id_of(route)) is not None:
             if route[:1] == b"c" and engine_id in self.engines:
                 self._to_engine(self.engines[engine_id], "control", [reply_to], msg)
@@ -620,7 +611,6 @@ class Hub:
         meta = {"engine_id": engine_id, "status": "error", "started": None, "completed": None}
         kind = reply_type(request.msg_type)
         self._send_hub_msg(client, kind, content, parent=request, route=route, metadata=meta)
-        self._record(request.msg_id, engine_id, "error", time.time())
 
     # -- load balancing -----------------------------------------------------------------
     def _lb_batch(self, sender: Any, frames: list[Any], peer: Any) -> None:
@@ -640,113 +630,87 @@ class Hub:
             received = session.verify_or_drop([peer, *task_frames])
             if received is None:
                 continue
-            task = _Task(self._reply_to(sender), task_frames, received.envelope.header, lb=True)
-            self._lb_submit(task, received.envelope.metadata, dispatch=False)
-        self._dispatch()
+            request = _Request(task_frames, received.envelope.header)
+            self._lb_submit(self._reply_to(sender), request, received.envelope.metadata)
+        self._carry_out()
 
-    def _lb_submit(self, task: _Task, metadata: dict[str, Any], *, dispatch: bool = True) -> None:
+    def _lb_submit(self, client: bytes, request: _Request, metadata: dict[str, Any]) -> None:
+        """Hand a load-balanced task to the scheduler; bad flags are answered here."""
+        header = request.header
         try:
-            task.retries = int(metadata.get("retries", 0))
+            retries = int(metadata.get("retries", 0))
             targets = metadata.get("targets")
-            task.targets = None if targets is None else {int(t) for t in targets}
-            task.after = [str(m) for m in metadata.get("after", ())]
-            task.follow = [str(m) for m in metadata.get("follow", ())]
+            task = Task(
+                header.msg_id,
+                client,
+                request,
+                retries=retries,
+                targets=None if targets is None else {int(t) for t in targets},
+                after=[str(m) for m in metadata.get("after", ())],
+                follow=[str(m) for m in metadata.get("follow", ())],
+            )
         except (TypeError, ValueError) as exc:
-            self._fail(task.client, task.header, ("ValueError", f"bad task metadata: {exc}"), LB)
+            self._fail(client, header, ("ValueError", f"bad task metadata: {exc}"), LB)
             return
-        if task.after or task.follow:
-            self.waiting[task.msg_id] = task
-            self._check_waiting()
-        else:
-            self.pending.append(task)
-        if dispatch:
-            self._dispatch()
+        self.scheduler.submit(task)
 
-    def _check_waiting(self) -> None:
-        """Move tasks whose dependencies finished to ``pending``; fail impossible ones."""
-        for msg_id, task in list(self.waiting.items()):
-            verdict = self._dependencies(task)
-            if verdict is None:
-                continue
-            del self.waiting[msg_id]
-            if verdict:
-                self._fail(task.client, task.header, ("DependencyError", verdict), LB)
-            else:
-                self.pending.append(task)
-
-    def _dependencies(self, task: _Task) -> str | None:
-        """None while a dependency still runs, "" when all met, else why never."""
-        where: set[int] = set()
-        for dep in (*task.after, *task.follow):
-            record = self.history.get(dep)
-            if record is None:
-                if self._in_flight(dep):
-                    return None
-                return f"dependency {dep} is not a task this hub knows"
-            if record[1] != "ok":
-                return f"dependency {dep} did not succeed ({record[1]})"
-        for dep in task.follow:
-            engine = self.history[dep][0]
-            if engine is None:
-                return f"follow= names {dep}, which ran on no engine"
-            where.add(engine)
-        if len(where) > 1:
-            return f"follow= names tasks that ran on different engines {sorted(where)}"
-        if where:
-            (engine_id,) = where
-            if engine_id not in self.engines:
-                return f"follow= needs engine {engine_id}, which is gone"
-            task.targets = {engine_id} if task.targets is None else task.targets & {engine_id}
-            if not task.targets:
-                return "follow= and targets= leave no engine"
-        return ""
-
-    def _in_flight(self, msg_id: str) -> bool:
-        if msg_id in self.waiting:
-            return True
-        if any(t.msg_id == msg_id for t in self.pending):
-            return True
-        return any(msg_id in e.outstanding for e in self.engines.values())
-
-    def _dispatch(self) -> None:
-        """Hand pending tasks to the least loaded engines that may take them."""
-        if not self.pending:
+    def _carry_out(self) -> None:
+        """Do what the scheduler asks, in order; a send that fails (its engine is gone)
+        is an event for the scheduler too, whose actions follow (taken by the outermost
+        call only, so that they stay in order)."""
+        if self._carrying_out:
             return
-        engines = [e for e in self.engines.values() if e.ready]
-        if not engines:
-            return
-        hwm = self.hwm
-        skipped: list[_Task] = []
-        while self.pending:
-            free = [e for e in engines if len(e.outstanding) < hwm]
-            if not free:
-                break
-            task = self.pending.popleft()
-            eligible = [
-                e
-                for e in free
-                if (task.targets is None or e.id in task.targets) and e.id not in task.excluded
-            ]
-            if not eligible:
-                if not self._could_run(task, engines):
-                    why = "no engine left that may run it"
-                    self._fail(task.client, task.header, ("EngineDiedError", why), LB)
+        self._carrying_out = True
+        try:
+            self._carry_out_actions()
+        finally:
+            self._carrying_out = False
+
+    def _carry_out_actions(self) -> None:
+        scheduler = self.scheduler
+        while actions := scheduler.take_actions():
+            for action in actions:
+                if isinstance(action, Send):
+                    engine = self.engines.get(action.engine_id)
+                    if engine is not None:  # else: lost meanwhile, the loss re-queued it
+                        request = action.task.payload
+                        self._to_engine(engine, "shell", [action.task.client], request.frames)
+                elif isinstance(action, Fail):
+                    self._answer_failed(action)
+                elif isinstance(action, Aborted):
+                    task = action.task
+                    meta = {"engine_id": None, "status": "aborted"}
+                    header = task.payload.header
+                    self._send_hub_msg(
+                        task.client,
+                        reply_type(header.msg_type),
+                        {"status": "aborted"},
+                        parent=header,
+                        route=LB,
+                        metadata={**meta, "started": None, "completed": None},
+                    )
+                elif isinstance(action, AbortOnEngine):
+                    engine = self.engines.get(action.engine_id)
+                    if engine is not None:
+                        msg_ids = list(action.msg_ids)
+                        self._tell_engine(engine, MsgType.ABORT_REQUEST, {"msg_ids": msg_ids})
                 else:
-                    skipped.append(task)  # its engines are busy; let others pass
-                continue
-            engine = min(eligible, key=lambda e: len(e.outstanding))
-            task.engine = engine.id
-            engine.outstanding[task.msg_id] = task
-            self._to_engine(engine, "shell", [task.client], task.frames)
-        self.pending.extendleft(reversed(skipped))
+                    self._no_engines(action.unassigned)
 
-    def _could_run(self, task: _Task, engines: list[_Engine]) -> bool:
-        for e in engines:
-            if (task.targets is None or e.id in task.targets) and e.id not in task.excluded:
-                return True
-        return False
+    def _answer_failed(self, action: Fail) -> None:
+        task = action.task
+        route = LB if task.lb or task.engine is None else engine_route(task.engine)
+        extra = {"engine_ids": list(task.killed)} if action.ename == "KilledEngineError" else {}
+        if extra:
+            log.error("%s", action.evalue)
+        error = (action.ename, action.evalue)
+        self._fail(task.client, task.payload.header, error, route, action.engine_id, **extra)
 
-    # -- engines ------------------------------------------------------------------------
+    def _no_engines(self, unassigned: int) -> None:
+        log.warning("no engine is left: %d task(s) wait for one", unassigned)
+        for client in list(self.clients):
+            self._send_hub_msg(client, MsgType.NO_ENGINES, {"unassigned": unassigned})
+
     def _on_shell(self, frames: list[Any]) -> None:
         """An engine's shell message: its hello ``[engine, head]``, or a reply (or output)
         for a client, ``[engine, client, head, *buffers]``."""
@@ -775,34 +739,17 @@ class Hub:
         parent = envelope.parent_header
         metadata = envelope.metadata
         if envelope.msg_type != MsgType.STREAM and parent is not None:
-            task = engine.outstanding.pop(parent.msg_id, None)
-            status = metadata.get("status")
-            if task is not None:
-                if task.lb and status == "error" and task.retries > 0:
-                    task.retries -= 1  # ipyparallel's retries: run again, elsewhere if possible
-                    task.excluded.add(engine.id)
-                    if not self._could_run(task, [e for e in self.engines.values() if e.ready]):
-                        task.excluded.clear()
-                    task.engine = None
-                    self.pending.appendleft(task)
-                    self._dispatch()
-                    return
-                started, completed = metadata.get("started"), metadata.get("completed")
-                self._record(
-                    task.msg_id,
-                    engine.id,
-                    str(status),
-                    task.submitted,
-                    (
-                        started if isinstance(started, int | float) else None,
-                        completed if isinstance(completed, int | float) else None,
-                    ),
-                )
-                if task.lb:
-                    self._dispatch()
-                if self.waiting:
-                    self._check_waiting()
-                    self._dispatch()
+            started, completed = metadata.get("started"), metadata.get("completed")
+            relay = self.scheduler.finished(
+                engine.id,
+                parent.msg_id,
+                str(metadata.get("status")),
+                started if isinstance(started, int | float) else None,
+                completed if isinstance(completed, int | float) else None,
+            )
+            self._carry_out()
+            if not relay:  # an error with retries left: it runs again, the client waits
+                return
         self._to_client(client, engine_route(engine.id), relayed)
 
     def _on_control(self, frames: list[Any]) -> None:
@@ -833,10 +780,11 @@ class Hub:
                 try:
                     msg_id, status, submitted, started, completed = task
                     engine_id = None if engine is None else engine.id
-                    when = (float(started), float(completed))
-                    self._record(str(msg_id), engine_id, str(status), float(submitted), when)
+                    record = (engine_id, str(status), float(submitted), started, completed)
+                    self.scheduler.record(str(msg_id), record)
                 except (TypeError, ValueError):
                     session.refuse(frames[:1], "a history report entry is not 5 fields")
+            self._carry_out()
 
     def _register(self, ident: bytes, request: Header, content: Any) -> None:
         content = content if isinstance(content, dict) else {}
@@ -874,7 +822,8 @@ class Hub:
         self.routes[engine_route(engine.id)] = engine
         for client in list(self.clients):
             self._send_hub_msg(client, MsgType.ENGINE_REGISTERED, self._engine_info(engine))
-        self._dispatch()
+        self.scheduler.add_engine(engine.id)
+        self._carry_out()
 
     def _beat(self) -> None:
         """Declare dead the engines that stopped echoing the heart's pings or ended;
@@ -941,19 +890,9 @@ class Hub:
         note = {"engine_id": engine.id, "cause": cause}
         for client in list(self.clients):  # first: a client that sees the error knows it
             self._send_hub_msg(client, MsgType.ENGINE_UNREGISTERED, note)
-        why = f"engine {engine.id} died while this request was outstanding: {cause}"
-        for task in engine.outstanding.values():
-            if task.lb and task.retries > 0:
-                task.retries -= 1
-                task.excluded.add(engine.id)
-                task.engine = None
-                self.pending.appendleft(task)
-            else:
-                route = LB if task.lb else engine_route(engine.id)
-                self._fail(task.client, task.header, ("EngineDiedError", why), route, engine.id)
-        engine.outstanding.clear()
-        self._check_waiting()
-        self._dispatch()
+        if engine.ready:
+            self.scheduler.engine_lost(engine.id, cause)
+        self._carry_out()
 
     def _stray(self, ident: bytes) -> None:
         """A message from an engine declared dead (or unknown): tell it to go."""
@@ -963,20 +902,9 @@ class Hub:
             self.sessions["control"].send(MsgType.SHUTDOWN_REQUEST, {}, identities=[ident])
 
     # -- history ------------------------------------------------------------------------
-    def _record(
-        self,
-        msg_id: str,
-        engine_id: int | None,
-        status: str,
-        submitted: float,
-        ran: tuple[float | None, float | None] = (None, None),
-    ) -> None:
-        record = (engine_id, status, submitted, *ran)
-        self.history[msg_id] = record
+    def _store_record(self, msg_id: str, record: Record) -> None:
         if self.store is not None:
             self.store.add(_as_dict(msg_id, record))
-        if len(self.history) > self.history_size:
-            self.history.popitem(last=False)
 
     # -- hub requests -------------------------------------------------------------------
     def _hub_request(self, client: bytes, msg: Message) -> None:
@@ -1018,11 +946,11 @@ class Hub:
     def _history(self, msg_ids: list[Any] | None) -> list[dict[str, Any] | None]:
         if msg_ids is None:
             if self.store is not None:
-                return list(self.store.all(self.history_size))
-            return [_as_dict(m, r) for m, r in self.history.items()]
+                return list(self.store.all(self.scheduler.history_size))
+            return [_as_dict(m, r) for m, r in self.scheduler.history.items()]
+        history = self.scheduler.history
         found = [
-            None if (r := self.history.get(str(m))) is None else _as_dict(str(m), r)
-            for m in msg_ids
+            None if (r := history.get(str(m))) is None else _as_dict(str(m), r) for m in msg_ids
         ]
         if self.store is not None and None in found:
             missing = [str(m) for m, r in zip(msg_ids, found, strict=True) if r is None]
@@ -1040,15 +968,22 @@ class Hub:
         return {"engine_id": e.id, "pid": e.pid, "hostname": e.hostname, "direct_url": e.direct_url}
 
     def _queue_status(self) -> dict[str, Any]:
+        status = self.scheduler.queue_status()
+        ready = any(e.ready for e in self.engines.values())
         return {
             "engines": {
-                e.id: {"outstanding": len(e.outstanding), "pid": e.pid, "hostname": e.hostname}
+                e.id: {
+                    "outstanding": status.outstanding.get(e.id, 0),
+                    "pid": e.pid,
+                    "hostname": e.hostname,
+                }
                 for e in self.engines.values()
             },
-            "unassigned": len(self.pending) + len(self.waiting),
-            "completed": len(self.history),
+            "unassigned": status.unassigned,
+            "completed": status.completed,
             "clients": len(self.clients),
             "uptime": time.time() - self.started,
+            "no_engines": status.unassigned > 0 and not ready,
         }
 
     def _remove(self, engine_ids: list[int]) -> list[int]:
@@ -1064,33 +999,9 @@ class Hub:
 
     def _abort(self, client: bytes, msg_ids: list[str]) -> list[str]:
         """Drop tasks not yet on an engine; ask engines to drop the ones they queued."""
-        wanted = set(msg_ids)
-        aborted = []
-        keep: collections.deque[_Task] = collections.deque()
-        for task in self.pending:
-            if task.msg_id in wanted:
-                aborted.append(task)
-            else:
-                keep.append(task)
-        self.pending = keep
-        aborted += [self.waiting.pop(m) for m in list(self.waiting) if m in wanted]
-        for task in aborted:
-            meta = {"engine_id": None, "status": "aborted", "started": None, "completed": None}
-            kind = reply_type(task.header.msg_type)
-            self._send_hub_msg(
-                task.client,
-                kind,
-                {"status": "aborted"},
-                parent=task.header,
-                route=LB,
-                metadata=meta,
-            )
-            self._record(task.msg_id, None, "aborted", task.submitted)
-        for engine in self.engines.values():
-            queued = [m for m in wanted if m in engine.outstanding]
-            if queued:
-                self._tell_engine(engine, MsgType.ABORT_REQUEST, {"msg_ids": queued})
-        return [t.msg_id for t in aborted]
+        aborted = self.scheduler.abort(msg_ids)
+        self._carry_out()
+        return aborted
 
     # -- ending -------------------------------------------------------------------------
     def _shutdown_engines(self, grace: float = 2.0) -> None:
@@ -1142,6 +1053,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--client-timeout", type=float, default=10.0, help="silent client's objects are freed, s"
     )
+    parser.add_argument(
+        "--allowed-failures",
+        type=int,
+        default=3,
+        help="a task that was running on this many engines when each died fails for good",
+    )
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--engine-log-level", default="WARNING")
@@ -1163,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store=args.store,
             client_timeout=args.client_timeout,
             insecure=args.insecure,
+            allowed_failures=args.allowed_failures,
         )
     except InsecureBindError as exc:  # the same rule as Hub(ip=...): one place decides
         parser.error(f"--ip {args.ip}: {exc}; pass --insecure to allow it on a trusted network")

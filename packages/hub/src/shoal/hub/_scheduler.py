@@ -241,6 +241,10 @@ class QueueStatus:
 _NO_ENGINE = "no engine left that may run it"
 
 
+def _engines(n: int) -> str:
+    return "1 engine" if n == 1 else f"{n} engines"
+
+
 class SchedulerState:
     """The load-balancing scheduler's state and rules, driven by events (no I/O).
 
@@ -412,9 +416,10 @@ class SchedulerState:
                 task.killed.append(engine_id)
                 if len(task.killed) >= self.allowed_failures:
                     poison = (
-                        f"task {task.msg_id} was running on engines {task.killed} when each"
-                        f" of them died (allowed_failures={self.allowed_failures}); it is not"
-                        " retried further"
+                        f"task {task.msg_id} killed {_engines(len(task.killed))}: it was"
+                        f" running on engines {task.killed} when each of them died"
+                        f" (allowed_failures={self.allowed_failures}); it is not retried"
+                        " further"
                     )
                     self._fail(task, "KilledEngineError", poison, engine_id)
                     continue
