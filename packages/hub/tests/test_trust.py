@@ -441,6 +441,42 @@ def test_waiting_clients_are_told_no_engine_is_left(
 
 
 # -- 6. two rules for one thing -----------------------------------------------------------
+# -- 5: the replay guard refuses honest traffic ------------------------------------------
+@pytest.mark.timeout(300)
+def test_requests_that_waited_behind_a_flood_still_run(tmp_path: Path, hub: Any) -> None:
+    """Finding 5: load-balanced tasks made first wait in the hub (after= a held task)
+    while 70,000 direct requests pass through their engine; then they run, all of them
+    (protocol 1's full signature history refused them as older than its floor)."""
+    with hub(tmp_path, 2) as (_, rc):
+        first, second = rc.ids
+        flag = tmp_path / "release"
+        lb = rc.load_balanced_view()
+
+        def held(path: str) -> int:
+            import os as _os
+            import time as _time
+
+            while not _os.path.exists(path):
+                _time.sleep(0.01)
+            return 1
+
+        lb.set_flags(targets=[second])
+        gate = lb.apply_async(held, str(flag))
+        lb.set_flags(targets=[first], after=gate.msg_ids)
+        waited = [lb.apply_async(pow, i, 2) for i in range(20)]
+        lb.set_flags(after=[])
+        direct = rc[first]
+        n = 70_000
+        for _ in range(n // 10_000):
+            flood = [direct.apply_async(len, "x") for _ in range(10_000)]
+            for ar in flood:
+                assert ar.get(120) == 1
+        flag.touch()
+        assert gate.get(60) == 1
+        assert [ar.get(60) for ar in waited] == [i**2 for i in range(20)]
+        assert rc.hub_statistics()["shell"]["dropped"] == {}
+
+
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what the hub must refuse without insecure=True
 
 
@@ -618,10 +654,14 @@ def test_fuzz_the_hub_receive_path(tmp_path: Path, hub: Any) -> None:
             took = time.monotonic() - start
             print(
                 f"fuzz seed {FUZZ_SEED}: {sent} messages sent in {sending:.1f} s, read in"
-                f" {took:.1f} s; {honest.done} honest tasks meanwhile"
+                f" {took:.1f} s; {honest.done} honest tasks meanwhile; the hub's drops:"
+                f" {client.hub_statistics()}"
             )
             assert honest.errors == [], honest.errors[:5]
             _check_hub_alive(proc, tmp_path)
+            drops = client.hub_statistics()
+            refused = sum(sum(s["dropped"].values()) for s in drops.values())
+            assert refused >= sent // 2, f"only {refused} of {sent} messages counted: {drops}"
             assert client.ids == ids
             assert all(_alive(p) for p in engine_pids)
             _wait_for(

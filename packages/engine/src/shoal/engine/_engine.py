@@ -569,7 +569,8 @@ class EngineProcess:
             msg = Message(header, None, metadata or {}, content)
         else:
             msg = Message(header, parent.header, metadata or {}, content, (), parent.identities)
-        return self._codec.encode(msg, shm=shm)
+        # Stamped by the socket's link when it is sent (_send), in the socket's order.
+        return self._codec.encode(msg, shm=shm, stamped=False)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._in_user_code:

@@ -362,7 +362,8 @@ class Client:
             if route[:1] == b"e":  # an engine's direct socket answers where this names
                 meta["reply_to"] = self._reply_to
             msg = Message(header, None, meta, content)
-            frames = self._codec.encode(msg, shm=self._same_host(route))
+            # Stamped under the send lock, in the order the socket sends (_send_frames).
+            frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
             encoded.append((str(header.msg_id), route, frames))
         result = make_result([msg_id for msg_id, _, _ in encoded])
         for msg_id, _, _ in encoded:  # before sending: a reply can come at once

@@ -533,9 +533,11 @@ class _Link:
             return
         while not self.pending and not self.peer_closed:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = session.recv_frames_nowait()  # within the caps, or None
             except zmq.Again:
                 return
+            if frames is None:
+                continue
             msg = session._vet(frames, False)  # counts, logs and drops bad messages
             if msg is None:
                 continue
@@ -1207,7 +1209,12 @@ class Listener:
         """Queue the valid connect requests that arrived; whether one is queued."""
         sock = self._socket
         while sock.poll(0):
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:
+                frames = self._session.recv_frames_nowait()  # within the caps, or None
+            except zmq.Again:
+                break
+            if frames is None:
+                continue
             try:
                 peer = frames[0].get("Peer-Address")
             except zmq.ZMQError:

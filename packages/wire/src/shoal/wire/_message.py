@@ -103,6 +103,7 @@ _LINK_ID_LEN: Final = 16
 _STAMP = struct.Struct("<16sQd")  # link id, sequence number, send time
 _SIG_AT: Final = _STAMP_AT + _STAMP.size
 _BODY_AT: Final = _SIG_AT + 64  # hex HMAC-SHA256
+_UNSTAMPED: Final = DELIMITER + bytes(_SIG_AT - _MAC_AT)  # Codec.encode(stamped=False)
 _DEFAULT_MAX_FRAMES: Final = 64 + 1 + 4096
 _BULK: Final = 1 << 20  # frames this large enter the HMAC as their BLAKE3 digest
 _BLOCK: Final = 64  # SHA-256 block size, for HMAC's key padding
@@ -258,10 +259,11 @@ class _Signer:
         outer.update(inner.digest())
         return outer.hexdigest().encode("ascii")
 
-    def mac(self, data: Any) -> bytes:
-        """HMAC-SHA256 of ``data``, raw (32 bytes): the link stamp's MAC."""
+    def mac(self, stamp: Any, signature: Any) -> bytes:
+        """HMAC-SHA256 of ``stamp`` then ``signature``, raw (32 bytes): the link MAC."""
         inner = self._inner.copy()
-        inner.update(data)
+        inner.update(stamp)
+        inner.update(signature)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
@@ -310,8 +312,7 @@ class Link:
         view = memoryview(head)
         stamp = _STAMP.pack(self.id, self._next(), self._clock())
         tail = view[_SIG_AT:]
-        mac = self._mac(stamp + bytes(tail[:64]))
-        return b"".join((DELIMITER, mac, stamp, tail))
+        return b"".join((DELIMITER, self._mac(stamp, tail[:64]), stamp, tail))
 
 
 class ReplayGuard:
@@ -466,12 +467,20 @@ class Codec:
         return Link(self)
 
     # -- sending ------------------------------------------------------------------------
-    def encode(self, msg: Message, *, shm: bool = True, link: Link | None = None) -> list[Buffer]:
+    def encode(
+        self,
+        msg: Message,
+        *,
+        shm: bool = True,
+        link: Link | None = None,
+        stamped: bool = True,
+    ) -> list[Buffer]:
         """Frames for ``msg``: its identities, the signed and stamped head, then its buffers.
 
         ``shm=False``: the receiver is on another host; large buffers go as frames.
-        ``link``: the stream that stamps it (this codec's own if omitted); a sender that
-        encodes ahead of sending stamps again with :meth:`Link.stamp` when it sends.
+        ``link``: the stream that stamps it (this codec's own if omitted).
+        ``stamped=False``: leave the link stamp empty; a sender that encodes ahead of its
+        send lock stamps the head with :meth:`Link.stamp` when it sends.
         """
         parent = msg.parent_header
         envelope = _json_dumps(
@@ -505,9 +514,11 @@ class Codec:
         body = b"".join((len(envelope).to_bytes(4, "little"), envelope, stream))
         signer = self._signer
         signature = signer.sign(body, buffers)
+        if not stamped:
+            return [*msg.identities, b"".join((_UNSTAMPED, signature, body)), *buffers]
         link = self._link if link is None else link
         stamp = _STAMP.pack(link.id, link._next(), link._clock())
-        mac = signer.mac(stamp + signature)
+        mac = signer.mac(stamp, signature)
         return [*msg.identities, b"".join((DELIMITER, mac, stamp, signature, body)), *buffers]
 
     # -- receiving ----------------------------------------------------------------------
@@ -569,7 +580,7 @@ class Codec:
         signer = self._signer
         stamp = head[_STAMP_AT:_SIG_AT]
         signature = bytes(head[_SIG_AT:_BODY_AT])
-        if not hmac.compare_digest(head[_MAC_AT:_STAMP_AT], signer.mac(bytes(stamp) + signature)):
+        if not hmac.compare_digest(head[_MAC_AT:_STAMP_AT], signer.mac(stamp, signature)):
             raise AuthenticationError("message link stamp does not match the key")
         link_id, seq, stamped = _STAMP.unpack(stamp)
         replay = self.replay
