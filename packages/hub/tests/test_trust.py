@@ -144,7 +144,7 @@ class Attacker:
         client_info = read_connection_file(str(folder / "hub-client.json"))
         engine_info = read_connection_file(str(folder / "hub-engine.json"))
         self.key = client_info.key
-        self.urls = {"client": client_info.urls["client"], **engine_info.urls}
+        self.urls = {**client_info.urls, **engine_info.urls}
         self.context: zmq.Context[Any] = zmq.Context()
         self.sockets: list[zmq.Socket[Any]] = []
         self.session = uuid.uuid4().hex
@@ -348,9 +348,10 @@ def test_binary_identity_does_not_kill_the_hub(
 
 # -- 3. a many-frame message stalls the hub -----------------------------------------------
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("port", ["client", "shell"])
+@pytest.mark.parametrize("port", ["client", "shell", "control", "heartbeat", "beat"])
 def test_many_frame_message_does_not_stall_the_hub(tmp_path: Path, hub: Any, port: str) -> None:
-    """One message of 10**6 tiny frames costs no engine and no client its connection."""
+    """One message of 10**6 tiny frames, on any of the hub's ports, costs no engine and
+    no client its connection."""
     with (
         hub(tmp_path, 2, "--timeout", "2.0") as (proc, client),
         Attacker(tmp_path) as attacker,

@@ -163,6 +163,7 @@ class _Heart(threading.Thread):
         self.unreachable: set[bytes] = set()  # identities a ping could not be sent to
         self._watched: dict[bytes, None] = {}
         self._halt = threading.Event()
+        self._next_ping = 0.0
 
     def watch(self, ident: bytes) -> None:
         self.last[ident] = time.monotonic()
@@ -178,31 +179,57 @@ class _Heart(threading.Thread):
         self.join(timeout=5 * self.period + 1)
 
     def run(self) -> None:
-        sock = self.sock
-        next_ping = time.monotonic()
+        self._next_ping = time.monotonic()
         try:
             while not self._halt.is_set():
-                wait = max(0.0, next_ping - time.monotonic())
-                if sock.poll(int(wait * 1000) + 1):
-                    while True:  # echoes: [identity, b"ping"]; the identity is all we use
-                        try:
-                            ident = sock.recv(zmq.NOBLOCK)
-                            while sock.rcvmore:
-                                sock.recv()
-                        except zmq.Again:
-                            break
-                        if ident in self._watched:
-                            self.last[ident] = time.monotonic()
-                if time.monotonic() >= next_ping:
-                    next_ping = time.monotonic() + self.period
-                    for ident in list(self._watched):
-                        try:
-                            sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
-                            sock.send(b"ping", zmq.NOBLOCK)
-                        except zmq.ZMQError:  # its connection is gone
-                            self.unreachable.add(ident)
+                wait = max(0.0, self._next_ping - time.monotonic())
+                if self.sock.poll(int(wait * 1000) + 1):
+                    # Echoes: [identity, b"ping"]; the identity is all we use. Pinging is
+                    # checked after each message, so a flood here delays no ping round.
+                    while time.monotonic() < self._next_ping and self._read_echo():
+                        pass
+                self._ping_if_due()
         finally:
-            sock.close(linger=0)
+            self.sock.close(linger=0)
+
+    def _read_echo(self) -> bool:
+        """Read one message (frame by frame, kept nowhere); False when none waits.
+
+        A message of many frames (nobody's echo) is read on with pings sent on time, and
+        the time it took is not held against the engines whose echoes waited behind it.
+        """
+        try:
+            frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        ident = frame.bytes if len(frame) <= 256 else b""  # identities are small
+        mark = time.monotonic()
+        n = 1
+        while frame.more:
+            frame = self.sock.recv(copy=False)
+            n += 1
+            if n % 4096 == 0:
+                self._ping_if_due()
+                # Echoes wait behind this message: their engines' silence stands still.
+                now = time.monotonic()
+                last = self.last  # the routing thread may forget one meanwhile: no KeyError
+                for watched, heard in list(last.items()):
+                    last[watched] = heard + (now - mark)
+                mark = now
+        if ident in self._watched:
+            self.last[ident] = time.monotonic()
+        return True
+
+    def _ping_if_due(self) -> None:
+        if time.monotonic() < self._next_ping:
+            return
+        self._next_ping = time.monotonic() + self.period
+        for ident in list(self._watched):
+            try:
+                self.sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
+                self.sock.send(b"ping", zmq.NOBLOCK)
+            except zmq.ZMQError:  # its connection is gone
+                self.unreachable.add(ident)
 
 
 def _beat_echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any], control: zmq.Socket[Any]) -> None:
