@@ -1,12 +1,13 @@
 """Managers on a real cluster (a hub process with 2 engines): the standard types from the
 client, the same proxies passed to tasks on both engines, registration, the server's
-lifetime and the errors of misuse."""
+lifetime, the errors of misuse, and the refusal of unsigned or replayed messages."""
 
 from __future__ import annotations
 
 import array
 import gc
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.managers
 import os
 import pickle
@@ -33,7 +34,10 @@ from shoal.hub._managers import (
     Manager,
     ManagerLost,
     SyncManager,
+    _client,
+    _dispatch,
 )
+from shoal.wire import Codec, Message, new_header
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -627,3 +631,74 @@ def test_connect_to_a_running_server_and_a_wrong_key() -> None:
         assert isinstance(d, DictProxy)
         with pytest.raises(multiprocessing.AuthenticationError):
             SyncManager(address=m.address, authkey=b"wrong").connect()
+
+
+# -- signed messages ------------------------------------------------------------------------
+
+
+class Touch:
+    """Unpickles as ``open(path, "w")``: loading it creates the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def refused(conn: multiprocessing.connection.Connection[Any, Any]) -> bool:
+    """True once the server closed ``conn`` without answering what was sent on it."""
+    try:
+        conn.recv_bytes()
+    except EOFError:
+        return True
+    return False
+
+
+def test_unsigned_and_wrong_key_requests_are_refused(tmp_path: Any) -> None:
+    """After the authkey challenge, unsigned or wrongly signed requests are never acted on."""
+    key = b"short key"
+    with Manager(authkey=key) as m:
+        items = m.list()
+        touched = tmp_path / "touched"
+        wrong = Codec(b"sixteen bytes, but not the manager's")
+        shutdown = (None, "shutdown", (), {})
+        attacks = [
+            pickle.dumps(Touch(str(touched))),  # a pickle that acts when loaded
+            pickle.dumps(shutdown),  # a request that would stop the server
+            wrong.encode(Message(new_header("manager_message", ""), content=shutdown))[0],
+        ]
+        for attack in attacks:
+            with multiprocessing.connection.Client(m.address, authkey=key) as raw:
+                raw.send_bytes(attack)
+                assert refused(raw)
+            assert not touched.exists()
+            items.append(len(attack))  # the server still serves honest proxies
+        assert items[:] == [len(a) for a in attacks]
+
+
+def test_a_replayed_signed_message_is_refused() -> None:
+    """A signed request sent again, on its connection or another one, is refused."""
+    with Manager() as m:
+        items = m.list()
+        honest = _client(m.address, authkey=m._authkey)
+        sent: list[bytes] = []
+        with honest:
+            _dispatch(honest, "accept_connection", ("replay test",))
+            send_bytes = honest.send_bytes  # record what goes out from now on
+
+            def record(buf: bytes) -> None:
+                sent.append(bytes(buf))
+                send_bytes(buf)
+
+            honest.send_bytes = record  # type: ignore[method-assign]
+            honest.send((items._id, "append", ("once",), {}))
+            assert honest.recv() == ("#RETURN", None)
+            send_bytes(sent[-1])  # the append again, as it was signed
+            assert refused(honest)
+        other = _client(m.address, authkey=m._authkey)
+        with other:
+            _dispatch(other, "accept_connection", ("replay test",))
+            other.send_bytes(sent[-1])  # the append, on a connection of its own
+            assert refused(other)
+        assert items[:] == ["once"]

@@ -32,10 +32,19 @@ proxies are ``multiprocessing.managers.BaseProxy`` subclasses. What changes, and
    every engine of a local cluster reaches. Pass ``address=(host, port)`` for engines on
    other hosts; a wildcard host (``""``, ``"0.0.0.0"``) is advertised as
    ``socket.gethostname()``. Connections authenticate with the authkey (an HMAC
-   challenge both ways, the stdlib's) but are not encrypted.
+   challenge both ways, the stdlib's), and then **every message is signed**: each side
+   records the challenge's bytes (a fresh nonce from each side) and derives from them and
+   the authkey one key per direction, so no key is used on two connections; the objects
+   travel as shoal messages (:class:`shoal.wire.Codec`: HMAC-SHA256 signature, link stamp,
+   a sequence number that refuses replays). Nothing in a message is loaded before it
+   verified; a message that fails (unsigned, signed with another key, replayed, recorded
+   on another connection) closes its connection, unused, and raises the wire's
+   :class:`~shoal.wire.RemoteInputError` on that side. Nothing is encrypted.
 5. **Values travel with shoal's serializer** (``serializer="shoal"``, the default): dill
    semantics at C-pickle speed, so ``queue.put(lambda x: x + 1)`` works as it does with
-   ``multiprocess``. ``serializer="pickle"`` selects the stdlib's pickle instead.
+   ``multiprocess``. ``serializer="pickle"`` selects the stdlib's pickle and the stdlib's
+   connections instead: authenticated once by the challenge, then **unsigned** pickles,
+   which anyone able to write to the TCP stream could replace.
 6. **Failures are named.** A method the manager does not expose raises
    ``AttributeError`` before anything is sent; a proxy whose manager is gone (shut down,
    killed, unreachable) raises :class:`ManagerLost` instead of hanging or raising a bare
@@ -51,7 +60,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
+import hmac
 import json
+import math
 import os
 import pickle
 import queue
@@ -69,7 +81,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import ProcessError, connection, managers, process, util
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, TypeVar, cast
 
-from shoal.wire import Serializer
+from shoal.wire import (
+    AuthenticationError,
+    Codec,
+    Message,
+    RemoteInputError,
+    ReplayGuard,
+    Serializer,
+    new_header,
+)
 
 __all__ = [
     "AcquirerProxy",
@@ -117,6 +137,8 @@ _SERIALIZERS: Final = ("shoal", "pickle")
 
 # One frame per message: a manager connection carries length-prefixed byte strings.
 _SERIALIZER: Final = Serializer(threshold=sys.maxsize)
+_MESSAGE_TYPE: Final = "manager_message"
+_KEY_LABEL: Final = b"shoal-manager"
 
 _P = TypeVar("_P", bound="BaseProxy")
 
@@ -145,36 +167,141 @@ else:  # not subscriptable at run time before Python 3.13
 
 
 class _Connection(_ConnectionBase):
-    """A ``multiprocessing.connection.Connection`` whose objects go through shoal's
-    serializer (functions and lambdas by value) instead of the stdlib's pickle."""
+    """A ``multiprocessing.connection.Connection`` whose objects travel as signed shoal
+    messages: serialized by shoal's serializer (functions and lambdas by value), signed and
+    stamped by :class:`shoal.wire.Codec` with this connection's keys, and verified (link
+    MAC, replay, signature) before anything in them is loaded.
+
+    A message that fails verification closes the connection and raises the wire's
+    :class:`~shoal.wire.RemoteInputError`: a byte stream cannot find the next honest message
+    after a bad one.
+    """
+
+    _send_codec: Codec
+    _recv_codec: Codec
 
     def send(self, obj: Any) -> None:
-        self.send_bytes(_SERIALIZER.dumps(obj)[0])
+        # One head frame: the serializer's threshold keeps every buffer in band.
+        (head,) = self._send_codec.encode(Message(new_header(_MESSAGE_TYPE, ""), content=obj))
+        self.send_bytes(head)
 
     def recv(self) -> Any:
-        return _SERIALIZER.loads([self.recv_bytes()])
+        frame = self.recv_bytes()
+        try:
+            content = self._recv_codec.decode([frame], content=False).content
+        except RemoteInputError as exc:
+            self.close()
+            if sys.version_info >= (3, 11):
+                exc.add_note("the manager connection was closed; nothing in the message was used")
+            raise
+        # Loaded only now, so that an authenticated message that cannot be loaded here (a
+        # class this process cannot import) fails as before: an error, the connection kept.
+        return content.load(_SERIALIZER)
 
 
-def _shoal_connection(conn: connection.Connection[Any, Any]) -> _Connection:
-    """The same connection, sending and receiving through shoal's serializer."""
-    # _Connection adds no state, so the object can change class in place: Python 3.10 and
-    # 3.11 have no Connection.detach() to hand its handle to a new object.
-    conn.__class__ = _Connection
-    return cast(_Connection, conn)
+class _Handshake(_Connection):
+    """A :class:`_Connection` during the stdlib's authkey challenge, which uses
+    ``send_bytes``/``recv_bytes``: it records what passes (both sides see the same bytes in
+    the same order), and on the first ``send``/``recv`` derives the connection's keys from
+    the authkey and that record, then becomes a plain :class:`_Connection`.
+
+    Each side's challenge carries a nonce it drew, so a key of this connection was never
+    used before: a signed message recorded on another connection does not verify here.
+    """
+
+    _authkey: bytes
+    _is_server: bool
+    _transcript: list[bytes]
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        super().send_bytes(buf, offset, size)
+        view = memoryview(buf).cast("B")
+        self._transcript.append(bytes(view[offset : None if size is None else offset + size]))
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        data = super().recv_bytes(maxlength)
+        self._transcript.append(data)
+        return data
+
+    def send(self, obj: Any) -> None:
+        self._start()
+        _Connection.send(self, obj)
+
+    def recv(self) -> Any:
+        self._start()
+        return _Connection.recv(self)
+
+    def _start(self) -> None:
+        """Key the codecs from the challenge's record; become a plain :class:`_Connection`."""
+        if not self._transcript:
+            self.close()
+            raise AuthenticationError(
+                "a shoal manager connection carries no messages before the authkey challenge",
+                hint="connect with the manager's authkey",
+            )
+        record = hashlib.sha256()
+        for data in self._transcript:
+            record.update(len(data).to_bytes(8, "little"))
+            record.update(data)
+        digest = record.digest()
+        to_server, to_client = (
+            hmac.new(self._authkey, _KEY_LABEL + direction + digest, hashlib.sha256).digest()
+            for direction in (b" to server ", b" to client ")
+        )
+        send_key, recv_key = (to_client, to_server) if self._is_server else (to_server, to_client)
+        # The codec's own link stamps what this connection sends. The guard refuses what is
+        # not after the last message accepted; its window is moot (the keys are new: nothing
+        # recorded before this connection verifies), so clocks of other hosts do not matter.
+        self._send_codec = Codec(send_key, serializer=_SERIALIZER, replay=None)
+        self._recv_codec = Codec(
+            recv_key, serializer=_SERIALIZER, replay=ReplayGuard(window=math.inf)
+        )
+        del self._authkey, self._is_server, self._transcript
+        cast(_Connection, self).__class__ = _Connection
+
+
+def _shoal_connection(
+    conn: connection.Connection[Any, Any], authkey: bytes, *, is_server: bool
+) -> _Connection:
+    """The same connection, before its authkey challenge, sending and receiving signed
+    messages once the challenge passed (:class:`_Handshake`)."""
+    # The object changes class in place: Python 3.10 and 3.11 have no Connection.detach()
+    # to hand its handle to a new object.
+    conn.__class__ = _Handshake
+    handshake = cast(_Handshake, conn)
+    handshake._authkey = bytes(authkey)
+    handshake._is_server = is_server
+    handshake._transcript = []
+    return handshake
 
 
 class _Listener:
-    """Wraps a ``multiprocessing.connection.Listener`` to hand out :class:`_Connection`\\ s."""
+    """Wraps a ``multiprocessing.connection.Listener`` to hand out :class:`_Connection`\\ s.
 
-    def __init__(self, listener: connection.Listener) -> None:
+    With ``challenge``, ``accept()`` runs the authkey challenge as the stdlib's listener
+    does; without, the caller runs it (the manager's ``Server`` does, in each connection's
+    thread).
+    """
+
+    def __init__(self, listener: connection.Listener, authkey: bytes, *, challenge: bool) -> None:
         self._listener = listener
+        self._authkey = bytes(authkey)
+        self._challenge = challenge
 
     @property
     def address(self) -> Any:
         return self._listener.address
 
     def accept(self) -> _Connection:
-        return _shoal_connection(self._listener.accept())
+        conn = _shoal_connection(self._listener.accept(), self._authkey, is_server=True)
+        if self._challenge:
+            try:  # what the stdlib's Listener.accept() does with an authkey
+                connection.deliver_challenge(conn, self._authkey)
+                connection.answer_challenge(conn, self._authkey)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     def close(self) -> None:
         self._listener.close()
@@ -187,12 +314,23 @@ def _listen(
     authkey: bytes | None = None,
 ) -> _Listener:
     """``multiprocessing.connection.Listener``, handing out :class:`_Connection`\\ s."""
-    return _Listener(connection.Listener(address, family, backlog, authkey))
+    if authkey is None:
+        raise ValueError("a shoal manager listener needs the manager's authkey to sign with")
+    return _Listener(connection.Listener(address, family, backlog), authkey, challenge=True)
 
 
 def _client(address: Any, family: str | None = None, authkey: bytes | None = None) -> _Connection:
     """``multiprocessing.connection.Client`` (the same handshake), as a :class:`_Connection`."""
-    return _shoal_connection(connection.Client(address, family, authkey))
+    if authkey is None:
+        raise ValueError("a shoal manager connection needs the manager's authkey to sign with")
+    conn = _shoal_connection(connection.Client(address, family), authkey, is_server=False)
+    try:  # what Client() does with an authkey, on the recording connection
+        connection.answer_challenge(conn, authkey)
+        connection.deliver_challenge(conn, authkey)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _connection_types(serializer: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -684,8 +822,8 @@ class Server(managers.Server):
     ) -> None:
         listen = _connection_types(serializer)[0]
         super().__init__(registry, address, authkey, "pickle")  # binds the socket
-        if listen is _listen:
-            self.listener = _Listener(self.listener)
+        if listen is _listen:  # the stdlib's handle_request() runs the challenge
+            self.listener = _Listener(self.listener, authkey, challenge=False)
         self.address = _advertised(self.address)
         self._parent_pid: int | None = None
         self._parent_pipe: IO[bytes] | None = None
@@ -877,7 +1015,9 @@ class BaseManager(managers.BaseManager):
         manager (pass the server's key to a manager that will :meth:`connect`).
     serializer : {"shoal", "pickle"}
         How values travel to and from the server: shoal's serializer (dill semantics:
-        functions and lambdas by value; the default) or the stdlib's pickle.
+        functions and lambdas by value) in signed messages (the default), or the
+        stdlib's pickle, unsigned after the authkey challenge (for trusted networks
+        only).
     ctx : object, optional
         Accepted for compatibility and unused: the server is always a fresh interpreter.
     shutdown_timeout : float
