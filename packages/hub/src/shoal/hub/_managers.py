@@ -293,7 +293,7 @@ class _Listener:
         return self._listener.address
 
     def accept(self) -> _Connection:
-        conn = _shoal_connection(self._listener.accept(), self._authkey, is_server=True)
+        conn = _shoal_connection(_no_delay(self._listener.accept()), self._authkey, is_server=True)
         if self._challenge:
             try:  # what the stdlib's Listener.accept() does with an authkey
                 connection.deliver_challenge(conn, self._authkey)
@@ -305,6 +305,20 @@ class _Listener:
 
     def close(self) -> None:
         self._listener.close()
+
+
+def _no_delay(conn: connection.Connection[Any, Any]) -> connection.Connection[Any, Any]:
+    """``conn`` with Nagle's algorithm off when it is TCP: a request written right behind
+    the challenge's last reply would otherwise wait for a delayed ack (40 ms), and making
+    a proxy opens several connections (176 ms before, 3 ms after, per ``m.dict()``)."""
+    with contextlib.suppress(OSError, ValueError):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        finally:
+            sock.close()
+    return conn
 
 
 def _listen(
@@ -323,7 +337,9 @@ def _client(address: Any, family: str | None = None, authkey: bytes | None = Non
     """``multiprocessing.connection.Client`` (the same handshake), as a :class:`_Connection`."""
     if authkey is None:
         raise ValueError("a shoal manager connection needs the manager's authkey to sign with")
-    conn = _shoal_connection(connection.Client(address, family), authkey, is_server=False)
+    conn = _shoal_connection(
+        _no_delay(connection.Client(address, family)), authkey, is_server=False
+    )
     try:  # what Client() does with an authkey, on the recording connection
         connection.answer_challenge(conn, authkey)
         connection.deliver_challenge(conn, authkey)
