@@ -160,7 +160,8 @@ class _Heart(threading.Thread):
         self.sock = sock
         self.period = period
         self.last: dict[bytes, float] = {}  # identity -> when it last echoed (monotonic)
-        self.unreachable: set[bytes] = set()  # identities a ping could not be sent to
+        # identities the last ping could not be sent to (cleared by a later echo)
+        self.unreachable: set[bytes] = set()
         self._watched: dict[bytes, None] = {}
         self._halt = threading.Event()
         self._next_ping = 0.0
@@ -218,6 +219,7 @@ class _Heart(threading.Thread):
                 mark = now
         if ident in self._watched:
             self.last[ident] = time.monotonic()
+            self.unreachable.discard(ident)  # it answers: a failed ping was a start-up race
         return True
 
     def _ping_if_due(self) -> None:
