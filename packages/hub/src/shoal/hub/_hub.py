@@ -292,8 +292,16 @@ class Hub:
         insecure: bool = False,
         allowed_failures: int = 3,
     ) -> None:
-        if hwm < 1:
-            raise ValueError(f"hwm must be at least 1 task per engine, got {hwm}")
+        # Queues, outstanding work, retries, deaths, the poison policy and the history:
+        # state with no sockets (_scheduler.py), made first, as it checks its arguments.
+        # This class carries out its actions.
+        self.scheduler = SchedulerState(
+            hwm=hwm,
+            history_size=history,
+            allowed_failures=allowed_failures,
+            on_record=self._store_record,
+        )
+        self.store: HistoryStore | None = None
         self.folder = folder
         self.period = period
         self.timeout = timeout
@@ -327,14 +335,6 @@ class Hub:
         if store not in (None, "sqlite"):
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
-        # Queues, outstanding work, retries, deaths, the poison policy and the history:
-        # state with no sockets (_scheduler.py); this class carries out its actions.
-        self.scheduler = SchedulerState(
-            hwm=hwm,
-            history_size=history,
-            allowed_failures=allowed_failures,
-            on_record=None if self.store is None else self._store_record,
-        )
         extra = {"pid": os.getpid(), "started": self.started}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
