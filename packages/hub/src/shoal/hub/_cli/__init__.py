@@ -1,0 +1,1 @@
+"""The command line, Cluster (starts and stops clusters) and the %px magics."""

@@ -1,0 +1,1 @@
+"""The user's side: the Client and its transport, views, AsyncResult, errors."""

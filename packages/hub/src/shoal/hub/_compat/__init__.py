@@ -1,0 +1,1 @@
+"""multiprocess and concurrent.futures faces: Pool, Executor, managers."""

@@ -1,0 +1,1 @@
+"""Remote objects: scatter, gather, proxies, Ref."""

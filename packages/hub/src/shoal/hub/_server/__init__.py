@@ -1,0 +1,1 @@
+"""The hub process: routing (hub), task and engine state (scheduler), history (store)."""
