@@ -151,9 +151,9 @@ def _vm_kib(pid: int, field: str) -> int:
 
 # -- processes ------------------------------------------------------------------------
 def _hub_cluster_class() -> Any:
-    """``shoal.hub._cluster.Cluster``, or None where it does not exist (yet)."""
+    """``shoal.hub.Cluster``, or None where it does not exist (yet)."""
     try:
-        from shoal.hub._cluster import Cluster
+        from shoal.hub import Cluster
     except ImportError:
         return None
     return Cluster

@@ -19,7 +19,7 @@ from typing import Any
 
 from _common import Row, Stats, interleave, note
 
-from shoal.hub._managers import Manager
+from shoal.hub._compat.managers import Manager
 
 LIFECYCLE_REPEATS = 5  # a shoal start takes most of a second: a few samples
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from shoal.hub._cli import main
-from shoal.hub._client import Client
-from shoal.hub._cluster import Cluster
+from shoal.hub._cli.cli import main
+from shoal.hub._cli.cluster import Cluster
+from shoal.hub._client.client import Client
 from shoal.wire import ConnectionInfo, generate_key, write_connection_file
 
 pytestmark = pytest.mark.timeout(120)
 
-CLI = [sys.executable, "-m", "shoal.hub._cli"]
+CLI = [sys.executable, "-m", "shoal.hub._cli.cli"]
 
 
 def alive(pid: int) -> bool:
@@ -227,7 +227,7 @@ def test_hub_that_fails_to_start_is_reported(tmp_path: Path, tracker: Tracker) -
 
 STARTER = """
 import json, sys, time
-from shoal.hub._cluster import Cluster
+from shoal.hub._cli.cluster import Cluster
 
 cluster = Cluster(2, profile_dir=sys.argv[1])
 rc = cluster.start_and_connect()

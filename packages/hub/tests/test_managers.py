@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from shoal.hub import Client, RemoteError
-from shoal.hub._managers import (
+from shoal.hub._compat.managers import (
     AutoProxy,
     BaseManager,
     BaseProxy,
@@ -535,7 +535,7 @@ def test_shutdown_with_block_and_garbage_collection_end_the_server() -> None:
 
 CREATOR = """
 import os, signal, sys
-from shoal.hub._managers import Manager
+from shoal.hub._compat.managers import Manager
 m = Manager()
 q = m.Queue()
 q.put(1)

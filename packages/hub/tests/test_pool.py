@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from shoal.hub import Client, RemoteError, TaskAborted
-from shoal.hub._pool import Executor, Pool
+from shoal.hub._compat.pool import Executor, Pool
 
 # -- functions the engines run -----------------------------------------------------------
 

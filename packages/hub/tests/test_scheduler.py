@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from shoal.hub._scheduler import (
+from shoal.hub._server.scheduler import (
     Aborted,
     AbortOnEngine,
     Action,

@@ -36,8 +36,11 @@ import numpy as np
 
 from shoal.engine import current_engine
 from shoal.hub import Client, EngineDiedError, Ref, Remote, RemoteError
-from shoal.hub._remote import _collect, _replace  # the hub's gather walks values the same way
-from shoal.hub._views import _join  # big joins on warm pages: the hub's gather does the same
+from shoal.hub._client.views import _join  # big joins on warm pages: the hub's gather does the same
+from shoal.hub._objects.remote import (  # the hub's gather walks values the same way
+    _collect,
+    _replace,
+)
 
 from . import _kernels as K
 from ._kernels import BLOCK, Cat, Empty, Get, Kept, Place

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from shoal.hub import Client
-from shoal.hub._client import current_client
+from shoal.hub._client.client import current_client
 
 from . import _kernels as K
 from ._array import (

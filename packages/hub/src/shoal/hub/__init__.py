@@ -4,37 +4,37 @@ remote objects (scatter, gather, proxies) and managers."""
 from shoal.engine import EngineDiedError as EngineDiedError
 from shoal.engine import RemoteError as RemoteError
 
-from ._asyncresult import AsyncMapResult as AsyncMapResult
-from ._asyncresult import AsyncResult as AsyncResult
-from ._client import Client as Client
-from ._cluster import Cluster as Cluster
-from ._errors import CompositeError as CompositeError
-from ._errors import DependencyError as DependencyError
-from ._errors import HubLost as HubLost
-from ._errors import KilledEngineError as KilledEngineError
-from ._errors import TaskAborted as TaskAborted
-from ._hub import Hub as Hub
-from ._managers import BaseManager as BaseManager
-from ._managers import BaseProxy as BaseProxy
-from ._managers import Manager as Manager
-from ._managers import ManagerLost as ManagerLost
-from ._managers import SyncManager as SyncManager
-from ._pool import Executor as Executor
-from ._pool import Pool as Pool
-from ._remote import ObjectHub as ObjectHub
-from ._remote import Ref as Ref
-from ._remote import Remote as Remote
-from ._remote import apply as apply
-from ._remote import call_all as call_all
-from ._remote import call_async as call_async
-from ._remote import gather as gather
-from ._remote import proxy_methods as proxy_methods
-from ._remote import scatter as scatter
-from ._remote import vectorize as vectorize
-from ._views import DirectView as DirectView
-from ._views import LoadBalancedView as LoadBalancedView
-from ._views import View as View
-from ._views import empty_shared as empty_shared
+from ._cli.cluster import Cluster as Cluster
+from ._client.asyncresult import AsyncMapResult as AsyncMapResult
+from ._client.asyncresult import AsyncResult as AsyncResult
+from ._client.client import Client as Client
+from ._client.errors import CompositeError as CompositeError
+from ._client.errors import DependencyError as DependencyError
+from ._client.errors import HubLost as HubLost
+from ._client.errors import KilledEngineError as KilledEngineError
+from ._client.errors import TaskAborted as TaskAborted
+from ._client.views import DirectView as DirectView
+from ._client.views import LoadBalancedView as LoadBalancedView
+from ._client.views import View as View
+from ._client.views import empty_shared as empty_shared
+from ._compat.managers import BaseManager as BaseManager
+from ._compat.managers import BaseProxy as BaseProxy
+from ._compat.managers import Manager as Manager
+from ._compat.managers import ManagerLost as ManagerLost
+from ._compat.managers import SyncManager as SyncManager
+from ._compat.pool import Executor as Executor
+from ._compat.pool import Pool as Pool
+from ._objects.remote import ObjectHub as ObjectHub
+from ._objects.remote import Ref as Ref
+from ._objects.remote import Remote as Remote
+from ._objects.remote import apply as apply
+from ._objects.remote import call_all as call_all
+from ._objects.remote import call_async as call_async
+from ._objects.remote import gather as gather
+from ._objects.remote import proxy_methods as proxy_methods
+from ._objects.remote import scatter as scatter
+from ._objects.remote import vectorize as vectorize
+from ._server.hub import Hub as Hub
 
 
 def __getattr__(name: str) -> str:
@@ -48,7 +48,7 @@ def __getattr__(name: str) -> str:
 
 def load_ipython_extension(ip: object) -> None:
     """``%load_ext shoal.hub``: the ``%px`` magics (needs IPython)."""
-    from ._magics import load_ipython_extension as load  # noqa: PLC0415 - IPython is optional
+    from ._cli.magics import load_ipython_extension as load  # noqa: PLC0415 - IPython is optional
 
     load(ip)
 

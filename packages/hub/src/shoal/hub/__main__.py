@@ -1,7 +1,7 @@
-"""``python -m shoal.hub``: run a hub (see :func:`shoal.hub._hub.main`)."""
+"""``python -m shoal.hub``: run a hub (see :func:`shoal.hub._server.hub.main`)."""
 
 import sys
 
-from ._hub import main
+from ._server.hub import main
 
 sys.exit(main())

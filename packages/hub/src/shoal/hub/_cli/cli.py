@@ -26,8 +26,9 @@ from typing import Any
 
 from shoal.wire import this_host
 
-from ._client import Client
-from ._cluster import (
+from .._client.client import Client
+from .._profile import CLIENT_FILE, profile_dir, shoal_dir
+from .cluster import (
     Cluster,
     kill_hub,
     log_tail,
@@ -35,7 +36,6 @@ from ._cluster import (
     read_hub_pid,
     remove_connection_files,
 )
-from ._profile import CLIENT_FILE, profile_dir, shoal_dir
 
 __all__ = ["main"]
 
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["hub"]:
-        from ._hub import main as hub_main  # noqa: PLC0415 - only this command needs it
+        from .._server.hub import main as hub_main  # noqa: PLC0415 - only this command needs it
 
         try:
             return hub_main(args_list[1:])

@@ -38,9 +38,9 @@ import threading
 import time
 from typing import Any
 
-from ._client import Client
-from ._profile import CLIENT_FILE, ENGINE_FILE
-from ._profile import profile_dir as _profile_dir
+from .._client.client import Client
+from .._profile import CLIENT_FILE, ENGINE_FILE
+from .._profile import profile_dir as _profile_dir
 
 __all__ = ["Cluster"]
 

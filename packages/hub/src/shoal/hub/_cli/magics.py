@@ -13,9 +13,9 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from ._asyncresult import AsyncResult
-from ._client import current_client
-from ._errors import CompositeError
+from .._client.asyncresult import AsyncResult
+from .._client.client import current_client
+from .._client.errors import CompositeError
 
 __all__ = ["ParallelMagics", "load_ipython_extension"]
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import CompositeError
+from .errors import CompositeError
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from .client import Client
 
 __all__ = ["AsyncMapResult", "AsyncResult"]
 

@@ -52,10 +52,10 @@ from shoal.wire import (
     this_host,
 )
 
-from ._asyncresult import AsyncResult
-from ._errors import HubLost, error_from_reply
-from ._profile import CLIENT_FILE, profile_dir
-from ._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
+from .._profile import CLIENT_FILE, profile_dir
+from .._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
+from .asyncresult import AsyncResult
+from .errors import HubLost, error_from_reply
 
 __all__ = ["Client", "current_client"]
 
@@ -242,7 +242,7 @@ class Client:
 
     def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
         """``client[0]``, ``client[:]``, ``client[::2]``, ``client[[0, 2]]``: a DirectView."""
-        from ._views import DirectView  # noqa: PLC0415 - views import this module
+        from .views import DirectView  # noqa: PLC0415 - views import this module
 
         ids = self.ids
         if isinstance(key, int):
@@ -271,19 +271,19 @@ class Client:
 
     def load_balanced_view(self, targets: Sequence[int] | None = None) -> Any:
         """A LoadBalancedView: tasks go to whichever engine is free (among ``targets``)."""
-        from ._views import LoadBalancedView  # noqa: PLC0415 - views import this module
+        from .views import LoadBalancedView  # noqa: PLC0415 - views import this module
 
         return LoadBalancedView(self, targets)
 
     def executor(self, targets: Sequence[int] | None = None) -> Any:
         """A ``concurrent.futures.Executor`` running on the cluster (load balanced)."""
-        from ._pool import Executor  # noqa: PLC0415
+        from .._compat.pool import Executor  # noqa: PLC0415
 
         return Executor(self, targets)
 
     def pool(self, processes: int | None = None) -> Any:
         """A ``multiprocess.Pool``-compatible pool running on the cluster."""
-        from ._pool import Pool  # noqa: PLC0415
+        from .._compat.pool import Pool  # noqa: PLC0415
 
         return Pool(processes, client=self)
 

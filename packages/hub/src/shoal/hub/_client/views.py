@@ -20,9 +20,9 @@ from typing import Any
 from shoal.engine import MsgType
 from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
-from ._asyncresult import AsyncMapResult, AsyncResult
-from ._client import Client
-from ._protocol import LB, engine_route
+from .._protocol import LB, engine_route
+from .asyncresult import AsyncMapResult, AsyncResult
+from .client import Client
 
 __all__ = ["DirectView", "LoadBalancedView", "View"]
 

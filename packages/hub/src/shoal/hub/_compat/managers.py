@@ -935,7 +935,7 @@ def _serve_child() -> None:
     server.serve_forever()
 
 
-_SERVER_MAIN: Final = "from shoal.hub._managers import _serve_child; _serve_child()"
+_SERVER_MAIN: Final = "from shoal.hub._compat.managers import _serve_child; _serve_child()"
 
 
 def _read_report(popen: subprocess.Popen[bytes], timeout: float) -> str:

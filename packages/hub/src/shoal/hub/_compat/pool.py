@@ -43,10 +43,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from ._asyncresult import AsyncResult
-from ._client import Client
-from ._errors import CompositeError, HubLost, TaskAborted
-from ._views import LoadBalancedView
+from .._client.asyncresult import AsyncResult
+from .._client.client import Client
+from .._client.errors import CompositeError, HubLost, TaskAborted
+from .._client.views import LoadBalancedView
 
 __all__ = ["Executor", "Pool"]
 

@@ -39,9 +39,9 @@ from typing import Any, TypeVar
 
 from shoal.engine import MsgType, current_engine
 
-from ._asyncresult import AsyncResult
-from ._client import Client, _copies, current_client
-from ._errors import error_from_reply
+from .._client.asyncresult import AsyncResult
+from .._client.client import Client, _copies, current_client
+from .._client.errors import error_from_reply
 
 __all__ = [
     "ObjectHub",

@@ -73,9 +73,9 @@ from shoal.wire import (
     write_connection_file,
 )
 
-from ._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
-from ._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
-from ._scheduler import (
+from .._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
+from .._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
+from .scheduler import (
     Aborted,
     AbortOnEngine,
     Fail,
@@ -84,7 +84,7 @@ from ._scheduler import (
     Send,
     Task,
 )
-from ._store import HistoryStore
+from .store import HistoryStore
 
 __all__ = ["Hub", "main"]
 
