@@ -17,6 +17,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "integration"))
+import code_metrics  # noqa: E402 - beside this file, not a package
+
 ORDER = ["wire", "util", "engine", "hub", "arrays"]
 PACKAGES = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml"))
 
@@ -102,9 +105,34 @@ def test_shared_layer_checker_agrees() -> None:
     if not checker.exists():
         pytest.skip("shared/tools/check_layers.py is not beside this checkout")
     out = subprocess.run(
-        [sys.executable, str(checker), str(ROOT)], capture_output=True, text=True, check=False
+        [sys.executable, str(checker), str(ROOT), "--strict-private"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_distribution_uses_another_ones_private_names() -> None:
+    """Separately versioned layers meet at public seams: no import of another
+    distribution's private module or name, no use of an underscore attribute that only
+    another distribution defines (``client._submit`` from shoal.arrays, say)."""
+    assert code_metrics.private_uses() == []
+
+
+def test_importing_the_client_leaves_the_server_and_managers_alone() -> None:
+    """``import shoal.hub`` (what every user and engine pays) loads neither the hub
+    process's code nor multiprocessing.managers; they load on first use."""
+    code = (
+        "import sys, shoal.hub; from shoal.hub import Client, Pool, DirectView;"
+        "print(sorted(m for m in sys.modules if m.startswith(('shoal.hub._server',"
+        " 'shoal.hub._compat.managers', 'multiprocessing.managers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import shoal.hub; print(shoal.hub.Hub.__module__, shoal.hub.Manager.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["shoal.hub", "shoal.hub"]
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)

@@ -13,7 +13,7 @@ __all__ = ["NoGather", "object_counts"]
 def object_counts(client: Client) -> dict[int, int]:
     """How many objects each engine holds, once the dropped handles' releases landed."""
     gc.collect()
-    client._flush_refs()
+    client.references.flush()
     return ObjectHub(client).counts()
 
 

@@ -435,7 +435,7 @@ def _killed_client(rc: Client, tmp_path: Path) -> None:
 def _engine_owned(rc: Client) -> dict[str, int]:
     owners: dict[str, int] = {}
     for e in rc.ids:
-        reply = rc._object_request(e, "list_request", {}).result(30)
+        reply = rc.object_request(e, "list_request", {}).result(30)
         for owner, n in reply["owners"].items():
             if owner != rc.owner:
                 owners[owner] = owners.get(owner, 0) + n
@@ -474,7 +474,7 @@ def test_calls_on_a_killed_engines_objects_fail_clearly(tmp_path: Path, hub: Any
 def test_a_freed_object_gives_a_clear_error(rc: Client) -> None:
     p = scatter([1], split=False, client=rc)
     ref = p.__ref__
-    reply = rc._object_request(
+    reply = rc.object_request(
         ref.engine, "refs_request", {"owner": rc.owner, "deltas": [[ref.id, -1]]}
     )
     assert reply.result(30)["missing"] == 0

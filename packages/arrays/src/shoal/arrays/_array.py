@@ -34,13 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from shoal.engine import current_engine
-from shoal.hub import Client, EngineDiedError, Ref, Remote, RemoteError
-from shoal.hub._client.views import _join  # big joins on warm pages: the hub's gather does the same
-from shoal.hub._objects.remote import (  # the hub's gather walks values the same way
-    _collect,
-    _replace,
+from shoal.engine import MsgType, current_engine
+from shoal.hub import (
+    AsyncResult,
+    Client,
+    EngineDiedError,
+    Ref,
+    Remote,
+    RemoteError,
+    concatenate_shared,
 )
+from shoal.hub import gather as hub_gather
 
 from . import _kernels as K
 from ._kernels import BLOCK, Cat, Empty, Get, Kept, Place
@@ -99,7 +103,7 @@ def _rebuild(
     if current_engine() is not None:
         parts = [b.__shoal_resolve__() if isinstance(b, Remote) else b for b in blocks]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
-    client = blocks[0]._shoal_client if isinstance(blocks[0], Remote) else None
+    client = blocks[0].__client__ if isinstance(blocks[0], Remote) else None
     if client is None:
         raise RuntimeError("a shoal array can be unpickled on an engine or next to a Client only")
     cls = RemoteArray if kind == "RemoteArray" else DistArray
@@ -117,8 +121,8 @@ def _block(client: Client, engine: int, kept: Kept) -> _Block:
 
 
 def _piece(block: _Block, key: Any = None) -> Get:
-    ref = block._shoal_ref
-    return Get(ref.engine, ref.id, block._shoal_url, key)
+    ref = block.__ref__
+    return Get(ref.engine, ref.id, block.__engine_url__, key)
 
 
 def _axis_key(axis: int, index: Any) -> tuple[Any, ...]:
@@ -148,10 +152,10 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
             f"engine {', '.join(map(str, gone))} is gone, and with it the blocks it held: "
             "make the array again (shoal keeps no copies of blocks)"
         )
-    if client._ref_changes:
+    if client.references:
         # Blocks dropped since the last operation are freed before this one runs (same
         # socket, so in order): their memory is reused instead of fresh pages faulted in.
-        client._flush_refs()
+        client.references.flush()
     pending = {e: client[e].apply_async(K.run, owner, js) for e, js in jobs.items() if js}
     results: dict[int, list[Any]] = {}
     error: BaseException | None = None
@@ -275,7 +279,7 @@ class _Array:
         self._bounds = tuple(int(b) for b in bounds)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
-        self._roots = roots if roots is not None else frozenset(b._shoal_ref for b in blocks)
+        self._roots = roots if roots is not None else frozenset(b.__ref__ for b in blocks)
         return self
 
     # -- metadata (no messages) -------------------------------------------------------
@@ -308,7 +312,7 @@ class _Array:
     @property
     def engines(self) -> tuple[int, ...]:
         """The engine of each block."""
-        return tuple(b._shoal_ref.engine for b in self._blocks)
+        return tuple(b.__ref__.engine for b in self._blocks)
 
     @property
     def blocks(self) -> list[RemoteArray]:
@@ -344,6 +348,10 @@ class _Array:
 
     def _layout(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         return self._axis, self._bounds, self.engines
+
+    def __shoal_gather__(self) -> Callable[[], np.ndarray]:
+        """:func:`shoal.hub.gather`'s protocol: start fetching the blocks."""
+        return _start_gather(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The blocks travel as references (their handles pickle as proxies): unpickled on
@@ -810,26 +818,29 @@ def rows(x: _Array, axis: int, positions: np.ndarray[Any, Any]) -> Any:
 
 
 def gather(x: Any) -> Any:
-    """Bring arrays here as ndarrays: ``x`` itself, or inside lists, tuples and dicts;
-    anything else passes through. Every engine sends its blocks at once."""
-    found: list[_Array] = []
-    _collect(x, found, 8, _Array)
-    if not found:
-        return x
-    pending = [[_fetch(a._client, b) for b in a._blocks] for a in found]
-    values: dict[int, Any] = {}
-    for a, replies in zip(found, pending, strict=True):
+    """Bring arrays here as ndarrays: ``x`` itself, or inside lists, tuples and dicts
+    (proxies there come back too: this is :func:`shoal.hub.gather`); anything else passes
+    through. Every engine sends its blocks at once."""
+    return hub_gather(x)
+
+
+def _start_gather(a: _Array) -> Callable[[], np.ndarray]:
+    """Start fetching every block of ``a``; the function that joins them once here."""
+    replies = [_fetch(a._client, b) for b in a._blocks]
+
+    def finish() -> np.ndarray:
         parts = [np.asarray(r.result()["result"]) for r in replies]
-        out = parts[0] if len(parts) == 1 else _join(parts, a._axis)
+        out = parts[0] if len(parts) == 1 else concatenate_shared(parts, a._axis)
         out = out.reshape(a.shape)
         transfers.add(out.nbytes)
-        values[id(a)] = out
-    return _replace(x, values, 8, _Array)
+        return out
+
+    return finish
 
 
-def _fetch(client: Client, block: _Block) -> Any:
-    ref = block._shoal_ref
-    return client._object_request(ref.engine, "fetch_request", {"id": ref.id})
+def _fetch(client: Client, block: _Block) -> AsyncResult:
+    ref = block.__ref__
+    return client.object_request(ref.engine, MsgType.FETCH_REQUEST, {"id": ref.id})
 
 
 def _preview(x: _Array) -> str:
@@ -840,11 +851,11 @@ def _preview(x: _Array) -> str:
     for b, lo, hi in x._spans():
         if hi > lo:
             key = tuple(slice(0, 3) for _ in range(x.ndim))
-            reply = x._client._object_request(
-                b._shoal_ref.engine,
-                "call_method_request",
+            reply = x._client.object_request(
+                b.__ref__.engine,
+                MsgType.CALL_METHOD_REQUEST,
                 {
-                    "id": b._shoal_ref.id,
+                    "id": b.__ref__.id,
                     "method": "__getitem__",
                     "args": [key],
                     "kwargs": {},

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from shoal.hub import Client
-from shoal.hub._client.client import current_client
+from shoal.engine import MsgType
+from shoal.hub import Client, current_client
 
 from . import _kernels as K
 from ._array import (
@@ -118,7 +118,7 @@ def scatter(
     for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True):
         part = a[(slice(None),) * axis + (slice(lo, hi),)]
         content = {"obj": np.ascontiguousarray(part), "owner": client.owner}
-        pending.append((e, part, client._object_request(e, "store_request", content)))
+        pending.append((e, part, client.object_request(e, MsgType.STORE_REQUEST, content)))
     made = []
     for e, part, reply in pending:
         oid = int(reply.result()["ref"]["id"])

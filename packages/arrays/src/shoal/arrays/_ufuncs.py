@@ -232,8 +232,8 @@ def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> A
 
 def _same(v: _Array, outs: tuple[Any, ...]) -> bool:
     """Whether ``v`` is one of ``outs``: the same blocks, in the same shape."""
-    refs = [b._shoal_ref for b in v._blocks]
-    return any(o.shape == v.shape and [b._shoal_ref for b in o._blocks] == refs for o in outs)
+    refs = [b.__ref__ for b in v._blocks]
+    return any(o.shape == v.shape and [b.__ref__ for b in o._blocks] == refs for o in outs)
 
 
 def _call_into(
@@ -444,7 +444,7 @@ def _fold(ufunc: np.ufunc, x: _Array, dtype: Any, keepdims: bool, initial: Any) 
     if keepdims:
         return _assemble(x._client, [carry], split, result_class([x]))
     plan = _Plan(x._client)
-    t = plan.add(carry[0]._shoal_ref.engine, K.squeeze_axis, _piece(carry[0]), split)
+    t = plan.add(carry[0].__ref__.engine, K.squeeze_axis, _piece(carry[0]), split)
     return _value_or_array(x, plan.run()(t), 0)
 
 

@@ -1,5 +1,13 @@
 """shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor, Cluster,
-remote objects (scatter, gather, proxies) and managers."""
+remote objects (scatter, gather, proxies) and managers.
+
+Layers above build on its public seam: :meth:`Client.object_request` (an engine's object
+store), :attr:`Client.references` (a :class:`ReferenceBook` of reference count changes),
+:func:`gather` with the :class:`Gatherable` protocol, :func:`current_client` and
+:func:`concatenate_shared`.
+"""
+
+from typing import TYPE_CHECKING
 
 from shoal.engine import EngineDiedError as EngineDiedError
 from shoal.engine import RemoteError as RemoteError
@@ -8,22 +16,21 @@ from ._cli.cluster import Cluster as Cluster
 from ._client.asyncresult import AsyncMapResult as AsyncMapResult
 from ._client.asyncresult import AsyncResult as AsyncResult
 from ._client.client import Client as Client
+from ._client.client import current_client as current_client
 from ._client.errors import CompositeError as CompositeError
 from ._client.errors import DependencyError as DependencyError
 from ._client.errors import HubLost as HubLost
 from ._client.errors import KilledEngineError as KilledEngineError
 from ._client.errors import TaskAborted as TaskAborted
+from ._client.references import ReferenceBook as ReferenceBook
 from ._client.views import DirectView as DirectView
 from ._client.views import LoadBalancedView as LoadBalancedView
 from ._client.views import View as View
+from ._client.views import concatenate_shared as concatenate_shared
 from ._client.views import empty_shared as empty_shared
-from ._compat.managers import BaseManager as BaseManager
-from ._compat.managers import BaseProxy as BaseProxy
-from ._compat.managers import Manager as Manager
-from ._compat.managers import ManagerLost as ManagerLost
-from ._compat.managers import SyncManager as SyncManager
 from ._compat.pool import Executor as Executor
 from ._compat.pool import Pool as Pool
+from ._objects.remote import Gatherable as Gatherable
 from ._objects.remote import ObjectHub as ObjectHub
 from ._objects.remote import Ref as Ref
 from ._objects.remote import Remote as Remote
@@ -34,10 +41,36 @@ from ._objects.remote import gather as gather
 from ._objects.remote import proxy_methods as proxy_methods
 from ._objects.remote import scatter as scatter
 from ._objects.remote import vectorize as vectorize
-from ._server.hub import Hub as Hub
+
+if TYPE_CHECKING:
+    from ._compat.managers import BaseManager as BaseManager
+    from ._compat.managers import BaseProxy as BaseProxy
+    from ._compat.managers import Manager as Manager
+    from ._compat.managers import ManagerLost as ManagerLost
+    from ._compat.managers import SyncManager as SyncManager
+    from ._server.hub import Hub as Hub
+
+# Loaded on first use: a client never needs the server (the hub process), and the
+# managers bring multiprocessing.managers.
+_LAZY = {
+    "Hub": "shoal.hub._server.hub",
+    "BaseManager": "shoal.hub._compat.managers",
+    "BaseProxy": "shoal.hub._compat.managers",
+    "Manager": "shoal.hub._compat.managers",
+    "ManagerLost": "shoal.hub._compat.managers",
+    "SyncManager": "shoal.hub._compat.managers",
+}
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        obj: object = getattr(importlib.import_module(_LAZY[name]), name)
+        if getattr(obj, "__module__", "").startswith("shoal.hub._"):
+            obj.__module__ = "shoal.hub"
+        globals()[name] = obj
+        return obj
     # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415
@@ -65,6 +98,7 @@ __all__ = [
     "DirectView",
     "EngineDiedError",
     "Executor",
+    "Gatherable",
     "Hub",
     "HubLost",
     "KilledEngineError",
@@ -74,6 +108,7 @@ __all__ = [
     "ObjectHub",
     "Pool",
     "Ref",
+    "ReferenceBook",
     "Remote",
     "RemoteError",
     "SyncManager",
@@ -82,6 +117,8 @@ __all__ = [
     "apply",
     "call_all",
     "call_async",
+    "concatenate_shared",
+    "current_client",
     "empty_shared",
     "gather",
     "proxy_methods",
@@ -91,6 +128,8 @@ __all__ = [
 
 # Tracebacks and pickles show the public path, not the private module.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("shoal.hub._"):
         _obj.__module__ = "shoal.hub"

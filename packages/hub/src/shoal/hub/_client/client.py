@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -56,6 +56,7 @@ from .._profile import CLIENT_FILE, profile_dir
 from .._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
 from .asyncresult import AsyncResult
 from .errors import HubLost, error_from_reply
+from .references import ReferenceBook
 
 __all__ = ["Client", "current_client"]
 
@@ -64,8 +65,6 @@ _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for
 _BATCH = 256  # load-balanced tasks sent together at most
 _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
-# While a broadcast's content is pickled, proxies record themselves in `log` (this thread).
-_copies = threading.local()
 
 
 class Client:
@@ -207,11 +206,9 @@ class Client:
         # Small load-balanced tasks waiting to go together (see _coalesce).
         self._outbox: list[Any] = []
         self._outbox_since = 0.0
-        # Reference count changes of remote objects, (engine, id, owner, delta): appended
-        # by proxies (also from __del__, so no lock), sent in batches by the reader.
-        self._ref_changes: collections.deque[tuple[int, int, str, int]] = collections.deque()
-        self._refs_flushed = 0.0
-        self._refs_lock = threading.Lock()  # one flush at a time keeps each +1 before its -1
+        # Reference count changes of remote objects: booked by proxies (also from
+        # __del__), sent in batches by the reader.
+        self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
 
     # -- engines ------------------------------------------------------------------------
     @property
@@ -450,42 +447,37 @@ class Client:
         are booked to it, and freed when its lease with the hub ends."""
         return self._token.decode()
 
-    def _object_request(self, engine_id: int, msg_type: str, content: Any) -> AsyncResult:
-        """One object-store request; its AsyncResult gets the whole reply content, and a
-        failure as the original exception type when the client can import it."""
+    def object_request(
+        self, engine_id: int, msg_type: str, content: Mapping[str, object]
+    ) -> AsyncResult:
+        """Send one request to engine ``engine_id``'s object store
+        (:class:`shoal.engine.ObjectStore`; ``msg_type`` one of its
+        :class:`shoal.engine.MsgType` requests, e.g. ``MsgType.FETCH_REQUEST``).
+
+        The AsyncResult's value is the whole reply content (a dict); a failure raises the
+        original exception type when this process can import it, caused by a
+        :class:`RemoteError` with the engine's traceback. This is the seam that remote
+        objects and :mod:`shoal.arrays` build on.
+        """
 
         def make(ids: list[str]) -> AsyncResult:
             result = AsyncResult(self, ids, single=True, label=msg_type)
             result._object = True
             return result
 
-        return self._submit([(engine_route(engine_id), msg_type, content, None)], make)
+        return self._submit([(engine_route(engine_id), msg_type, dict(content), None)], make)
 
-    def _flush_refs(self) -> None:
-        """Send the queued reference count changes: one ``refs_request`` per engine and
-        owner, with the changes of each object summed (a +1 and a -1 cancel out)."""
-        with self._refs_lock:
-            self._refs_flushed = time.monotonic()
-            batches: dict[tuple[int, str], dict[int, int]] = {}
-            changes = self._ref_changes
-            while changes:
-                engine, oid, owner, delta = changes.popleft()
-                deltas = batches.setdefault((engine, owner), {})
-                deltas[oid] = deltas.get(oid, 0) + delta
-            self._send_refs(batches)
-
-    def _send_refs(self, batches: dict[tuple[int, str], dict[int, int]]) -> None:
-        for (engine, owner), deltas in batches.items():
-            items = [[oid, d] for oid, d in deltas.items() if d]
-            if not items or engine not in self._engines:
-                continue  # an engine that is gone took its objects with it
-            content = {"owner": owner, "deltas": items}
-            with contextlib.suppress(HubLost, RuntimeError, EngineDiedError):
-                self._submit(
-                    [(engine_route(engine), MsgType.REFS_REQUEST, content, None)],
-                    lambda ids: AsyncResult(self, ids, single=True, label=MsgType.REFS_REQUEST),
-                    wait_for_room=False,
-                )
+    def _send_refs(self, engine: int, owner: str, deltas: list[list[int]]) -> None:
+        """One batch of the reference book: a ``refs_request`` to ``engine``."""
+        if engine not in self._engines:
+            return  # an engine that is gone took its objects with it
+        content = {"owner": owner, "deltas": deltas}
+        with contextlib.suppress(HubLost, RuntimeError, EngineDiedError):
+            self._submit(
+                [(engine_route(engine), MsgType.REFS_REQUEST, content, None)],
+                lambda ids: AsyncResult(self, ids, single=True, label=MsgType.REFS_REQUEST),
+                wait_for_room=False,
+            )
 
     def _wait_for_room(self, n: int) -> None:
         limit = max(0, self.max_outstanding - n)
@@ -568,25 +560,16 @@ class Client:
     def _broadcast(self, content: Any, targets: Sequence[int]) -> RawContent:
         """The same content for every engine of ``targets``: serialized once, its large
         buffers in one shared memory segment for all when they are on this host."""
-        copied: list[tuple[int, int, str]] = []
-        _copies.log = copied
-        try:
+        # Each engine unpickles its own copy of every proxy inside: one reference each,
+        # where pickling booked one for them all.
+        with self.references.broadcast(len(targets)):
             stream, *buffers = self._codec.serializer.dumps(content)
-        finally:
-            _copies.log = None
         shm = self._codec.shm
         if shm is not None and all(self._same_host(engine_route(t)) for t in targets):
             buffers = [
                 shm.share(b, len(targets)) if memoryview(b).nbytes >= shm.threshold else b
                 for b in buffers
             ]
-        # Each engine unpickles its own copy of every proxy inside: one reference each,
-        # where pickling booked one for them all.
-        for engine, oid, owner in copied:
-            for _ in range(len(targets) - 1):
-                self._ref_changes.append((engine, oid, owner, 1))
-        if copied:
-            self._flush_refs()
         return RawContent((stream, *buffers))
 
     def _relays(self, targets: Sequence[int], msg_type: str, contents: list[Any]) -> dict[int, Any]:
@@ -695,10 +678,10 @@ class Client:
                 self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
                 return
         timeout = min(timeout, max(0.0, self._next_ping - now))
-        if self._ref_changes:
-            due = self._refs_flushed + _REFS_EVERY
+        if self.references:
+            due = self.references.flushed_at + _REFS_EVERY
             if now >= due:
-                self._flush_refs()
+                self.references.flush()
             else:
                 timeout = min(timeout, due - now)
         if self._outbox:

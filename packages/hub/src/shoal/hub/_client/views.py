@@ -15,16 +15,20 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.engine import MsgType
 from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from .._protocol import LB, engine_route
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import DTypeLike, NDArray
 from .asyncresult import AsyncMapResult, AsyncResult
 from .client import Client
 
-__all__ = ["DirectView", "LoadBalancedView", "View"]
+__all__ = ["DirectView", "LoadBalancedView", "View", "concatenate_shared", "empty_shared"]
 
 
 def _apply_content(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -529,7 +533,7 @@ def _partition(seq: Any, parts: int, axis: int) -> list[Any]:
     return [seq[a:b] for a, b in _bounds(len(seq), parts)]
 
 
-def empty_shared(shape: int | Sequence[int], dtype: Any = float) -> Any:
+def empty_shared(shape: int | Sequence[int], dtype: DTypeLike = float) -> NDArray[np.generic]:
     """A new array on shared memory pages, uninitialized like ``numpy.empty``.
 
     Pushing or scattering it, or any part of it, to engines of this host sends no copy:
@@ -547,29 +551,39 @@ def empty_shared(shape: int | Sequence[int], dtype: Any = float) -> Any:
     return np.frombuffer(default_shared_memory().allocate(nbytes), dt).reshape(dims)
 
 
+def concatenate_shared(arrays: Sequence[NDArray[np.generic]], axis: int = 0) -> NDArray[np.generic]:
+    """``numpy.concatenate(arrays, axis)``, made for big results.
+
+    A result of 16 MiB or more goes on shared memory pages (see :func:`empty_shared`):
+    warm pages cost fewer page faults than fresh ones, and the result travels on to
+    engines of this host with no copy. Parts along axis 0 are copied by as many threads
+    as there are cores. ``gather`` and ``DirectView.gather`` join their parts with it.
+    """
+    import numpy as np  # noqa: PLC0415 - only when the user has arrays
+
+    parts = list(arrays)
+    dtype = np.result_type(*parts)
+    shape = list(parts[0].shape)
+    shape[axis] = sum(p.shape[axis] for p in parts)
+    if sum(p.nbytes for p in parts) < _WARM_BYTES:
+        return np.concatenate(parts, axis=axis)
+    joined = empty_shared(shape, dtype)
+    if axis == 0 and all(p.dtype == dtype and p.flags.c_contiguous for p in parts):
+        flat = joined.reshape(-1).view(np.uint8)
+        at = 0  # each part is a run of bytes: copied by as many threads as cores
+        for p in parts:
+            copy_buffer(flat[at : at + p.nbytes], p)
+            at += p.nbytes
+        return joined
+    return np.concatenate(parts, axis=axis, out=joined)
+
+
 def _join(parts: list[Any], axis: int) -> Any:
     """The inverse of :func:`_partition`."""
     if parts and all(
         type(p).__module__ == "numpy" and type(p).__name__ == "ndarray" for p in parts
     ):
-        import numpy as np  # noqa: PLC0415
-
-        dtype = np.result_type(*parts)
-        shape = list(parts[0].shape)
-        shape[axis] = sum(p.shape[axis] for p in parts)
-        # Big results go on the pool's warm pages (fresh ones would cost more page faults
-        # than the copy), which also lets them travel on with no copy.
-        if sum(p.nbytes for p in parts) < _WARM_BYTES:
-            return np.concatenate(parts, axis=axis)
-        joined = empty_shared(shape, dtype)
-        if axis == 0 and all(p.dtype == dtype and p.flags.c_contiguous for p in parts):
-            flat = joined.reshape(-1).view(np.uint8)
-            at = 0  # each part is a run of bytes: copied by as many threads as cores
-            for p in parts:
-                copy_buffer(flat[at : at + p.nbytes], p)
-                at += p.nbytes
-            return joined
-        return np.concatenate(parts, axis=axis, out=joined)
+        return concatenate_shared(parts, axis)
     out: list[Any] = []
     for part in parts:
         if isinstance(part, (list, tuple, range)):

@@ -35,15 +35,17 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shoal.engine import MsgType, current_engine
 
 from .._client.asyncresult import AsyncResult
-from .._client.client import Client, _copies, current_client
+from .._client.client import Client, current_client
 from .._client.errors import error_from_reply
+from .._client.references import ReferenceBook
 
 __all__ = [
+    "Gatherable",
     "ObjectHub",
     "Ref",
     "Remote",
@@ -278,6 +280,17 @@ class Remote:
     def __engine_id__(self) -> int:
         return self._shoal_ref.engine
 
+    @property
+    def __engine_url__(self) -> str | None:
+        """The address of the object's engine's own socket (engines of one host reach
+        each other there); None when the engine has none."""
+        return self._shoal_url
+
+    @property
+    def __client__(self) -> Client | None:
+        """The Client whose references this proxy holds; None on an engine."""
+        return self._shoal_client
+
     def __getattr__(self, name: str) -> Any:
         # Special names are protocol probes (numpy, copy, IPython's display): the proxy
         # class says which it supports, and probing them must not cost a round trip.
@@ -316,11 +329,7 @@ class Remote:
             # may give that reference back before this +1 reached the object's engine (by
             # another connection), and the object must not be freed meanwhile.
             owner = f"{owner.split('+')[0]}+{next(_copy_numbers)}"
-            client._ref_changes.append((ref.engine, ref.id, owner, 1))
-            client._flush_refs()  # before the message carrying the copy leaves
-            log = getattr(_copies, "log", None)
-            if log is not None:  # a broadcast: one copy per engine
-                log.append((ref.engine, ref.id, owner))
+            client.references.copy(ref.engine, ref.id, owner)
         cls = type(self)
         interface = {
             "methods": sorted(cls.__shoal_methods__),
@@ -342,14 +351,24 @@ class Remote:
             client = self._shoal_client
         except AttributeError:  # __init__ never ran
             return
-        change = (ref.engine, ref.id, self._shoal_owner, -1)
         if client is not None:
-            client._ref_changes.append(change)  # deque.append: atomic, never blocks
-        else:
-            _engine_drops.append((self._shoal_url, change))
+            client.references.add(ref.engine, ref.id, self._shoal_owner, -1)
+        elif self._shoal_url is not None:
+            _engine_references.add(self._shoal_url, ref.id, self._shoal_owner, -1)
 
 
-_engine_drops: list[tuple[str | None, tuple[int, int, str, int]]] = []
+def _send_to_peer(url: str, owner: str, deltas: list[list[int]]) -> None:
+    """One batch of an engine's reference book: straight to the engine at ``url``."""
+    engine = current_engine()
+    if engine is None:
+        return
+    with contextlib.suppress(Exception):  # an engine that is gone freed them already
+        engine.peer_request(url, MsgType.REFS_REQUEST, {"owner": owner, "deltas": deltas}, 10.0)
+
+
+# The references that proxies held by an engine's tasks give back (sent after each request
+# the engine serves, and before each request it makes to another engine).
+_engine_references: ReferenceBook[str] = ReferenceBook(_send_to_peer)
 _copy_numbers = itertools.count(1)
 
 
@@ -365,8 +384,8 @@ def _rebuild(
             store.decref(ref.id, 1, owner)
         return obj
     client = None if engine is not None else _client_or_none()
-    if engine is not None and _flush_engine_drops not in engine.after_request:
-        engine.after_request.append(_flush_engine_drops)
+    if engine is not None and _engine_references.flush not in engine.after_request:
+        engine.after_request.append(_engine_references.flush)
     return _proxy_class(type_name, interface)(ref, type_name, url, owner, client)
 
 
@@ -486,7 +505,7 @@ def _request(proxy: Remote, msg_type: str, content: dict[str, Any]) -> Any:
     content = {"id": ref.id, **content}
     client = proxy._shoal_client
     if client is not None:
-        return client._object_request(ref.engine, msg_type, content)
+        return client.object_request(ref.engine, msg_type, content)
     return _peer(proxy._shoal_url, ref, msg_type, content)
 
 
@@ -500,7 +519,7 @@ def _peer(url: str | None, ref: Ref, msg_type: str, content: dict[str, Any]) -> 
                 f"the proxy of {ref} has no way to its engine here: use it in a process "
                 "with a shoal.hub.Client, or on an engine of the same cluster and host"
             )
-        _send_engine_drops(engine)
+        _engine_references.flush()
         reply = engine.peer_request(url, msg_type, content)
     except BaseException as exc:
         future.set_exception(exc)
@@ -510,24 +529,6 @@ def _peer(url: str | None, ref: Ref, msg_type: str, content: dict[str, Any]) -> 
     else:
         future.set_exception(error_from_reply(reply, original=True))
     return future
-
-
-def _flush_engine_drops() -> None:
-    if _engine_drops:
-        _send_engine_drops(current_engine())
-
-
-def _send_engine_drops(engine: Any) -> None:
-    """Proxies dropped on this engine give their references back: one ``refs_request``
-    per owning engine and owner. Runs after each request the engine serves."""
-    batches: dict[tuple[str, str], list[list[int]]] = {}
-    while _engine_drops:
-        url, (_, oid, owner, delta) = _engine_drops.pop()
-        if url is not None:
-            batches.setdefault((url, owner), []).append([oid, delta])
-    for (url, owner), deltas in batches.items():
-        with contextlib.suppress(Exception):  # an engine that is gone freed them already
-            engine.peer_request(url, MsgType.REFS_REQUEST, {"owner": owner, "deltas": deltas}, 10.0)
 
 
 def _as_refs(value: Any, depth: int = 8) -> Any:
@@ -707,7 +708,7 @@ def scatter(
             if hi > lo:
                 content = {"obj": list(obj[lo:hi]), "items": True, "owner": client.owner}
                 pending.append(
-                    (engine_id, client._object_request(engine_id, MsgType.STORE_REQUEST, content))
+                    (engine_id, client.object_request(engine_id, MsgType.STORE_REQUEST, content))
                 )
         proxies: list[Remote] = []
         for engine_id, reply in pending:
@@ -718,7 +719,7 @@ def scatter(
         engines[0] if destination is not None else engines[next(_next_engine) % len(engines)]
     )
     content = {"obj": obj, "owner": client.owner}
-    reply = client._object_request(engine_id, MsgType.STORE_REQUEST, content).result()
+    reply = client.object_request(engine_id, MsgType.STORE_REQUEST, content).result()
     return _make_proxies(engine_id, [reply["ref"]], reply, None, client)[0]
 
 
@@ -738,36 +739,63 @@ def _destinations(client: Client, destination: int | Sequence[int] | None) -> li
 
 
 def gather(x: Any) -> Any:
-    """Bring proxies back as local objects: ``x`` itself, or inside lists, tuples and dict
-    values (one request per object, all sent before any is waited for); other objects
-    pass through unchanged."""
-    found: list[Remote] = []
+    """Bring remote things back as local objects: ``x`` itself, or inside lists, tuples and
+    dict values; other objects pass through unchanged.
+
+    Remote things are proxies (:class:`Remote`) and every object whose type defines
+    ``__shoal_gather__`` (see :class:`Gatherable`; :mod:`shoal.arrays`' arrays do). Every
+    fetch is started before any is waited for, so the engines send at once.
+    """
+    found: list[object] = []
     _collect(x, found, 8)
-    futures = {id(p): _request(p, MsgType.FETCH_REQUEST, {"id": p._shoal_ref.id}) for p in found}
-    values = {k: f.result()["result"] for k, f in futures.items()}
+    finishers = {id(p): _start_gather(p) for p in found}
+    values = {k: finish() for k, finish in finishers.items()}
     return _replace(x, values, 8)
 
 
-def _collect(x: Any, found: list[Any], depth: int, kind: type = Remote) -> None:
-    """The ``kind`` objects in ``x``, in lists, tuples and dict values ``depth`` deep."""
-    if isinstance(x, kind):
+class Gatherable(Protocol):
+    """What :func:`gather` brings back besides proxies: a type with this method.
+
+    ``__shoal_gather__()`` starts fetching the object's value from the engines and returns
+    a function that waits for it and returns it; ``gather`` starts every fetch first,
+    then calls the functions.
+    """
+
+    def __shoal_gather__(self) -> Callable[[], object]: ...
+
+
+def _start_gather(item: object) -> Callable[[], object]:
+    if isinstance(item, Remote):
+        reply = _request(item, MsgType.FETCH_REQUEST, {"id": item._shoal_ref.id})
+        return lambda: reply.result()["result"]
+    return type(item).__shoal_gather__(item)  # type: ignore[attr-defined, no-any-return]
+
+
+def _gatherable(x: object) -> bool:
+    # Looked up on the type: a proxy's attributes are remote.
+    return isinstance(x, Remote) or hasattr(type(x), "__shoal_gather__")
+
+
+def _collect(x: Any, found: list[object], depth: int) -> None:
+    """The things to gather in ``x``, in lists, tuples and dict values ``depth`` deep."""
+    if _gatherable(x):
         found.append(x)
     elif depth > 0 and type(x) in (list, tuple):
         for v in x:
-            _collect(v, found, depth - 1, kind)
+            _collect(v, found, depth - 1)
     elif depth > 0 and type(x) is dict:
         for v in x.values():
-            _collect(v, found, depth - 1, kind)
+            _collect(v, found, depth - 1)
 
 
-def _replace(x: Any, values: dict[int, Any], depth: int, kind: type = Remote) -> Any:
-    """``x`` with each ``kind`` object replaced by ``values[id(obj)]``."""
-    if isinstance(x, kind):
+def _replace(x: Any, values: dict[int, object], depth: int) -> Any:
+    """``x`` with each thing gathered replaced by ``values[id(thing)]``."""
+    if _gatherable(x):
         return values[id(x)]
     if depth > 0 and type(x) in (list, tuple):
-        return type(x)(_replace(v, values, depth - 1, kind) for v in x)
+        return type(x)(_replace(v, values, depth - 1) for v in x)
     if depth > 0 and type(x) is dict:
-        return {k: _replace(v, values, depth - 1, kind) for k, v in x.items()}
+        return {k: _replace(v, values, depth - 1) for k, v in x.items()}
     return x
 
 
@@ -861,7 +889,7 @@ class ObjectHub:
 
     def _listing(self) -> dict[int, list[list[Any]]]:
         client = self.client
-        pending = {e: client._object_request(e, MsgType.LIST_REQUEST, {}) for e in client.ids}
+        pending = {e: client.object_request(e, MsgType.LIST_REQUEST, {}) for e in client.ids}
         listing = {}
         for e, reply in pending.items():
             try:
@@ -897,9 +925,9 @@ class ObjectHub:
         if ref not in types:
             raise KeyError(f"{ref} is not held by any engine of the cluster")
         client = self.client
-        interface = client._object_request(ref.engine, MsgType.DESCRIBE_REQUEST, {"id": ref.id})
-        client._ref_changes.append((ref.engine, ref.id, client.owner, 1))
-        client._flush_refs()
+        interface = client.object_request(ref.engine, MsgType.DESCRIBE_REQUEST, {"id": ref.id})
+        client.references.add(ref.engine, ref.id, client.owner, 1)
+        client.references.flush()
         reply = {"types": {types[ref]: interface.result()}}
         return _make_proxies(ref.engine, [{"id": ref.id, "type": types[ref]}], reply, None, client)[
             0
