@@ -7,8 +7,10 @@ from ._errors import NoSuchObjectError as NoSuchObjectError
 from ._errors import RemoteError as RemoteError
 from ._kernel import Kernel as Kernel
 from ._manager import KernelManager as KernelManager
+from ._objects import ObjectDescription as ObjectDescription
 from ._objects import ObjectStore as ObjectStore
 from ._objects import Ref as Ref
+from ._objects import RefDict as RefDict
 from ._protocol import CONTROL_REQUESTS as CONTROL_REQUESTS
 from ._protocol import HUB_REQUESTS as HUB_REQUESTS
 from ._protocol import PING as PING
@@ -40,8 +42,10 @@ __all__ = [
     "KernelManager",
     "MsgType",
     "NoSuchObjectError",
+    "ObjectDescription",
     "ObjectStore",
     "Ref",
+    "RefDict",
     "RemoteError",
     "current_engine",
     "known_requests",

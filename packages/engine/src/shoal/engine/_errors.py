@@ -15,7 +15,8 @@ raised itself. Errors are split by where the fault happened:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import cast
 
 __all__ = ["EngineDiedError", "EngineError", "NoSuchObjectError", "RemoteError"]
 
@@ -23,7 +24,7 @@ __all__ = ["EngineDiedError", "EngineError", "NoSuchObjectError", "RemoteError"]
 class EngineError(Exception):
     """Base of every error raised by :mod:`shoal.engine`; never raised itself."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> EngineError:
+    def __new__(cls, *args: object, **kwargs: object) -> EngineError:
         if cls is EngineError:
             raise TypeError("EngineError is a base class; raise one of its subclasses")
         return super().__new__(cls, *args)
@@ -62,13 +63,14 @@ class RemoteError(EngineError):
         return f"{self.traceback.rstrip()}\n{self}"
 
     @classmethod
-    def from_reply(cls, content: dict[str, Any]) -> RemoteError:
+    def from_reply(cls, content: Mapping[str, object]) -> RemoteError:
         """Build from an error reply's content (see PROTOCOL.md, "Error replies")."""
         return cls(
             str(content.get("ename", "Exception")),
             str(content.get("evalue", "")),
             str(content.get("traceback", "")),
-            content.get("engine_id"),
+            # Taken as it came (a received reply, deserialized): an int or None.
+            cast("int | None", content.get("engine_id")),
         )
 
 

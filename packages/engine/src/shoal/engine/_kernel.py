@@ -34,15 +34,18 @@ import sys
 import time
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from shoal.wire import Serializer
 
 from ._replies import error_reply
 
+if TYPE_CHECKING:
+    from ._objects import ObjectStore
+
 __all__ = ["Kernel"]
 
-_Handler = Callable[[Mapping[str, Any]], dict[str, Any]]
+_Handler = Callable[[Mapping[str, Any]], dict[str, object]]
 
 #: Request types the Kernel answers itself.
 SHELL_REQUESTS = (
@@ -156,11 +159,11 @@ class Kernel:
 
     def __init__(
         self,
-        namespace: dict[str, Any] | None = None,
+        namespace: dict[str, object] | None = None,
         *,
         engine_id: int | None = None,
         on_stream: Callable[[str, str], None] | None = None,
-        objects: Any | None = None,
+        objects: ObjectStore | None = None,
     ) -> None:
         if namespace is None:
             namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -183,7 +186,7 @@ class Kernel:
         # Pushes this engine relays to others of its host: token -> [names, readers left]
         self._relays: dict[str, list[Any]] = {}
 
-    def handle(self, msg_type: str, content: Mapping[str, Any]) -> dict[str, Any]:
+    def handle(self, msg_type: str, content: object) -> dict[str, object]:
         """Run one request and return its reply content; never raises.
 
         Parameters
@@ -191,7 +194,7 @@ class Kernel:
         msg_type : str
             One of the shell request types of PROTOCOL.md, e.g. ``"execute_request"``.
         content : mapping
-            The request's content.
+            The request's content (anything else gets an error reply).
 
         Returns
         -------
@@ -238,7 +241,7 @@ class Kernel:
                     f"{msg_type} is an object-store request, and this Kernel has no object "
                     "store: create it with Kernel(objects=ObjectStore())"
                 )
-            return lambda content: cast(dict[str, Any], objects.handle(msg_type, content))
+            return lambda content: objects.handle(msg_type, content)
         known = ", ".join(SHELL_REQUESTS + OBJECT_REQUESTS)
         raise ValueError(f"unknown msg_type {msg_type!r}; known types: {known}")
 

@@ -32,13 +32,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import ParamSpec, TypeVar, cast, overload
 
 import zmq
 
 from shoal.wire import (
     Codec,
     ConnectionInfo,
+    Header,
     Message,
     Session,
     SharedMemoryLost,
@@ -52,6 +53,9 @@ from shoal.wire import (
 from ._errors import EngineDiedError, RemoteError
 
 __all__ = ["KernelManager"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _CHANNELS = ("shell", "control", "heartbeat")
 _POLL_MS = 50
@@ -99,8 +103,8 @@ class KernelManager:
         self.startup_timeout = startup_timeout
         self.interrupt_grace = interrupt_grace
         self.process: subprocess.Popen[bytes] | None = None
-        self._context: zmq.Context[Any] | None = None
-        self._sockets: dict[str, zmq.Socket[Any]] = {}
+        self._context: zmq.SyncContext | None = None
+        self._sockets: dict[str, zmq.SyncSocket] = {}
         self._folder: str | None = None
         self._codec: Codec | None = None
         self._sessions: dict[str, Session] = {}
@@ -117,7 +121,7 @@ class KernelManager:
         """Start the engine and wait until it is ready."""
         if self.process is not None:
             raise RuntimeError("this KernelManager's engine is already started")
-        ctx: zmq.Context[Any] = zmq.Context()
+        ctx: zmq.SyncContext = zmq.Context()
         self._context = ctx
         urls = {}
         for name in _CHANNELS:
@@ -198,23 +202,29 @@ class KernelManager:
         self.shutdown()
 
     # -- requests -------------------------------------------------------------------------
-    def execute(self, code: str, *, silent: bool = False, timeout: float | None = None) -> Any:
+    def execute(self, code: str, *, silent: bool = False, timeout: float | None = None) -> object:
         """Run ``code`` in the engine; returns the value of a final expression, or None."""
         return self._call("execute_request", {"code": code, "silent": silent}, timeout)
 
-    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Call ``f(*args, **kwargs)`` in the engine and return its result."""
-        return self._call("apply_request", {"f": f, "args": args, "kwargs": kwargs}, None)
+    def apply(self, f: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Call ``f(*args, **kwargs)`` in the engine and return its result (a copy: it
+        comes back serialized)."""
+        result = self._call("apply_request", {"f": f, "args": args, "kwargs": kwargs}, None)
+        return cast("_R", result)  # what f returned, deserialized: typed by f from here on
 
-    def push(self, namespace: Mapping[str, Any]) -> None:
+    def push(self, namespace: Mapping[str, object]) -> None:
         """Set many names in the engine's namespace at once."""
         self._call("push_request", {"namespace": dict(namespace)}, None)
 
-    def pull(self, names: str | list[str]) -> Any:
+    @overload
+    def pull(self, names: str) -> object: ...
+    @overload
+    def pull(self, names: list[str]) -> list[object]: ...
+    def pull(self, names: str | list[str]) -> object:
         """The value of a name or expression (a str), or a list of them."""
         return self._call("pull_request", {"names": names}, None)
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+    def status(self, timeout: float = 5.0) -> dict[str, object]:
         """The engine's pid, host, cores, memory, queue length and uptime."""
         header = self._send("control", "status_request", {})
         reply = self._wait_reply(header.msg_id, timeout)
@@ -266,24 +276,24 @@ class KernelManager:
         raise TimeoutError(f"the engine did not echo a heartbeat within {timeout} s")
 
     def request(
-        self, msg_type: str, content: Mapping[str, Any], timeout: float | None = None
-    ) -> dict[str, Any]:
+        self, msg_type: str, content: Mapping[str, object], timeout: float | None = None
+    ) -> dict[str, object]:
         """Send any shell request of PROTOCOL.md and return its reply content as is."""
         return self.get_reply(self.submit(msg_type, content), timeout)
 
-    def submit(self, msg_type: str, content: Mapping[str, Any]) -> str:
+    def submit(self, msg_type: str, content: Mapping[str, object]) -> str:
         """Send a shell request without waiting; returns its msg_id for :meth:`get_reply`.
 
         Requests run one at a time, in the order submitted.
         """
         return str(self._send("shell", msg_type, dict(content)).msg_id)
 
-    def get_reply(self, msg_id: str, timeout: float | None = None) -> dict[str, Any]:
+    def get_reply(self, msg_id: str, timeout: float | None = None) -> dict[str, object]:
         """Wait for the reply to a submitted request; its content as is."""
         return dict(self._wait_reply(msg_id, timeout).content)
 
     # -- plumbing -------------------------------------------------------------------------
-    def _call(self, msg_type: str, content: dict[str, Any], timeout: float | None) -> Any:
+    def _call(self, msg_type: str, content: Mapping[str, object], timeout: float | None) -> object:
         reply = self.request(msg_type, content, timeout)
         if reply.get("status") == "error":
             raise RemoteError.from_reply(reply)
@@ -291,7 +301,7 @@ class KernelManager:
             raise RemoteError("Aborted", f"{msg_type} was aborted before it ran")
         return reply.get("result")
 
-    def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> Any:
+    def _send(self, channel: str, msg_type: str, content: Mapping[str, object]) -> Header:
         if self.process is None or self._codec is None:
             raise RuntimeError("start() the KernelManager before sending it requests")
         header = new_header(msg_type, self._session, "kernel-manager")
@@ -338,7 +348,7 @@ class KernelManager:
             if deadline is not None and now > deadline:
                 raise TimeoutError(f"no reply from the engine within {timeout} s")
 
-    def _receive(self, sock: zmq.Socket[Any]) -> None:
+    def _receive(self, sock: zmq.SyncSocket) -> None:
         if sock is self._sockets["heartbeat"]:
             sock.recv_multipart(copy=False)
             self._ready.add("heartbeat")  # its hello, or a late echo: either says "here"

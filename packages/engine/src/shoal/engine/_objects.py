@@ -41,14 +41,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from shoal.wire import Serializer
 
 from ._errors import NoSuchObjectError
 from ._replies import error_reply
 
-__all__ = ["RESOLVE_DEPTH", "ObjectStore", "Ref"]
+__all__ = ["RESOLVE_DEPTH", "ObjectDescription", "ObjectStore", "Ref", "RefDict"]
 
 #: How many container levels :meth:`ObjectStore.resolve` looks into for a :class:`Ref`.
 RESOLVE_DEPTH = 8
@@ -57,6 +57,30 @@ _RETURNS = ("value", "ref", "auto")
 # Values whose methods may return the object itself (int.__int__) and are still values.
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, tuple, frozenset, type(None)})
 _REPR_LIMIT = 200
+
+
+class RefDict(TypedDict):
+    """A ref dict: a stored object's ``id`` and its type name (``"module.Qualname"``),
+    as :meth:`ObjectStore.ref` and the replies of PROTOCOL.md give it.
+
+    .. versionadded:: 0.2
+    """
+
+    id: int
+    type: str
+
+
+class ObjectDescription(TypedDict):
+    """What :meth:`ObjectStore.describe` returns (and ``describe_request`` answers).
+
+    .. versionadded:: 0.2
+    """
+
+    type: str
+    methods: list[str]
+    attributes: list[str]
+    specials: list[str]
+    repr: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +176,7 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"<ObjectStore: {len(self)} objects, engine_id={self.engine_id}>"
 
-    def store(self, obj: Any, owner: str = "") -> int:
+    def store(self, obj: object, owner: str = "") -> int:
         """Keep ``obj`` with a reference count of 1 booked to ``owner``; return its new id.
 
         Every call gives a new id, even for an object already stored: storing the same
@@ -163,14 +187,14 @@ class ObjectStore:
         self._counts[oid] = {owner: 1}
         return oid
 
-    def get(self, id: int) -> Any:
+    def get(self, id: int) -> object:
         """The object stored under ``id``; :class:`NoSuchObjectError` if there is none."""
         try:
             return self._objects[id]
         except (KeyError, TypeError):
             raise self._missing(id) from None
 
-    def ref(self, id: int) -> dict[str, Any]:
+    def ref(self, id: int) -> RefDict:
         """The ref dict ``{"id": id, "type": "module.Qualname"}`` of a stored object."""
         return {"id": id, "type": type_name(self.get(id))}
 
@@ -246,7 +270,7 @@ class ObjectStore:
                 held[owner] = held.get(owner, 0) + 1
         return held
 
-    def resolve(self, value: Any) -> Any:
+    def resolve(self, value: object) -> object:
         """``value`` with every :class:`Ref` replaced by the object it names.
 
         Looks at the top level and inside plain tuples, lists and dict values, up to
@@ -281,13 +305,17 @@ class ObjectStore:
         self,
         id: int,
         method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: Mapping[str, Any] | None = None,
+        args: tuple[object, ...] = (),
+        kwargs: Mapping[str, object] | None = None,
         returns: str = "auto",
         *,
         owner: str = "",
         keep: Collection[str] = (),
-    ) -> tuple[Literal["value", "ref", "self"], Any]:
+    ) -> (
+        tuple[Literal["value"], object]
+        | tuple[Literal["ref"], RefDict]
+        | tuple[Literal["self"], None]
+    ):
         """Call ``obj.<method>(*args, **kwargs)`` on the object ``id``.
 
         ``args`` and ``kwargs`` are resolved (:meth:`resolve`) first. Returns
@@ -305,9 +333,10 @@ class ObjectStore:
                 f"{type_name(obj)}.{method} is {type_name(fn)}, not callable; "
                 "use getattr to read it"
             )
-        args = self.resolve(tuple(args))
-        kwargs = self.resolve(dict(kwargs or {}))
-        result = fn(*args, **kwargs)
+        # As resolve(), whose result is typed object: a tuple comes back a tuple, a dict a dict.
+        call_args = self._resolve(tuple(args), RESOLVE_DEPTH)
+        call_kwargs = self._resolve(dict(kwargs or {}), RESOLVE_DEPTH)
+        result = fn(*call_args, **call_kwargs)
         if result is obj and returns != "value" and type(obj) not in _IMMUTABLE:
             return "self", None
         return self._answer(result, returns, owner, keep)
@@ -319,18 +348,18 @@ class ObjectStore:
         returns: str = "auto",
         owner: str = "",
         keep: Collection[str] = (),
-    ) -> tuple[Literal["value", "ref"], Any]:
+    ) -> tuple[Literal["value"], object] | tuple[Literal["ref"], RefDict]:
         """Read ``obj.<name>`` of the object ``id``; answered like :meth:`call_method`."""
         _check_returns(returns)
         value = getattr(self.get(id), _check_name(name, "name"))
         return self._answer(value, returns, owner, keep)
 
-    def setattr(self, id: int, name: str, value: Any) -> None:
+    def setattr(self, id: int, name: str, value: object) -> None:
         """Set ``obj.<name> = value`` on the object ``id``; ``value`` is resolved first."""
         obj = self.get(id)
         setattr(obj, _check_name(name, "name"), self.resolve(value))
 
-    def interface(self, obj: Any) -> dict[str, list[str]]:
+    def interface(self, obj: object) -> dict[str, list[str]]:
         """``{"methods": [...], "specials": [...]}`` of ``obj``'s type: the public methods
         and the special methods a proxy class needs (read from the type, so no property
         of the object runs)."""
@@ -349,7 +378,7 @@ class ObjectStore:
                 types[name] = self.interface(obj)
         return types
 
-    def describe(self, id: int) -> dict[str, Any]:
+    def describe(self, id: int) -> ObjectDescription:
         """What a proxy needs to look like the object ``id``.
 
         Returns ``{"type": "module.Qualname", "methods": [...], "attributes": [...],
@@ -383,8 +412,8 @@ class ObjectStore:
         }
 
     def _answer(
-        self, result: Any, returns: str, owner: str = "", keep: Collection[str] = ()
-    ) -> tuple[Literal["value", "ref"], Any]:
+        self, result: object, returns: str, owner: str = "", keep: Collection[str] = ()
+    ) -> tuple[Literal["value"], object] | tuple[Literal["ref"], RefDict]:
         if returns == "auto" and keep and type_name(result) in keep:
             returns = "ref"
         if returns == "auto":
@@ -411,7 +440,7 @@ class ObjectStore:
 
     # -- shell requests -----------------------------------------------------------------
 
-    def handle(self, msg_type: str, content: Mapping[str, Any]) -> dict[str, Any]:
+    def handle(self, msg_type: str, content: object) -> dict[str, object]:
         """Answer one object-store shell request with its reply content.
 
         ``msg_type`` is one of ``store_request``, ``call_method_request``,

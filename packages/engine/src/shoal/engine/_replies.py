@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Any
 
 from shoal.wire import Serializer
 
@@ -15,7 +14,7 @@ _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def error_reply(
     exc: BaseException, *, engine_id: int | None, serializer: Serializer | None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The error reply content for ``exc``.
 
     Leading traceback frames from the engine's own modules are left out, so the user's
