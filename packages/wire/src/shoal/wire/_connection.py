@@ -80,7 +80,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Final, NamedTuple, TypeAlias, final
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias, TypeVar, final
 
 import zmq
 
@@ -869,7 +869,7 @@ class Connection:
             raise OSError(f"connection {self._name} is read-only")
         return link
 
-    def send(self, obj: Any) -> None:
+    def send(self, obj: object) -> None:
         """Send ``obj``, serialized with dill semantics; large buffers go without a copy.
 
         Raises
@@ -1380,7 +1380,15 @@ def Client(
 
 
 # -- wait -------------------------------------------------------------------------------
-def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: What :func:`wait` watches; it returns some of the very objects it was given.
+_Waitable = TypeVar("_Waitable", bound="Connection | Listener | int | _HasFileno")
+
+
+def wait(object_list: Iterable[_Waitable], timeout: float | None = None) -> list[_Waitable]:
     """Wait until some of ``object_list`` are ready; return those (maybe none on timeout).
 
     Like ``multiprocessing.connection.wait``: a :class:`Connection` is ready when

@@ -35,7 +35,7 @@ import struct
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, final
+from typing import final
 
 import zmq
 from zmq.utils import z85
@@ -100,7 +100,7 @@ def curve_keypair() -> tuple[bytes, bytes]:
     return zmq.curve_keypair()
 
 
-def configure_curve_client(socket: zmq.Socket[Any], keys: CurveKeys) -> None:
+def configure_curve_client(socket: zmq.Socket[object], keys: CurveKeys) -> None:
     """Make ``socket`` a Curve client of the server whose public key is in ``keys``.
 
     Call it before ``connect``; options set later do not apply to that connection.
@@ -131,7 +131,8 @@ class CurveServer:
     Parameters
     ----------
     context : zmq.Context, optional
-        The context of the server sockets; defaults to ``zmq.Context.instance()``.
+        The context of the server sockets; defaults to ``zmq.Context.instance()``. A
+        blocking one, not a ``zmq.asyncio.Context``: the ZAP handler thread reads it.
     public_key, secret_key : bytes, optional
         The server keypair (Z85). Both or neither; a new one is made when omitted.
     allowed : iterable of bytes or str
@@ -155,7 +156,7 @@ class CurveServer:
 
     def __init__(
         self,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.SyncContext | None = None,
         *,
         public_key: bytes | None = None,
         secret_key: bytes | None = None,
@@ -169,14 +170,14 @@ class CurveServer:
             public_key, secret_key = curve_keypair()
         _decode_key(public_key, "public_key")
         _decode_key(secret_key, "secret_key")
-        self.context: zmq.Context[Any] = zmq.Context.instance() if context is None else context
+        self.context: zmq.SyncContext = zmq.Context.instance() if context is None else context
         self.domain = domain
         self._public_key = public_key
         self._secret_key = secret_key
         self._lock = threading.Lock()
         # Replaced whole under the lock, read without it by the handler thread.
         self._allowed: frozenset[bytes] = frozenset()
-        self._pipe: zmq.Socket[Any] | None = None
+        self._pipe: zmq.SyncSocket | None = None
         self._thread: threading.Thread | None = None
         self.allow(*allowed)
 
@@ -219,7 +220,7 @@ class CurveServer:
         return CurveKeys(server_public=self._public_key, client_public=public, client_secret=secret)
 
     # -- sockets ------------------------------------------------------------------
-    def configure(self, socket: zmq.Socket[Any]) -> None:
+    def configure(self, socket: zmq.Socket[object]) -> None:
         """Make ``socket`` a Curve server checked against the allow-list.
 
         Starts the ZAP handler if it is not running. Call it before ``bind``.
@@ -301,7 +302,7 @@ class CurveServer:
     ) -> None:
         self.stop()
 
-    def _serve(self, zap: zmq.Socket[Any], inbox: zmq.Socket[Any]) -> None:
+    def _serve(self, zap: zmq.SyncSocket, inbox: zmq.SyncSocket) -> None:
         """Answer ZAP requests until a message arrives on ``inbox`` (handler thread)."""
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
@@ -371,7 +372,7 @@ def is_loopback_url(url: str) -> bool:
 
 
 def bind(
-    socket: zmq.Socket[Any], url: str, *, curve: bool | None = None, insecure: bool = False
+    socket: zmq.Socket[object], url: str, *, curve: bool | None = None, insecure: bool = False
 ) -> str:
     """Bind ``socket`` to ``url`` and return the url actually bound.
 

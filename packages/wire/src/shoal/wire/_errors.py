@@ -52,7 +52,7 @@ class WireError(Exception):
 
     hint: str = ""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> WireError:
+    def __new__(cls, *args: object, **kwargs: object) -> WireError:
         if cls in _ABSTRACT:
             raise TypeError(f"{cls.__name__} is a base class; raise one of its subclasses")
         # OSError subclasses take their message from __new__'s arguments.

@@ -57,7 +57,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import blake3
 import orjson
@@ -75,6 +75,10 @@ from ._errors import (
 )
 from ._serialize import Buffer, Serializer
 from ._shm import SharedHandle, SharedMemory, default_shared_memory
+
+if TYPE_CHECKING:
+    import zmq
+    from typing_extensions import Buffer as BufferProtocol
 
 __all__ = [
     "DELIMITER",
@@ -115,6 +119,11 @@ _json_loads = orjson.loads
 
 _NO_METADATA: Final[Mapping[str, Any]] = types.MappingProxyType({})
 
+#: A frame as received or sent: anything with the buffer protocol, or a ``zmq.Frame``
+#: (which has it too, though pyzmq's type stubs do not say so: where a frame's bytes are
+#: read, a ``type: ignore[arg-type]`` marks that gap in the stubs).
+_Frame: TypeAlias = "BufferProtocol | zmq.Frame"
+
 
 class Header(NamedTuple):
     """Who sent a message, when, and what it is.
@@ -131,12 +140,12 @@ class Header(NamedTuple):
     version: str = PROTOCOL_VERSION
     sender: str = ""
 
-    def to_list(self) -> list[Any]:
+    def to_list(self) -> list[str | float]:
         """The header as the JSON array that travels: fields in declaration order."""
         return list(self)
 
     @classmethod
-    def from_list(cls, fields: Any) -> Header:
+    def from_list(cls, fields: object) -> Header:
         """Rebuild a header from :meth:`to_list` output, checking every field's type."""
         if type(fields) is not list or len(fields) != 6:
             raise HeaderDecodeError(
@@ -175,7 +184,8 @@ class RawContent:
 
     frames: tuple[Buffer, ...]
 
-    def load(self, serializer: Serializer) -> Any:
+    def load(self, serializer: Serializer) -> object:
+        """The content, deserialized by ``serializer``."""
         return serializer.loads(self.frames)
 
 
@@ -307,9 +317,9 @@ class Link:
         self._next = itertools.count(1).__next__
         self._clock = clock
 
-    def stamp(self, head: Buffer) -> bytes:
+    def stamp(self, head: _Frame) -> bytes:
         """``head`` (a head frame, signed) stamped as this link's next message."""
-        view = memoryview(head)
+        view = memoryview(head)  # type: ignore[arg-type]  # a zmq.Frame (see _Frame)
         stamp = _STAMP.pack(self.id, self._next(), self._clock())
         tail = view[_SIG_AT:]
         return b"".join((DELIMITER, self._mac(stamp, tail[:64]), stamp, tail))
@@ -409,7 +419,7 @@ class Envelope(NamedTuple):
 
     header: Header
     parent_header: Header | None
-    metadata: dict[str, Any]
+    metadata: dict[str, object]
     at: int
 
     @property
@@ -522,7 +532,7 @@ class Codec:
         return [*msg.identities, b"".join((DELIMITER, mac, stamp, signature, body)), *buffers]
 
     # -- receiving ----------------------------------------------------------------------
-    def verify(self, frames: Sequence[Any]) -> Envelope:
+    def verify(self, frames: Sequence[_Frame]) -> Envelope:
         """Verify ``frames`` in full (caps, link stamp, replay, signature over the head and
         every buffer, envelope) and parse the envelope; the content is not loaded and
         shared memory is not opened. What a router calls before it books or forwards a
@@ -535,7 +545,7 @@ class Codec:
         header, parent, metadata, _nbuf, _in_shm, _env_len = self._check(views, at)
         return Envelope(header, parent, metadata, at)
 
-    def decode(self, frames: Sequence[Any], *, content: bool = True) -> Message:
+    def decode(self, frames: Sequence[_Frame], *, content: bool = True) -> Message:
         """Verify and parse ``frames`` into a :class:`Message`.
 
         Raises only :class:`~shoal.wire.RemoteInputError` subclasses for bad input:
@@ -621,7 +631,7 @@ class Codec:
             replay.record(link_id, seq)
         return header, parent, metadata, nbuf, in_shm, env_len
 
-    def _views(self, frames: Sequence[Any]) -> list[memoryview]:
+    def _views(self, frames: Sequence[_Frame]) -> list[memoryview]:
         """A memoryview of each frame, within the caps on their number and size."""
         nframes = len(frames)
         if nframes > self.max_frames:
@@ -633,7 +643,8 @@ class Codec:
         total = 0
         for i, frame in enumerate(frames):
             try:
-                view = memoryview(frame)
+                # A zmq.Frame has the buffer protocol; pyzmq's stubs do not say so (_Frame).
+                view = memoryview(frame)  # type: ignore[arg-type]
             except TypeError as exc:
                 raise MalformedMessageError(
                     f"frame {i} is a {type(frame).__name__}, not a buffer"
@@ -650,13 +661,13 @@ class Codec:
             )
         return views
 
-    def discard(self, frames: Sequence[Any]) -> int:
+    def discard(self, frames: Sequence[_Frame]) -> int:
         """Give back the shared memory segments of encoded ``frames`` that will never be
         delivered (their peer is gone: nobody else will open them); how many.
 
         For this side's own frames only: they are not verified.
         """
-        views = [memoryview(f) for f in frames]
+        views = [memoryview(f) for f in frames]  # type: ignore[arg-type]  # zmq.Frames (_Frame)
         try:
             at = _find_head(views)
             body = views[at][_BODY_AT:]

@@ -293,7 +293,7 @@ class Serializer:
             raise TypeError(f"register() needs a callable reducer, got {reducer!r}")
         self._reducers[cls] = reducer
 
-    def dumps(self, obj: Any) -> list[Buffer]:
+    def dumps(self, obj: object) -> list[Buffer]:
         """Serialize ``obj`` into ``[pickle_stream, *out_of_band_buffers]``.
 
         Raises

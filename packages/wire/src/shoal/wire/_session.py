@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 import zmq
 
@@ -46,7 +46,7 @@ from ._errors import (
     RemoteInputError,
     SharedMemoryLost,
 )
-from ._message import Codec, Envelope, Header, Message, new_header
+from ._message import Codec, Envelope, Header, Message, _Frame, new_header
 from ._serialize import Buffer, Serializer
 
 __all__ = ["AsyncSession", "Received", "Session", "SessionStatistics"]
@@ -55,6 +55,9 @@ log = logging.getLogger("shoal.wire.session")
 _LOG_INTERVAL = 1.0
 _SNDMORE = int(zmq.SNDMORE)
 _MAX_TRACKED_PEERS = 4096
+#: The socket a session wraps: a blocking one (:class:`Session`) or an asyncio one
+#: (:class:`AsyncSession`).
+_S = TypeVar("_S", bound="zmq.Socket[object]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,24 +83,25 @@ class Received(NamedTuple):
     """
 
     envelope: Envelope
-    frames: list[Any]
+    frames: Sequence[_Frame]
 
     @property
     def identities(self) -> list[bytes]:
-        return [bytes(f) for f in self.frames[: self.envelope.at]]
+        # A zmq.Frame has the buffer protocol; pyzmq's stubs do not say so (see _Frame).
+        return [bytes(f) for f in self.frames[: self.envelope.at]]  # type: ignore[arg-type]
 
     @property
-    def message_frames(self) -> list[Any]:
+    def message_frames(self) -> Sequence[_Frame]:
         """The head and the buffers: what :meth:`Session.forward` sends on."""
         return self.frames[self.envelope.at :]
 
 
-class _SessionCore:
+class _SessionCore(Generic[_S]):
     """What sync and async sessions share: building, encoding and vetting messages."""
 
     def __init__(
         self,
-        socket: zmq.Socket[Any],
+        socket: _S,
         key: bytes | Codec,
         *,
         session_id: str | None = None,
@@ -124,10 +128,10 @@ class _SessionCore:
     def message(
         self,
         msg_type: str,
-        content: Any = None,
+        content: object = None,
         *,
         parent: Header | Message | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
         buffers: Sequence[Buffer] = (),
         identities: Sequence[bytes] = (),
     ) -> Message:
@@ -147,7 +151,7 @@ class _SessionCore:
         """Messages sent, received, and dropped by reason."""
         return SessionStatistics(self._sent, self._received, dict(self._dropped))
 
-    def decode_or_drop(self, frames: Sequence[Any], *, content: bool = True) -> Message | None:
+    def decode_or_drop(self, frames: Sequence[_Frame], *, content: bool = True) -> Message | None:
         """Decode ``frames`` (from :meth:`recv_frames_nowait`), or count, log
         (rate-limited) and drop them: None.
 
@@ -170,7 +174,7 @@ class _SessionCore:
         self._received += 1
         return msg
 
-    def verify_or_drop(self, frames: list[Any]) -> Received | None:
+    def verify_or_drop(self, frames: Sequence[_Frame]) -> Received | None:
         """Verify ``frames`` without loading them, or count, log and drop them: None.
 
         .. versionadded:: 0.2
@@ -183,7 +187,7 @@ class _SessionCore:
         self._received += 1
         return Received(envelope, frames)
 
-    def refuse(self, frames: Sequence[Any], why: str) -> None:
+    def refuse(self, frames: Sequence[_Frame], why: str) -> None:
         """Count and log (rate-limited) a message the caller will not act on, e.g. one
         whose routing is wrong; ``frames`` need only hold its routing identity.
 
@@ -191,7 +195,7 @@ class _SessionCore:
         """
         self._drop(frames, MalformedMessageError(why))
 
-    def recv_frames_nowait(self) -> list[Any] | None:
+    def recv_frames_nowait(self) -> list[zmq.Frame] | None:
         """The frames of the message waiting on the socket, within the codec's caps and
         not verified yet (:meth:`decode_or_drop`, :meth:`verify_or_drop`); None when it
         was over the caps (read to its end, kept nowhere, counted as a drop).
@@ -205,16 +209,16 @@ class _SessionCore:
         """
         return self._read(zmq.NOBLOCK)
 
-    def _vet(self, frames: Sequence[Any], content: bool) -> Message | None:
+    def _vet(self, frames: Sequence[_Frame], content: bool) -> Message | None:
         try:
             return self.decode_or_drop(frames, content=content)
         except SharedMemoryLost:
             return None
 
-    def _vet_envelope(self, frames: list[Any]) -> Received | None:
+    def _vet_envelope(self, frames: Sequence[_Frame]) -> Received | None:
         return self.verify_or_drop(frames)
 
-    def _read(self, flags: int = 0) -> list[Any] | None:
+    def _read(self, flags: int = 0) -> list[zmq.Frame] | None:
         """The frames of the next message, counted as they come: None (the message read
         to its end, kept nowhere, counted as a drop) when it is over the codec's caps.
 
@@ -250,9 +254,11 @@ class _SessionCore:
         self._drop([peer], error)
         return None
 
-    def _drop(self, frames: Sequence[Any], exc: RemoteInputError) -> None:
+    def _drop(self, frames: Sequence[_Frame], exc: RemoteInputError) -> None:
         self._dropped[type(exc).__name__] += 1
-        peer = bytes(frames[0])[:64] if frames and self._is_router else b""
+        # A zmq.Frame has the buffer protocol; pyzmq's stubs do not say so (see _Frame).
+        first = frames[0] if frames and self._is_router else b""
+        peer = bytes(first)[:64]  # type: ignore[arg-type]
         now = time.monotonic()
         if now - self._last_log.get(peer, 0.0) >= _LOG_INTERVAL:
             if len(self._last_log) > _MAX_TRACKED_PEERS:
@@ -265,7 +271,7 @@ class _SessionCore:
                 sum(self._dropped.values()),
             )
 
-    def stamp(self, frames: list[Any], at: int = 0) -> list[Any]:
+    def stamp(self, frames: list[Buffer], at: int = 0) -> list[Buffer]:
         """``frames`` (encoded ahead of sending, their head at ``at``) stamped in place by
         this session's link: call it just before the frames go to the socket.
 
@@ -283,7 +289,7 @@ class _SessionCore:
         return frames, big
 
 
-class Session(_SessionCore):
+class Session(_SessionCore["zmq.SyncSocket"]):
     """Send and receive signed messages over a (blocking) zmq socket.
 
     Parameters
@@ -315,10 +321,10 @@ class Session(_SessionCore):
     def send(
         self,
         msg_type: str,
-        content: Any = None,
+        content: object = None,
         *,
         parent: Header | Message | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
         buffers: Sequence[Buffer] = (),
         identities: Sequence[bytes] = (),
     ) -> Message:
@@ -392,7 +398,7 @@ class Session(_SessionCore):
             if frames is not None and (received := self._vet_envelope(frames)) is not None:
                 return received
 
-    def forward(self, frames: Sequence[Any], identities: Sequence[bytes] = ()) -> None:
+    def forward(self, frames: Sequence[_Frame], identities: Sequence[bytes] = ()) -> None:
         """Send a verified message on (``frames``: its head and buffers, e.g.
         :attr:`Received.message_frames`), stamped by this session's link; buffers are
         referenced, not copied.
@@ -419,21 +425,19 @@ class Session(_SessionCore):
                 raise TimeoutError(f"no message arrived within {timeout} s")
 
 
-class AsyncSession(_SessionCore):
+class AsyncSession(_SessionCore["zmq.asyncio.Socket"]):
     """:class:`Session` for ``zmq.asyncio`` sockets: ``await send(...)``, ``await recv()``.
 
     .. versionadded:: 0.1
     """
 
-    socket: zmq.asyncio.Socket
-
     async def send(
         self,
         msg_type: str,
-        content: Any = None,
+        content: object = None,
         *,
         parent: Header | Message | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
         buffers: Sequence[Buffer] = (),
         identities: Sequence[bytes] = (),
     ) -> Message:

@@ -61,7 +61,10 @@ import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer as BufferProtocol
 
 __all__ = [
     "SharedHandle",
@@ -181,7 +184,7 @@ class SharedMemory:
         self.shared = 0  # segments sent without a copy (their pages shared copy-on-write)
 
     # -- sending ------------------------------------------------------------------------
-    def export(self, buf: Any) -> bytes:
+    def export(self, buf: BufferProtocol) -> bytes:
         """A handle to ``buf``'s bytes in a segment for one receiver.
 
         ``buf`` is copied once into a segment, unless it lies in a segment this process
@@ -223,7 +226,7 @@ class SharedMemory:
         weakref.finalize(holder, self._release, token, size, True)
         return memoryview(holder).cast("B")
 
-    def share(self, buf: Any, readers: int) -> SharedHandle:
+    def share(self, buf: BufferProtocol, readers: int) -> SharedHandle:
         """Copy ``buf`` once into a segment for ``readers`` receivers (a broadcast).
 
         Each receiver maps the same pages copy-on-write: it may write to its array, and
@@ -513,16 +516,21 @@ class SharedHandle(bytes):
     a codec sends it as it is."""
 
 
-def copy_buffer(target: Any, source: Any, *, populate: bool = False) -> None:
+def copy_buffer(target: object, source: object, *, populate: bool = False) -> None:
     """Copy the bytes of ``source`` into ``target`` (contiguous buffers of one size).
+
+    Both are objects with the buffer protocol (``target`` writable), numpy arrays
+    included; anything else raises ``TypeError``. They are typed ``object`` because
+    numpy's stubs declare ``ndarray.__buffer__`` only for Python 3.12 and later.
 
     A large copy is shared among up to 4 threads, one per core: one core alone reaches
     about half the memory bandwidth here. ctypes' memmove lets go of the GIL.
     ``populate``: ``target`` is a fresh mapping; each thread fills in the page tables
     of its part first (faulting them in one write at a time costs three times more).
     """
-    dst = memoryview(target).cast("B")
-    src = memoryview(source).cast("B")
+    # Typed object (see the docstring): memoryview() checks the buffer protocol here.
+    dst = memoryview(target).cast("B")  # type: ignore[arg-type]
+    src = memoryview(source).cast("B")  # type: ignore[arg-type]
     n = dst.nbytes
     if src.nbytes != n:
         raise ValueError(f"cannot copy {src.nbytes} bytes into a buffer of {n}")
