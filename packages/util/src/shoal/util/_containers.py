@@ -132,11 +132,14 @@ class ReverseDict(MutableMapping[_K, _V]):
     def __getitem__(self, key: _K) -> _V: ...
     @overload
     def __getitem__(self, key: _V) -> _K: ...
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: _K | _V) -> _V | _K:
+        # Keys and values share one lookup space: each side is asked for either kind.
+        forward: dict[Any, _V] = self._forward
+        reverse: dict[Any, _K] = self._reverse
         try:
-            return self._forward[key]
+            return forward[key]
         except KeyError:
-            return self._reverse[key]
+            return reverse[key]
 
     @overload
     def get(self, key: _K, /) -> _V | None: ...
@@ -146,7 +149,7 @@ class ReverseDict(MutableMapping[_K, _V]):
     def get(self, key: _K, default: _V | _D, /) -> _V | _D: ...
     @overload
     def get(self, key: _V, default: _K | _D, /) -> _K | _D: ...
-    def get(self, key: Any, default: Any = None, /) -> Any:
+    def get(self, key: _K | _V, default: _V | _K | _D | None = None, /) -> _V | _K | _D | None:
         """Return ``self[key]`` (the value of a key, or the key of a value), else ``default``."""
         try:
             return self[key]

@@ -14,34 +14,43 @@ __all__ = ["interactive", "log_errors"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_F = TypeVar("_F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., object])
 
 if TYPE_CHECKING:
     import asyncio
-    from typing import TypeAlias
 
-    # LoggerAdapter is subscriptable at runtime only from Python 3.11.
-    _AnyLogger: TypeAlias = logging.Logger | logging.LoggerAdapter[Any]
+    from typing_extensions import Never
 
 
+class _Logger(Protocol):
+    """What ``log_errors`` logs to: a ``logging.Logger`` or ``logging.LoggerAdapter``."""
+
+    def exception(self, msg: object, *args: object) -> None: ...
+    def error(self, msg: object, *args: object, exc_info: BaseException) -> None: ...
+
+
+# A coroutine function's coroutine is typed ``Coroutine[object, Never, R]`` here: it may
+# yield anything to the event loop, and Never as the send type admits every send type.
 class _LogErrorsDecorator(Protocol):
     @overload
     def __call__(
-        self, f: Callable[_P, Coroutine[Any, Any, _R]], /
-    ) -> Callable[_P, Coroutine[Any, Any, _R | None]]: ...
+        self, f: Callable[_P, Coroutine[object, Never, _R]], /
+    ) -> Callable[_P, Coroutine[object, Never, _R | None]]: ...
     @overload
     def __call__(self, f: Callable[_P, _R], /) -> Callable[_P, _R | None]: ...
 
 
 @overload
 def log_errors(
-    f: Callable[_P, Coroutine[Any, Any, _R]], /
-) -> Callable[_P, Coroutine[Any, Any, _R | None]]: ...
+    f: Callable[_P, Coroutine[object, Never, _R]], /
+) -> Callable[_P, Coroutine[object, Never, _R | None]]: ...
 @overload
 def log_errors(f: Callable[_P, _R], /) -> Callable[_P, _R | None]: ...
 @overload
-def log_errors(*, logger: _AnyLogger | None = None) -> _LogErrorsDecorator: ...
-def log_errors(f: Any = None, /, *, logger: _AnyLogger | None = None) -> Any:
+def log_errors(*, logger: _Logger | None = None) -> _LogErrorsDecorator: ...
+def log_errors(
+    f: Callable[..., object] | None = None, /, *, logger: _Logger | None = None
+) -> Callable[..., object]:
     """Log the exceptions a function raises instead of raising them.
 
     For callbacks (a zmq ``on_recv`` handler, a done-callback) where an exception
@@ -80,10 +89,10 @@ def log_errors(f: Any = None, /, *, logger: _AnyLogger | None = None) -> Any:
     return _wrap(f, logger=logger)
 
 
-def _wrap(f: Callable[..., Any], *, logger: _AnyLogger | None) -> Callable[..., Any]:
+def _wrap(f: Callable[..., Any], *, logger: _Logger | None) -> Callable[..., Any]:
     where = getattr(f, "__qualname__", repr(f))
 
-    def pick_logger(args: tuple[Any, ...]) -> _AnyLogger:
+    def pick_logger(args: tuple[Any, ...]) -> _Logger:
         if logger is not None:
             return logger
         if args:
@@ -127,13 +136,13 @@ def _is_future(obj: object) -> bool:
     )
 
 
-def _log_future(log: _AnyLogger, where: str, future: asyncio.Future[Any]) -> None:
+def _log_future(log: _Logger, where: str, future: asyncio.Future[Any]) -> None:
     # Reading exception() also keeps asyncio from warning "never retrieved".
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.error("Uncaught exception in %s", where, exc_info=exc)
 
 
-async def _log_awaitable(awaitable: Awaitable[_R], log: _AnyLogger, where: str) -> _R | None:
+async def _log_awaitable(awaitable: Awaitable[_R], log: _Logger, where: str) -> _R | None:
     try:
         return await awaitable
     except Exception:

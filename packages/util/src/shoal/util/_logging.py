@@ -109,7 +109,7 @@ class PUBLogHandler(logging.Handler):
 
     def __init__(
         self,
-        socket: zmq.Socket[Any],
+        socket: zmq.Socket[object],
         root_topic: str = "",
         *,
         level: int | str = logging.NOTSET,
@@ -162,7 +162,7 @@ class _EnginePUBLogHandler(PUBLogHandler):
     An engine learns its id only when it registers, after logging is set up.
     """
 
-    def __init__(self, socket: zmq.Socket[Any], engine: int | _HasEngineId, **kw: Any) -> None:
+    def __init__(self, socket: zmq.Socket[object], engine: int | _HasEngineId, **kw: Any) -> None:
         self.engine = engine
         super().__init__(socket, _engine_topic(engine), **kw)
 
@@ -178,17 +178,17 @@ def _engine_topic(engine: int | _HasEngineId) -> str:
 
 def _connect(
     logger: logging.Logger,
-    context: zmq.Context[Any],
+    context: zmq.Context[zmq.Socket[object]],
     iface: str,
     loglevel: str | int,
-    make: Callable[[zmq.Socket[Any]], PUBLogHandler],
+    make: Callable[[zmq.Socket[object]], PUBLogHandler],
 ) -> PUBLogHandler:
     for h in logger.handlers:
         if isinstance(h, PUBLogHandler):
             return h  # never a second publisher on one logger
     level = integer_loglevel(loglevel)
     validate_url(iface)
-    sock: zmq.Socket[Any] = context.socket(zmq.PUB)
+    sock = context.socket(zmq.PUB)
     try:
         sock.connect(iface)
         handler = make(sock)
@@ -203,7 +203,7 @@ def _connect(
 
 def connect_logger(
     logname: str,
-    context: zmq.Context[Any],
+    context: zmq.Context[zmq.Socket[object]],
     iface: str,
     root: str = "ip",
     loglevel: str | int = logging.DEBUG,
@@ -255,7 +255,7 @@ def connect_logger(
 
 
 def connect_engine_logger(
-    context: zmq.Context[Any],
+    context: zmq.Context[zmq.Socket[object]],
     iface: str,
     engine: int | _HasEngineId,
     loglevel: str | int = logging.DEBUG,

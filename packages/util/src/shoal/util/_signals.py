@@ -11,14 +11,16 @@ import subprocess
 import sys
 from collections.abc import Collection, Iterable
 from types import FrameType
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 __all__ = ["signal_children"]
 
 _log = logging.getLogger("shoal.util")
 
 #: What `signal_children` accepts as a child.
-Child: TypeAlias = "subprocess.Popen[Any] | multiprocessing.process.BaseProcess | int"
+Child: TypeAlias = (
+    "subprocess.Popen[bytes] | subprocess.Popen[str] | multiprocessing.process.BaseProcess | int"
+)
 
 #: The signals relayed. SIGABRT (which IPython also caught) is left alone: a Python
 #: handler never runs for a C-level abort(), and it should dump core anyway.

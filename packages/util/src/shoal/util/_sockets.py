@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Any
 
 import zmq
 
@@ -61,7 +60,7 @@ def select_random_ports(n: int) -> list[int]:
     return ports
 
 
-def set_hwm(sock: zmq.Socket[Any], hwm: int = 0) -> None:
+def set_hwm(sock: zmq.Socket[object], hwm: int = 0) -> None:
     """Set both high-water marks (``SNDHWM`` and ``RCVHWM``) of a zmq socket.
 
     ``zmq.HWM`` is no real libzmq option since libzmq 3 (pyzmq only emulates it), so

@@ -21,7 +21,6 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 __all__ = [
     "disambiguate_ip_address",
@@ -155,7 +154,7 @@ def validate_url(url: str) -> bool:
     return True
 
 
-def validate_url_container(container: str | Mapping[Any, Any] | Iterable[Any]) -> None:
+def validate_url_container(container: str | Iterable[object]) -> None:
     """Validate every url in a url, or in a (nested) list, tuple, set or dict of urls.
 
     Dict values are checked, keys are not.
@@ -168,6 +167,10 @@ def validate_url_container(container: str | Mapping[Any, Any] | Iterable[Any]) -
 
     .. versionadded:: 0.1
     """
+    _validate_url_container(container)
+
+
+def _validate_url_container(container: object) -> None:
     if isinstance(container, str):
         validate_url(container)
         return
@@ -179,7 +182,7 @@ def validate_url_container(container: str | Mapping[Any, Any] | Iterable[Any]) -
             f"expected a url or a container of urls, got {type(container).__name__}: {container!r}"
         )
     for item in items:
-        validate_url_container(item)
+        _validate_url_container(item)
 
 
 def split_url(url: str) -> tuple[str, str, str]:
