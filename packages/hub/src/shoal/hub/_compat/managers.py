@@ -58,6 +58,7 @@ until the tasks that received it have unpickled it (e.g. until their results are
 
 from __future__ import annotations
 
+import array
 import builtins
 import contextlib
 import hashlib
@@ -77,9 +78,22 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import ProcessError, connection, managers, process, util
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, TypeVar, cast
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from shoal.wire import (
     AuthenticationError,
@@ -141,6 +155,24 @@ _MESSAGE_TYPE: Final = "manager_message"
 _KEY_LABEL: Final = b"shoal-manager"
 
 _P = TypeVar("_P", bound="BaseProxy")
+_T = TypeVar("_T")
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
+# An array.array's items, by typecode: integers, floats or one-character strings.
+_ArrayItem = TypeVar("_ArrayItem", int, float, str)
+_IntTypeCode: TypeAlias = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
+_FloatTypeCode: TypeAlias = Literal["f", "d"]
+
+# What makes a proxy from a token: a BaseProxy subclass, or AutoProxy.
+_ProxyType: TypeAlias = "Callable[..., BaseProxy]"
+# A registry entry, the stdlib's layout: (callable, exposed, method_to_typeid, proxytype).
+_Registration: TypeAlias = (
+    "tuple[Callable[..., object] | None, tuple[str, ...] | None, dict[str, str] | None, _ProxyType]"
+)
+# The server's copy: no proxy types (they may not even import there).
+_ServerRegistration: TypeAlias = (
+    "tuple[Callable[..., object] | None, tuple[str, ...] | None, dict[str, str] | None, None]"
+)
 
 
 class ManagerLost(ConnectionError):
@@ -155,15 +187,22 @@ class ManagerLost(ConnectionError):
 # -- the connection: shoal's serializer over multiprocessing.connection --------------------
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
+
     _ConnectionBase = connection.Connection[Any, Any]
-    _StdDictProxy = managers.DictProxy[Any, Any]
-    _StdListProxy = managers.ListProxy[Any]
-    _StdValueProxy = managers.ValueProxy[Any]
-else:  # not subscriptable at run time before Python 3.13
+else:  # generic only in typeshed's stubs
     _ConnectionBase = connection.Connection
+
+if TYPE_CHECKING or sys.version_info >= (3, 13):
     _StdDictProxy = managers.DictProxy
     _StdListProxy = managers.ListProxy
-    _StdValueProxy = managers.ValueProxy
+else:  # not subscriptable at run time before Python 3.13: made so the stdlib's way
+
+    class _StdDictProxy(managers.DictProxy):
+        __class_getitem__ = classmethod(types.GenericAlias)
+
+    class _StdListProxy(managers.ListProxy):
+        __class_getitem__ = classmethod(types.GenericAlias)
 
 
 class _Connection(_ConnectionBase):
@@ -380,10 +419,10 @@ def _error_of(kind: str, result: Any) -> BaseException:
     return ValueError(f"unrecognized reply from the manager: {kind!r}")
 
 
-def _reachable_types(registry: Mapping[str, tuple[Any, ...]], typeid: str) -> dict[str, Any]:
+def _reachable_types(registry: Mapping[str, _Registration], typeid: str) -> dict[str, _ProxyType]:
     """The proxy types that methods of ``typeid`` may return, through ``method_to_typeid``,
     transitively: what a proxy carries to rebuild returned proxies without its manager."""
-    found: dict[str, Any] = {}
+    found: dict[str, _ProxyType] = {}
     todo = [typeid]
     while todo:
         entry = registry.get(todo.pop())
@@ -438,7 +477,7 @@ class BaseProxy(managers.BaseProxy):
         exposed: Iterable[str] | None = None,
         incref: bool = True,
         manager_owned: bool = False,
-        proxytypes: Mapping[str, Any] | None = None,
+        proxytypes: Mapping[str, Callable[..., BaseProxy]] | None = None,
     ) -> None:
         client = _connection_types(serializer)[1]
         # The stdlib looks the serializer up in its own table: give it one it knows.
@@ -459,7 +498,7 @@ class BaseProxy(managers.BaseProxy):
             f" ended): cannot {what} this {self._token.typeid!r} proxy"
         )
 
-    def _returned_types(self) -> dict[str, Any]:
+    def _returned_types(self) -> dict[str, _ProxyType]:
         """Proxy types by typeid for the proxies this one's methods return."""
         if self._proxytypes is None:
             registry = type(self._manager)._registry if self._manager is not None else {}
@@ -546,8 +585,8 @@ _auto_types: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] = {}
 _auto_types_lock = threading.Lock()
 
 
-def _forward(name: str) -> Callable[..., Any]:
-    def method(self: BaseProxy, /, *args: Any, **kwds: Any) -> Any:
+def _forward(name: str) -> Callable[..., object]:
+    def method(self: BaseProxy, /, *args: object, **kwds: object) -> object:
         return self._callmethod(name, args, kwds)
 
     method.__name__ = method.__qualname__ = name
@@ -574,7 +613,7 @@ def AutoProxy(  # noqa: PLR0917 - the stdlib's signature
     exposed: Iterable[str] | None = None,
     incref: bool = True,
     manager_owned: bool = False,
-    proxytypes: Mapping[str, Any] | None = None,
+    proxytypes: Mapping[str, Callable[..., BaseProxy]] | None = None,
 ) -> BaseProxy:
     """A proxy forwarding every method the referent exposes: the default ``proxytype``.
 
@@ -618,16 +657,16 @@ class QueueProxy(BaseProxy):
         "task_done",
     )
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
         self._callmethod("put", (item, block, timeout))
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
         return self._callmethod("get", (block, timeout))
 
-    def put_nowait(self, item: Any) -> None:
+    def put_nowait(self, item: object) -> None:
         self._callmethod("put_nowait", (item,))
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> object:
         return self._callmethod("get_nowait")
 
     def qsize(self) -> int:
@@ -679,8 +718,9 @@ class ConditionProxy(AcquirerProxy):
     def notify_all(self) -> None:
         self._callmethod("notify_all")
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Wait until ``predicate()`` is true (evaluated here, with the lock held)."""
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
+        """Wait until ``predicate()`` is true (evaluated here, with the lock held); return
+        its last result (false when ``timeout`` passed first)."""
         result = predicate()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not result:
@@ -742,12 +782,12 @@ class NamespaceProxy(BaseProxy):
 
     _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
 
-    def __getattr__(self, key: str) -> Any:
+    def __getattr__(self, key: str) -> object:
         if key[0] == "_":
             return object.__getattribute__(self, key)
         return object.__getattribute__(self, "_callmethod")("__getattribute__", (key,))
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def __setattr__(self, key: str, value: object) -> None:
         if key[0] == "_":
             object.__setattr__(self, key, value)
             return
@@ -760,18 +800,30 @@ class NamespaceProxy(BaseProxy):
         object.__getattribute__(self, "_callmethod")("__delattr__", (key,))
 
 
-class ArrayProxy(BaseProxy):
-    """An ``array.array`` held by a manager."""
+class ArrayProxy(BaseProxy, Generic[_ArrayItem]):
+    """An ``array.array`` held by a manager: ``int``, ``float`` or ``str`` items, by its
+    typecode. An index reads an item, a slice a copy (an ``array.array``)."""
 
     _exposed_ = ("__len__", "__getitem__", "__setitem__")
 
     def __len__(self) -> int:
         return cast(int, self._callmethod("__len__"))
 
-    def __getitem__(self, index: int | slice) -> Any:
-        return self._callmethod("__getitem__", (index,))
+    @overload
+    def __getitem__(self, index: int) -> _ArrayItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> array.array[_ArrayItem]: ...
+    def __getitem__(self, index: int | slice) -> _ArrayItem | array.array[_ArrayItem]:
+        # What the server's array returned, unpickled here: an item, or an array for a slice.
+        return cast(
+            "_ArrayItem | array.array[_ArrayItem]", self._callmethod("__getitem__", (index,))
+        )
 
-    def __setitem__(self, index: int | slice, value: Any) -> None:
+    @overload
+    def __setitem__(self, index: int, value: _ArrayItem) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: array.array[_ArrayItem]) -> None: ...
+    def __setitem__(self, index: int | slice, value: _ArrayItem | array.array[_ArrayItem]) -> None:
         self._callmethod("__setitem__", (index, value))
 
 
@@ -780,16 +832,17 @@ class IteratorProxy(BaseProxy):
 
     _exposed_ = ("__next__", "send", "throw", "close")
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[object]:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> object:
         return self._callmethod("__next__")
 
-    def send(self, value: Any) -> Any:
+    def send(self, value: object) -> object:
         return self._callmethod("send", (value,))
 
-    def throw(self, *args: Any) -> Any:
+    def throw(self, *args: object) -> object:
+        """The referent's ``throw(type[, value[, traceback]])``; its next item."""
         return self._callmethod("throw", args)
 
     def close(self) -> None:
@@ -797,15 +850,15 @@ class IteratorProxy(BaseProxy):
 
 
 # The stdlib's method tables (they grow with Python versions), on this module's base.
-class ValueProxy(BaseProxy, _StdValueProxy):
+class ValueProxy(BaseProxy, managers.ValueProxy[_T]):
     """A ``Value`` held by a manager: ``get()``, ``set(v)`` and the ``value`` attribute."""
 
 
-class ListProxy(BaseProxy, _StdListProxy):
+class ListProxy(BaseProxy, _StdListProxy[_T]):
     """A list held by a manager."""
 
 
-class DictProxy(BaseProxy, _StdDictProxy):
+class DictProxy(BaseProxy, _StdDictProxy[_KT, _VT]):
     """A dict held by a manager; iterating it returns an :class:`IteratorProxy`."""
 
 
@@ -1053,7 +1106,7 @@ class BaseManager(managers.BaseManager):
     .. versionadded:: 0.1
     """
 
-    _registry: ClassVar[dict[str, tuple[Any, Any, Any, Any]]] = {}
+    _registry: ClassVar[dict[str, _Registration]] = {}
     _Server: ClassVar[type[Server]] = Server
     # Set by the stdlib's __init__, which typeshed does not describe.
     _address: Any
@@ -1107,7 +1160,7 @@ class BaseManager(managers.BaseManager):
         if self._state.value == _SHUTDOWN:
             raise ProcessError("the manager was shut down: a manager starts only once")
 
-    def _server_registry(self) -> dict[str, tuple[Any, Any, Any, Any]]:
+    def _server_registry(self) -> dict[str, _ServerRegistration]:
         # The server needs no proxy types: they stay here (they may not even import there).
         return {t: (c, e, m, None) for t, (c, e, m, _) in self._registry.items()}
 
@@ -1136,7 +1189,7 @@ class BaseManager(managers.BaseManager):
         self._state.value = _STARTED
 
     def start(
-        self, initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = ()
+        self, initializer: Callable[..., object] | None = None, initargs: Iterable[object] = ()
     ) -> None:
         """Start the server process; return once it listens.
 
@@ -1206,7 +1259,9 @@ class BaseManager(managers.BaseManager):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout)
 
-    def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[managers.Token, Any]:
+    def _create(
+        self, typeid: str, /, *args: object, **kwds: object
+    ) -> tuple[managers.Token, tuple[str, ...]]:
         """Create a ``typeid`` object in the server: its token and exposed method names."""
         self._check_state(f"create a {typeid!r}")
         try:
@@ -1222,7 +1277,7 @@ class BaseManager(managers.BaseManager):
             conn.close()
         return managers.Token(typeid, self._address, ident), exposed
 
-    def _make(self, typeid: str, /, *args: Any, **kwds: Any) -> Any:
+    def _make(self, typeid: str, /, *args: object, **kwds: object) -> BaseProxy:
         """Create a ``typeid`` object and return its proxy (what ``register`` methods do)."""
         token, exposed = self._create(typeid, *args, **kwds)
         proxytype = self._registry[typeid][3]
@@ -1241,7 +1296,7 @@ class BaseManager(managers.BaseManager):
         cls,
         typeid: str,
         callable: Callable[..., object] | None = None,
-        proxytype: Any = None,
+        proxytype: Callable[..., BaseProxy] | None = None,
         exposed: Sequence[str] | None = None,
         method_to_typeid: Mapping[str, str] | None = None,
         create_method: bool = True,
@@ -1306,7 +1361,7 @@ class BaseManager(managers.BaseManager):
         )
         if create_method:
 
-            def create(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
+            def create(self: BaseManager, /, *args: object, **kwds: object) -> BaseProxy:
                 return self._make(typeid, *args, **kwds)
 
             create.__name__ = create.__qualname__ = typeid
@@ -1333,9 +1388,9 @@ class SyncManager(BaseManager):
     .. versionadded:: 0.1
     """
 
-    _registry: ClassVar[dict[str, tuple[Any, Any, Any, Any]]] = {}
+    _registry: ClassVar[dict[str, _Registration]] = {}
 
-    def _made(self, kind: type[_P], typeid: str, /, *args: Any, **kwds: Any) -> _P:
+    def _made(self, kind: type[_P], typeid: str, /, *args: object, **kwds: object) -> _P:
         return cast(_P, self._make(typeid, *args, **kwds))
 
     def Queue(self, maxsize: int = 0) -> QueueProxy:
@@ -1376,25 +1431,64 @@ class SyncManager(BaseManager):
         """A ``threading.Barrier`` for ``parties`` waiters (``action`` runs in the server)."""
         return self._made(BarrierProxy, "Barrier", parties, action, timeout)
 
-    def Namespace(self, **kwds: Any) -> NamespaceProxy:
+    def Namespace(self, **kwds: object) -> NamespaceProxy:
         """An object whose public attributes are shared."""
         return self._made(NamespaceProxy, "Namespace", **kwds)
 
-    def Value(self, typecode: Any, value: Any, lock: bool = True) -> ValueProxy:
-        """A shared value: ``.value``, ``get()``, ``set(v)`` (``typecode`` is not enforced)."""
-        return self._made(ValueProxy, "Value", typecode, value, lock)
+    def Value(self, typecode: str | type[object], value: _T, lock: bool = True) -> ValueProxy[_T]:
+        """A shared value: ``.value``, ``get()``, ``set(v)`` (``typecode``, e.g. ``"i"`` or
+        ``ctypes.c_int``, is not enforced)."""
+        return cast("ValueProxy[_T]", self._make("Value", typecode, value, lock))
 
-    def Array(self, typecode: str, sequence: Iterable[Any], lock: bool = True) -> ArrayProxy:
+    # The overloads of typeshed's array.array(): the typecode says what the items are.
+    @overload
+    def Array(
+        self, typecode: _IntTypeCode, sequence: Iterable[int], lock: bool = True
+    ) -> ArrayProxy[int]: ...
+    @overload
+    def Array(
+        self, typecode: _FloatTypeCode, sequence: Iterable[float], lock: bool = True
+    ) -> ArrayProxy[float]: ...
+    @overload
+    def Array(
+        self, typecode: Literal["u"], sequence: Iterable[str], lock: bool = True
+    ) -> ArrayProxy[str]: ...
+    @overload
+    def Array(
+        self, typecode: str, sequence: Iterable[_ArrayItem], lock: bool = True
+    ) -> ArrayProxy[_ArrayItem]: ...
+    def Array(
+        self, typecode: str, sequence: Iterable[_ArrayItem], lock: bool = True
+    ) -> ArrayProxy[_ArrayItem]:
         """An ``array.array(typecode, sequence)``."""
-        return self._made(ArrayProxy, "Array", typecode, sequence, lock)
+        return cast("ArrayProxy[_ArrayItem]", self._make("Array", typecode, sequence, lock))
 
-    def list(self, sequence: Iterable[Any] = (), /) -> ListProxy:
+    def list(self, sequence: Iterable[_T] = (), /) -> ListProxy[_T]:
         """A list."""
-        return self._made(ListProxy, "list", sequence)
+        return cast("ListProxy[_T]", self._make("list", sequence))
 
-    def dict(self, *args: Any, **kwds: Any) -> DictProxy:
+    # The overloads of typeshed's dict(), as its SyncManager.dict has them.
+    @overload
+    def dict(self, /) -> DictProxy[_KT, _VT]: ...
+    @overload
+    def dict(self, /, **kwds: _VT) -> DictProxy[str, _VT]: ...
+    @overload
+    def dict(self, map: SupportsKeysAndGetItem[_KT, _VT], /) -> DictProxy[_KT, _VT]: ...
+    @overload
+    def dict(
+        self, map: SupportsKeysAndGetItem[str, _VT], /, **kwds: _VT
+    ) -> DictProxy[str, _VT]: ...
+    @overload
+    def dict(self, iterable: Iterable[tuple[_KT, _VT]], /) -> DictProxy[_KT, _VT]: ...
+    @overload
+    def dict(self, iterable: Iterable[tuple[str, _VT]], /, **kwds: _VT) -> DictProxy[str, _VT]: ...
+    @overload
+    def dict(self, iterable: Iterable[builtins.list[str]], /) -> DictProxy[str, str]: ...
+    @overload
+    def dict(self, iterable: Iterable[builtins.list[bytes]], /) -> DictProxy[bytes, bytes]: ...
+    def dict(self, /, *args: object, **kwds: object) -> DictProxy[_KT, _VT]:
         """A dict (the arguments of ``dict()``)."""
-        return self._made(DictProxy, "dict", *args, **kwds)
+        return cast("DictProxy[_KT, _VT]", self._make("dict", *args, **kwds))
 
 
 for _typeid, _callable, _proxytype in (
