@@ -81,6 +81,8 @@ _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
 _PEER = b"p"  # the identity prefix of this engine's DEALERs to other engines
 _current: EngineProcess | None = None
+# What a log record sent to the hub says after the topic's engine id and level.
+_RECORD_FORMAT = logging.Formatter("%(name)s: %(message)s")
 
 
 def current_engine() -> EngineProcess | None:
@@ -94,7 +96,7 @@ class EngineProcess:
     Parameters
     ----------
     info : ConnectionInfo
-        ``urls`` must hold ``shell``, ``control`` and ``heartbeat``.
+        ``urls`` must hold ``shell``, ``control`` and ``heartbeat``, and may hold ``log``.
     identity : bytes, optional
         The zmq identity of every socket, so the peer's ROUTERs can address the engine.
         A fresh unique one if omitted.
@@ -105,7 +107,12 @@ class EngineProcess:
     parent_pid : int, optional
         Exit when this process is no longer the engine's parent.
     log_url : str, optional
-        Publish log records there with :func:`shoal.util.connect_engine_logger`.
+        Publish log records there with :func:`shoal.util.connect_engine_logger` (from
+        the moment the engine starts: before it registers, with topics ``engine.<LEVEL>``).
+        By default, ``info.urls["log"]`` when there is one (a hub's log socket); ``""``
+        publishes nothing.
+    log_level : str or int
+        The level of the root logger, and of the records published.
     direct : bool
         Also bind a ROUTER on loopback for clients to send requests to directly; its url
         goes to the hub at registration.
@@ -133,7 +140,7 @@ class EngineProcess:
         self.register = register
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
-        self.log_url = log_url
+        self.log_url = info.urls.get("log") if log_url is None else log_url
         self.log_level = log_level
         self.hub_timeout: float | None = None  # set by registration
         self.started = time.time()
@@ -229,10 +236,14 @@ class EngineProcess:
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
         # The control socket is the I/O thread's: a codec of its own (no shared state).
         self._sessions[control] = Session(control, Codec(self.info.key, serializer=self.serializer))
+        if self.log_url:
+            # Before registering: the connection is up by the time user code logs (a PUB
+            # drops what it sends before that), and a refusal reaches the hub's log too.
+            handler = connect_engine_logger(self.context, self.log_url, self, self.log_level)
+            if handler.formatter is None:
+                handler.setFormatter(_RECORD_FORMAT)
         if self.register and not self._register(control):
             return 2
-        if self.log_url:
-            connect_engine_logger(self.context, self.log_url, self, self.log_level)
         # Say hello on every channel: the peer's ROUTERs can address this engine on a
         # channel only once they have heard from it there.
         hello = {"pid": os.getpid(), "engine_id": self.engine_id}
@@ -795,7 +806,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parent-pid", type=int, default=None, help="exit when this parent process is gone"
     )
     parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument("--log-url", default=None, help="publish logs to this zmq url")
+    parser.add_argument(
+        "--log-url",
+        default=None,
+        help="publish logs to this zmq url (default: the connection file's 'log' url)",
+    )
     parser.add_argument(
         "--direct", action="store_true", help="also take requests from clients directly"
     )

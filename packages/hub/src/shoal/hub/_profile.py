@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CLIENT_FILE", "ENGINE_FILE", "profile_dir", "shoal_dir"]
+__all__ = ["CLIENT_FILE", "ENGINES_LOG", "ENGINE_FILE", "profile_dir", "shoal_dir"]
 
 CLIENT_FILE = "hub-client.json"
 ENGINE_FILE = "hub-engine.json"
+#: The engines' log records, as the hub received them (``shoal logs`` prints it).
+ENGINES_LOG = "engines.log"
 
 
 def shoal_dir() -> str:

@@ -6,6 +6,7 @@
     shoal cluster stop [--profile P]
     shoal cluster list
     shoal status [--profile P]
+    shoal logs [--profile P] [-n LINES] [-f] [--hub]
     shoal hub ...                  # the hub process itself (python -m shoal.hub)
 
 Exit status: 0 on success, 1 when the work failed (no cluster there, the hub did not
@@ -21,14 +22,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.wire import this_host
 
 from .._client.client import Client
-from .._profile import CLIENT_FILE, profile_dir, shoal_dir
+from .._profile import CLIENT_FILE, ENGINES_LOG, profile_dir, shoal_dir
 from .cluster import (
+    LOG_FILE,
     Cluster,
     kill_hub,
     log_tail,
@@ -292,6 +294,90 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
         _say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+# -- shoal logs -----------------------------------------------------------------------------
+_FOLLOW_POLL_S = 0.2
+
+
+def _logs(args: argparse.Namespace) -> int:
+    name, folder, option = _folder(args)
+    path = os.path.join(folder, LOG_FILE if args.hub else ENGINES_LOG)
+    if not os.path.exists(path):
+        what = "hub's log" if args.hub else "engines' log"
+        raise CommandError(
+            f"no {what} on profile {name} (no {path}): no cluster has run there"
+            f" since shoal wrote one; start one with `shoal cluster start {option}`"
+        )
+    from .._server.hub import escape_unsafe  # noqa: PLC0415 - only this command needs it
+
+    try:
+        lines, end = _last_lines(path, args.lines)
+        if not args.hub and len(lines) < args.lines:  # the rest before the last rotation
+            lines = _last_lines(path + ".1", args.lines - len(lines))[0] + lines
+        for line in lines:
+            _say(escape_unsafe(line.decode("utf-8", "replace")))
+        if args.follow:
+            _follow(path, end, escape_unsafe)  # from where the lines shown end: none missed
+    except KeyboardInterrupt:  # how one stops --follow
+        return 0
+    except BrokenPipeError:  # `shoal logs | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        os.close(devnull)
+    return 0
+
+
+def _last_lines(path: str, n: int) -> tuple[list[bytes], int]:
+    """The last ``n`` whole lines of a file, read from its end, and the offset where
+    they end (([], 0) when there is no file)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after a seek loop
+    except FileNotFoundError:
+        return [], 0
+    with f:
+        at = size = f.seek(0, os.SEEK_END)
+        data = b""
+        while at > 0 and data.count(b"\n") <= n:
+            step = min(at, 65536)
+            at -= step
+            f.seek(at)
+            data = f.read(step) + data
+    end = size - len(data) + data.rfind(b"\n") + 1  # a line still being written: later
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    if at > 0:
+        lines = lines[1:]  # the first may be the tail of a line before the block
+    return (lines[-n:] if n > 0 else []), end
+
+
+def _follow(path: str, offset: int, escape: Callable[[str], str]) -> None:
+    """Print the lines appended to ``path`` from ``offset`` on, until interrupted (a
+    rotated or truncated file is read again from its start)."""
+    f = open(path, "rb")  # noqa: SIM115 - replaced when the file is rotated
+    try:
+        f.seek(offset)
+        partial = b""
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    _say(escape(line.decode("utf-8", "replace")))
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (
+                st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell()
+            ):
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                partial = b""
+                continue
+            time.sleep(_FOLLOW_POLL_S)
+    finally:
+        f.close()
+
+
 # -- parser ---------------------------------------------------------------------------------
 def _add_profile(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
@@ -341,6 +427,27 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     status.set_defaults(run=_status)
 
+    logs = commands.add_parser(
+        "logs",
+        help="the engines' log records (or the hub's log, with --hub)",
+        description=(
+            f"Print the last lines of the engines' log: the records the engines' loggers"
+            f" sent the hub, which writes them to {ENGINES_LOG} in the profile folder"
+            f" (the level: `shoal cluster start --log-level`). The hub's own log is"
+            f" {LOG_FILE} in the same folder when `shoal cluster start` or Cluster"
+            f" started it (it holds the hub's and the engines' stderr); --hub prints it."
+        ),
+    )
+    _add_profile(logs)
+    logs.add_argument(
+        "-n", "--lines", type=int, default=20, help="how many last lines (default: %(default)s)"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then print new lines as they come (Ctrl-C)"
+    )
+    logs.add_argument("--hub", action="store_true", help=f"the hub's log ({LOG_FILE}) instead")
+    logs.set_defaults(run=_logs)
+
     commands.add_parser(
         "hub", help="run the hub process itself (see `shoal hub --help`)", add_help=False
     )
@@ -368,10 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as exc:
         return _exit_code(exc)
-    if getattr(args, "n", None) is not None and args.n < 0:
-        parser.print_usage(sys.stderr)
-        print(f"shoal: error: -n must be at least 0, got {args.n}", file=sys.stderr)
-        return 2
+    for option in ("n", "lines"):
+        if getattr(args, option, None) is not None and getattr(args, option) < 0:
+            parser.print_usage(sys.stderr)
+            print(
+                f"shoal: error: -n must be at least 0, got {getattr(args, option)}", file=sys.stderr
+            )
+            return 2
     try:
         return int(args.run(args))
     except CommandError as exc:

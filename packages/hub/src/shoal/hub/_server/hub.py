@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Three threads, all sockets bound on loopback by default (another address needs Curve, or
+Four threads, all sockets bound on loopback by default (another address needs Curve, or
 ``insecure=True``: :func:`shoal.wire.bind`, the rule the command line uses too):
 
 * The **routing thread** (``serve``), one ``zmq.Poller`` over ``client`` (ROUTER: every
@@ -20,6 +20,12 @@ Three threads, all sockets bound on loopback by default (another address needs C
 * The **beat echo**: clients ping ``beat`` (a ROUTER), echoed by ``zmq.proxy`` in C
   without the GIL, so a client never thinks a busy hub is gone; a copy of each ping
   (its identity only) tells the routing thread which clients' leases go on.
+* The **log thread** reads ``log`` (a SUB): the records engines publish with
+  :func:`shoal.util.connect_engine_logger` (``[topic, text]``, unsigned), and appends
+  them to ``engines.log`` in the hub's folder (``shoal logs`` prints it). Nothing in a
+  record is acted on: it is written as text only, cut to :data:`LOG_RECORD_BYTES`, its
+  control characters escaped and its further lines indented, so that every line that
+  starts at column 0 is one the hub began. Malformed messages are counted and dropped.
 
 A client message is ``[route, head, *buffers]``; ``route`` says where it goes:
 ``e<id>`` (an engine's shell), ``c<id>`` (its control), ``lb`` (the load-balanced
@@ -46,6 +52,7 @@ import array
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,11 +60,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import zmq
 
 from shoal.engine import HUB_REQUESTS, PING, PONG, MsgType, reply_type
+from shoal.util import log_errors, set_hwm
 from shoal.wire import (
     DELIMITER,
     Codec,
@@ -73,7 +81,7 @@ from shoal.wire import (
     write_connection_file,
 )
 
-from .._profile import CLIENT_FILE, ENGINE_FILE, profile_dir
+from .._profile import CLIENT_FILE, ENGINE_FILE, ENGINES_LOG, profile_dir
 from .._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
 from .scheduler import (
     Aborted,
@@ -89,6 +97,15 @@ from .store import HistoryStore
 __all__ = ["Hub", "main"]
 
 log = logging.getLogger("shoal.hub")
+
+#: The most of a record's text written to ``engines.log`` (its head and tail are kept).
+LOG_RECORD_BYTES = 16 * 1024
+#: A larger frame on the log socket makes zmq drop its sender's connection unread.
+LOG_FRAME_BYTES = 1024 * 1024
+#: Records queued on the log socket before zmq drops more (memory stays bounded).
+LOG_HWM = 10_000
+#: ``engines.log`` is moved to ``engines.log.1`` (replacing it) when it grows past this.
+LOG_FILE_BYTES = 16 * 1024 * 1024
 
 
 def _is_head(frame: Any) -> bool:
@@ -245,13 +262,183 @@ def _beat_echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any], control: zmq.Soc
             s.close(linger=0)
 
 
+# A topic is ``<root>.<LEVEL>`` (shoal.util.PUBLogHandler); engines' roots are
+# ``engine`` (before they register) and ``engine.<id>``. Levels may be custom names.
+_TOPIC = re.compile(
+    rb"(?:([A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,3})\.)?([A-Za-z][A-Za-z0-9_ -]{0,31})"
+)
+_ENGINE_ROOT = re.compile(r"engine(?:\.([0-9]{1,9}))?")
+# What must not reach a terminal or a log reader raw: C0 controls but tab and newline,
+# DEL, C1 controls, line and paragraph separators, bidirectional marks and overrides.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def escape_unsafe(text: str) -> str:
+    """``text`` with each unsafe character shown as its escape (``\\x1b``, ``\\u202e``)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _record_text(body: bytes) -> list[str]:
+    """A record's text as lines to write: at most :data:`LOG_RECORD_BYTES` of it (head
+    and tail, the middle cut and said so), decoded leniently, unsafe characters escaped."""
+    if len(body) > LOG_RECORD_BYTES:
+        half = LOG_RECORD_BYTES // 2
+        cut = len(body) - 2 * half
+        text = (
+            body[:half].decode("utf-8", "replace")
+            + f" [... {cut} bytes cut ...] "
+            + body[-half:].decode("utf-8", "replace")
+        )
+    else:
+        text = body.decode("utf-8", "replace")
+    return escape_unsafe(text).rstrip("\n").split("\n")
+
+
+def _timestamp(when: float) -> str:
+    """``2024-05-01 12:00:00.123``, local time (as :func:`shoal.util.local_logger`)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when % 1 * 1000):03d}"
+
+
+class _LogSink(threading.Thread):
+    """Appends the records published to the hub's ``log`` socket to ``path``.
+
+    A line reads ``<time> <source> <LEVEL> <text>``: the source is ``engine <id> (pid
+    <pid>)`` with the pid from the hub's own table (``engine ?`` before the engine
+    registered), or the topic's root for other publishers
+    (:func:`shoal.util.connect_logger`). A record's further lines (a traceback) follow,
+    indented by four spaces. Records are unsigned: the topic is only a claim, and the
+    text is never acted on.
+
+    The routing thread never waits for this one: it owns the socket and the file, and
+    reads :meth:`statistics` only.
+    """
+
+    def __init__(
+        self, sock: zmq.Socket[Any], path: str, pid_of: Callable[[int], int | None]
+    ) -> None:
+        super().__init__(name="shoal-hub-logs", daemon=True)
+        self.sock = sock
+        self.path = path
+        self.pid_of = pid_of
+        self.received = 0
+        self.dropped: dict[str, int] = {}
+        self._pids: dict[int, int] = {}  # engines seen, kept past their end (bounded)
+        self._halt = threading.Event()
+        self._warned = 0.0
+        self._file = self._open()
+
+    def _open(self) -> BinaryIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "ab")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"sent": 0, "received": self.received, "dropped": dict(self.dropped)}
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                if self.sock.poll(100):
+                    self._drain()
+            self._drain()  # what reached the socket before the stop
+        finally:
+            self.sock.close(linger=0)
+            self._file.close()
+
+    def _drain(self) -> None:
+        """Read a burst of records, write them, flush (``shoal logs -f`` sees them)."""
+        lines: list[str] = []
+        for _ in range(256):
+            try:
+                frames, count = self._recv()
+            except zmq.Again:
+                break
+            self.received += 1
+            line = self._line(frames, count)
+            if line:
+                lines.append(line)
+        if lines:
+            self._write("".join(lines))
+
+    def _recv(self) -> tuple[list[bytes], int]:
+        """One message: its first two frames and how many it had (the rest are read and
+        dropped, kept nowhere)."""
+        frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+        kept = [frame.bytes]
+        count = 1
+        while frame.more:
+            frame = self.sock.recv(copy=False)
+            count += 1
+            if count <= 2:
+                kept.append(frame.bytes)
+        return kept, count
+
+    @log_errors(logger=log)
+    def _line(self, frames: list[bytes], count: int) -> str:
+        """The text written for one message ('' when it is dropped)."""
+        if count != 2:
+            return self._drop(f"{count} frames, not [topic, text]")
+        topic, body = frames
+        match = _TOPIC.fullmatch(topic)
+        if match is None:
+            return self._drop("a malformed topic")
+        root = (match.group(1) or b"").decode("ascii")
+        level = match.group(2).decode("ascii")
+        first, *more = _record_text(body)
+        head = f"{_timestamp(time.time())} {self._source(root)} {level} {first}\n"
+        return head + "".join(f"    {line}\n" for line in more)
+
+    def _source(self, root: str) -> str:
+        engine = _ENGINE_ROOT.fullmatch(root)
+        if engine is None:
+            return root or "-"
+        if engine.group(1) is None:
+            return "engine ?"
+        engine_id = int(engine.group(1))
+        pid = self._pids.get(engine_id)
+        if pid is None and (pid := self.pid_of(engine_id)) is not None:
+            if len(self._pids) >= 4096:
+                del self._pids[next(iter(self._pids))]
+            self._pids[engine_id] = pid
+        where = "not an engine of this hub" if pid is None else f"pid {pid}"
+        return f"engine {engine_id} ({where})"
+
+    def _drop(self, why: str) -> str:
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+        now = time.monotonic()
+        if now - self._warned > 1.0:  # at most once a second: a flood must not flood
+            self._warned = now
+            total = sum(self.dropped.values())
+            log.warning("dropped a message on the log socket: %s (%d dropped so far)", why, total)
+        return ""
+
+    def _write(self, text: str) -> None:
+        try:
+            if self._file.closed:  # a rotation that failed: try again
+                self._file = self._open()
+            self._file.write(text.encode("utf-8"))
+            self._file.flush()
+            if self._file.tell() >= LOG_FILE_BYTES:
+                self._file.close()
+                os.replace(self.path, self.path + ".1")
+                self._file = self._open()
+        except OSError as exc:  # a full disk, a removed folder: the hub goes on
+            self._drop(f"{self.path} could not be written ({exc.strerror})")
+
+
 class Hub:
     """The hub: registration, routing, load balancing, liveness and task history.
 
     Parameters
     ----------
     folder : str
-        Where the connection files go (``hub-client.json``, ``hub-engine.json``, 0600).
+        Where the connection files go (``hub-client.json``, ``hub-engine.json``, 0600),
+        and the engines' log records (``engines.log``).
     ip : str
         Interface to bind; loopback by default. Any other address is refused unless
         ``insecure`` (:func:`shoal.wire.bind`: the same rule as ``shoal hub --ip``).
@@ -266,6 +453,10 @@ class Hub:
         How many finished tasks' metadata are remembered.
     parent_pid : int, optional
         Shut down when this process is no longer the hub's parent.
+    engine_log_level : str
+        The level of the engines this hub starts; their records reach ``engines.log``
+        through the hub's ``log`` socket, whose url ``hub-engine.json`` holds (engines
+        started by hand use it too).
     store : {"sqlite"}, optional
         Also keep the task history in ``<folder>/history.sqlite``, across hub restarts.
     client_timeout : float
@@ -321,6 +512,7 @@ class Hub:
             for name in ("client", "shell", "control")
         }
         self.heart = _Heart(self.sockets.pop("heartbeat"), period)
+        self.engines_log = os.path.join(folder, ENGINES_LOG)
         self.engines: dict[int, _Engine] = {}
         self.by_ident: dict[bytes, _Engine] = {}
         self.routes: dict[bytes, _Engine] = {}  # b"e<id>" -> a ready engine
@@ -335,18 +527,20 @@ class Hub:
         if store not in (None, "sqlite"):
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
+        self.log_sink = _LogSink(self.sockets.pop("log"), self.engines_log, self._pid_of)
         extra = {"pid": os.getpid(), "started": self.started}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
-        engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat")}
+        engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat", "log")}
         write_connection_file(self.engine_file, ConnectionInfo(engine_urls, self.key))
         client_urls = {"client": urls["client"], "beat": urls["beat"]}
         client_info = ConnectionInfo(client_urls, self.key, extra=extra)
         write_connection_file(self.client_file, client_info)
 
     def _bind(self, ip: str, insecure: bool) -> dict[str, str]:
-        """Bind the hub's ROUTERs on random ports of ``ip``, by :func:`shoal.wire.bind`'s
-        rule (a non-loopback address needs Curve, or ``insecure``); their urls."""
+        """Bind the hub's ROUTERs and its log SUB on random ports of ``ip``, by
+        :func:`shoal.wire.bind`'s rule (a non-loopback address needs Curve, or
+        ``insecure``); their urls."""
         urls: dict[str, str] = {}
         try:
             for name in ("client", "shell", "control", "heartbeat", "beat"):
@@ -356,12 +550,26 @@ class Hub:
                 sock.sndhwm = 0  # never block the hub on a slow reader, never drop
                 self.sockets[name] = sock
                 urls[name] = bind(sock, f"tcp://{ip}:*", insecure=insecure)
+            # Engines' log records: unsigned, so bounded before they are read at all.
+            sub = self.context.socket(zmq.SUB)
+            sub.linger = 0
+            sub.maxmsgsize = LOG_FRAME_BYTES
+            set_hwm(sub, LOG_HWM)
+            sub.subscribe(b"")
+            self.sockets["log"] = sub
+            urls["log"] = bind(sub, f"tcp://{ip}:*", insecure=insecure)
         except (InsecureBindError, zmq.ZMQError):
             for sock in self.sockets.values():
                 sock.close(linger=0)
             self.context.term()
             raise
         return urls
+
+    def _pid_of(self, engine_id: int) -> int | None:
+        """The pid engine ``engine_id`` registered with (None if it is not registered);
+        for the log thread (a dict lookup: atomic)."""
+        engine = self.engines.get(engine_id)
+        return None if engine is None else engine.pid
 
     # -- engines this hub starts --------------------------------------------------------
     def launch(self, n: int) -> list[int]:
@@ -393,6 +601,7 @@ class Hub:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         self.heart.start()
+        self.log_sink.start()
         echo, beats, steer = self._start_beat_echo()
         poller = zmq.Poller()
         handlers = {
@@ -437,6 +646,7 @@ class Hub:
             wake_w.close()
             self._shutdown_engines()
             self.heart.stop()
+            self.log_sink.stop()  # after the engines: their last words are written
             with contextlib.suppress(zmq.ZMQError):
                 steer.send(b"TERMINATE")
             echo.join(timeout=2)
@@ -499,12 +709,15 @@ class Hub:
                 self.clients[client] = now
 
     def statistics(self) -> dict[str, Any]:
-        """What each socket's session sent, received and dropped (by reason)."""
-        return {
+        """What each socket's session sent, received and dropped (by reason); ``log``:
+        the engines' log records (dropped: malformed)."""
+        stats = {
             name: {"sent": st.sent, "received": st.received, "dropped": dict(st.dropped)}
             for name, session in self.sessions.items()
             for st in (session.statistics(),)
         }
+        stats["log"] = self.log_sink.statistics()
+        return stats
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
@@ -1089,8 +1302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a task that was running on this many engines when each died fails for good",
     )
     parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument("--engine-log-level", default="WARNING")
+    parser.add_argument("--log-level", default="WARNING", help="of the hub's own log (stderr)")
+    parser.add_argument(
+        "--engine-log-level",
+        default="WARNING",
+        help=f"of the engines' logs (stderr, and {ENGINES_LOG} in the profile folder)",
+    )
     parser.add_argument(
         "--store", choices=["sqlite"], default=None, help="keep task history on disk"
     )
