@@ -2,43 +2,31 @@
 
 Theory of operation
 -------------------
-A client connects two DEALER sockets to the hub's client port (see ``_hub.py``):
-
-* ``s<token>`` sends requests. Any thread may send; a lock keeps one sender at a time,
-  and the sending thread encodes its own message, so a request costs no thread hand-off.
-  When the hub stops reading (its queues are full), the send waits: back-pressure,
-  never loss. A send also stops waiting when the hub is lost.
-* ``r<token>`` receives, in the client's I/O thread: replies, output streamed by the
-  engines, and the hub's notices (engines joining and leaving). Each reply resolves its
-  :class:`AsyncResult`.
-* ``b<token>`` pings the hub's beat socket every ``ping_period``, echoed there in C, so a
-  hub busy routing is never taken for a lost one; when the hub has been silent for
-  ``hub_timeout`` seconds (or says it shuts down) every outstanding result fails with
-  :class:`HubLost` and further requests raise it at once.
-
-Every socket sends and receives through a :class:`shoal.wire.Session`: a request is
-encoded by the calling thread, then stamped by the socket's link under the send lock,
-just before it goes out, so the receiver sees each link's messages in order.
+A client turns calls into requests and replies into results. Its
+:class:`~._client.transport.Transport` owns the sockets (to the hub, and straight to the
+engines of this host) and their reading; the client encodes each request in the calling
+thread, books an :class:`AsyncResult` for it (``_pending``, bounded by
+``max_outstanding``: back-pressure), hands the frames to the transport, and resolves the
+result when its reply arrives. It also keeps the registry of engines (from the hub's
+notices) and the book of reference count changes of remote objects
+(:class:`ReferenceBook`). When the hub is lost, every outstanding result fails with
+:class:`HubLost` and further requests raise it at once.
 """
 
 from __future__ import annotations
 
-import array
 import atexit
 import collections
 import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import zmq
-
-from shoal.engine import PING, PONG, EngineDiedError, MsgType, RemoteError
+from shoal.engine import EngineDiedError, MsgType, RemoteError
 from shoal.wire import (
     Codec,
     Message,
@@ -53,17 +41,15 @@ from shoal.wire import (
 )
 
 from .._profile import CLIENT_FILE, profile_dir
-from .._protocol import BEAT, HUB, LB, LB_BATCH, RECEIVER, SENDER, control_route, engine_route
+from .._protocol import HUB, LB, LB_BATCH, RECEIVER, control_route, engine_route
 from .asyncresult import AsyncResult
 from .errors import HubLost, error_from_reply
 from .references import ReferenceBook
+from .transport import Transport
 
 __all__ = ["Client", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
-_TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
-_BATCH = 256  # load-balanced tasks sent together at most
-_FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
 
 
@@ -126,27 +112,34 @@ class Client:
         use_shm = shared_memory_enabled() if shm is None else shm
         self._codec = Codec(info.key, shm=default_shared_memory() if use_shm else None)
         self._session = uuid.uuid4().hex
-        self._context: zmq.Context[Any] = zmq.Context()
         token = uuid.uuid4().hex[:16].encode()
-        self._connect(token, info.urls.get("beat"))
         self._token = token
         self._reply_to = (RECEIVER + token).decode()
         self.direct = direct
         self.host = this_host()
-        self._init_io_state()
-        self._send_lock = threading.Lock()
         self._pending: dict[str, AsyncResult] = {}
         self.max_outstanding = max_outstanding
         self._room = threading.Condition()  # signalled when replies make room
         self._engines: dict[int, dict[str, Any]] = {}
         self._engines_changed = threading.Condition()
-        self._lost: str | None = None
-        self._closed = False
-        self._heard = threading.Event()
-        self._last_heard = time.monotonic()
-        self._io = threading.Thread(target=self._io_loop, name="shoal-client-io", daemon=True)
-        self._io.start()
-        if not self._heard.wait(timeout):
+        self._sent_to: dict[str, int] = {}  # msg_id -> the engine it went to directly
+        # Reference count changes of remote objects: booked by proxies (also from
+        # __del__), sent in batches by the reader.
+        self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
+        self._transport = Transport(
+            url=self.url,
+            beat_url=info.urls.get("beat"),
+            codec=self._codec,
+            token=token,
+            ping_period=ping_period,
+            hub_timeout=hub_timeout,
+            on_message=self._on_message,
+            on_lost=self._hub_lost,
+            on_tick=self._tick,
+            outstanding=self._pending.__len__,
+        )
+        self._transport.start()
+        if not self._transport.heard.wait(timeout):
             self.close()
             raise TimeoutError(
                 f"no hub answered at {self.url} within {timeout} s (from {path}); is the"
@@ -157,58 +150,6 @@ class Client:
             for e in reply["engines"]:
                 self._engines[int(e["engine_id"])] = e
         _clients.append(weakref.ref(self))
-
-    def _connect(self, token: bytes, beat_url: str | None) -> None:
-        """The sockets to the hub: send, receive and (when the hub has one) beat."""
-        self._sender: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._sender.identity = SENDER + token
-        self._sender.linger = 0
-        self._receiver: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        self._receiver.identity = RECEIVER + token
-        self._receiver.linger = 0
-        self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
-        self._receiver.connect(self.url)
-        self._sender.connect(self.url)
-        self._beat: zmq.Socket[Any] | None = None
-        if beat_url is not None:
-            self._beat = self._context.socket(zmq.DEALER)
-            self._beat.identity = BEAT + token
-            self._beat.linger = 0
-            self._beat.connect(beat_url)
-        self._sessions: dict[zmq.Socket[Any], Session] = {
-            sock: Session(sock, self._codec) for sock in (self._sender, self._receiver)
-        }
-
-    def _init_io_state(self) -> None:
-        # Whoever holds `_reading` reads the sockets: the I/O thread, or a caller waiting
-        # for its result (`_wait`), which then needs no hand-off. `_waiters` callers want it.
-        self._reading = threading.Lock()
-        self._waiters = 0
-        self._waiters_changed = threading.Condition()
-        self._wake_lock = threading.Lock()
-        self._next_ping = 0.0
-        self._poller = zmq.Poller()  # the reader's: the hub and the engines' sockets
-        # close() wakes the I/O thread through this pipe rather than waiting out its poll.
-        address = f"inproc://shoal-client-wake-{self._token.decode()}"
-        self._wake_in: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
-        self._wake_in.bind(address)
-        self._wake_out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
-        self._wake_out.connect(address)
-        self._poller.register(self._receiver, zmq.POLLIN)
-        self._poller.register(self._wake_in, zmq.POLLIN)
-        if self._beat is not None:
-            self._poller.register(self._beat, zmq.POLLIN)
-        # Direct ways to engines on this host: route -> (engine id, sending socket), and
-        # receiving socket -> (engine id, sending socket); msg_id -> engine it went to.
-        self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
-        self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
-        self._sent_to: dict[str, int] = {}
-        # Small load-balanced tasks waiting to go together (see _coalesce).
-        self._outbox: list[Any] = []
-        self._outbox_since = 0.0
-        # Reference count changes of remote objects: booked by proxies (also from
-        # __del__), sent in batches by the reader.
-        self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
 
     # -- engines ------------------------------------------------------------------------
     @property
@@ -303,7 +244,7 @@ class Client:
         """What this client's own sockets sent, received and dropped (summed), by reason."""
         sent = received = 0
         dropped: collections.Counter[str] = collections.Counter()
-        for session in list(self._sessions.values()):
+        for session in self._transport.sessions():
             stats = session.statistics()
             sent += stats.sent
             received += stats.received
@@ -317,7 +258,7 @@ class Client:
 
     def abort(self, msg_ids: Sequence[str]) -> None:
         """Drop the given requests if they have not started (they fail with TaskAborted)."""
-        self._flush()
+        self._transport.flush()
         self._hub_request(MsgType.ABORT_REQUEST, {"msg_ids": list(msg_ids)})
 
     def add_engines(self, n: int = 1) -> list[int]:
@@ -349,7 +290,7 @@ class Client:
     ) -> AsyncResult:
         """Encode and send ``(route, msg_type, content, metadata)`` requests, answered into
         the AsyncResult that ``make_result(msg_ids)`` builds."""
-        self._check()
+        self._transport.check()
         if wait_for_room and len(self._pending) + len(requests) > self.max_outstanding:
             self._wait_for_room(len(requests))
         encoded: list[tuple[str, bytes, list[Any]]] = []
@@ -359,25 +300,18 @@ class Client:
             if route[:1] == b"e":  # an engine's direct socket answers where this names
                 meta["reply_to"] = self._reply_to
             msg = Message(header, None, meta, content)
-            # Stamped under the send lock, in the order the socket sends (_send_frames).
+            # Stamped by the transport under its send lock, in the order it sends.
             frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
             encoded.append((str(header.msg_id), route, frames))
         result = make_result([msg_id for msg_id, _, _ in encoded])
         for msg_id, _, _ in encoded:  # before sending: a reply can come at once
             self._pending[msg_id] = result
         sent = 0
-        direct = self._direct_senders
         try:
             for msg_id, route, frames in encoded:
-                way = direct.get(route) if direct else None
-                if route == LB and len(frames) == 1 and self._coalesce(frames[0]):
-                    pass  # queued in the outbox; the next flush sends it
-                elif way is None:
-                    self._flush()  # keep the order of what goes to the hub
-                    self._send_frames([route, *frames], self._sender)
-                else:  # straight to the engine, skipping the hub's relay
-                    self._sent_to[msg_id] = way[0]
-                    self._send_frames(frames, way[1], route)
+                engine = self._transport.send(route, frames)
+                if engine is not None:  # straight to the engine, skipping the hub's relay
+                    self._sent_to[msg_id] = engine
                 sent += 1
         except BaseException:
             for msg_id, _, _ in encoded[sent:]:
@@ -396,38 +330,6 @@ class Client:
             engines = list(self._engines.values())  # the I/O thread may add one meanwhile
             return all(e.get("hostname", self.host) == self.host for e in engines)
         return True
-
-    def _coalesce(self, head: Any) -> bool:
-        """Queue a small load-balanced task to go with others in one message (Nagle's
-        rule: only while earlier requests are unanswered, so a lone task leaves at once).
-        The reader flushes the outbox within ``_FLUSH_AFTER``; a full one goes now."""
-        with self._send_lock:
-            if not self._outbox and len(self._pending) <= 1:
-                return False
-            if not self._outbox:
-                self._outbox_since = time.monotonic()
-                wake = True
-            else:
-                wake = False
-            self._outbox.append(head)
-            full = len(self._outbox) >= _BATCH
-        if full:
-            self._flush()
-        elif wake:
-            with self._wake_lock:
-                self._wake_out.send(b"")  # the reader shortens its poll to flush in time
-        return True
-
-    def _flush(self) -> None:
-        """Send the outbox's tasks, in one message."""
-        if not self._outbox:
-            return
-        with self._send_lock:
-            heads, self._outbox = self._outbox, []
-        if not heads:
-            return
-        counts = array.array("I", [1] * len(heads)).tobytes()
-        self._send_frames([LB_BATCH, counts, *heads], self._sender, heads=len(heads))
 
     def direct_url(self, engine_id: int) -> str | None:
         """The address of engine ``engine_id``'s own socket (engines on one host reach each
@@ -484,49 +386,7 @@ class Client:
         with self._room:
             while len(self._pending) > limit:
                 self._room.wait(0.1)
-                self._check()
-
-    def _send_frames(
-        self,
-        frames: list[Any],
-        sock: zmq.Socket[Any],
-        direct_route: bytes | None = None,
-        *,
-        heads: int = 0,
-    ) -> None:
-        """Send ``frames`` on ``sock``: a message (after its route, for the hub), or with
-        ``heads`` a batch ``[lbs, counts, head, ...]``; stamped here, under the lock."""
-        big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[1:])
-        with self._send_lock:
-            self._check()
-            session = self._sessions[sock]
-            if heads:
-                for at in range(2, 2 + heads):
-                    session.stamp(frames, at)
-            else:
-                session.stamp(frames, 0 if direct_route is not None else 1)
-            if not big and _send_now(sock, frames):
-                return  # the common case: there was room in the queue, no poll needed
-            while not sock.poll(100, zmq.POLLOUT):  # the receiver's queue is full: wait
-                self._check()
-                if direct_route is not None and direct_route not in self._direct_senders:
-                    raise EngineDiedError(f"engine {direct_route[1:].decode()} is gone")
-            if not big:
-                sock.send_multipart(frames)
-                return
-            tracker = sock.send_multipart(frames, copy=False, track=True)
-            # The buffers must not change before zmq has read them (they are signed).
-            while tracker is not None and not tracker.done:
-                with contextlib.suppress(zmq.NotDone):
-                    tracker.wait(0.1)
-                if self._lost is not None:
-                    raise HubLost(self._lost)
-
-    def _check(self) -> None:
-        if self._lost is not None:
-            raise HubLost(self._lost)
-        if self._closed:
-            raise RuntimeError("this Client is closed; make a new one")
+                self._transport.check()
 
     def _request(
         self,
@@ -615,169 +475,42 @@ class Client:
             lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
         )
 
-    # -- receiving (I/O thread) ---------------------------------------------------------
-    def _io_loop(self) -> None:
-        while not self._closed and self._lost is None:
-            with self._waiters_changed:  # a caller reads for itself: keep out of its way
-                while self._waiters and not self._closed:
-                    self._waiters_changed.wait(self.ping_period)
-            if not self._reading.acquire(timeout=self.ping_period):
-                continue
-            try:
-                self._pump(self.ping_period)
-            finally:
-                self._reading.release()
+    # -- receiving (the transport's reader) ---------------------------------------------
+    @property
+    def _lost(self) -> str | None:
+        """Why the hub is lost; None while it is not."""
+        return self._transport.lost
+
+    @property
+    def _closed(self) -> bool:
+        return self._transport.closed
 
     def _wait(self, result: AsyncResult, timeout: float | None) -> None:
         """Read replies in this (calling) thread until ``result`` is done or ``timeout``
         passed: the reply reaches its waiter without a hand-off from the I/O thread."""
-        if result.done():
-            return
-        self._flush()  # what the caller waits for may still sit in the outbox
-        if threading.current_thread() is self._io:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._waiters_changed:
-            self._waiters += 1
-        try:
-            if not self._reading.acquire(blocking=False):
-                with self._wake_lock:
-                    self._wake_out.send(b"")  # the I/O thread leaves its poll and yields
-                while not self._reading.acquire(timeout=0.002):
-                    if result.done() or (deadline is not None and time.monotonic() > deadline):
-                        return
-            try:
-                while not result.done() and not self._closed and self._lost is None:
-                    left = self.ping_period
-                    if deadline is not None:
-                        left = min(left, deadline - time.monotonic())
-                        if left <= 0:
-                            return
-                    self._pump(left)
-            finally:
-                self._reading.release()
-        finally:
-            with self._waiters_changed:
-                self._waiters -= 1
-                self._waiters_changed.notify_all()
+        self._transport.wait(result.done, timeout)
 
-    def _pump(self, timeout: float) -> None:
-        """One round of the client's reading: a ping when due, then whatever arrives within
-        ``timeout``. Only the holder of ``_reading`` runs it."""
-        hub = self._receiver
-        now = time.monotonic()
-        if now >= self._next_ping:
-            self._next_ping = now + self.ping_period
-            # Until the hub answered the receiving socket's hello it may not route to it;
-            # after that the beat socket carries the pings (echoed there in C).
-            pinger = hub if self._beat is None or not self._heard.is_set() else self._beat
-            with contextlib.suppress(zmq.ZMQError):
-                pinger.send(PING, zmq.NOBLOCK)
-            if self._heard.is_set() and now - self._last_heard > self.hub_timeout:
-                silent = now - self._last_heard
-                self._hub_lost(f"the hub at {self.url} has been silent for {silent:.1f} s")
-                return
-        timeout = min(timeout, max(0.0, self._next_ping - now))
-        if self.references:
-            due = self.references.flushed_at + _REFS_EVERY
-            if now >= due:
-                self.references.flush()
-            else:
-                timeout = min(timeout, due - now)
-        if self._outbox:
-            due = self._outbox_since + _FLUSH_AFTER
-            if now >= due:
-                with contextlib.suppress(HubLost, RuntimeError):
-                    self._flush()
-            else:
-                timeout = min(timeout, due - now)
-        try:
-            ready = self._poller.poll(int(timeout * 1000) + 1 if timeout > 0 else 0)
-        except zmq.ZMQError:
-            return  # the context is ending: close() was called
-        self._handle(ready)
+    def _tick(self, now: float) -> float:
+        """At each round of reading: send the booked reference changes when due; the
+        seconds until the next are due."""
+        if not self.references:
+            return _REFS_EVERY
+        due = self.references.flushed_at + _REFS_EVERY
+        if now >= due:
+            self.references.flush()
+            return _REFS_EVERY
+        return due - now
 
-    def _handle(self, ready: list[tuple[Any, int]]) -> None:
-        """Read one message from each socket the poll found ready."""
-        hub = self._receiver
-        for sock, _ in ready:
-            if sock is self._wake_in:
-                while self._wake_in.poll(0):
-                    self._wake_in.recv()
-                continue
-            if sock is self._beat:
-                self._read_beats()
-                continue
-            session = self._sessions[sock]
-            try:
-                frames = session.recv_frames_nowait()
-            except zmq.ZMQError:  # Again, or the context is ending
-                continue
-            if frames is None:  # over the caps: dropped and counted
-                continue
-            try:
-                if sock is hub:
-                    self._last_heard = time.monotonic()
-                    if frames[0].bytes == PONG:
-                        self._heard.set()
-                    else:
-                        self._on_message(frames[0].bytes, frames, session)
-                else:
-                    self._on_direct(sock, frames, session)
-            except Exception:
-                log.exception("failed to handle a message")
-
-    def _read_beats(self) -> None:
-        """The hub echoed pings: it is alive."""
-        assert self._beat is not None  # noqa: S101 - only polled when there is one
-        with contextlib.suppress(zmq.ZMQError):
-            while self._beat.poll(0):
-                self._beat.recv()
-        self._last_heard = time.monotonic()
-
-    # -- direct connections to engines (I/O thread) -------------------------------------
     def _open_direct(self, engine: dict[str, Any]) -> None:
-        """Connect to an engine's own socket; requests go there once it answered a ping."""
+        """Connect to an engine's own socket when it is on this host."""
         url = engine.get("direct_url")
-        engine_id = int(engine["engine_id"])
         if not url or engine.get("hostname") != self.host or not self.direct:
             return  # its socket listens on its host's loopback only
-        receiver = self._context.socket(zmq.DEALER)
-        receiver.identity = RECEIVER + self._token
-        receiver.rcvhwm = 0
-        receiver.linger = 0
-        receiver.connect(url)
-        sender = self._context.socket(zmq.DEALER)
-        sender.identity = SENDER + self._token
-        sender.linger = 0
-        sender.connect(url)
-        receiver.send(PING)  # the engine answers once it can route to `receiver`
-        self._direct_receivers[receiver] = (engine_id, sender)
-        self._sessions[receiver] = Session(receiver, self._codec)
-        self._sessions[sender] = Session(sender, self._codec)
-        self._poller.register(receiver, zmq.POLLIN)
-
-    def _on_direct(self, receiver: zmq.Socket[Any], frames: list[Any], session: Session) -> None:
-        engine_id, sender = self._direct_receivers[receiver]
-        if frames[0].bytes == PONG:
-            self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
-            return
-        self._on_message(engine_route(engine_id), frames, session)
+        self._transport.open_direct(int(engine["engine_id"]), str(url))
 
     def _close_direct(self, engine_id: int, cause: str) -> None:
         """The engine is gone: fail what was sent to it directly, close its sockets."""
-        route = engine_route(engine_id)
-        with self._send_lock:  # no thread is sending on it while it closes
-            self._direct_senders.pop(route, None)
-        for receiver, (eid, sender) in list(self._direct_receivers.items()):
-            if eid == engine_id:
-                del self._direct_receivers[receiver]
-                self._sessions.pop(receiver, None)
-                self._poller.unregister(receiver)
-                receiver.close(linger=0)
-                with self._send_lock:
-                    self._sessions.pop(sender, None)
-                    sender.close(linger=0)
+        self._transport.close_direct(engine_id)
         why = f"engine {engine_id} died while this request was outstanding: {cause}"
         for msg_id, eid in list(self._sent_to.items()):
             if eid == engine_id:
@@ -854,10 +587,10 @@ class Client:
                 content.get("unassigned", "?") if isinstance(content, dict) else "?",
             )
         elif kind == MsgType.HUB_SHUTDOWN:
-            self._hub_lost("the hub shut down")
+            self._transport.lose("the hub shut down")
 
     def _hub_lost(self, why: str) -> None:
-        self._lost = why
+        """The transport lost the hub: fail every outstanding result."""
         with self._engines_changed:
             self._engines_changed.notify_all()
         pending, self._pending = self._pending, {}
@@ -867,26 +600,7 @@ class Client:
     # -- ending -------------------------------------------------------------------------
     def close(self) -> None:
         """Close the sockets; outstanding results are left unresolved."""
-        if self._closed:
-            return
-        with contextlib.suppress(HubLost, RuntimeError, zmq.ZMQError):
-            self._flush()
-        self._closed = True
-        with self._wake_lock:
-            self._wake_out.send(b"")
-        with self._waiters_changed:
-            self._waiters_changed.notify_all()
-        self._io.join(timeout=2 * self.ping_period + 1)
-        if not self._reading.acquire(timeout=2 * self.ping_period + 1):
-            log.warning("a thread still reads this Client's sockets while it closes")
-        for receiver, (_eid, sender) in self._direct_receivers.items():
-            receiver.close(linger=0)
-            sender.close(linger=0)
-        for sock in (self._sender, self._receiver, self._wake_in, self._wake_out):
-            sock.close(linger=0)
-        if self._beat is not None:
-            self._beat.close(linger=0)
-        self._context.term()
+        self._transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -897,21 +611,6 @@ class Client:
     def __repr__(self) -> str:
         state = f"lost: {self._lost}" if self._lost else f"{len(self._engines)} engines"
         return f"<shoal.hub.Client {self.url}: {state}>"
-
-
-def _send_now(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
-    """Send without waiting; False, having sent nothing, when the queue is full. Once the
-    first part is queued, zmq takes the rest of the message."""
-    try:
-        sock.send(frames[0], (zmq.SNDMORE if len(frames) > 1 else 0) | zmq.NOBLOCK)
-    except zmq.Again:
-        return False
-    if len(frames) == 1:
-        return True
-    for frame in frames[1:-1]:
-        sock.send(frame, zmq.SNDMORE)
-    sock.send(frames[-1])
-    return True
 
 
 _clients: list[weakref.ref[Client]] = []
