@@ -25,7 +25,7 @@ import zmq
 from shoal.hub._cli.cli import main
 from shoal.hub._server.hub import LOG_FRAME_BYTES, LOG_RECORD_BYTES
 from shoal.util import connect_logger
-from shoal.wire import read_connection_file
+from shoal.wire import ConnectionInfo, generate_key, read_connection_file, write_connection_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -263,3 +263,57 @@ def test_malformed_records_are_dropped_or_defused(tmp_path: Path, hub: Any) -> N
         for absent in ("forged level", "binary topic", "long topic", "extra-", "XXXX"):
             assert absent not in text
         assert os.stat(engines_log).st_mode & 0o077 == 0  # private, as the hub's files
+
+
+def test_hub_refuses_a_malformed_ip(tmp_path: Path) -> None:
+    """`shoal hub --ip` with a url, an IPv6 address or garbage is a usage error that says
+    what is wrong, before any socket is bound."""
+    for ip, says in [
+        ("tcp://127.0.0.1", "not a url"),
+        ("::1", "IPv6"),
+        ("bad host!", "is not '*', an IP address"),
+    ]:
+        result = subprocess.run(
+            [*CLI, "hub", "--ip", ip, "--profile-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=DEADLINE_S,
+        )
+        assert result.returncode == 2, result.stderr
+        assert says in result.stderr
+
+
+def test_engine_refuses_a_malformed_url(tmp_path: Path) -> None:
+    """An engine whose connection file holds a malformed url exits with a usage error
+    naming it, instead of a zmq error once it runs."""
+    urls = {"shell": "tcp://127.0.0.1:1", "control": "tcp://bad host:2", "heartbeat": "x"}
+    path = tmp_path / "engine.json"
+    write_connection_file(path, ConnectionInfo(urls, generate_key()))
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal.engine", "--connection-file", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=DEADLINE_S,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "'tcp://bad host:2'" in result.stderr
+
+
+def test_engine_log_level_accepts_numbers_and_names(tmp_path: Path, hub: Any) -> None:
+    """--engine-log-level takes a number or a name in any case; engines use it."""
+    folder = tmp_path / "hub"
+    with hub(folder, 1, "--engine-log-level", "info") as (_, rc):
+        marker = uuid.uuid4().hex
+
+        def info(m: str) -> None:
+            import logging  # runs on the engine
+
+            logging.getLogger("shoal.test.user").info("info %s", m)
+
+        rc[0].apply_sync(info, marker)
+        _wait_for(
+            lambda: f"INFO shoal.test.user: info {marker}" in _read(folder / "engines.log"),
+            lambda: _read(folder / "engines.log"),
+        )

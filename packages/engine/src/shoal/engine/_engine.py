@@ -48,7 +48,14 @@ from typing import Any
 
 import zmq
 
-from shoal.util import connect_engine_logger
+from shoal.util import (
+    connect_engine_logger,
+    disambiguate_url,
+    integer_loglevel,
+    local_logger,
+    validate_url,
+    validate_url_container,
+)
 from shoal.wire import (
     DELIMITER,
     Codec,
@@ -97,6 +104,9 @@ class EngineProcess:
     ----------
     info : ConnectionInfo
         ``urls`` must hold ``shell``, ``control`` and ``heartbeat``, and may hold ``log``.
+        A url bound on every interface (``tcp://0.0.0.0:5555``) is connected to on
+        loopback, or on the host ``info.extra["location"]`` names when that is another
+        (:func:`shoal.util.disambiguate_url`).
     identity : bytes, optional
         The zmq identity of every socket, so the peer's ROUTERs can address the engine.
         A fresh unique one if omitted.
@@ -134,14 +144,23 @@ class EngineProcess:
         missing = {"shell", "control", "heartbeat"} - set(info.urls)
         if missing:
             raise ValueError(f"connection info lacks urls for {sorted(missing)}")
+        validate_url_container(dict(info.urls))  # a hand-edited file: say which url is bad
+        location = info.extra.get("location")
+        #: The urls to connect to: ``info.urls`` with wildcard hosts resolved.
+        self.urls = {
+            name: disambiguate_url(url, location if isinstance(location, str) else None)
+            for name, url in info.urls.items()
+        }
         self.info = info
         self.identity = identity or f"engine-{uuid.uuid4().hex[:12]}".encode()
         self.engine_id = engine_id
         self.register = register
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
-        self.log_url = info.urls.get("log") if log_url is None else log_url
-        self.log_level = log_level
+        self.log_url = self.urls.get("log") if log_url is None else log_url
+        if self.log_url:
+            validate_url(self.log_url)  # now, rather than once the engine runs
+        self.log_level = integer_loglevel(log_level)
         self.hub_timeout: float | None = None  # set by registration
         self.started = time.time()
         self.serializer = Serializer()
@@ -224,7 +243,7 @@ class EngineProcess:
         sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
         sock.identity = self.identity
         sock.linger = 1000
-        sock.connect(self.info.urls[channel])
+        sock.connect(self.urls[channel])
         return sock
 
     # -- main thread ----------------------------------------------------------------------
@@ -307,9 +326,7 @@ class EngineProcess:
             timeout = content.get("hub_timeout")
             self.hub_timeout = None if timeout is None else float(timeout)
             return True
-        log.error(
-            "no hub answered at %s within %s s", self.info.urls["control"], self.register_timeout
-        )
+        log.error("no hub answered at %s within %s s", self.urls["control"], self.register_timeout)
         return False
 
     def _read(self, sock: zmq.Socket[Any]) -> None:
@@ -805,7 +822,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this parent process is gone"
     )
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--log-level", type=_log_level, default="WARNING", help="a level name, or a number"
+    )
     parser.add_argument(
         "--log-url",
         default=None,
@@ -815,7 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--direct", action="store_true", help="also take requests from clients directly"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
+    local_logger("", args.log_level)  # timestamped lines on stderr
     urls = {c: getattr(args, c) for c in ("shell", "control", "heartbeat") if getattr(args, c)}
     if args.connection_file and (urls or args.key_file):
         parser.error("give either --connection-file or the urls with --key-file, not both")
@@ -829,14 +848,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "say where the peer is: --connection-file FILE, or --shell, --control,"
             " --heartbeat and --key-file"
         )
-    engine = EngineProcess(
-        info,
-        identity=None if args.identity is None else args.identity.encode(),
-        engine_id=args.engine_id,
-        register=args.register,
-        parent_pid=args.parent_pid,
-        log_url=args.log_url,
-        log_level=args.log_level.upper(),
-        direct=args.direct,
-    )
+    try:
+        engine = EngineProcess(
+            info,
+            identity=None if args.identity is None else args.identity.encode(),
+            engine_id=args.engine_id,
+            register=args.register,
+            parent_pid=args.parent_pid,
+            log_url=args.log_url,
+            log_level=args.log_level,
+            direct=args.direct,
+        )
+    except (TypeError, ValueError) as exc:  # a malformed url: validate_url says which
+        parser.error(str(exc))
     return engine.run()
+
+
+def _log_level(text: str) -> int:
+    """``--log-level`` as a number: a level name in any case, or an integer."""
+    try:
+        return integer_loglevel(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -65,7 +65,7 @@ from typing import Any, BinaryIO
 import zmq
 
 from shoal.engine import HUB_REQUESTS, PING, PONG, MsgType, reply_type
-from shoal.util import log_errors, set_hwm
+from shoal.util import integer_loglevel, is_url, local_logger, log_errors, set_hwm, validate_url
 from shoal.wire import (
     DELIMITER,
     Codec,
@@ -431,6 +431,17 @@ class _LogSink(threading.Thread):
             self._drop(f"{self.path} could not be written ({exc.strerror})")
 
 
+def _bind_url(ip: str) -> str:
+    """The url the hub binds for ``--ip``/``ip``, or ``ValueError`` saying what is wrong."""
+    if is_url(ip):
+        raise ValueError(f"ip must be an address such as 127.0.0.1, not a url: got {ip!r}")
+    if ":" in ip:  # the hub's sockets do not enable IPv6
+        raise ValueError(f"ip {ip!r}: IPv6 addresses are not supported; give an IPv4 address")
+    url = f"tcp://{ip}:*"
+    validate_url(url)  # names the part at fault: 'host 'a b' is not ...'
+    return url
+
+
 class Hub:
     """The hub: registration, routing, load balancing, liveness and task history.
 
@@ -453,10 +464,10 @@ class Hub:
         How many finished tasks' metadata are remembered.
     parent_pid : int, optional
         Shut down when this process is no longer the hub's parent.
-    engine_log_level : str
-        The level of the engines this hub starts; their records reach ``engines.log``
-        through the hub's ``log`` socket, whose url ``hub-engine.json`` holds (engines
-        started by hand use it too).
+    engine_log_level : str or int
+        The level of the engines this hub starts (:func:`shoal.util.integer_loglevel`);
+        their records reach ``engines.log`` through the hub's ``log`` socket, whose url
+        ``hub-engine.json`` holds (engines started by hand use it too).
     store : {"sqlite"}, optional
         Also keep the task history in ``<folder>/history.sqlite``, across hub restarts.
     client_timeout : float
@@ -477,12 +488,14 @@ class Hub:
         hwm: int = 2,
         history: int = 100_000,
         parent_pid: int | None = None,
-        engine_log_level: str = "WARNING",
+        engine_log_level: str | int = "WARNING",
         store: str | None = None,
         client_timeout: float = 10.0,
         insecure: bool = False,
         allowed_failures: int = 3,
     ) -> None:
+        bind_url = _bind_url(ip)  # checked before any socket exists
+        engine_level = integer_loglevel(engine_log_level)
         # Queues, outstanding work, retries, deaths, the poison policy and the history:
         # state with no sockets (_scheduler.py), made first, as it checks its arguments.
         # This class carries out its actions.
@@ -499,12 +512,12 @@ class Hub:
         self.client_timeout = client_timeout
         self.hwm = hwm
         self.parent_pid = parent_pid
-        self.engine_log_level = engine_log_level
+        self.engine_log_level = str(engine_level)  # a number: any level, in any case
         self.key = generate_key()
         self.codec = Codec(self.key)
         self.context: zmq.Context[Any] = zmq.Context()
         self.sockets: dict[str, zmq.Socket[Any]] = {}
-        self.urls = urls = self._bind(ip, insecure)
+        self.urls = urls = self._bind(bind_url, insecure)
         # Every socket the routing thread reads or writes has its Session (one message
         # path: caps, verification, drop counts, the link that stamps what it sends).
         self.sessions = {
@@ -528,17 +541,21 @@ class Hub:
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
         self.log_sink = _LogSink(self.sockets.pop("log"), self.engines_log, self._pid_of)
-        extra = {"pid": os.getpid(), "started": self.started}
+        # The urls are as bound; a peer turns a wildcard host (``--ip 0.0.0.0``) into
+        # loopback on this host, or into ``location`` elsewhere: disambiguate_url.
+        location = socket.gethostname()
+        extra = {"pid": os.getpid(), "started": self.started, "location": location}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
         engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat", "log")}
-        write_connection_file(self.engine_file, ConnectionInfo(engine_urls, self.key))
+        engine_info = ConnectionInfo(engine_urls, self.key, extra={"location": location})
+        write_connection_file(self.engine_file, engine_info)
         client_urls = {"client": urls["client"], "beat": urls["beat"]}
         client_info = ConnectionInfo(client_urls, self.key, extra=extra)
         write_connection_file(self.client_file, client_info)
 
-    def _bind(self, ip: str, insecure: bool) -> dict[str, str]:
-        """Bind the hub's ROUTERs and its log SUB on random ports of ``ip``, by
+    def _bind(self, url: str, insecure: bool) -> dict[str, str]:
+        """Bind the hub's ROUTERs and its log SUB on random ports (``url``), by
         :func:`shoal.wire.bind`'s rule (a non-loopback address needs Curve, or
         ``insecure``); their urls."""
         urls: dict[str, str] = {}
@@ -549,7 +566,7 @@ class Hub:
                 sock.router_mandatory = True  # a send to a gone peer fails, never vanishes
                 sock.sndhwm = 0  # never block the hub on a slow reader, never drop
                 self.sockets[name] = sock
-                urls[name] = bind(sock, f"tcp://{ip}:*", insecure=insecure)
+                urls[name] = bind(sock, url, insecure=insecure)
             # Engines' log records: unsigned, so bounded before they are read at all.
             sub = self.context.socket(zmq.SUB)
             sub.linger = 0
@@ -557,7 +574,7 @@ class Hub:
             set_hwm(sub, LOG_HWM)
             sub.subscribe(b"")
             self.sockets["log"] = sub
-            urls["log"] = bind(sub, f"tcp://{ip}:*", insecure=insecure)
+            urls["log"] = bind(sub, url, insecure=insecure)
         except (InsecureBindError, zmq.ZMQError):
             for sock in self.sockets.values():
                 sock.close(linger=0)
@@ -1302,9 +1319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a task that was running on this many engines when each died fails for good",
     )
     parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument("--log-level", default="WARNING", help="of the hub's own log (stderr)")
+    parser.add_argument(
+        "--log-level", type=_log_level, default="WARNING", help="of the hub's own log (stderr)"
+    )
     parser.add_argument(
         "--engine-log-level",
+        type=_log_level,
         default="WARNING",
         help=f"of the engines' logs (stderr, and {ENGINES_LOG} in the profile folder)",
     )
@@ -1312,7 +1332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--store", choices=["sqlite"], default=None, help="keep task history on disk"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(name)s: %(message)s")
+    local_logger("", args.log_level)  # timestamped lines on stderr (the launcher's hub.log)
     folder = args.profile_dir or profile_dir(args.profile)
     try:
         hub = Hub(
@@ -1330,9 +1350,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except InsecureBindError as exc:  # the same rule as Hub(ip=...): one place decides
         parser.error(f"--ip {args.ip}: {exc}; pass --insecure to allow it on a trusted network")
+    except zmq.ZMQError as exc:  # e.g. an address of no interface of this host
+        parser.error(f"--ip {args.ip}: cannot bind there: {exc}")
+    except ValueError as exc:  # a malformed --ip, or --hwm, --allowed-failures, ...
+        parser.error(str(exc))
     hub.launch(args.engines)
     print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line
     return hub.serve()
+
+
+def _log_level(text: str) -> int:
+    """``--log-level`` as a number: a level name in any case, or an integer."""
+    try:
+        return integer_loglevel(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 if __name__ == "__main__":
