@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import zmq
@@ -204,6 +206,42 @@ def test_handler_with_borrowed_socket(
     log.removeHandler(handler)
     handler.close()
     assert not pub.closed
+
+
+class _SentFrames:
+    """Stands in for a PUB socket: keeps what is sent (so a test can count sends)."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.closed = False
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.sent.append(frames)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_handler_in_a_forked_child_sends_nothing(logger_name: str) -> None:
+    """A record logged in a forked child never touches the parent's socket (libzmq's
+    rule); the parent's records still go."""
+    sock = _SentFrames()
+    handler = PUBLogHandler(cast("zmq.Socket[Any]", sock))
+    log = logging.getLogger(logger_name)
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: its exit status says how many records it sent
+        code = 99
+        try:
+            log.error("from the child")
+            code = len(sock.sent)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    log.error("from the parent")
+    assert [frames[0] for frames in sock.sent] == [b"ERROR"]
 
 
 # --- connect_engine_logger ---------------------------------------------------------

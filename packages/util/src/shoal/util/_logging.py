@@ -10,6 +10,12 @@ Theory of operation
 * ``emit`` runs under the handler's lock, so records logged from several threads never
   use the socket at the same time. PUB never blocks: with no subscriber, or past the
   high-water mark, records are dropped.
+* A process forked after the handler was made (``os.fork``, a ``fork`` Pool on an
+  engine) must not touch the parent's zmq socket (libzmq's rule: its I/O thread is not
+  in the child, and a send can wake, and abort, the parent's). There ``emit`` drops
+  the record; the child's other handlers still get it.
+* Records are text (UTF-8), never pickled, and not signed: a collector treats them as
+  untrusted text (the hub bounds, escapes and only writes them).
 * ``connect_*`` create the PUB socket and ``connect`` it to a collector that binds a
   SUB socket (the hub, usually); the handler owns that socket and closes it in
   ``close()``. A logger gets at most one such handler.
@@ -18,6 +24,7 @@ Theory of operation
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -85,6 +92,8 @@ class PUBLogHandler(logging.Handler):
     Each record is sent as two frames: the topic ``<root_topic>.<LEVELNAME>`` and the
     formatted message. Without a formatter set, INFO records are sent as the bare
     message and others as ``LEVEL file:line - message`` (plus the traceback, if any).
+    Records logged in a process forked from the one that made the handler are dropped
+    (a zmq socket must not be used across ``fork``).
 
     Parameters
     ----------
@@ -119,6 +128,7 @@ class PUBLogHandler(logging.Handler):
         self.socket = socket
         self.root_topic = root_topic
         self.owns_socket = owns_socket
+        self._pid = os.getpid()  # the process whose socket it is
 
     def topic(self, record: logging.LogRecord) -> bytes:
         """Return the topic frame for ``record``."""
@@ -134,6 +144,8 @@ class PUBLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Publish ``record`` (topic frame, then message frame)."""
+        if os.getpid() != self._pid:  # a forked child: the socket is the parent's
+            return
         try:
             frames = [self.topic(record), self.format(record).encode("utf-8", "replace")]
             self.socket.send_multipart(frames)
