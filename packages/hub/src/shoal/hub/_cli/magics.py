@@ -44,7 +44,7 @@ class ParallelMagics(Magics):
         self.targets: str | None = None  # None: all engines
         self.block = True
         self.group_outputs = "engine"
-        self.last_result: AsyncResult | None = None
+        self.last_result: AsyncResult[Any] | None = None
         self._autopx = False
 
     def _view(self, targets: str | None) -> Any:
@@ -76,7 +76,7 @@ class ParallelMagics(Magics):
             return result
         return self._show(result, args.group_outputs or self.group_outputs)
 
-    def _show(self, result: AsyncResult, grouping: str) -> Any:
+    def _show(self, result: AsyncResult[Any], grouping: str) -> Any:
         try:
             value = result.get()
         except CompositeError as err:
@@ -97,7 +97,7 @@ class ParallelMagics(Magics):
         return None
 
     @staticmethod
-    def _print_outputs(result: AsyncResult, grouping: str) -> None:
+    def _print_outputs(result: AsyncResult[Any], grouping: str) -> None:
         outs = result.stdout if isinstance(result.stdout, list) else [result.stdout]
         errs = result.stderr if isinstance(result.stderr, list) else [result.stderr]
         engines = result.engine_id if isinstance(result.engine_id, list) else [result.engine_id]

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .errors import CompositeError
 
@@ -30,15 +30,21 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncMapResult", "AsyncResult"]
 
-_MISSING: Any = object()
+T = TypeVar("T")
+
+_MISSING = object()
 
 
-class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
+class AsyncResult(concurrent.futures.Future[T], Generic[T]):
     """The pending result of requests sent to the cluster.
 
     A :class:`concurrent.futures.Future` (``result``, ``exception``, ``done``,
     ``add_done_callback``, ``concurrent.futures.wait``/``as_completed``), awaitable in
     asyncio, with ipyparallel's vocabulary on top.
+
+    Generic in the type of its value: ``view.apply_async(f)`` with ``def f() -> int`` is
+    an ``AsyncResult[int]`` on one engine (or a load-balanced view) and an
+    ``AsyncResult[list[int]]`` on several; ``get()`` returns that type.
 
     Attributes
     ----------
@@ -51,7 +57,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         client: Client,
         msg_ids: Sequence[str],
         *,
-        combine: Callable[[list[Any]], Any] | None = None,
+        combine: Callable[[list[object]], T] | None = None,
         single: bool = False,
         label: str = "request",
     ) -> None:
@@ -59,7 +65,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._client = client
         self.msg_ids = list(msg_ids)
         self._index = {m: i for i, m in enumerate(self.msg_ids)}
-        self._results: list[Any] = [_MISSING] * len(self.msg_ids)
+        self._results: list[object] = [_MISSING] * len(self.msg_ids)
         self._errors: list[BaseException | None] = [None] * len(self.msg_ids)
         self._meta: list[dict[str, Any]] = [{} for _ in self.msg_ids]
         self._out: list[dict[str, list[str]]] = [{"stdout": [], "stderr": []} for _ in self.msg_ids]
@@ -76,7 +82,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     # -- fed by the client's I/O thread -------------------------------------------------
     def _deliver(
-        self, msg_id: str, value: Any, error: BaseException | None, metadata: dict[str, Any]
+        self, msg_id: str, value: object, error: BaseException | None, metadata: dict[str, Any]
     ) -> None:
         i = self._index[msg_id]
         with self._arrived:
@@ -116,23 +122,23 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             results = list(self._results)
             if self._combine is not None:
                 value = self._combine(results)
-            elif self._single:
-                value = results[0]
             else:
-                value = results
+                # Unpickled replies enter typed code here: their type is what the request
+                # promised (the view's overloads say which).
+                value = cast("T", results[0] if self._single else results)
         except BaseException as exc:  # a failing combine must still resolve the future
             self.set_exception(exc)
             return
         self.set_result(value)
 
     # -- ipyparallel's vocabulary -------------------------------------------------------
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         """The result (``concurrent.futures.Future.result``), read in this thread."""
         start = time.monotonic()
         self._client._wait(self, timeout)
         return super().result(_left(timeout, start))
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> T:
         """The result, waiting up to ``timeout`` seconds; raises the remote error.
 
         Raises
@@ -192,24 +198,25 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         )
 
     @property
-    def metadata(self) -> Any:
+    def metadata(self) -> dict[str, object] | list[dict[str, object]]:
         """Per request: ``engine_id``, ``status``, ``started``, ``completed``."""
         return self._meta[0] if self._single else list(self._meta)
 
     @property
-    def engine_id(self) -> Any:
-        """The engine (or list of engines) that ran the request(s)."""
+    def engine_id(self) -> int | list[int | None] | None:
+        """The engine (or list of engines) that ran the request(s); None for a request
+        not answered yet."""
         ids = [m.get("engine_id") for m in self._meta]
         return ids[0] if self._single else ids
 
     @property
-    def stdout(self) -> Any:
+    def stdout(self) -> str | list[str]:
         """What the request(s) printed to stdout: a str, or a list of str."""
         texts = ["".join(o.get("stdout", ())) for o in self._out]
         return texts[0] if self._single else texts
 
     @property
-    def stderr(self) -> Any:
+    def stderr(self) -> str | list[str]:
         """What the request(s) wrote to stderr: a str, or a list of str."""
         texts = ["".join(o.get("stderr", ())) for o in self._out]
         return texts[0] if self._single else texts
@@ -278,7 +285,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait/as_completed
         return True
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[object, None, T]:
         return asyncio.wrap_future(self).__await__()
 
     def _wait_for(self, i: int, timeout: float | None) -> None:
@@ -295,8 +302,10 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         return f"<{type(self).__name__}: {self._label}: {state}>"
 
 
-class AsyncMapResult(AsyncResult):
+class AsyncMapResult(AsyncResult[list[T]]):
     """The result of a ``map``: iterate over it to get items as they come in.
+
+    An ``AsyncMapResult[T]`` is an ``AsyncResult[list[T]]`` that iterates ``T``.
 
     With ``ordered=True`` items come in the order of the input; with ``ordered=False``
     chunk by chunk as the engines finish them.
@@ -310,7 +319,7 @@ class AsyncMapResult(AsyncResult):
         super().__init__(client, msg_ids, combine=_flatten, label=label)
 
     def _deliver(
-        self, msg_id: str, value: Any, error: BaseException | None, metadata: dict[str, Any]
+        self, msg_id: str, value: object, error: BaseException | None, metadata: dict[str, Any]
     ) -> None:
         with self._arrived:
             i = self._index[msg_id]
@@ -318,7 +327,7 @@ class AsyncMapResult(AsyncResult):
                 self._finish_order.append(i)
         super()._deliver(msg_id, value, error, metadata)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         for n in range(len(self.msg_ids)):
             if self.ordered:
                 i = n
@@ -330,7 +339,7 @@ class AsyncMapResult(AsyncResult):
             error = self._errors[i]
             if error is not None:
                 raise error
-            yield from self._results[i]
+            yield from cast("list[T]", self._results[i])  # an engine's chunk: a list of T
 
 
 def _left(timeout: float | None, start: float) -> float | None:
@@ -338,8 +347,8 @@ def _left(timeout: float | None, start: float) -> float | None:
     return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
 
-def _flatten(chunks: list[Any]) -> list[Any]:
-    out: list[Any] = []
+def _flatten(chunks: list[object]) -> list[T]:
+    out: list[T] = []
     for chunk in chunks:
-        out.extend(chunk)
+        out.extend(cast("list[T]", chunk))  # an engine's chunk of a map: a list of T
     return out

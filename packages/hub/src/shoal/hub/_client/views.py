@@ -72,19 +72,19 @@ class View:
     def _block(self, block: bool | None) -> bool:
         return self.block if block is None else block
 
-    def _finish(self, result: AsyncResult, block: bool | None) -> Any:
+    def _finish(self, result: AsyncResult[Any], block: bool | None) -> Any:
         return result.get() if self._block(block) else result
 
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         raise NotImplementedError
 
     def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely; blocks or not as ``self.block`` says."""
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         """Call ``f(*args, **kwargs)`` remotely; returns an :class:`AsyncResult`."""
         return self._apply(f, args, kwargs)
 
@@ -96,7 +96,7 @@ class View:
         """``map(f, *seqs)`` in parallel; a list, or an :class:`AsyncMapResult`."""
         return self._finish(self._map(f, seqs, **kw), block)
 
-    def map_async(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> AsyncMapResult:
+    def map_async(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> AsyncMapResult[Any]:
         """``map`` returning an :class:`AsyncMapResult` (iterate it for items as they come)."""
         return self._map(f, seqs, **kw)
 
@@ -104,7 +104,7 @@ class View:
         """``map`` that waits: the list of results."""
         return list(self._map(f, seqs, **kw).get())
 
-    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult:
+    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult[Any]:
         raise NotImplementedError
 
 
@@ -132,14 +132,14 @@ class DirectView(View):
 
     def _send(
         self, msg_type: str, content_for: Callable[[int], Any], label: str, **kw: Any
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         return self.client._request(
             self._ids, msg_type, content_for, single=self._single, label=label, **kw
         )
 
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         content = _apply_content(f, args, kwargs)
         return self._send(
             MsgType.APPLY_REQUEST, lambda _t: content, getattr(f, "__name__", "apply")
@@ -213,7 +213,7 @@ class DirectView(View):
             block,
         )
 
-    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult:
+    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult[Any]:
         if kw:
             raise TypeError(f"DirectView.map() got unexpected keywords {sorted(kw)}")
         seqs = _as_sequences(seqs)
@@ -393,7 +393,7 @@ class LoadBalancedView(View):
 
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         content = _apply_content(f, args, kwargs)
         label = getattr(f, "__name__", "apply")
         return self.client._submit(
@@ -408,7 +408,7 @@ class LoadBalancedView(View):
         *,
         chunksize: int | None = None,
         ordered: bool = True,
-    ) -> AsyncMapResult:
+    ) -> AsyncMapResult[Any]:
         seqs = _as_sequences(seqs)
         n = _lengths(seqs)
         if chunksize is None:  # a few chunks per engine: balance without per-item cost
@@ -463,7 +463,7 @@ def _imap(
     import concurrent.futures  # noqa: PLC0415
 
     rows = zip(*seqs, strict=False)
-    outstanding: list[AsyncResult] = []
+    outstanding: list[AsyncResult[Any]] = []
     exhausted = False
     meta = view._metadata()
 

@@ -96,7 +96,7 @@ def _outcome(future: concurrent.futures.Future[Any]) -> tuple[Any, BaseException
     return None, error
 
 
-def _cancel(client: Client, futures: Iterable[AsyncResult]) -> None:
+def _cancel(client: Client, futures: Iterable[AsyncResult[Any]]) -> None:
     """Cancel the unfinished futures and drop their tasks that have not started, with one
     request to the hub."""
     pending = [f for f in futures if not f.done()]
@@ -166,7 +166,7 @@ class ApplyResult(Generic[_T]):
     def __init__(
         self,
         pool: Pool,
-        future: AsyncResult,
+        future: AsyncResult[Any],
         callback: Callable[[_T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
@@ -320,9 +320,9 @@ class _Tracking:
     owner's ``_lock`` (which may guard more of its state)."""
 
     _lock: threading.Lock
-    _futures: set[AsyncResult]
+    _futures: set[AsyncResult[Any]]
 
-    def _track(self, future: AsyncResult) -> AsyncResult:
+    def _track(self, future: AsyncResult[Any]) -> AsyncResult[Any]:
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._untrack)
@@ -399,7 +399,7 @@ class Pool(_Tracking):
         self._lock = threading.Lock()
         self._state = _RUN
         self._results: set[ApplyResult[Any]] = set()
-        self._futures: set[AsyncResult] = set()
+        self._futures: set[AsyncResult[Any]] = set()
         self._feeders: set[threading.Thread] = set()
         self._iterators: weakref.WeakSet[IMapIterator[Any]] = weakref.WeakSet()
         self._callbacks = _Callbacks()
@@ -433,7 +433,7 @@ class Pool(_Tracking):
 
     def _result(
         self,
-        future: AsyncResult,
+        future: AsyncResult[Any],
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> ApplyResult[Any]:
@@ -665,7 +665,7 @@ class Executor(_Tracking, concurrent.futures.Executor):
         self._view = LoadBalancedView(client, targets)
         self._lock = threading.Lock()
         self._shutdown = False
-        self._futures: set[AsyncResult] = set()
+        self._futures: set[AsyncResult[Any]] = set()
 
     def _check(self) -> None:
         if self._shutdown:
@@ -714,7 +714,7 @@ class Executor(_Tracking, concurrent.futures.Executor):
 
     def _submit_chunk(
         self, fn: Callable[..., Any], chunk: list[Any], chunksize: int
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         self._check()
         if chunksize == 1:
             return self._track(self._view.apply_async(fn, *chunk[0]))
@@ -722,7 +722,7 @@ class Executor(_Tracking, concurrent.futures.Executor):
 
     def _results(
         self,
-        futures: collections.deque[AsyncResult],
+        futures: collections.deque[AsyncResult[Any]],
         more: Iterator[list[Any]] | None,
         fn: Callable[..., Any],
         chunksize: int,
