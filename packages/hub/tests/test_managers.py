@@ -178,8 +178,8 @@ def manager() -> Iterator[SyncManager]:
 
 
 @pytest.fixture
-def engines(cluster: Client) -> tuple[int, int]:
-    ids = cluster.wait_for_engines(2, timeout=WAIT)
+def engines(client: Client) -> tuple[int, int]:
+    ids = client.wait_for_engines(2, timeout=WAIT)
     return ids[0], ids[1]
 
 
@@ -390,13 +390,13 @@ def test_values_travel_with_shoals_serializer(manager: SyncManager) -> None:
 
 
 def test_proxies_work_on_an_engine(
-    cluster: Client, manager: SyncManager, engines: tuple[int, int]
+    client: Client, manager: SyncManager, engines: tuple[int, int]
 ) -> None:
     """A task on an engine changes shared objects; the client sees every change."""
     d, items, ns = manager.dict(f=lambda x: x * x), manager.list(), manager.Namespace()
     value, arr, done = manager.Value("i", 0), manager.Array("i", [0, 0]), manager.Event()
     shared = {"d": d, "items": items, "ns": ns, "value": value, "arr": arr, "done": done}
-    keys = cluster[engines[0]].apply_async(fill, shared).get(WAIT)  # proxies inside a dict
+    keys = client[engines[0]].apply_async(fill, shared).get(WAIT)  # proxies inside a dict
     assert keys == ["f", "pid", "square"]
     assert d["square"] == 49
     assert items[:] == [d["pid"]]
@@ -408,7 +408,7 @@ def test_proxies_work_on_an_engine(
 
 
 def test_a_queue_shared_by_four_tasks_on_two_engines(
-    cluster: Client, manager: SyncManager, engines: tuple[int, int]
+    client: Client, manager: SyncManager, engines: tuple[int, int]
 ) -> None:
     """Two producers and two consumers on two engines: every item arrives exactly once."""
     n = 500
@@ -416,9 +416,9 @@ def test_a_queue_shared_by_four_tasks_on_two_engines(
     e0, e1 = engines
     # Each engine runs a producer then a consumer: the producers run at once, then the
     # consumers, each until it meets one producer's end marker (two markers, two consumers).
-    producers = [cluster[e0].apply_async(produce, q, "a", n)]
-    producers.append(cluster[e1].apply_async(produce, q, "b", n))
-    consumers = [cluster[e].apply_async(consume, q) for e in (e0, e1)]
+    producers = [client[e0].apply_async(produce, q, "a", n)]
+    producers.append(client[e1].apply_async(produce, q, "b", n))
+    consumers = [client[e].apply_async(consume, q) for e in (e0, e1)]
     producer_pids = [p.get(WAIT) for p in producers]
     results = [c.get(WAIT) for c in consumers]
     consumer_pids = {pid for pid, _ in results}
@@ -432,15 +432,15 @@ def test_a_queue_shared_by_four_tasks_on_two_engines(
 
 
 def test_a_barrier_across_both_engines(
-    cluster: Client, manager: SyncManager, engines: tuple[int, int]
+    client: Client, manager: SyncManager, engines: tuple[int, int]
 ) -> None:
     """Nobody passes the barrier before the second engine's task arrives at it."""
     barrier, log = manager.Barrier(2), manager.list()
     first_arrived, second_arrived = manager.Event(), manager.Event()
-    first = cluster[engines[0]].apply_async(meet, barrier, log, "first", first_arrived)
+    first = client[engines[0]].apply_async(meet, barrier, log, "first", first_arrived)
     assert first_arrived.wait(WAIT)
     # The first task is at the barrier now; the second one starts only after that.
-    second = cluster[engines[1]].apply_async(meet, barrier, log, "second", second_arrived)
+    second = client[engines[1]].apply_async(meet, barrier, log, "second", second_arrived)
     indices = sorted([first.get(WAIT), second.get(WAIT)])
     events = list(log)
     assert indices == [0, 1]
@@ -449,11 +449,11 @@ def test_a_barrier_across_both_engines(
 
 
 def test_a_lock_guards_a_counter_incremented_10000_times(
-    cluster: Client, manager: SyncManager, engines: tuple[int, int]
+    client: Client, manager: SyncManager, engines: tuple[int, int]
 ) -> None:
     """Two engines add 5,000 each to one Value under one Lock: the total is exact."""
     counter, lock = manager.Value("i", 0), manager.Lock()
-    pids = cluster[list(engines)].apply_async(add_locked, lock, counter, 5000).get(WAIT * 2)
+    pids = client[list(engines)].apply_async(add_locked, lock, counter, 5000).get(WAIT * 2)
     assert len(set(pids)) == 2  # both engines took part
     assert counter.value == 10_000
     assert lock.acquire(blocking=False)  # and nobody holds the lock any more
@@ -464,7 +464,7 @@ def test_a_lock_guards_a_counter_incremented_10000_times(
 
 
 def test_register_with_exposed_and_method_to_typeid(
-    cluster: Client, engines: tuple[int, int]
+    client: Client, engines: tuple[int, int]
 ) -> None:
     """A registered class: exposed methods only, split() returns a proxy, on engines too."""
     with TallyManager() as m:
@@ -478,7 +478,7 @@ def test_register_with_exposed_and_method_to_typeid(
             tally.secret()
         with pytest.raises(AttributeError, match="'secret' of the 'Tally' object is not exposed"):
             tally._callmethod("secret")
-        remote = cluster[engines[0]].apply_async(use_tally, tally).get(WAIT)
+        remote = client[engines[0]].apply_async(use_tally, tally).get(WAIT)
         assert remote == (8, 9, "AutoProxy[Split]")
         assert tally.total() == 8
 
@@ -574,12 +574,12 @@ def test_the_server_ends_with_its_creator(end: str) -> None:
 
 
 def test_proxies_of_a_gone_manager_raise_manager_lost(
-    cluster: Client, engines: tuple[int, int]
+    client: Client, engines: tuple[int, int]
 ) -> None:
     """After shutdown every use of a proxy raises ManagerLost, here and on an engine."""
     m = Manager()
     q, started = m.Queue(), m.Event()
-    waiting = cluster[engines[0]].apply_async(take, q, started)  # blocked in q.get()
+    waiting = client[engines[0]].apply_async(take, q, started)  # blocked in q.get()
     assert started.wait(WAIT)
     m.shutdown()
     with pytest.raises(RemoteError) as info:
@@ -592,7 +592,7 @@ def test_proxies_of_a_gone_manager_raise_manager_lost(
     with pytest.raises(ProcessError, match="only once"):
         m.start()
     with pytest.raises(RemoteError, match="ManagerLost"):  # unpickling it there fails
-        cluster[engines[0]].apply_async(typeid_of, q).get(WAIT)
+        client[engines[0]].apply_async(typeid_of, q).get(WAIT)
 
 
 def test_misconfigured_managers_get_clear_errors() -> None:

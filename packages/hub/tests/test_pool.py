@@ -76,15 +76,15 @@ def pop_env(key: str) -> str | None:
 
 
 @pytest.fixture
-def pool(cluster: Client) -> Iterator[Pool]:
-    p = Pool(client=cluster)
+def pool(client: Client) -> Iterator[Pool]:
+    p = Pool(client=client)
     yield p
     p.terminate()
 
 
 @pytest.fixture
-def executor(cluster: Client) -> Iterator[Executor]:
-    ex = Executor(cluster)
+def executor(client: Client) -> Iterator[Executor]:
+    ex = Executor(client)
     yield ex
     ex.shutdown(wait=True, cancel_futures=True)
 
@@ -298,7 +298,7 @@ def test_map_error(pool: Pool) -> None:
 
 
 def test_failing_callback_keeps_the_pool_and_client_alive(
-    cluster: Client, pool: Pool, caplog: pytest.LogCaptureFixture
+    client: Client, pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(_: Any) -> None:
         raise RuntimeError("callback bug")
@@ -344,8 +344,8 @@ _CALLS: list[Callable[[Pool], Any]] = [
 
 
 @pytest.mark.parametrize("end", ["close", "terminate"])
-def test_ended_pool_raises(cluster: Client, end: str) -> None:
-    p = Pool(client=cluster)
+def test_ended_pool_raises(client: Client, end: str) -> None:
+    p = Pool(client=client)
     with pytest.raises(ValueError, match="Pool is still running"):
         p.join()
     getattr(p, end)()
@@ -359,8 +359,8 @@ def test_ended_pool_raises(cluster: Client, end: str) -> None:
             call(p)
 
 
-def test_context_manager_terminates(cluster: Client) -> None:
-    with Pool(client=cluster) as p:
+def test_context_manager_terminates(client: Client) -> None:
+    with Pool(client=client) as p:
         assert p.map(square, range(10)) == list(map(square, range(10)))
         slow = [p.apply_async(nap, (0.3,)) for _ in range(8)]  # 2 engines: most are queued
     with pytest.raises(ValueError, match="Pool not running"):
@@ -371,50 +371,50 @@ def test_context_manager_terminates(cluster: Client) -> None:
     failed = next(r for r in slow if not r.successful())
     with pytest.raises(TaskAborted):
         failed.get(0)
-    assert cluster[:].apply_sync(square, 3) == [9, 9]  # the engines serve on
+    assert client[:].apply_sync(square, 3) == [9, 9]  # the engines serve on
 
 
-def test_processes_selects_engines(cluster: Client) -> None:
-    with Pool(1, client=cluster) as p:
+def test_processes_selects_engines(client: Client) -> None:
+    with Pool(1, client=client) as p:
         pids = set(p.map(pid, range(40), chunksize=1))
     assert len(pids) == 1
-    assert pids <= set(cluster[:].apply_sync(os.getpid))
-    with Pool(processes=10, client=cluster) as p:  # more than there are: all of them
-        assert p._processes == len(cluster.ids)
+    assert pids <= set(client[:].apply_sync(os.getpid))
+    with Pool(processes=10, client=client) as p:  # more than there are: all of them
+        assert p._processes == len(client.ids)
         assert p.map(square, range(10)) == list(map(square, range(10)))
     with pytest.raises(ValueError, match="at least 1"):
-        Pool(0, client=cluster)
+        Pool(0, client=client)
 
 
-def test_initializer_runs_on_each_engine(cluster: Client) -> None:
+def test_initializer_runs_on_each_engine(client: Client) -> None:
     key = f"SHOAL_POOL_TEST_{uuid.uuid4().hex}"
-    with Pool(initializer=set_env, initargs=(key, "ready"), client=cluster) as p:
+    with Pool(initializer=set_env, initargs=(key, "ready"), client=client) as p:
         assert p.map(get_env, [key] * 10) == ["ready"] * 10
-    assert cluster[:].apply_sync(get_env, key) == ["ready"] * len(cluster.ids)
-    assert cluster[:].apply_sync(pop_env, key) == ["ready"] * len(cluster.ids)
+    assert client[:].apply_sync(get_env, key) == ["ready"] * len(client.ids)
+    assert client[:].apply_sync(pop_env, key) == ["ready"] * len(client.ids)
     with pytest.raises(RemoteError, match="bad"):
-        Pool(initializer=fail, initargs=("init",), client=cluster)
+        Pool(initializer=fail, initargs=("init",), client=client)
 
 
-def test_maxtasksperchild_accepted(cluster: Client) -> None:
-    with Pool(maxtasksperchild=1, client=cluster) as p:
+def test_maxtasksperchild_accepted(client: Client) -> None:
+    with Pool(maxtasksperchild=1, client=client) as p:
         assert p.map(square, range(5)) == [0, 1, 4, 9, 16]
     with pytest.raises(ValueError, match="maxtasksperchild"):
-        Pool(maxtasksperchild=0, client=cluster)
+        Pool(maxtasksperchild=0, client=client)
 
 
 def test_pool_from_profile_owns_its_client(
-    cluster: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOAL_DIR", str(tmp_path))
     (tmp_path / "profile_pooltest").mkdir()
-    shutil.copy(cluster.url_file, tmp_path / "profile_pooltest" / "hub-client.json")
+    shutil.copy(client.url_file, tmp_path / "profile_pooltest" / "hub-client.json")
     with Pool(profile="pooltest") as p:
         assert p.map(square, range(10)) == list(map(square, range(10)))
         own = p._client
-        assert own is not cluster
+        assert own is not client
     assert own._closed
-    assert not cluster._closed
+    assert not client._closed
     with pytest.raises(FileNotFoundError):
         Pool(profile="no-such-profile")
 
@@ -424,22 +424,22 @@ def test_pool_is_not_picklable(pool: Pool) -> None:
         pickle.dumps(pool)
 
 
-def test_client_factories(cluster: Client) -> None:
-    p = cluster.pool(1)
+def test_client_factories(client: Client) -> None:
+    p = client.pool(1)
     try:
         assert isinstance(p, Pool)
         assert p.apply(square, (3,)) == 9
     finally:
         p.terminate()
-    with cluster.executor() as ex:
+    with client.executor() as ex:
         assert isinstance(ex, Executor)
         assert ex.submit(square, 4).result(60) == 16
 
 
-def test_code_written_for_multiprocessing_runs_unchanged(cluster: Client) -> None:
+def test_code_written_for_multiprocessing_runs_unchanged(client: Client) -> None:
     # The reference: the stdlib's own Pool implementation (threads: no fork in a test).
     expected = _mp_style_program(multiprocessing.pool.ThreadPool)
-    got = _mp_style_program(functools.partial(Pool, client=cluster))
+    got = _mp_style_program(functools.partial(Pool, client=client))
     assert got == expected
     assert got["error"] is True
 
@@ -511,8 +511,8 @@ def test_executor_as_completed(executor: Executor) -> None:
     assert [f.result() for f in first.done] == [0.0]
 
 
-def test_executor_shutdown_waits(cluster: Client) -> None:
-    ex = Executor(cluster)
+def test_executor_shutdown_waits(client: Client) -> None:
+    ex = Executor(client)
     futures = [ex.submit(nap, 0.2) for _ in range(4)]
     ex.shutdown(wait=True)
     assert all(f.done() for f in futures)
@@ -524,8 +524,8 @@ def test_executor_shutdown_waits(cluster: Client) -> None:
     ex.shutdown()  # twice is fine
 
 
-def test_executor_shutdown_cancel_futures(cluster: Client) -> None:
-    ex = Executor(cluster)
+def test_executor_shutdown_cancel_futures(client: Client) -> None:
+    ex = Executor(client)
     futures = [ex.submit(nap, 0.3) for _ in range(10)]
     start = time.monotonic()
     ex.shutdown(wait=True, cancel_futures=True)
@@ -535,11 +535,11 @@ def test_executor_shutdown_cancel_futures(cluster: Client) -> None:
     waited = concurrent.futures.wait(futures, timeout=10)  # cancelled ones count as done
     assert not waited.not_done
     assert len(list(concurrent.futures.as_completed(futures, timeout=10))) == 10
-    assert cluster[:].apply_sync(square, 2) == [4, 4]
+    assert client[:].apply_sync(square, 2) == [4, 4]
 
 
-def test_executor_context_manager(cluster: Client) -> None:
-    with Executor(cluster, targets=cluster.ids[:1]) as ex:
+def test_executor_context_manager(client: Client) -> None:
+    with Executor(client, targets=client.ids[:1]) as ex:
         futures = [ex.submit(pid) for _ in range(6)]
     assert all(f.done() for f in futures)
     assert len({f.result() for f in futures}) == 1

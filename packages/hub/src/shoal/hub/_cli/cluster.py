@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .._client.client import Client
@@ -140,6 +141,12 @@ class Cluster:
     daemonize : bool
         Let the cluster outlive this process (``shoal cluster stop`` ends it). Otherwise
         the hub and its engines end when this process ends, however it ends.
+    hub_args : sequence of str, optional
+        More command-line arguments for the hub (``python -m shoal.hub --help``), after
+        the ones this Cluster makes from its other options, so that they win; for
+        example ``("--timeout", "2.0", "--store", "sqlite")``.
+
+        .. versionadded:: 0.3
 
     Examples
     --------
@@ -163,6 +170,7 @@ class Cluster:
         allowed_failures: int | None = None,
         log_level: str = "WARNING",
         daemonize: bool = False,
+        hub_args: Sequence[str] = (),
     ) -> None:
         if n is None:
             n = os.cpu_count() or 1
@@ -183,6 +191,12 @@ class Cluster:
         self.allowed_failures = allowed_failures
         self.log_level = log_level
         self.daemonize = daemonize
+        if isinstance(hub_args, str) or not all(isinstance(a, str) for a in hub_args):
+            raise TypeError(
+                "hub_args must be a sequence of str, one per command-line word, like"
+                f" ('--timeout', '2.0'); got {hub_args!r}"
+            )
+        self.hub_args = tuple(hub_args)
         self.log_file = os.path.join(self.profile_dir, LOG_FILE)
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: Client | None = None  # ours: waits, adds, removes, shuts down
@@ -275,6 +289,7 @@ class Cluster:
             cmd += ["--allowed-failures", str(self.allowed_failures)]
         if not self.daemonize:
             cmd += ["--parent-pid", str(os.getpid())]
+        cmd += self.hub_args
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             return subprocess.Popen(  # noqa: S603 - our own module, our own arguments
