@@ -1,9 +1,10 @@
-"""Fixtures for the arrays tests: a real cluster (hub process, 3 engines) per module."""
+"""Fixtures for the arrays tests: a real cluster (hub process, 3 engines) per pytest
+process (xdist worker), from shoal.hub.testing, and ``clean``, which checks each test
+leaves the engines as it found them. ``hub`` starts a cluster of a test's own."""
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +14,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from arrays_testing import NoGather, object_counts
 
-from shoal.hub import Client, Cluster
+from shoal.hub import Client
+from shoal.hub.testing import hub, running_cluster, wait_until
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """A Client on a hub with 3 engines (random ports, a folder of its own), stopped
-    after the module, even when a test fails."""
-    with Cluster(n=3, profile_dir=str(tmp_path_factory.mktemp("cluster"))) as client:
-        client.wait_for_engines(3, timeout=60)
+    """A Client on a hub with 3 engines (random ports, a folder of its own), shared by
+    this process's arrays tests and stopped after them, even when a test fails."""
+    with running_cluster(tmp_path_factory.mktemp("arrays-cluster"), 3) as (_, client):
         yield client
 
 
@@ -31,10 +32,13 @@ def clean(rc: Client) -> Iterator[Client]:
     no array data came to the client unless the test asked for it by gathering."""
     before = object_counts(rc)
     yield rc
-    deadline = time.monotonic() + 10
-    while (after := object_counts(rc)) != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert after == before, f"engines' object counts {before} -> {after}: blocks leaked"
+    wait_until(
+        lambda: object_counts(rc) == before,
+        timeout=10,
+        message=lambda: (
+            f"engines' object counts back at {before}, not {object_counts(rc)} (blocks leaked)"
+        ),
+    )
 
 
-__all__ = ["NoGather", "object_counts"]
+__all__ = ["NoGather", "hub", "object_counts"]
