@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from shoal.hub._cli.cli import main
-from shoal.hub._server.hub import LOG_FRAME_BYTES, LOG_RECORD_BYTES
+from shoal.hub._server.logs import LOG_FRAME_BYTES, LOG_RECORD_BYTES
 from shoal.util import connect_logger
 from shoal.wire import ConnectionInfo, generate_key, read_connection_file, write_connection_file
 

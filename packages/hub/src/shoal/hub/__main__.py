@@ -1,7 +1,7 @@
-"""``python -m shoal.hub``: run a hub (see :func:`shoal.hub._server.hub.main`)."""
+"""``python -m shoal.hub``: run a hub (see :func:`shoal.hub._server.main.main`)."""
 
 import sys
 
-from ._server.hub import main
+from ._server.main import main
 
 sys.exit(main())

@@ -307,7 +307,7 @@ def _logs(args: argparse.Namespace) -> int:
             f"no {what} on profile {name} (no {path}): no cluster has run there"
             f" since shoal wrote one; start one with `shoal cluster start {option}`"
         )
-    from .._server.hub import escape_unsafe  # noqa: PLC0415 - only this command needs it
+    from .._server.logs import escape_unsafe  # noqa: PLC0415 - only this command needs it
 
     try:
         lines, end = _last_lines(path, args.lines)
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["hub"]:
-        from .._server.hub import main as hub_main  # noqa: PLC0415 - only this command needs it
+        from .._server.main import main as hub_main  # noqa: PLC0415 - only this command needs it
 
         try:
             return hub_main(args_list[1:])

@@ -1,5 +1,8 @@
 """The hub process: engines register with it; clients reach engines through it.
 
+The load balancer's state is ``scheduler.py`` (no sockets), the history on disk
+``store.py``, the command line ``main.py``.
+
 Theory of operation
 -------------------
 Four threads, all sockets bound on loopback by default (another address needs Curve, or
@@ -14,13 +17,13 @@ Four threads, all sockets bound on loopback by default (another address needs Cu
   stamp, signature over every buffer, envelope) *before* it is booked, routed or kept.
   Identities are opaque bytes. Drops are counted per socket and reason
   (``statistics_request``) and logged at most once a second per peer.
-* The **heart thread** pings every engine on ``heartbeat`` each ``period`` and records
+* The **heart thread** (``heart.py``) pings every engine on ``heartbeat`` each ``period`` and records
   their echoes; the routing thread only reads those times. A routing thread busy with a
   huge message therefore never stops the pings that keep engines alive.
-* The **beat echo**: clients ping ``beat`` (a ROUTER), echoed by ``zmq.proxy`` in C
+* The **beat echo** (``heart.py``): clients ping ``beat`` (a ROUTER), echoed by ``zmq.proxy`` in C
   without the GIL, so a client never thinks a busy hub is gone; a copy of each ping
   (its identity only) tells the routing thread which clients' leases go on.
-* The **log thread** reads ``log`` (a SUB): the records engines publish with
+* The **log thread** (``logs.py``) reads ``log`` (a SUB): the records engines publish with
   :func:`shoal.util.connect_engine_logger` (``[topic, text]``, unsigned), and appends
   them to ``engines.log`` in the hub's folder (``shoal logs`` prints it). Nothing in a
   record is acted on: it is written as text only, cut to :data:`LOG_RECORD_BYTES`, its
@@ -47,25 +50,23 @@ an engine declared dead is dropped, and that engine is told to shut down.
 
 from __future__ import annotations
 
-import argparse
 import array
 import contextlib
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
 from shoal.engine import HUB_REQUESTS, PING, PONG, MsgType, reply_type
-from shoal.util import integer_loglevel, is_url, local_logger, log_errors, set_hwm, validate_url
+from shoal.util import integer_loglevel, is_url, set_hwm, validate_url
 from shoal.wire import (
     DELIMITER,
     Codec,
@@ -81,8 +82,10 @@ from shoal.wire import (
     write_connection_file,
 )
 
-from .._profile import CLIENT_FILE, ENGINE_FILE, ENGINES_LOG, profile_dir
+from .._profile import CLIENT_FILE, ENGINE_FILE, ENGINES_LOG
 from .._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
+from .heart import Heart, beat_echo
+from .logs import LOG_FRAME_BYTES, LOG_HWM, LogSink
 from .scheduler import (
     Aborted,
     AbortOnEngine,
@@ -94,18 +97,9 @@ from .scheduler import (
 )
 from .store import HistoryStore
 
-__all__ = ["Hub", "main"]
+__all__ = ["Hub"]
 
 log = logging.getLogger("shoal.hub")
-
-#: The most of a record's text written to ``engines.log`` (its head and tail are kept).
-LOG_RECORD_BYTES = 16 * 1024
-#: A larger frame on the log socket makes zmq drop its sender's connection unread.
-LOG_FRAME_BYTES = 1024 * 1024
-#: Records queued on the log socket before zmq drops more (memory stays bounded).
-LOG_HWM = 10_000
-#: ``engines.log`` is moved to ``engines.log.1`` (replacing it) when it grows past this.
-LOG_FILE_BYTES = 16 * 1024 * 1024
 
 
 def _is_head(frame: Any) -> bool:
@@ -162,273 +156,6 @@ class _Engine:
         self.direct_url: str | None = None
         self.last_beat = time.monotonic()
         self.ready = False
-
-
-class _Heart(threading.Thread):
-    """Pings the engines on the hub's heartbeat socket every ``period`` and records when
-    each echoed; the routing thread reads :attr:`last` and :attr:`unreachable`.
-
-    The routing thread adds and removes engines with :meth:`watch` and :meth:`forget`
-    (plain dict operations, atomic under the GIL); this thread owns the socket.
-    """
-
-    def __init__(self, sock: zmq.Socket[Any], period: float) -> None:
-        super().__init__(name="shoal-hub-heart", daemon=True)
-        self.sock = sock
-        self.period = period
-        self.last: dict[bytes, float] = {}  # identity -> when it last echoed (monotonic)
-        # identities the last ping could not be sent to (cleared by a later echo)
-        self.unreachable: set[bytes] = set()
-        self._watched: dict[bytes, None] = {}
-        self._halt = threading.Event()
-        self._next_ping = 0.0
-
-    def watch(self, ident: bytes) -> None:
-        self.last[ident] = time.monotonic()
-        self._watched[ident] = None
-
-    def forget(self, ident: bytes) -> None:
-        self._watched.pop(ident, None)
-        self.last.pop(ident, None)
-        self.unreachable.discard(ident)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5 * self.period + 1)
-
-    def run(self) -> None:
-        self._next_ping = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                wait = max(0.0, self._next_ping - time.monotonic())
-                if self.sock.poll(int(wait * 1000) + 1):
-                    # Echoes: [identity, b"ping"]; the identity is all we use. Pinging is
-                    # checked after each message, so a flood here delays no ping round.
-                    while time.monotonic() < self._next_ping and self._read_echo():
-                        pass
-                self._ping_if_due()
-        finally:
-            self.sock.close(linger=0)
-
-    def _read_echo(self) -> bool:
-        """Read one message (frame by frame, kept nowhere); False when none waits.
-
-        A message of many frames (nobody's echo) is read on with pings sent on time, and
-        the time it took is not held against the engines whose echoes waited behind it.
-        """
-        try:
-            frame = self.sock.recv(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        ident = frame.bytes if len(frame) <= 256 else b""  # identities are small
-        mark = time.monotonic()
-        n = 1
-        while frame.more:
-            frame = self.sock.recv(copy=False)
-            n += 1
-            if n % 4096 == 0:
-                self._ping_if_due()
-                # Echoes wait behind this message: their engines' silence stands still.
-                now = time.monotonic()
-                last = self.last  # the routing thread may forget one meanwhile: no KeyError
-                for watched, heard in list(last.items()):
-                    last[watched] = heard + (now - mark)
-                mark = now
-        if ident in self._watched:
-            self.last[ident] = time.monotonic()
-            self.unreachable.discard(ident)  # it answers: a failed ping was a start-up race
-        return True
-
-    def _ping_if_due(self) -> None:
-        if time.monotonic() < self._next_ping:
-            return
-        self._next_ping = time.monotonic() + self.period
-        for ident in list(self._watched):
-            try:
-                self.sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
-                self.sock.send(b"ping", zmq.NOBLOCK)
-            except zmq.ZMQError:  # its connection is gone
-                self.unreachable.add(ident)
-
-
-def _beat_echo(sock: zmq.Socket[Any], capture: zmq.Socket[Any], control: zmq.Socket[Any]) -> None:
-    """Echo clients' pings in C, without the GIL, until told to stop on ``control``."""
-    try:
-        zmq.proxy_steerable(sock, sock, capture, control)
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        for s in (sock, capture, control):
-            s.close(linger=0)
-
-
-# A topic is ``<root>.<LEVEL>`` (shoal.util.PUBLogHandler); engines' roots are
-# ``engine`` (before they register) and ``engine.<id>``. Levels may be custom names.
-_TOPIC = re.compile(
-    rb"(?:([A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,3})\.)?([A-Za-z][A-Za-z0-9_ -]{0,31})"
-)
-_ENGINE_ROOT = re.compile(r"engine(?:\.([0-9]{1,9}))?")
-# What must not reach a terminal or a log reader raw: C0 controls but tab and newline,
-# DEL, C1 controls, line and paragraph separators, bidirectional marks and overrides.
-_UNSAFE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
-
-
-def escape_unsafe(text: str) -> str:
-    """``text`` with each unsafe character shown as its escape (``\\x1b``, ``\\u202e``)."""
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def _record_text(body: bytes) -> list[str]:
-    """A record's text as lines to write: at most :data:`LOG_RECORD_BYTES` of it (head
-    and tail, the middle cut and said so), decoded leniently, unsafe characters escaped."""
-    if len(body) > LOG_RECORD_BYTES:
-        half = LOG_RECORD_BYTES // 2
-        cut = len(body) - 2 * half
-        text = (
-            body[:half].decode("utf-8", "replace")
-            + f" [... {cut} bytes cut ...] "
-            + body[-half:].decode("utf-8", "replace")
-        )
-    else:
-        text = body.decode("utf-8", "replace")
-    return escape_unsafe(text).rstrip("\n").split("\n")
-
-
-def _timestamp(when: float) -> str:
-    """``2024-05-01 12:00:00.123``, local time (as :func:`shoal.util.local_logger`)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when % 1 * 1000):03d}"
-
-
-class _LogSink(threading.Thread):
-    """Appends the records published to the hub's ``log`` socket to ``path``.
-
-    A line reads ``<time> <source> <LEVEL> <text>``: the source is ``engine <id> (pid
-    <pid>)`` with the pid from the hub's own table (``engine ?`` before the engine
-    registered), or the topic's root for other publishers
-    (:func:`shoal.util.connect_logger`). A record's further lines (a traceback) follow,
-    indented by four spaces. Records are unsigned: the topic is only a claim, and the
-    text is never acted on.
-
-    The routing thread never waits for this one: it owns the socket and the file, and
-    reads :meth:`statistics` only.
-    """
-
-    def __init__(
-        self, sock: zmq.Socket[Any], path: str, pid_of: Callable[[int], int | None]
-    ) -> None:
-        super().__init__(name="shoal-hub-logs", daemon=True)
-        self.sock = sock
-        self.path = path
-        self.pid_of = pid_of
-        self.received = 0
-        self.dropped: dict[str, int] = {}
-        self._pids: dict[int, int] = {}  # engines seen, kept past their end (bounded)
-        self._halt = threading.Event()
-        self._warned = 0.0
-        self._file = self._open()
-
-    def _open(self) -> BinaryIO:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "ab")
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-
-    def statistics(self) -> dict[str, Any]:
-        return {"sent": 0, "received": self.received, "dropped": dict(self.dropped)}
-
-    def run(self) -> None:
-        try:
-            while not self._halt.is_set():
-                if self.sock.poll(100):
-                    self._drain()
-            self._drain()  # what reached the socket before the stop
-        finally:
-            self.sock.close(linger=0)
-            self._file.close()
-
-    def _drain(self) -> None:
-        """Read a burst of records, write them, flush (``shoal logs -f`` sees them)."""
-        lines: list[str] = []
-        for _ in range(256):
-            try:
-                frames, count = self._recv()
-            except zmq.Again:
-                break
-            self.received += 1
-            line = self._line(frames, count)
-            if line:
-                lines.append(line)
-        if lines:
-            self._write("".join(lines))
-
-    def _recv(self) -> tuple[list[bytes], int]:
-        """One message: its first two frames and how many it had (the rest are read and
-        dropped, kept nowhere)."""
-        frame = self.sock.recv(zmq.NOBLOCK, copy=False)
-        kept = [frame.bytes]
-        count = 1
-        while frame.more:
-            frame = self.sock.recv(copy=False)
-            count += 1
-            if count <= 2:
-                kept.append(frame.bytes)
-        return kept, count
-
-    @log_errors(logger=log)
-    def _line(self, frames: list[bytes], count: int) -> str:
-        """The text written for one message ('' when it is dropped)."""
-        if count != 2:
-            return self._drop(f"{count} frames, not [topic, text]")
-        topic, body = frames
-        match = _TOPIC.fullmatch(topic)
-        if match is None:
-            return self._drop("a malformed topic")
-        root = (match.group(1) or b"").decode("ascii")
-        level = match.group(2).decode("ascii")
-        first, *more = _record_text(body)
-        head = f"{_timestamp(time.time())} {self._source(root)} {level} {first}\n"
-        return head + "".join(f"    {line}\n" for line in more)
-
-    def _source(self, root: str) -> str:
-        engine = _ENGINE_ROOT.fullmatch(root)
-        if engine is None:
-            return root or "-"
-        if engine.group(1) is None:
-            return "engine ?"
-        engine_id = int(engine.group(1))
-        pid = self._pids.get(engine_id)
-        if pid is None and (pid := self.pid_of(engine_id)) is not None:
-            if len(self._pids) >= 4096:
-                del self._pids[next(iter(self._pids))]
-            self._pids[engine_id] = pid
-        where = "not an engine of this hub" if pid is None else f"pid {pid}"
-        return f"engine {engine_id} ({where})"
-
-    def _drop(self, why: str) -> str:
-        self.dropped[why] = self.dropped.get(why, 0) + 1
-        now = time.monotonic()
-        if now - self._warned > 1.0:  # at most once a second: a flood must not flood
-            self._warned = now
-            total = sum(self.dropped.values())
-            log.warning("dropped a message on the log socket: %s (%d dropped so far)", why, total)
-        return ""
-
-    def _write(self, text: str) -> None:
-        try:
-            if self._file.closed:  # a rotation that failed: try again
-                self._file = self._open()
-            self._file.write(text.encode("utf-8"))
-            self._file.flush()
-            if self._file.tell() >= LOG_FILE_BYTES:
-                self._file.close()
-                os.replace(self.path, self.path + ".1")
-                self._file = self._open()
-        except OSError as exc:  # a full disk, a removed folder: the hub goes on
-            self._drop(f"{self.path} could not be written ({exc.strerror})")
 
 
 def _bind_url(ip: str) -> str:
@@ -524,7 +251,7 @@ class Hub:
             name: Session(self.sockets[name], self.codec, session_id="hub", sender="hub")
             for name in ("client", "shell", "control")
         }
-        self.heart = _Heart(self.sockets.pop("heartbeat"), period)
+        self.heart = Heart(self.sockets.pop("heartbeat"), period)
         self.engines_log = os.path.join(folder, ENGINES_LOG)
         self.engines: dict[int, _Engine] = {}
         self.by_ident: dict[bytes, _Engine] = {}
@@ -540,7 +267,7 @@ class Hub:
         if store not in (None, "sqlite"):
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
-        self.log_sink = _LogSink(self.sockets.pop("log"), self.engines_log, self._pid_of)
+        self.log_sink = LogSink(self.sockets.pop("log"), self.engines_log, self._pid_of)
         # The urls are as bound; a peer turns a wildcard host (``--ip 0.0.0.0``) into
         # loopback on this host, or into ``location`` elsewhere: disambiguate_url.
         location = socket.gethostname()
@@ -702,7 +429,7 @@ class Hub:
         steer = self.context.socket(zmq.PAIR)
         steer.connect("inproc://shoal-hub-beat-steer")
         echo = threading.Thread(
-            target=_beat_echo,
+            target=beat_echo,
             args=(self.sockets.pop("beat"), capture, steer_in),
             name="shoal-hub-beat",
             daemon=True,
@@ -1106,8 +833,6 @@ class Hub:
         for pid, proc in list(self.procs.items()):  # reap engines that never registered
             if proc.poll() is not None and not any(e.pid == pid for e in self.engines.values()):
                 del self.procs[pid]
-        if self.store is not None:
-            self.store.flush()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
@@ -1141,11 +866,10 @@ class Hub:
         self.heart.forget(engine.ident)
         self.dead.add(engine.ident)
         log.warning("engine %d is lost: %s", engine.id, cause)
-        if kill and engine.proc is not None:
-            if engine.proc.poll() is None:
-                engine.proc.kill()  # ours, and declared dead (e.g. SIGSTOPped): it must go
-            engine.proc.wait()
-            self.procs.pop(engine.pid, None)
+        if kill and engine.proc is not None and engine.proc.poll() is None:
+            # Ours, and declared dead (e.g. SIGSTOPped): it must go. Reaped by _beat (and
+            # SIGCHLD wakes it), never waited for here: the routing thread goes on.
+            engine.proc.kill()
         note = {"engine_id": engine.id, "cause": cause}
         for client in list(self.clients):  # first: a client that sees the error knows it
             self._send_hub_msg(client, MsgType.ENGINE_UNREGISTERED, note)
@@ -1292,80 +1016,3 @@ class Hub:
         for sock in self.sockets.values():
             sock.close(linger=50)  # the hub_shutdown notices, local and small
         self.context.term()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shoal.hub [-n ENGINES] [--profile NAME | --profile-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="shoal-hub", description=__doc__.split("\n")[0])
-    parser.add_argument("-n", "--engines", type=int, default=0, help="local engines to start")
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--profile-dir", default=None, help="overrides --profile")
-    parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (loopback)")
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a non-loopback --ip without encryption (a trusted network only)",
-    )
-    parser.add_argument("--hwm", type=int, default=2, help="tasks queued per engine")
-    parser.add_argument("--period", type=float, default=0.2, help="heartbeat period, s")
-    parser.add_argument("--timeout", type=float, default=2.0, help="silent engine is dead, s")
-    parser.add_argument(
-        "--client-timeout", type=float, default=10.0, help="silent client's objects are freed, s"
-    )
-    parser.add_argument(
-        "--allowed-failures",
-        type=int,
-        default=3,
-        help="a task that was running on this many engines when each died fails for good",
-    )
-    parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument(
-        "--log-level", type=_log_level, default="WARNING", help="of the hub's own log (stderr)"
-    )
-    parser.add_argument(
-        "--engine-log-level",
-        type=_log_level,
-        default="WARNING",
-        help=f"of the engines' logs (stderr, and {ENGINES_LOG} in the profile folder)",
-    )
-    parser.add_argument(
-        "--store", choices=["sqlite"], default=None, help="keep task history on disk"
-    )
-    args = parser.parse_args(argv)
-    local_logger("", args.log_level)  # timestamped lines on stderr (the launcher's hub.log)
-    folder = args.profile_dir or profile_dir(args.profile)
-    try:
-        hub = Hub(
-            folder,
-            ip="127.0.0.1" if args.ip == "localhost" else args.ip,
-            hwm=args.hwm,
-            period=args.period,
-            timeout=args.timeout,
-            parent_pid=args.parent_pid,
-            engine_log_level=args.engine_log_level,
-            store=args.store,
-            client_timeout=args.client_timeout,
-            insecure=args.insecure,
-            allowed_failures=args.allowed_failures,
-        )
-    except InsecureBindError as exc:  # the same rule as Hub(ip=...): one place decides
-        parser.error(f"--ip {args.ip}: {exc}; pass --insecure to allow it on a trusted network")
-    except zmq.ZMQError as exc:  # e.g. an address of no interface of this host
-        parser.error(f"--ip {args.ip}: cannot bind there: {exc}")
-    except ValueError as exc:  # a malformed --ip, or --hwm, --allowed-failures, ...
-        parser.error(str(exc))
-    hub.launch(args.engines)
-    print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line
-    return hub.serve()
-
-
-def _log_level(text: str) -> int:
-    """``--log-level`` as a number: a level name in any case, or an integer."""
-    try:
-        return integer_loglevel(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())
