@@ -24,7 +24,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.engine import EngineDiedError, MsgType, RemoteError
 from shoal.wire import (
@@ -50,6 +50,7 @@ from .transport import Transport
 __all__ = ["Client", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
+R = TypeVar("R", bound="AsyncResult[Any]")
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
 
 
@@ -117,7 +118,7 @@ class Client:
         self._reply_to = (RECEIVER + token).decode()
         self.direct = direct
         self.host = this_host()
-        self._pending: dict[str, AsyncResult] = {}
+        self._pending: dict[str, AsyncResult[Any]] = {}
         self.max_outstanding = max_outstanding
         self._room = threading.Condition()  # signalled when replies make room
         self._engines: dict[int, dict[str, Any]] = {}
@@ -284,10 +285,10 @@ class Client:
     def _submit(
         self,
         requests: Sequence[tuple[bytes, str, Any, dict[str, Any] | None]],
-        make_result: Callable[[list[str]], AsyncResult],
+        make_result: Callable[[list[str]], R],
         *,
         wait_for_room: bool = True,
-    ) -> AsyncResult:
+    ) -> R:
         """Encode and send ``(route, msg_type, content, metadata)`` requests, answered into
         the AsyncResult that ``make_result(msg_ids)`` builds."""
         self._transport.check()
@@ -351,7 +352,7 @@ class Client:
 
     def object_request(
         self, engine_id: int, msg_type: str, content: Mapping[str, object]
-    ) -> AsyncResult:
+    ) -> AsyncResult[dict[str, Any]]:
         """Send one request to engine ``engine_id``'s object store
         (:class:`shoal.engine.ObjectStore`; ``msg_type`` one of its
         :class:`shoal.engine.MsgType` requests, e.g. ``MsgType.FETCH_REQUEST``).
@@ -362,8 +363,10 @@ class Client:
         objects and :mod:`shoal.arrays` build on.
         """
 
-        def make(ids: list[str]) -> AsyncResult:
-            result = AsyncResult(self, ids, single=True, label=msg_type)
+        def make(ids: list[str]) -> AsyncResult[dict[str, Any]]:
+            result: AsyncResult[dict[str, Any]] = AsyncResult(
+                self, ids, single=True, label=msg_type
+            )
             result._object = True
             return result
 
@@ -397,7 +400,7 @@ class Client:
         single: bool,
         combine: Callable[[list[Any]], Any] | None = None,
         label: str | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         """One request per target engine, gathered in one AsyncResult."""
         contents = [content_for(t) for t in targets]
         relayed = self._relays(targets, msg_type, contents)
@@ -463,13 +466,15 @@ class Client:
     def _hub_request(
         self, msg_type: str, content: dict[str, Any], timeout: float | None = 10.0
     ) -> dict[str, Any]:
-        result = self._submit(
+        result: AsyncResult[dict[str, Any]] = self._submit(
             [(HUB, msg_type, content, None)],
             lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
         )
         return dict(result.get(timeout))
 
-    def _control(self, engine_id: int, msg_type: str, content: dict[str, Any]) -> AsyncResult:
+    def _control(
+        self, engine_id: int, msg_type: str, content: dict[str, Any]
+    ) -> AsyncResult[dict[str, Any]]:
         return self._submit(
             [(control_route(engine_id), msg_type, content, None)],
             lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
@@ -485,7 +490,7 @@ class Client:
     def _closed(self) -> bool:
         return self._transport.closed
 
-    def _wait(self, result: AsyncResult, timeout: float | None) -> None:
+    def _wait(self, result: AsyncResult[Any], timeout: float | None) -> None:
         """Read replies in this (calling) thread until ``result`` is done or ``timeout``
         passed: the reply reaches its waiter without a hand-off from the I/O thread."""
         self._transport.wait(result.done, timeout)
