@@ -16,6 +16,8 @@ from ._cli.cluster import Cluster as Cluster
 from ._client.asyncresult import AsyncMapResult as AsyncMapResult
 from ._client.asyncresult import AsyncResult as AsyncResult
 from ._client.client import Client as Client
+from ._client.client import SocketStatistics as SocketStatistics
+from ._client.client import TaskRecord as TaskRecord
 from ._client.client import current_client as current_client
 from ._client.errors import CompositeError as CompositeError
 from ._client.errors import DependencyError as DependencyError
@@ -111,8 +113,10 @@ __all__ = [
     "ReferenceBook",
     "Remote",
     "RemoteError",
+    "SocketStatistics",
     "SyncManager",
     "TaskAborted",
+    "TaskRecord",
     "View",
     "apply",
     "call_all",

@@ -175,7 +175,9 @@ def wait_processes_gone(pids: Iterable[int], timeout: float = 30.0) -> None:
 def engine_pids(client: Client) -> dict[int, int]:
     """The PID of each registered engine, by engine id (asked from the hub)."""
     status = client.queue_status()
-    return {e: int(s["pid"]) for e, s in status.items() if isinstance(e, int)}
+    return {
+        e: int(s["pid"]) for e, s in status.items() if isinstance(e, int) and isinstance(s, dict)
+    }
 
 
 # -- a running cluster --------------------------------------------------------------------

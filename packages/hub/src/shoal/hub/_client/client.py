@@ -24,7 +24,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from shoal.engine import EngineDiedError, MsgType, RemoteError
 from shoal.wire import (
@@ -46,11 +46,37 @@ from .asyncresult import AsyncResult
 from .errors import HubLost, error_from_reply
 from .references import ReferenceBook
 from .transport import Transport
+from .views import DirectView, LoadBalancedView
 
-__all__ = ["Client", "current_client"]
+if TYPE_CHECKING:
+    from .._compat.pool import Executor, Pool
+
+__all__ = ["Client", "SocketStatistics", "TaskRecord", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
 R = TypeVar("R", bound="AsyncResult[Any]")
+
+
+class SocketStatistics(TypedDict):
+    """What sockets sent, received and dropped (by reason) since they opened."""
+
+    sent: int
+    received: int
+    dropped: dict[str, int]
+
+
+class TaskRecord(TypedDict):
+    """The hub's metadata on a finished task (``Client.history``); times are
+    ``time.time()`` seconds, None where the task never got there."""
+
+    msg_id: str
+    engine_id: int | None
+    status: str
+    submitted: float | None
+    started: float | None
+    completed: float | None
+
+
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
 
 
@@ -179,10 +205,15 @@ class Client:
                 )
             return sorted(self._engines)
 
-    def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
-        """``client[0]``, ``client[:]``, ``client[::2]``, ``client[[0, 2]]``: a DirectView."""
-        from .views import DirectView  # noqa: PLC0415 - views import this module
-
+    @overload
+    def __getitem__(self, key: int) -> DirectView[int]: ...
+    @overload
+    def __getitem__(self, key: slice | Sequence[int]) -> DirectView[list[int]]: ...
+    def __getitem__(
+        self, key: int | slice | Sequence[int]
+    ) -> DirectView[int] | DirectView[list[int]]:
+        """``client[0]``, ``client[:]``, ``client[::2]``, ``client[[0, 2]]``: a DirectView
+        (on one engine, its results unwrapped; on several, a list of their results)."""
         ids = self.ids
         if isinstance(key, int):
             if key not in ids:
@@ -202,46 +233,57 @@ class Client:
             raise IndexError(f"{key!r} selects no engine; the engines are {ids}")
         return DirectView(self, targets)
 
-    def direct_view(self, targets: int | Sequence[int] | str = "all") -> Any:
+    @overload
+    def direct_view(self, targets: int) -> DirectView[int]: ...
+    @overload
+    def direct_view(
+        self, targets: Sequence[int] | Literal["all"] = "all"
+    ) -> DirectView[list[int]]: ...
+    def direct_view(
+        self, targets: int | Sequence[int] | Literal["all"] = "all"
+    ) -> DirectView[int] | DirectView[list[int]]:
         """A DirectView on ``targets`` (``"all"``: every engine registered now)."""
-        if targets == "all":
+        if isinstance(targets, str):
+            if targets != "all":
+                raise ValueError(f"targets must be engine ids or 'all', not {targets!r}")
             return self[:]
-        return self[targets]  # type: ignore[index]
+        return self[targets]
 
-    def load_balanced_view(self, targets: Sequence[int] | None = None) -> Any:
+    def load_balanced_view(self, targets: Sequence[int] | None = None) -> LoadBalancedView:
         """A LoadBalancedView: tasks go to whichever engine is free (among ``targets``)."""
-        from .views import LoadBalancedView  # noqa: PLC0415 - views import this module
-
         return LoadBalancedView(self, targets)
 
-    def executor(self, targets: Sequence[int] | None = None) -> Any:
+    def executor(self, targets: Sequence[int] | None = None) -> Executor:
         """A ``concurrent.futures.Executor`` running on the cluster (load balanced)."""
+        # The one import that runs back up a floor: Pool and Executor are built on the
+        # client, which hands them out.
         from .._compat.pool import Executor  # noqa: PLC0415
 
         return Executor(self, targets)
 
-    def pool(self, processes: int | None = None) -> Any:
+    def pool(self, processes: int | None = None) -> Pool:
         """A ``multiprocess.Pool``-compatible pool running on the cluster."""
-        from .._compat.pool import Pool  # noqa: PLC0415
+        from .._compat.pool import Pool  # noqa: PLC0415 - see executor()
 
         return Pool(processes, client=self)
 
     # -- hub requests -------------------------------------------------------------------
-    def queue_status(self) -> dict[int, Any]:
-        """Per engine: outstanding requests, pid, host; plus ``unassigned`` tasks and
-        ``no_engines``: True while tasks wait and no engine is left to run them."""
+    def queue_status(self) -> dict[int | str, object]:
+        """Per engine id: a dict of its outstanding requests, pid, host; plus
+        ``"unassigned"``, the tasks no engine took yet, and ``"no_engines"``: True while
+        tasks wait and no engine is left to run them (ipyparallel's layout)."""
         reply = self._hub_request(MsgType.QUEUE_STATUS_REQUEST, {})
-        status: dict[Any, Any] = {int(k): v for k, v in reply["engines"].items()}
+        status: dict[int | str, object] = {int(k): v for k, v in reply["engines"].items()}
         status["unassigned"] = reply["unassigned"]
         status["no_engines"] = bool(reply.get("no_engines", False))
         return status
 
-    def hub_statistics(self) -> dict[str, dict[str, Any]]:
+    def hub_statistics(self) -> dict[str, SocketStatistics]:
         """What the hub's sockets (``client``, ``shell``, ``control``) sent, received and
         dropped, by reason: the messages it refused before acting on them."""
         return dict(self._hub_request(MsgType.STATISTICS_REQUEST, {})["sockets"])
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SocketStatistics:
         """What this client's own sockets sent, received and dropped (summed), by reason."""
         sent = received = 0
         dropped: collections.Counter[str] = collections.Counter()
@@ -252,7 +294,7 @@ class Client:
             dropped.update(stats.dropped)
         return {"sent": sent, "received": received, "dropped": dict(dropped)}
 
-    def history(self, msg_ids: Sequence[str] | None = None) -> list[dict[str, Any] | None]:
+    def history(self, msg_ids: Sequence[str] | None = None) -> list[TaskRecord | None]:
         """The hub's metadata on finished tasks: engine, status, submitted/started/completed."""
         content = {"msg_ids": None if msg_ids is None else list(msg_ids)}
         return list(self._hub_request(MsgType.HISTORY_REQUEST, content)["history"])

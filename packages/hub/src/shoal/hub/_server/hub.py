@@ -17,8 +17,8 @@ Four threads, all sockets bound on loopback by default (another address needs Cu
   stamp, signature over every buffer, envelope) *before* it is booked, routed or kept.
   Identities are opaque bytes. Drops are counted per socket and reason
   (``statistics_request``) and logged at most once a second per peer.
-* The **heart thread** (``heart.py``) pings every engine on ``heartbeat`` each ``period`` and records
-  their echoes; the routing thread only reads those times. A routing thread busy with a
+* The **heart thread** (``heart.py``) pings every engine on ``heartbeat`` each ``period``
+  and records their echoes; the routing thread only reads those times. A routing thread busy with a
   huge message therefore never stops the pings that keep engines alive.
 * The **beat echo** (``heart.py``): clients ping ``beat`` (a ROUTER), echoed by ``zmq.proxy`` in C
   without the GIL, so a client never thinks a busy hub is gone; a copy of each ping
