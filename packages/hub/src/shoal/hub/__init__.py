@@ -16,7 +16,6 @@ from ._cli.cluster import Cluster as Cluster
 from ._client.asyncresult import AsyncMapResult as AsyncMapResult
 from ._client.asyncresult import AsyncResult as AsyncResult
 from ._client.client import Client as Client
-from ._client.client import SocketStatistics as SocketStatistics
 from ._client.client import TaskRecord as TaskRecord
 from ._client.client import current_client as current_client
 from ._client.errors import CompositeError as CompositeError
@@ -43,6 +42,7 @@ from ._objects.remote import gather as gather
 from ._objects.remote import proxy_methods as proxy_methods
 from ._objects.remote import scatter as scatter
 from ._objects.remote import vectorize as vectorize
+from ._protocol import SocketStatistics as SocketStatistics
 
 if TYPE_CHECKING:
     from ._compat.managers import BaseManager as BaseManager

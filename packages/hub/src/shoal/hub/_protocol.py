@@ -17,7 +17,7 @@ route in front, so the client knows where a reply came from.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypedDict
 
 __all__ = [
     "BEAT",
@@ -26,6 +26,7 @@ __all__ = [
     "LB_BATCH",
     "RECEIVER",
     "SENDER",
+    "SocketStatistics",
     "control_route",
     "engine_id_of",
     "engine_route",
@@ -61,3 +62,12 @@ def receiver_of(identity: bytes) -> bytes:
     """The receiving socket of the client whose sending or pinging socket is
     ``identity`` (opaque bytes: only the first byte is replaced)."""
     return RECEIVER + identity[1:]
+
+
+class SocketStatistics(TypedDict):
+    """What a socket sent, received and dropped (by reason) since it opened: a hub's
+    ``statistics_request`` reply holds one per socket."""
+
+    sent: int
+    received: int
+    dropped: dict[str, int]

@@ -41,7 +41,7 @@ from shoal.wire import (
 )
 
 from .._profile import CLIENT_FILE, profile_dir
-from .._protocol import HUB, LB, LB_BATCH, RECEIVER, control_route, engine_route
+from .._protocol import HUB, LB, LB_BATCH, RECEIVER, SocketStatistics, control_route, engine_route
 from .asyncresult import AsyncResult
 from .errors import HubLost, error_from_reply
 from .references import ReferenceBook
@@ -51,18 +51,10 @@ from .views import DirectView, LoadBalancedView
 if TYPE_CHECKING:
     from .._compat.pool import Executor, Pool
 
-__all__ = ["Client", "SocketStatistics", "TaskRecord", "current_client"]
+__all__ = ["Client", "TaskRecord", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
 R = TypeVar("R", bound="AsyncResult[Any]")
-
-
-class SocketStatistics(TypedDict):
-    """What sockets sent, received and dropped (by reason) since they opened."""
-
-    sent: int
-    received: int
-    dropped: dict[str, int]
 
 
 class TaskRecord(TypedDict):

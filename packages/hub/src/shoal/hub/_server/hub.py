@@ -83,7 +83,16 @@ from shoal.wire import (
 )
 
 from .._profile import CLIENT_FILE, ENGINE_FILE, ENGINES_LOG
-from .._protocol import HUB, LB, LB_BATCH, control_route, engine_id_of, engine_route, receiver_of
+from .._protocol import (
+    HUB,
+    LB,
+    LB_BATCH,
+    SocketStatistics,
+    control_route,
+    engine_id_of,
+    engine_route,
+    receiver_of,
+)
 from .heart import Heart, beat_echo
 from .logs import LOG_FRAME_BYTES, LOG_HWM, LogSink
 from .scheduler import (
@@ -452,10 +461,10 @@ class Hub:
             if client in self.clients:
                 self.clients[client] = now
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> dict[str, SocketStatistics]:
         """What each socket's session sent, received and dropped (by reason); ``log``:
         the engines' log records (dropped: malformed)."""
-        stats = {
+        stats: dict[str, SocketStatistics] = {
             name: {"sent": st.sent, "received": st.received, "dropped": dict(st.dropped)}
             for name, session in self.sessions.items()
             for st in (session.statistics(),)

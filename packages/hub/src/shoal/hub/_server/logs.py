@@ -21,6 +21,8 @@ import zmq
 
 from shoal.util import log_errors
 
+from .._protocol import SocketStatistics
+
 __all__ = [
     "LOG_FILE_BYTES",
     "LOG_FRAME_BYTES",
@@ -117,7 +119,7 @@ class LogSink(threading.Thread):
         self._halt.set()
         self.join(timeout=5)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SocketStatistics:
         return {"sent": 0, "received": self.received, "dropped": dict(self.dropped)}
 
     def run(self) -> None:
