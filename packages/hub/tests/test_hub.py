@@ -261,15 +261,18 @@ def test_abort_queued_tasks(client: Client, tmp_path: Path) -> None:
 
     gate = tmp_path / "gate"
     lb = client.load_balanced_view(targets=[0])
-    blocker = lb.apply_async(held, str(gate))
-    queued = [lb.apply_async(lambda: 1) for _ in range(4)]
-    wait_until(lambda: _submitted(client) == 5, timeout=20)  # all reached the hub
-    for ar in queued:
-        ar.abort()
+    try:
+        blocker = lb.apply_async(held, str(gate))
+        queued = [lb.apply_async(lambda: 1) for _ in range(4)]
+        wait_until(lambda: _submitted(client) == 5, timeout=20)  # all reached the hub
+        for ar in queued:
+            ar.abort()  # the hub drops its own, and asks the engine to drop the one it holds
+        client[0].status()  # a control request behind that ask: the engine has it
+    finally:
+        gate.touch()
     for ar in queued:
         with pytest.raises(TaskAborted):
             ar.get(20)
-    gate.touch()
     blocker.get(20)
     assert lb.apply_sync(lambda: 2) == 2
 

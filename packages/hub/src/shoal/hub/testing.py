@@ -100,7 +100,9 @@ def wait_until(
     ----------
     condition : callable
         Called without arguments, at once and then every ``interval`` seconds. Its
-        exceptions propagate: catch inside it what is expected while waiting.
+        exceptions propagate: catch inside it what is expected while waiting. A value
+        that is false keeps it waiting, ``0`` too: to wait for an engine id, return a
+        list of them (``[0]`` is true).
     timeout : float
         Seconds to wait, measured with :func:`time.monotonic`.
     interval : float
