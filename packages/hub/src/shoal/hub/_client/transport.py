@@ -225,7 +225,10 @@ class Transport:
         big = any(memoryview(f).nbytes >= _TRACK_BYTES for f in frames[1:])
         with self._send_lock:
             self.check()
-            session = self._sessions[sock]
+            session = self._sessions.get(sock)
+            if session is None:  # closed since the caller chose it: its engine is gone
+                assert direct_route is not None  # noqa: S101 - the hub's sockets stay open
+                raise EngineDiedError(f"engine {direct_route[1:].decode()} is gone")
             if heads:
                 for at in range(2, 2 + heads):
                     session.stamp(frames, at)
