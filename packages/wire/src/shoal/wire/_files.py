@@ -127,7 +127,7 @@ class ConnectionInfo:
     key: bytes
     signature_scheme: str = SIGNATURE_SCHEME
     curve: CurveKeys | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         doc: dict[str, Any] = dict(self.extra)

@@ -327,7 +327,7 @@ class Serializer:
                 raise _explain(obj, exc, self) from exc
         return [stream.getvalue(), *buffers]
 
-    def loads(self, frames: Sequence[Buffer]) -> Any:
+    def loads(self, frames: Sequence[Buffer]) -> object:
         """Rebuild the object from ``frames`` as returned by :meth:`dumps`.
 
         Buffers are used in place: an array is backed by its frame's memory.

@@ -123,7 +123,8 @@ class Client:
         info = read_connection_file(path)
         self.url_file = path
         self.url = info.urls["client"]
-        self.hub_pid: int | None = info.extra.get("pid")
+        pid = info.extra.get("pid")
+        self.hub_pid: int | None = pid if isinstance(pid, int) else None
         self.hub_timeout = hub_timeout
         self.ping_period = ping_period
         # The hub binds loopback only: the engines are on this host, and large buffers

@@ -970,9 +970,9 @@ def _serve_child() -> None:
         header = pickle.loads(_read_frame(pipe))
         parent_path = header["sys_path"]  # the creator's first, then ours ('' is the cwd)
         sys.path[:] = [*parent_path, *(p for p in sys.path if p not in parent_path)]
-        server_type, registry, address, authkey, serializer, initializer, initargs = (
-            _SERIALIZER.loads([_read_frame(pipe)])
-        )
+        # The creator's own configuration, over our stdin (start() wrote it).
+        config = cast("tuple[Any, ...]", _SERIALIZER.loads([_read_frame(pipe)]))
+        server_type, registry, address, authkey, serializer, initializer, initargs = config
         if initializer is not None:
             initializer(*initargs)
         server = server_type(registry, address, authkey, serializer)
