@@ -5,39 +5,81 @@ a :class:`LoadBalancedView` hands tasks to the hub's scheduler, which runs each 
 whichever engine is free. Both answer with :class:`AsyncResult`; with ``block=True``
 (the view's ``block`` attribute, or the ``block=`` keyword) they wait and return the
 result instead.
+
+Types
+-----
+A view's type says what a call gives back. ``View[int]`` runs each call on one engine
+and gives its value: a :class:`LoadBalancedView`, or a :class:`DirectView` on one engine
+(``client[0]`` is a ``DirectView[int]``). A view on a list of engines (``client[:]`` is a
+``DirectView[list[int]]``) runs each call on all of them and gives a list of values, one
+per engine. So ``client[:].apply_sync(f)`` with ``def f() -> int`` is a ``list[int]``,
+``client[0].apply_sync(f)`` an ``int``. ``block=True`` returns the value,
+``block=False`` an :class:`AsyncResult` of it, and no ``block=`` (the view's own
+default, which can change at run time) either of them. Values pulled from engines
+(``pull``, ``view["name"]``, ``execute``, ``gather``) are ``object``: their type is
+known only where they were made.
 """
 
 from __future__ import annotations
 
+import builtins
+import concurrent.futures
 import contextlib
 import functools
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeAlias,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from shoal.engine import MsgType
 from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from .._protocol import LB, engine_route
+from .asyncresult import AsyncMapResult, AsyncResult
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import DTypeLike, NDArray
-from .asyncresult import AsyncMapResult, AsyncResult
-from .client import Client
+
+    from .client import Client
 
 __all__ = ["DirectView", "LoadBalancedView", "View", "concatenate_shared", "empty_shared"]
 
+T = TypeVar("T")
+P = ParamSpec("P")
+#: What one call of a view runs on: an engine id (its value comes back as is) or a
+#: sequence of engine ids (a list of values comes back, one per engine).
+TargetsT = TypeVar("TargetsT", bound="int | Sequence[int]")
+_Many = TypeVar("_Many", bound="Sequence[int]")
+_Call_co = TypeVar("_Call_co", covariant=True)
+_Map_co = TypeVar("_Map_co", covariant=True)
+#: Dependencies of a load-balanced task: msg_ids or AsyncResults (of any value), one or
+#: a list.
+Dependencies: TypeAlias = "str | AsyncResult[Any] | Iterable[str | AsyncResult[Any]]"
 
-def _apply_content(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+
+def _apply_content(
+    f: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> dict[str, object]:
     if not callable(f):
         raise TypeError(f"apply() needs a callable as its first argument, got {f!r}")
     return {"f": f, "args": args, "kwargs": kwargs}
 
 
-def _map_chunk(f: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
+def _map_chunk(f: Callable[..., T], *columns: Iterable[object]) -> list[T]:
     """Runs on an engine: ``f`` over one chunk of the zipped sequences."""
     return list(map(f, *columns))
 
@@ -51,12 +93,17 @@ def _lengths(seqs: Sequence[Any]) -> int:
     return lengths.pop()
 
 
-def _as_sequences(seqs: Sequence[Any]) -> list[Any]:
+def _as_sequences(seqs: Iterable[Iterable[object]]) -> list[Any]:
+    """Each input as something to slice: itself (a list, a numpy array), else a list."""
     return [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
 
 
-class View:
+class View(Generic[TargetsT]):
     """What both views share: ``apply`` and ``map`` in their blocking and async forms.
+
+    ``View[int]`` runs each call on one engine and gives its value; ``View[list[int]]``
+    runs each call on a list of engines and gives a list of values (see the module's
+    "Types").
 
     Attributes
     ----------
@@ -72,53 +119,117 @@ class View:
     def _block(self, block: bool | None) -> bool:
         return self.block if block is None else block
 
-    def _finish(self, result: AsyncResult[Any], block: bool | None) -> Any:
+    def _finish(self, result: AsyncResult[T], block: bool | None) -> T | AsyncResult[T]:
         return result.get() if self._block(block) else result
 
     def _apply(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, f: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
     ) -> AsyncResult[Any]:
+        """Send ``f(*args, **kwargs)``; its AsyncResult's value is ``f``'s return value, or
+        a list of them (one per engine) on a view of several engines."""
         raise NotImplementedError
 
-    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def apply(
+        self: View[int], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T | AsyncResult[T]: ...
+    @overload
+    def apply(
+        self: View[_Many], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> list[T] | AsyncResult[list[T]]: ...
+    def apply(self, f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> object:
         """Call ``f(*args, **kwargs)`` remotely; blocks or not as ``self.block`` says."""
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+    @overload
+    def apply_async(
+        self: View[int], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncResult[T]: ...
+    @overload
+    def apply_async(
+        self: View[_Many], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncResult[list[T]]: ...
+    def apply_async(
+        self, f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncResult[T] | AsyncResult[list[T]]:
         """Call ``f(*args, **kwargs)`` remotely; returns an :class:`AsyncResult`."""
         return self._apply(f, args, kwargs)
 
-    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def apply_sync(
+        self: View[int], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    def apply_sync(
+        self: View[_Many], f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> list[T]: ...
+    def apply_sync(self, f: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T | list[T]:
         """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
-        return self._apply(f, args, kwargs).get()
+        result: T | list[T] = self._apply(f, args, kwargs).get()
+        return result
 
-    def map(self, f: Callable[..., Any], *seqs: Any, block: bool | None = None, **kw: Any) -> Any:
+    @overload
+    def map(
+        self, f: Callable[..., T], *seqs: Iterable[object], block: Literal[True], **kw: object
+    ) -> list[T]: ...
+    @overload
+    def map(
+        self, f: Callable[..., T], *seqs: Iterable[object], block: Literal[False], **kw: object
+    ) -> AsyncMapResult[T]: ...
+    @overload
+    def map(
+        self,
+        f: Callable[..., T],
+        *seqs: Iterable[object],
+        block: bool | None = None,
+        **kw: object,
+    ) -> list[T] | AsyncMapResult[T]: ...
+    def map(
+        self,
+        f: Callable[..., T],
+        *seqs: Iterable[object],
+        block: bool | None = None,
+        **kw: object,
+    ) -> list[T] | AsyncMapResult[T]:
         """``map(f, *seqs)`` in parallel; a list, or an :class:`AsyncMapResult`."""
-        return self._finish(self._map(f, seqs, **kw), block)
+        result = self._map(f, seqs, **kw)
+        return result.get() if self._block(block) else result
 
-    def map_async(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> AsyncMapResult[Any]:
+    def map_async(
+        self, f: Callable[..., T], *seqs: Iterable[object], **kw: object
+    ) -> AsyncMapResult[T]:
         """``map`` returning an :class:`AsyncMapResult` (iterate it for items as they come)."""
         return self._map(f, seqs, **kw)
 
-    def map_sync(self, f: Callable[..., Any], *seqs: Any, **kw: Any) -> list[Any]:
+    def map_sync(self, f: Callable[..., T], *seqs: Iterable[object], **kw: object) -> list[T]:
         """``map`` that waits: the list of results."""
         return list(self._map(f, seqs, **kw).get())
 
-    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult[Any]:
+    def _map(
+        self, f: Callable[..., T], seqs: Sequence[Iterable[object]], **kw: object
+    ) -> AsyncMapResult[T]:
         raise NotImplementedError
 
 
-class DirectView(View):
+class ParallelFunction(Protocol[_Call_co, _Map_co]):
+    """What :meth:`DirectView.parallel` makes of a function: ``pf(seq)`` gives each
+    engine its part of ``seq`` and joins the parts' results; ``pf.map(*seqs)`` maps over
+    the engines. Both wait or not as the decorator's ``block`` said."""
+
+    def __call__(self, seq: object, /) -> _Call_co: ...
+
+    def map(self, *seqs: Iterable[object]) -> _Map_co: ...
+
+
+class DirectView(View[TargetsT]):
     """Requests sent to chosen engines: all of them run every request.
 
-    ``client[0]`` makes a view on one engine (results come back unwrapped);
-    ``client[:]``, ``client[::2]``, ``client[[0, 2]]`` on several (a list of results, in
-    the order of ``targets``).
+    ``client[0]`` makes a view on one engine (results come back unwrapped; a
+    ``DirectView[int]``); ``client[:]``, ``client[::2]``, ``client[[0, 2]]`` on several
+    (a list of results, in the order of ``targets``; a ``DirectView[list[int]]``).
     """
 
-    def __init__(
-        self, client: Client, targets: int | Sequence[int], *, block: bool = False
-    ) -> None:
+    def __init__(self, client: Client, targets: TargetsT, *, block: bool = False) -> None:
         super().__init__(client, block=block)
         self.targets = targets
         self._single = isinstance(targets, int)
@@ -131,21 +242,49 @@ class DirectView(View):
         return len(self._ids)
 
     def _send(
-        self, msg_type: str, content_for: Callable[[int], Any], label: str, **kw: Any
+        self, msg_type: str, content_for: Callable[[int], object], label: str
     ) -> AsyncResult[Any]:
+        """One request per engine; the value is the reply's, or their list (several
+        engines)."""
         return self.client._request(
-            self._ids, msg_type, content_for, single=self._single, label=label, **kw
+            self._ids, msg_type, content_for, single=self._single, label=label
         )
 
     def _apply(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, f: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
     ) -> AsyncResult[Any]:
         content = _apply_content(f, args, kwargs)
         return self._send(
             MsgType.APPLY_REQUEST, lambda _t: content, getattr(f, "__name__", "apply")
         )
 
-    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
+    @overload
+    def execute(
+        self: DirectView[int], code: str, silent: bool = False, *, block: Literal[True]
+    ) -> object: ...
+    @overload
+    def execute(
+        self: DirectView[_Many], code: str, silent: bool = False, *, block: Literal[True]
+    ) -> list[object]: ...
+    @overload
+    def execute(
+        self: DirectView[int], code: str, silent: bool = False, *, block: Literal[False]
+    ) -> AsyncResult[object]: ...
+    @overload
+    def execute(
+        self: DirectView[_Many], code: str, silent: bool = False, *, block: Literal[False]
+    ) -> AsyncResult[list[object]]: ...
+    @overload
+    def execute(
+        self: DirectView[int], code: str, silent: bool = False, block: bool | None = None
+    ) -> object | AsyncResult[object]: ...
+    @overload
+    def execute(
+        self: DirectView[_Many], code: str, silent: bool = False, block: bool | None = None
+    ) -> list[object] | AsyncResult[list[object]]: ...
+    def execute(
+        self, code: str, silent: bool = False, block: bool | None = None
+    ) -> object | AsyncResult[object] | AsyncResult[list[object]]:
         """Run ``code`` (a str) on the engines; the value of a final expression, if any."""
         if not isinstance(code, str):
             raise TypeError(f"execute() needs code as a str, got {type(code).__name__}")
@@ -154,72 +293,189 @@ class DirectView(View):
             self._send(MsgType.EXECUTE_REQUEST, lambda _t: content, "execute"), block
         )
 
-    def run(self, filename: str | os.PathLike[str], block: bool | None = None) -> Any:
+    @overload
+    def run(
+        self: DirectView[int], filename: str | os.PathLike[str], *, block: Literal[True]
+    ) -> object: ...
+    @overload
+    def run(
+        self: DirectView[_Many], filename: str | os.PathLike[str], *, block: Literal[True]
+    ) -> list[object]: ...
+    @overload
+    def run(
+        self: DirectView[int], filename: str | os.PathLike[str], *, block: Literal[False]
+    ) -> AsyncResult[object]: ...
+    @overload
+    def run(
+        self: DirectView[_Many], filename: str | os.PathLike[str], *, block: Literal[False]
+    ) -> AsyncResult[list[object]]: ...
+    @overload
+    def run(
+        self: DirectView[int], filename: str | os.PathLike[str], block: bool | None = None
+    ) -> object | AsyncResult[object]: ...
+    @overload
+    def run(
+        self: DirectView[_Many], filename: str | os.PathLike[str], block: bool | None = None
+    ) -> list[object] | AsyncResult[list[object]]: ...
+    def run(
+        self, filename: str | os.PathLike[str], block: bool | None = None
+    ) -> object | AsyncResult[object] | AsyncResult[list[object]]:
         """Run a local Python file's code on the engines."""
         with open(filename, encoding="utf-8") as f:
             return self.execute(f.read(), block=block)
 
-    def push(self, ns: Mapping[str, Any], block: bool | None = None) -> Any:
+    @overload
+    def push(self: DirectView[int], ns: Mapping[str, object], *, block: Literal[True]) -> None: ...
+    @overload
+    def push(
+        self: DirectView[_Many], ns: Mapping[str, object], *, block: Literal[True]
+    ) -> list[None]: ...
+    @overload
+    def push(
+        self: DirectView[int], ns: Mapping[str, object], *, block: Literal[False]
+    ) -> AsyncResult[None]: ...
+    @overload
+    def push(
+        self: DirectView[_Many], ns: Mapping[str, object], *, block: Literal[False]
+    ) -> AsyncResult[list[None]]: ...
+    @overload
+    def push(
+        self: DirectView[int], ns: Mapping[str, object], block: bool | None = None
+    ) -> AsyncResult[None] | None: ...
+    @overload
+    def push(
+        self: DirectView[_Many], ns: Mapping[str, object], block: bool | None = None
+    ) -> list[None] | AsyncResult[list[None]]: ...
+    def push(self, ns: Mapping[str, object], block: bool | None = None) -> object:
         """Set names in the engines' namespaces (one message per engine)."""
         if not isinstance(ns, Mapping):
             raise TypeError(f"push() needs a dict of names to values, got {type(ns).__name__}")
         content = {"namespace": dict(ns)}
         return self._finish(self._send(MsgType.PUSH_REQUEST, lambda _t: content, "push"), block)
 
-    def pull(self, names: str | Sequence[str], block: bool | None = None) -> Any:
-        """Values of names (or expressions) from the engines."""
+    @overload
+    def pull(
+        self: DirectView[int], names: str | Sequence[str], *, block: Literal[True]
+    ) -> object: ...
+    @overload
+    def pull(
+        self: DirectView[_Many], names: str | Sequence[str], *, block: Literal[True]
+    ) -> list[object]: ...
+    @overload
+    def pull(
+        self: DirectView[int], names: str | Sequence[str], *, block: Literal[False]
+    ) -> AsyncResult[object]: ...
+    @overload
+    def pull(
+        self: DirectView[_Many], names: str | Sequence[str], *, block: Literal[False]
+    ) -> AsyncResult[list[object]]: ...
+    @overload
+    def pull(
+        self: DirectView[int], names: str | Sequence[str], block: bool | None = None
+    ) -> object | AsyncResult[object]: ...
+    @overload
+    def pull(
+        self: DirectView[_Many], names: str | Sequence[str], block: bool | None = None
+    ) -> list[object] | AsyncResult[list[object]]: ...
+    def pull(
+        self, names: str | Sequence[str], block: bool | None = None
+    ) -> object | AsyncResult[object] | AsyncResult[list[object]]:
+        """Values of names (or expressions) from the engines (a list of values for a list
+        of names)."""
         names = names if isinstance(names, str) else list(names)
         content = {"names": names}
         return self._finish(self._send(MsgType.PULL_REQUEST, lambda _t: content, "pull"), block)
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def __setitem__(self, key: str, value: object) -> None:
         self.push({key: value}, block=True)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.pull(key, block=True)
+    @overload
+    def __getitem__(self: DirectView[int], key: str) -> object: ...
+    @overload
+    def __getitem__(self: DirectView[_Many], key: str) -> list[object]: ...
+    def __getitem__(self, key: str) -> object:
+        result: object = self.pull(key, block=True)
+        return result
 
-    def clear(self, block: bool | None = None) -> Any:
+    @overload
+    def clear(self: DirectView[int], *, block: Literal[True]) -> None: ...
+    @overload
+    def clear(self: DirectView[_Many], *, block: Literal[True]) -> list[None]: ...
+    @overload
+    def clear(self: DirectView[int], *, block: Literal[False]) -> AsyncResult[None]: ...
+    @overload
+    def clear(self: DirectView[_Many], *, block: Literal[False]) -> AsyncResult[list[None]]: ...
+    @overload
+    def clear(self: DirectView[int], block: bool | None = None) -> AsyncResult[None] | None: ...
+    @overload
+    def clear(
+        self: DirectView[_Many], block: bool | None = None
+    ) -> list[None] | AsyncResult[list[None]]: ...
+    def clear(self, block: bool | None = None) -> object:
         """Empty the engines' namespaces."""
         return self._finish(self._send(MsgType.CLEAR_REQUEST, lambda _t: {}, "clear"), block)
 
-    def scatter(self, key: str, seq: Any, axis: int = 0, block: bool | None = None) -> Any:
+    @overload
+    def scatter(self, key: str, seq: object, axis: int = 0, *, block: Literal[True]) -> None: ...
+    @overload
+    def scatter(
+        self, key: str, seq: object, axis: int = 0, *, block: Literal[False]
+    ) -> AsyncResult[None]: ...
+    @overload
+    def scatter(
+        self, key: str, seq: object, axis: int = 0, block: bool | None = None
+    ) -> AsyncResult[None] | None: ...
+    def scatter(
+        self, key: str, seq: object, axis: int = 0, block: bool | None = None
+    ) -> AsyncResult[None] | None:
         """Split ``seq`` (a sequence or a numpy array, along ``axis``) across the engines
         in contiguous parts and bind each part to ``key`` there."""
         parts = _partition(seq, len(self._ids), axis)
         by_engine = dict(zip(self._ids, parts, strict=True))
-        return self._finish(
-            self.client._request(
-                self._ids,
-                MsgType.PUSH_REQUEST,
-                lambda t: {"namespace": {key: by_engine[t]}},
-                single=False,
-                combine=lambda _r: None,
-                label="scatter",
-            ),
-            block,
+        result: AsyncResult[None] = self.client._request(
+            self._ids,
+            MsgType.PUSH_REQUEST,
+            lambda t: {"namespace": {key: by_engine[t]}},
+            single=False,
+            combine=lambda _r: None,
+            label="scatter",
         )
+        return self._finish(result, block)
 
-    def gather(self, key: str, axis: int = 0, block: bool | None = None) -> Any:
-        """Pull ``key`` from the engines and join the parts (lists, tuples, arrays)."""
-        return self._finish(
-            self.client._request(
-                self._ids,
-                MsgType.PULL_REQUEST,
-                lambda _t: {"names": key},
-                single=False,
-                combine=lambda parts: _join(parts, axis),
-                label="gather",
-            ),
-            block,
+    @overload
+    def gather(self, key: str, axis: int = 0, *, block: Literal[True]) -> object: ...
+    @overload
+    def gather(self, key: str, axis: int = 0, *, block: Literal[False]) -> AsyncResult[object]: ...
+    @overload
+    def gather(
+        self, key: str, axis: int = 0, block: bool | None = None
+    ) -> object | AsyncResult[object]: ...
+    def gather(
+        self, key: str, axis: int = 0, block: bool | None = None
+    ) -> object | AsyncResult[object]:
+        """Pull ``key`` from the engines and join the parts (lists, tuples, arrays): a
+        list, or an array."""
+        result: AsyncResult[object] = self.client._request(
+            self._ids,
+            MsgType.PULL_REQUEST,
+            lambda _t: {"names": key},
+            single=False,
+            combine=lambda parts: _join(parts, axis),
+            label="gather",
         )
+        return self._finish(result, block)
 
-    def _map(self, f: Callable[..., Any], seqs: Sequence[Any], **kw: Any) -> AsyncMapResult[Any]:
+    def _map(
+        self, f: Callable[..., T], seqs: Sequence[Iterable[object]], **kw: object
+    ) -> AsyncMapResult[T]:
         if kw:
             raise TypeError(f"DirectView.map() got unexpected keywords {sorted(kw)}")
-        seqs = _as_sequences(seqs)
-        n = _lengths(seqs)
+        sequences = _as_sequences(seqs)
+        n = _lengths(sequences)
         bounds = _bounds(n, len(self._ids))
-        chunks = {t: [s[a:b] for s in seqs] for t, (a, b) in zip(self._ids, bounds, strict=True)}
+        chunks = {
+            t: [s[a:b] for s in sequences] for t, (a, b) in zip(self._ids, bounds, strict=True)
+        }
         requests = [
             (
                 engine_route(t),
@@ -230,7 +486,7 @@ class DirectView(View):
             for t in self._ids
         ]
         label = f"map({getattr(f, '__name__', 'f')})"
-        return self.client._submit(  # type: ignore[return-value]
+        return self.client._submit(
             requests, lambda ids: AsyncMapResult(self.client, ids, label=label)
         )
 
@@ -241,8 +497,6 @@ class DirectView(View):
         >>> with view.sync_imports():   # doctest: +SKIP
         ...     import numpy
         """
-        import builtins  # noqa: PLC0415
-
         real_import = builtins.__import__
         view = self
         # Only the block's own imports travel, not those the imported modules make:
@@ -250,9 +504,13 @@ class DirectView(View):
         user_globals = sys._getframe(2).f_globals
 
         def remote_import(
-            name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0
-        ) -> Any:
-            module = real_import(name, globals_, locals_, fromlist, level) if local else None
+            name: str,
+            globals_: Mapping[str, object] | None = None,
+            locals_: Mapping[str, object] | None = None,
+            fromlist: Sequence[str] | None = (),
+            level: int = 0,
+        ) -> types.ModuleType | None:
+            module = real_import(name, globals_, locals_, fromlist or (), level) if local else None
             if level == 0 and sys._getframe(1).f_globals is user_globals:
                 names = ", ".join(fromlist or ())
                 code = f"from {name} import {names}" if fromlist else f"import {name}"
@@ -261,39 +519,83 @@ class DirectView(View):
                 view.execute(code, block=True)
             return module
 
+        # With local=False the import binds None here: the module exists only remotely.
         builtins.__import__ = remote_import  # type: ignore[assignment]
         try:
             yield
         finally:
             builtins.__import__ = real_import
 
+    @overload
     def remote(
-        self, block: bool | None = None
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        self: DirectView[int], block: Literal[True]
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+    @overload
+    def remote(
+        self: DirectView[_Many], block: Literal[True]
+    ) -> Callable[[Callable[P, T]], Callable[P, list[T]]]: ...
+    @overload
+    def remote(
+        self: DirectView[int], block: Literal[False]
+    ) -> Callable[[Callable[P, T]], Callable[P, AsyncResult[T]]]: ...
+    @overload
+    def remote(
+        self: DirectView[_Many], block: Literal[False]
+    ) -> Callable[[Callable[P, T]], Callable[P, AsyncResult[list[T]]]]: ...
+    @overload
+    def remote(
+        self: DirectView[int], block: bool | None = None
+    ) -> Callable[[Callable[P, T]], Callable[P, T | AsyncResult[T]]]: ...
+    @overload
+    def remote(
+        self: DirectView[_Many], block: bool | None = None
+    ) -> Callable[[Callable[P, T]], Callable[P, list[T] | AsyncResult[list[T]]]]: ...
+    def remote(self, block: bool | None = None) -> Callable[[Callable[P, T]], Callable[P, object]]:
         """Decorator: calling the function runs it on this view's engines."""
 
-        def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        def decorate(f: Callable[P, T]) -> Callable[P, object]:
             @functools.wraps(f)
-            def call(*args: Any, **kwargs: Any) -> Any:
+            def call(*args: P.args, **kwargs: P.kwargs) -> object:
                 return self._finish(self._apply(f, args, kwargs), block)
 
             return call
 
         return decorate
 
-    def parallel(self, block: bool | None = None) -> Callable[[Callable[..., Any]], Any]:
+    @overload
+    def parallel(
+        self, block: Literal[True]
+    ) -> Callable[[Callable[..., T]], ParallelFunction[object, list[T]]]: ...
+    @overload
+    def parallel(
+        self, block: Literal[False]
+    ) -> Callable[[Callable[..., T]], ParallelFunction[AsyncResult[object], AsyncMapResult[T]]]: ...
+    @overload
+    def parallel(
+        self, block: bool | None = None
+    ) -> Callable[
+        [Callable[..., T]],
+        ParallelFunction[object | AsyncResult[object], list[T] | AsyncMapResult[T]],
+    ]: ...
+    def parallel(
+        self, block: bool | None = None
+    ) -> Callable[
+        [Callable[..., T]],
+        ParallelFunction[object | AsyncResult[object], list[T] | AsyncMapResult[T]],
+    ]:
         """Decorator: ``f.map(seq)`` maps over the engines; ``f(seq)`` gives each engine
         its part of ``seq`` and returns the parts' results joined."""
 
-        def decorate(f: Callable[..., Any]) -> Any:
+        def decorate(
+            f: Callable[..., T],
+        ) -> ParallelFunction[object | AsyncResult[object], list[T] | AsyncMapResult[T]]:
             view = self
 
             class Parallel:
-                @functools.wraps(f)
-                def __call__(self, seq: Any) -> Any:
+                def __call__(self, seq: object, /) -> object | AsyncResult[object]:
                     parts = _partition(seq, len(view._ids), 0)
                     by_engine = dict(zip(view._ids, parts, strict=True))
-                    result = view.client._request(
+                    result: AsyncResult[object] = view.client._request(
                         view._ids,
                         MsgType.APPLY_REQUEST,
                         lambda t: {"f": f, "args": (by_engine[t],), "kwargs": {}},
@@ -303,9 +605,10 @@ class DirectView(View):
                     )
                     return view._finish(result, block)
 
-                def map(self, *seqs: Any) -> Any:
+                def map(self, *seqs: Iterable[object]) -> list[T] | AsyncMapResult[T]:
                     return view.map(f, *seqs, block=block)
 
+            functools.update_wrapper(Parallel.__call__, f)  # its name and docstring are f's
             return Parallel()
 
         return decorate
@@ -320,15 +623,21 @@ class DirectView(View):
         for result in results:
             result.get(10)
 
-    def status(self) -> Any:
+    @overload
+    def status(self: DirectView[int]) -> dict[str, object]: ...
+    @overload
+    def status(self: DirectView[_Many]) -> list[dict[str, object]]: ...
+    def status(self) -> dict[str, object] | list[dict[str, object]]:
         """Each engine's pid, host, cores, memory, queue length and uptime."""
         results = [self.client._control(t, MsgType.STATUS_REQUEST, {}) for t in self._ids]
-        replies = [dict(r.get(10)) for r in results]
+        replies: list[dict[str, object]] = [dict(r.get(10)) for r in results]
         return replies[0] if self._single else replies
 
 
-class LoadBalancedView(View):
+class LoadBalancedView(View[int]):
     """Tasks go to whichever engine is free; ipyparallel's LoadBalancedView.
+
+    A ``View[int]``: each task runs on one engine, and gives its value.
 
     Attributes
     ----------
@@ -351,13 +660,13 @@ class LoadBalancedView(View):
         self.targets = None if targets is None else list(targets)
         self.retries = 0
         self.timeout: float | None = None
-        self.after: list[Any] = []
-        self.follow: list[Any] = []
+        self.after: Dependencies = []
+        self.follow: Dependencies = []
 
     def __repr__(self) -> str:
         return f"<LoadBalancedView {self.targets or 'any engine'}>"
 
-    def set_flags(self, **flags: Any) -> None:
+    def set_flags(self, **flags: object) -> None:
         """Set ``retries``, ``timeout``, ``after``, ``follow``, ``targets`` or ``block``."""
         for name, value in flags.items():
             if name not in _FLAGS:
@@ -365,7 +674,7 @@ class LoadBalancedView(View):
             setattr(self, name, value)
 
     @contextlib.contextmanager
-    def temp_flags(self, **flags: Any) -> Iterator[None]:
+    def temp_flags(self, **flags: object) -> Iterator[None]:
         """The flags set for the ``with`` block only."""
         saved = {name: getattr(self, name) for name in flags}
         self.set_flags(**flags)
@@ -375,8 +684,8 @@ class LoadBalancedView(View):
             for name, value in saved.items():
                 setattr(self, name, value)
 
-    def _metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
+    def _metadata(self) -> dict[str, object]:
+        meta: dict[str, object] = {}
         if self.retries:
             meta["retries"] = int(self.retries)
         if self.timeout is not None:
@@ -392,7 +701,7 @@ class LoadBalancedView(View):
         return meta
 
     def _apply(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, f: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
     ) -> AsyncResult[Any]:
         content = _apply_content(f, args, kwargs)
         label = getattr(f, "__name__", "apply")
@@ -403,14 +712,14 @@ class LoadBalancedView(View):
 
     def _map(  # type: ignore[override]  # the keywords of a load-balanced map
         self,
-        f: Callable[..., Any],
-        seqs: Sequence[Any],
+        f: Callable[..., T],
+        seqs: Sequence[Iterable[object]],
         *,
         chunksize: int | None = None,
         ordered: bool = True,
-    ) -> AsyncMapResult[Any]:
-        seqs = _as_sequences(seqs)
-        n = _lengths(seqs)
+    ) -> AsyncMapResult[T]:
+        sequences = _as_sequences(seqs)
+        n = _lengths(sequences)
         if chunksize is None:  # a few chunks per engine: balance without per-item cost
             engines = max(1, len(self.targets or self.client.ids))
             chunksize = max(1, math.ceil(n / (engines * 4)))
@@ -421,24 +730,29 @@ class LoadBalancedView(View):
             (
                 LB,
                 MsgType.APPLY_REQUEST,
-                {"f": _map_chunk, "args": (f, *[s[a : a + chunksize] for s in seqs]), "kwargs": {}},
+                {
+                    "f": _map_chunk,
+                    "args": (f, *[s[a : a + chunksize] for s in sequences]),
+                    "kwargs": {},
+                },
                 meta,
             )
             for a in range(0, n, chunksize)
         ]
         label = f"map({getattr(f, '__name__', 'f')})"
-        return self.client._submit(  # type: ignore[return-value]
-            requests, lambda ids: AsyncMapResult(self.client, ids, ordered=ordered, label=label)
+        return self.client._submit(
+            requests,
+            lambda ids: AsyncMapResult(self.client, ids, ordered=ordered, label=label),
         )
 
     def imap(
         self,
-        f: Callable[..., Any],
-        *seqs: Any,
+        f: Callable[..., T],
+        *seqs: Iterable[object],
         chunksize: int = 1,
         ordered: bool = True,
         max_outstanding: int | None = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[T]:
         """Like ``map``, lazily: at most ``max_outstanding`` chunks are submitted and not yet
         consumed at any time, so an endless or huge input streams in bounded memory."""
         if chunksize < 1:
@@ -453,17 +767,15 @@ _WARM_BYTES = 16 << 20  # a gathered array this big goes on the shared memory po
 
 def _imap(
     view: LoadBalancedView,
-    f: Callable[..., Any],
-    seqs: Sequence[Any],
+    f: Callable[..., T],
+    seqs: Sequence[Iterable[object]],
     *,
     chunksize: int,
     ordered: bool,
     limit: int,
-) -> Iterator[Any]:
-    import concurrent.futures  # noqa: PLC0415
-
+) -> Iterator[T]:
     rows = zip(*seqs, strict=False)
-    outstanding: list[AsyncResult[Any]] = []
+    outstanding: list[AsyncResult[list[T]]] = []
     exhausted = False
     meta = view._metadata()
 
@@ -497,7 +809,7 @@ def _imap(
         yield from done.get()
 
 
-def _msg_ids(deps: Any) -> list[str]:
+def _msg_ids(deps: Dependencies) -> list[str]:
     if isinstance(deps, (str, AsyncResult)):
         deps = [deps]
     ids: list[str] = []
@@ -578,13 +890,13 @@ def concatenate_shared(arrays: Sequence[NDArray[np.generic]], axis: int = 0) -> 
     return np.concatenate(parts, axis=axis, out=joined)
 
 
-def _join(parts: list[Any], axis: int) -> Any:
-    """The inverse of :func:`_partition`."""
+def _join(parts: list[object], axis: int) -> object:
+    """The inverse of :func:`_partition`: one array, or one list."""
     if parts and all(
         type(p).__module__ == "numpy" and type(p).__name__ == "ndarray" for p in parts
     ):
-        return concatenate_shared(parts, axis)
-    out: list[Any] = []
+        return concatenate_shared(cast("list[NDArray[np.generic]]", parts), axis)
+    out: list[object] = []
     for part in parts:
         if isinstance(part, (list, tuple, range)):
             out.extend(part)
