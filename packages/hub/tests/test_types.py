@@ -20,7 +20,7 @@ SNIPPET = textwrap.dedent(
     """\
     from __future__ import annotations
 
-    from shoal.hub import AsyncResult, Client, DirectView, LoadBalancedView
+    from shoal.hub import AsyncResult, Client, DirectView, Executor, LoadBalancedView, Pool
 
 
     def f() -> int:
@@ -80,6 +80,18 @@ SNIPPET = textwrap.dedent(
         reveal_type(p.map([1, 2]))  # -> AsyncMapResult[int]
         result: AsyncResult[int] = lb.apply_async(f)
         reveal_type(result.result())  # -> int
+
+
+    def pool(pool: Pool, executor: Executor) -> None:
+        reveal_type(pool.apply(f))  # -> int
+        reveal_type(pool.apply_async(g, (1,)).get())  # -> str
+        reveal_type(pool.map(g, range(3)))  # -> list[str]
+        reveal_type(pool.map_async(g, range(3)).get())  # -> list[str]
+        reveal_type(pool.starmap(g, [(1,), (2,)]))  # -> list[str]
+        reveal_type(next(pool.imap_unordered(g, range(3))))  # -> str
+        reveal_type(executor.submit(g, 1))  # -> AsyncResult[str]
+        executor.submit(g, "1")  # error: arg-type
+        reveal_type(executor.map(g, range(3)))  # -> Iterator[str]
 
 
     def client(rc: Client) -> None:

@@ -41,7 +41,7 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client
@@ -55,9 +55,10 @@ log = logging.getLogger("shoal.hub.pool")
 _T = TypeVar("_T")
 _S = TypeVar("_S")
 _P = ParamSpec("_P")
+_F = TypeVar("_F", bound="AsyncResult[Any]")
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
-_NO_KWDS: Mapping[str, Any] = types.MappingProxyType({})
+_NO_KWDS: Mapping[str, object] = types.MappingProxyType({})
 
 
 class _PoolTimeoutError(multiprocessing.TimeoutError, TimeoutError):
@@ -72,14 +73,14 @@ def _run_chunk(func: Callable[..., Any], rows: Sequence[Any], star: bool) -> lis
     return [func(row) for row in rows]
 
 
-class _Star:
+class _Star(Generic[_T]):
     """``func(*args)`` for one tuple of arguments: starmap's function, sent to engines."""
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, func: Callable[..., _T]) -> None:
         self.func = func
         self.__name__ = getattr(func, "__name__", "starmap")
 
-    def __call__(self, args: Iterable[Any]) -> Any:
+    def __call__(self, args: Iterable[object]) -> _T:
         return self.func(*args)
 
 
@@ -166,7 +167,7 @@ class ApplyResult(Generic[_T]):
     def __init__(
         self,
         pool: Pool,
-        future: AsyncResult[Any],
+        future: AsyncResult[_T],
         callback: Callable[[_T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
@@ -322,7 +323,7 @@ class _Tracking:
     _lock: threading.Lock
     _futures: set[AsyncResult[Any]]
 
-    def _track(self, future: AsyncResult[Any]) -> AsyncResult[Any]:
+    def _track(self, future: _F) -> _F:
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._untrack)
@@ -379,9 +380,9 @@ class Pool(_Tracking):
         self,
         processes: int | None = None,
         initializer: Callable[..., object] | None = None,
-        initargs: Iterable[Any] = (),
+        initargs: Iterable[object] = (),
         maxtasksperchild: int | None = None,
-        context: Any = None,
+        context: object = None,
         *,
         client: Client | None = None,
         profile: str = "default",
@@ -433,11 +434,11 @@ class Pool(_Tracking):
 
     def _result(
         self,
-        future: AsyncResult[Any],
-        callback: Callable[[Any], object] | None,
+        future: AsyncResult[_T],
+        callback: Callable[[_T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
-    ) -> ApplyResult[Any]:
-        result: ApplyResult[Any] = ApplyResult(self, future, callback, error_callback)
+    ) -> ApplyResult[_T]:
+        result = ApplyResult(self, future, callback, error_callback)
         with self._lock:
             self._results.add(result)
         future.add_done_callback(result._on_done)  # at once if done: after the add above
@@ -449,7 +450,10 @@ class Pool(_Tracking):
 
     # -- multiprocessing's API -----------------------------------------------------------
     def apply(
-        self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: Mapping[str, Any] = _NO_KWDS
+        self,
+        func: Callable[..., _T],
+        args: Iterable[object] = (),
+        kwds: Mapping[str, object] = _NO_KWDS,
     ) -> _T:
         """``func(*args, **kwds)`` on an engine; waits for the result."""
         return self.apply_async(func, args, kwds).get()
@@ -457,8 +461,8 @@ class Pool(_Tracking):
     def apply_async(
         self,
         func: Callable[..., _T],
-        args: Iterable[Any] = (),
-        kwds: Mapping[str, Any] = _NO_KWDS,
+        args: Iterable[object] = (),
+        kwds: Mapping[str, object] = _NO_KWDS,
         callback: Callable[[_T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> ApplyResult[_T]:
@@ -489,7 +493,7 @@ class Pool(_Tracking):
     def starmap(
         self,
         func: Callable[..., _T],
-        iterable: Iterable[Iterable[Any]],
+        iterable: Iterable[Iterable[object]],
         chunksize: int | None = None,
     ) -> list[_T]:
         """``[func(*args) for args in iterable]`` in parallel."""
@@ -498,7 +502,7 @@ class Pool(_Tracking):
     def starmap_async(
         self,
         func: Callable[..., _T],
-        iterable: Iterable[Iterable[Any]],
+        iterable: Iterable[Iterable[object]],
         chunksize: int | None = None,
         callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
@@ -508,12 +512,12 @@ class Pool(_Tracking):
 
     def _map_async(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
-    ) -> ApplyResult[Any]:
+    ) -> ApplyResult[list[_T]]:
         self._check_running()
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
@@ -536,18 +540,18 @@ class Pool(_Tracking):
 
     def _imap(
         self,
-        func: Callable[..., Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None,
         *,
         ordered: bool,
-    ) -> IMapIterator[Any]:
+    ) -> IMapIterator[_T]:
         self._check_running()
         chunksize = 1 if chunksize is None else chunksize
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         rows = iter(iterable)
-        results: IMapIterator[Any] = IMapIterator(ordered)
+        results: IMapIterator[_T] = IMapIterator(ordered)
         feeder = threading.Thread(
             target=self._feed,
             args=(results, func, rows, chunksize),
@@ -638,7 +642,7 @@ class Pool(_Tracking):
     def __exit__(self, *exc: object) -> None:
         self.terminate()
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __repr__(self) -> str:
@@ -673,7 +677,7 @@ class Executor(_Tracking, concurrent.futures.Executor):
 
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> concurrent.futures.Future[_T]:
+    ) -> AsyncResult[_T]:
         """Run ``fn(*args, **kwargs)`` on an engine; its :class:`~shoal.hub.AsyncResult`.
 
         Raises
@@ -687,7 +691,7 @@ class Executor(_Tracking, concurrent.futures.Executor):
     def map(
         self,
         fn: Callable[..., _T],
-        *iterables: Iterable[Any],
+        *iterables: Iterable[object],
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
