@@ -20,7 +20,10 @@ SNIPPET = textwrap.dedent(
     """\
     from __future__ import annotations
 
+    from collections.abc import Callable
+
     from shoal.hub import AsyncResult, Client, DirectView, Executor, LoadBalancedView, Pool
+    from shoal.hub import Remote, apply, call_all, call_async, gather, scatter, vectorize
 
 
     def f() -> int:
@@ -92,6 +95,24 @@ SNIPPET = textwrap.dedent(
         reveal_type(executor.submit(g, 1))  # -> AsyncResult[str]
         executor.submit(g, "1")  # error: arg-type
         reveal_type(executor.map(g, range(3)))  # -> Iterator[str]
+
+
+    class Box:
+        def __shoal_gather__(self) -> Callable[[], int]:
+            return lambda: 1
+
+
+    def remote(proxy: Remote, proxies: list[Remote]) -> None:
+        reveal_type(scatter([1, 2]))  # -> list[Remote]
+        reveal_type(scatter({"a": 1}, split=False))  # -> Remote
+        reveal_type(scatter({"a": 1}))  # -> Remote | list[Remote] | tuple[Remote, ...]
+        reveal_type(gather(proxy))  # -> object
+        reveal_type(gather(Box()))  # -> int
+        reveal_type(apply(g, proxy))  # -> str
+        reveal_type(apply(g, proxies))  # -> list[str]
+        reveal_type(vectorize(g)(proxies))  # -> list[str]
+        reveal_type(call_all(proxies, "append", 1))  # -> list[object]
+        reveal_type(call_async(proxy, "pop").result())  # -> object
 
 
     def client(rc: Client) -> None:

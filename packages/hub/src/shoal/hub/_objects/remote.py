@@ -29,20 +29,33 @@ Theory of operation
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    Protocol,
+    SupportsInt,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from shoal.engine import MsgType, current_engine
 
 from .._client.asyncresult import AsyncResult
-from .._client.client import Client, current_client
+from .._client.client import current_client
 from .._client.errors import error_from_reply
 from .._client.references import ReferenceBook
+
+if TYPE_CHECKING:
+    from .._client.client import Client
 
 __all__ = [
     "Gatherable",
@@ -59,6 +72,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+_O = TypeVar("_O")
+_F = TypeVar("_F")
+#: A reply's content, as the engine sent it (unpickled: its values are untyped).
+_Reply = dict[str, Any]
 
 #: Special methods a proxy forwards when the remote type has them. Python looks these
 #: up on the type, not the instance, so a proxy class must define each one it supports.
@@ -176,16 +194,13 @@ class RemoteMethod:
         self._block = block
         self._prefer_local = prefer_local
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> object:
         result = _call(self._proxy, self._name, args, kwargs, self._prefer_local)
         return result.result() if self._block else result
 
-    def call_async(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def call_async(self, *args: object, **kwargs: object) -> concurrent.futures.Future[object]:
         """Start the call; a Future of its result (``result()``, ``get()``, awaitable)."""
-        future: concurrent.futures.Future[Any] = _call(
-            self._proxy, self._name, args, kwargs, self._prefer_local
-        )
-        return future
+        return _call(self._proxy, self._name, args, kwargs, self._prefer_local)
 
     def options(self, *, block: bool = True, prefer_local: bool = True) -> RemoteMethod:
         """The same method called differently: ``block=False`` returns an AsyncResult,
@@ -202,7 +217,9 @@ class _MethodSlot:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __get__(self, proxy: Remote | None, owner: type | None = None) -> Any:
+    def __get__(
+        self, proxy: Remote | None, owner: type | None = None
+    ) -> _MethodSlot | RemoteMethod:
         if proxy is None:
             return self
         return RemoteMethod(proxy, self.name)
@@ -224,23 +241,24 @@ _VALUE_SPECIALS = frozenset(
 )
 
 
-def _special(name: str) -> Callable[..., Any]:
+def _special(name: str) -> Callable[..., object]:
     by_value = name in _VALUE_SPECIALS
 
-    def forward(self: Remote, *args: Any) -> Any:
+    def forward(self: Remote, *args: object) -> object:
         return _call(self, name, args, {}, True, by_value=by_value).result()
 
     forward.__name__ = name
     return forward
 
 
-def _exit(self: Remote, exc_type: Any, exc: Any, tb: Any) -> Any:
+def _exit(self: Remote, exc_type: object, exc: object, tb: object) -> object:
     # A traceback cannot travel: the remote __exit__ gets the type and the exception.
     return _call(self, "__exit__", (exc_type, exc, None), {}, True).result()
 
 
 def _hash(self: Remote) -> int:
-    return int(_call(self, "__hash__", (), {}, True, by_value=True).result())
+    value = _call(self, "__hash__", (), {}, True, by_value=True).result()
+    return int(cast("SupportsInt", value))  # the remote __hash__'s value: an int
 
 
 class Remote:
@@ -298,7 +316,7 @@ class Remote:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return _getattr(self, name).result()
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in _OWN:
             object.__setattr__(self, name, value)
             return
@@ -374,7 +392,7 @@ _copy_numbers = itertools.count(1)
 
 def _rebuild(
     ref: Ref, type_name: str, url: str | None, owner: str, interface: dict[str, Any]
-) -> Any:
+) -> object:
     """Unpickle a proxy: the object itself on its own engine, else a proxy again."""
     engine = current_engine()
     if engine is not None and engine.engine_id == ref.engine and engine.kernel.objects:
@@ -410,7 +428,7 @@ def _proxy_class(type_name: str, interface: dict[str, Any] | None) -> type[Remot
         return _classes.setdefault(type_name, cls)
 
 
-def _forwarder(name: str) -> Callable[..., Any]:
+def _forwarder(name: str) -> Callable[..., object]:
     return _hash if name == "__hash__" else _exit if name == "__exit__" else _special(name)
 
 
@@ -499,7 +517,9 @@ def _names(names: Iterable[str] | str | None) -> set[str]:
 # -- requests ---------------------------------------------------------------------------
 
 
-def _request(proxy: Remote, msg_type: str, content: dict[str, Any]) -> Any:
+def _request(
+    proxy: Remote, msg_type: str, content: dict[str, object]
+) -> concurrent.futures.Future[_Reply]:
     """Send an object-store request about ``proxy``'s object; a Future of the reply."""
     ref = proxy._shoal_ref
     content = {"id": ref.id, **content}
@@ -509,9 +529,11 @@ def _request(proxy: Remote, msg_type: str, content: dict[str, Any]) -> Any:
     return _peer(proxy._shoal_url, ref, msg_type, content)
 
 
-def _peer(url: str | None, ref: Ref, msg_type: str, content: dict[str, Any]) -> Any:
+def _peer(
+    url: str | None, ref: Ref, msg_type: str, content: dict[str, object]
+) -> concurrent.futures.Future[_Reply]:
     """The same request from code running on an engine: straight to the owning engine."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future: concurrent.futures.Future[_Reply] = concurrent.futures.Future()
     engine = current_engine()
     try:
         if engine is None or url is None:
@@ -531,16 +553,15 @@ def _peer(url: str | None, ref: Ref, msg_type: str, content: dict[str, Any]) -> 
     return future
 
 
-def _as_refs(value: Any, depth: int = 8) -> Any:
+def _as_refs(value: object, depth: int = 8) -> object:
     """``value`` with proxies replaced by engine refs, which the engine resolves."""
     if isinstance(value, Remote):
         return _Arg(value)
     if depth <= 0:
         return value
-    cls = type(value)
-    if cls is tuple or cls is list:
-        return cls(_as_refs(v, depth - 1) for v in value)
-    if cls is dict:
+    if type(value) is tuple or type(value) is list:
+        return type(value)(_as_refs(v, depth - 1) for v in value)
+    if type(value) is dict:
         return {k: _as_refs(v, depth - 1) for k, v in value.items()}
     return value
 
@@ -567,11 +588,11 @@ class _ResolvedArg:
     def __init__(self, ref: Ref, type_name: str, url: str | None, owner: str) -> None:
         self.ref, self.type_name, self.url, self.owner = ref, type_name, url, owner
 
-    def __shoal_resolve__(self) -> Any:
+    def __shoal_resolve__(self) -> object:
         return _resolve(self.ref, self.url)
 
 
-def _resolve(ref: Ref, url: str | None) -> Any:
+def _resolve(ref: Ref, url: str | None) -> object:
     """On an engine, the object ``ref`` names: its own, or fetched from the engine at
     ``url`` that holds it."""
     engine = current_engine()
@@ -583,13 +604,13 @@ def _resolve(ref: Ref, url: str | None) -> Any:
 def _call(
     proxy: Remote,
     name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
     prefer_local: bool,
     *,
     by_value: bool = False,
-) -> Any:
-    content = {
+) -> _Result[object]:
+    content: dict[str, object] = {
         "method": name,
         "args": _as_refs(args),
         "kwargs": _as_refs(kwargs),
@@ -601,23 +622,24 @@ def _call(
     return _then(_request(proxy, MsgType.CALL_METHOD_REQUEST, content), proxy)
 
 
-def _getattr(proxy: Remote, name: str) -> Any:
-    content: dict[str, Any] = {"name": name, "owner": proxy._shoal_owner}
+def _getattr(proxy: Remote, name: str) -> _Result[object]:
+    content: dict[str, object] = {"name": name, "owner": proxy._shoal_owner}
     if _registered:
         content["keep"] = sorted(_registered)
     return _then(_request(proxy, MsgType.GETATTR_REQUEST, content), proxy)
 
 
-def _then(reply: Any, proxy: Remote) -> concurrent.futures.Future[Any]:
+def _then(reply: concurrent.futures.Future[_Reply], proxy: Remote) -> _Result[object]:
     """A Future of the value a reply stands for: the result, a new proxy, or ``proxy``
-    itself. The reply's own AsyncResult when there is nothing to convert."""
-    out: concurrent.futures.Future[Any] = _Result(reply)
+    itself."""
+    out: _Result[object] = _Result(reply)
 
-    def convert(done: concurrent.futures.Future[Any]) -> None:
+    def convert(done: concurrent.futures.Future[_Reply]) -> None:
         try:
             content = done.result()
+            value: object
             if content.get("self"):
-                value: Any = proxy
+                value = proxy
             elif "ref" in content:
                 engine_id = proxy._shoal_ref.engine
                 value = _make_proxies(engine_id, [content["ref"]], content, proxy)[0]
@@ -632,43 +654,38 @@ def _then(reply: Any, proxy: Remote) -> concurrent.futures.Future[Any]:
     return out
 
 
-class _Result(concurrent.futures.Future):  # type: ignore[type-arg]
+class _Result(concurrent.futures.Future[T]):
     """The Future a proxy call returns: waiting on it reads the client's sockets (like an
     AsyncResult), so a call made from the client's own callbacks cannot deadlock."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: concurrent.futures.Future[_Reply]) -> None:
         super().__init__()
         self._inner = inner
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         if isinstance(self._inner, AsyncResult) and not self._inner.done():
             self._inner.wait(timeout)
         return super().result(timeout)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> T:
         """The result (ipyparallel's name)."""
         return self.result(timeout)
 
-    def __await__(self) -> Any:
-        import asyncio  # noqa: PLC0415
-
+    def __await__(self) -> Generator[object, None, T]:
         return asyncio.wrap_future(self).__await__()
 
 
 def _make_proxies(
-    engine_id: int,
-    refs: Sequence[dict[str, Any]],
-    reply: dict[str, Any],
-    like: Remote | None,
-    client: Any = None,
+    engine_id: int, refs: Sequence[_Reply], reply: _Reply, source: Remote | Client
 ) -> list[Remote]:
     """Proxies for the ref dicts of ``engine_id``'s store, with classes built from the
-    interfaces the reply carries (``reply["types"]``) for types not seen before."""
-    if like is not None:
-        client, owner, url = like._shoal_client, like._shoal_owner, like._shoal_url
+    interfaces the reply carries (``reply["types"]``) for types not seen before; they
+    hold references like ``source`` (a proxy) does, or booked to ``source`` (a client)."""
+    client: Client | None
+    if isinstance(source, Remote):
+        client, owner, url = source._shoal_client, source._shoal_owner, source._shoal_url
     else:
-        owner = client.owner
-        url = client._engines.get(engine_id, {}).get("direct_url")
+        client, owner, url = source, source.owner, source.direct_url(engine_id)
     types = reply.get("types") or {}
     out: list[Remote] = []
     for r in refs:
@@ -683,13 +700,37 @@ def _make_proxies(
 _next_engine = itertools.count()
 
 
+@overload
 def scatter(
-    obj: Any,
+    obj: list[T],
+    destination: int | Sequence[int] | None = None,
+    *,
+    split: Literal[True] = True,
+    client: Client | None = None,
+) -> list[Remote]: ...
+@overload
+def scatter(
+    obj: object,
+    destination: int | Sequence[int] | None = None,
+    *,
+    split: Literal[False],
+    client: Client | None = None,
+) -> Remote: ...
+@overload
+def scatter(
+    obj: object,
     destination: int | Sequence[int] | None = None,
     *,
     split: bool = True,
     client: Client | None = None,
-) -> Any:
+) -> Remote | list[Remote] | tuple[Remote, ...]: ...
+def scatter(
+    obj: object,
+    destination: int | Sequence[int] | None = None,
+    *,
+    split: bool = True,
+    client: Client | None = None,
+) -> Remote | list[Remote] | tuple[Remote, ...]:
     """Put ``obj`` on the engines; return a proxy (or proxies) for it.
 
     A list or tuple is spread item by item over the engines (``destination``: the engine
@@ -697,30 +738,34 @@ def scatter(
     is a list or tuple of proxies in the same order. Anything else, or a list with
     ``split=False``, goes whole to one engine (``destination``, or the next engine in
     turn) and gives one proxy.
+
+    For a type checker: a list gives a ``list[Remote]`` (a subclass of list, which goes
+    whole, is the exception it cannot see), ``split=False`` one :class:`Remote`, and
+    anything else either.
     """
     client = client or current_client()
     engines = _destinations(client, destination)
-    if split and type(obj) in (list, tuple):
+    if split and (type(obj) is list or type(obj) is tuple):
         n = len(obj)
         parts = [(i * n // len(engines), (i + 1) * n // len(engines)) for i in range(len(engines))]
         pending = []
         for engine_id, (lo, hi) in zip(engines, parts, strict=True):
             if hi > lo:
-                content = {"obj": list(obj[lo:hi]), "items": True, "owner": client.owner}
+                items = {"obj": list(obj[lo:hi]), "items": True, "owner": client.owner}
                 pending.append(
-                    (engine_id, client.object_request(engine_id, MsgType.STORE_REQUEST, content))
+                    (engine_id, client.object_request(engine_id, MsgType.STORE_REQUEST, items))
                 )
         proxies: list[Remote] = []
         for engine_id, reply in pending:
-            content = reply.result()
-            proxies += _make_proxies(engine_id, content["refs"], content, None, client)
+            content: _Reply = reply.result()
+            proxies += _make_proxies(engine_id, content["refs"], content, client)
         return type(obj)(proxies)
     engine_id = (
         engines[0] if destination is not None else engines[next(_next_engine) % len(engines)]
     )
-    content = {"obj": obj, "owner": client.owner}
-    reply = client.object_request(engine_id, MsgType.STORE_REQUEST, content).result()
-    return _make_proxies(engine_id, [reply["ref"]], reply, None, client)[0]
+    whole = {"obj": obj, "owner": client.owner}
+    stored: _Reply = client.object_request(engine_id, MsgType.STORE_REQUEST, whole).result()
+    return _make_proxies(engine_id, [stored["ref"]], stored, client)[0]
 
 
 def _destinations(client: Client, destination: int | Sequence[int] | None) -> list[int]:
@@ -738,7 +783,13 @@ def _destinations(client: Client, destination: int | Sequence[int] | None) -> li
     return wanted
 
 
-def gather(x: Any) -> Any:
+@overload
+def gather(x: Remote) -> object: ...
+@overload
+def gather(x: Gatherable[T]) -> T: ...
+@overload
+def gather(x: object) -> object: ...
+def gather(x: object) -> object:
     """Bring remote things back as local objects: ``x`` itself, or inside lists, tuples and
     dict values; other objects pass through unchanged.
 
@@ -753,15 +804,15 @@ def gather(x: Any) -> Any:
     return _replace(x, values, 8)
 
 
-class Gatherable(Protocol):
+class Gatherable(Protocol[T_co]):
     """What :func:`gather` brings back besides proxies: a type with this method.
 
     ``__shoal_gather__()`` starts fetching the object's value from the engines and returns
     a function that waits for it and returns it; ``gather`` starts every fetch first,
-    then calls the functions.
+    then calls the functions. ``Gatherable[T]`` is gathered as a ``T``.
     """
 
-    def __shoal_gather__(self) -> Callable[[], object]: ...
+    def __shoal_gather__(self) -> Callable[[], T_co]: ...
 
 
 def _start_gather(item: object) -> Callable[[], object]:
@@ -776,11 +827,11 @@ def _gatherable(x: object) -> bool:
     return isinstance(x, Remote) or hasattr(type(x), "__shoal_gather__")
 
 
-def _collect(x: Any, found: list[object], depth: int) -> None:
+def _collect(x: object, found: list[object], depth: int) -> None:
     """The things to gather in ``x``, in lists, tuples and dict values ``depth`` deep."""
     if _gatherable(x):
         found.append(x)
-    elif depth > 0 and type(x) in (list, tuple):
+    elif depth > 0 and (type(x) is list or type(x) is tuple):
         for v in x:
             _collect(v, found, depth - 1)
     elif depth > 0 and type(x) is dict:
@@ -788,81 +839,90 @@ def _collect(x: Any, found: list[object], depth: int) -> None:
             _collect(v, found, depth - 1)
 
 
-def _replace(x: Any, values: dict[int, object], depth: int) -> Any:
+def _replace(x: object, values: dict[int, object], depth: int) -> object:
     """``x`` with each thing gathered replaced by ``values[id(thing)]``."""
     if _gatherable(x):
         return values[id(x)]
-    if depth > 0 and type(x) in (list, tuple):
+    if depth > 0 and (type(x) is list or type(x) is tuple):
         return type(x)(_replace(v, values, depth - 1) for v in x)
     if depth > 0 and type(x) is dict:
         return {k: _replace(v, values, depth - 1) for k, v in x.items()}
     return x
 
 
-def call_async(proxy: Remote, name: str, /, *args: Any, **kwargs: Any) -> Any:
-    """``proxy.<name>(*args, **kwargs)`` started on its engine; a Future of the result.
-    Works for special methods too: ``call_async(p, "__getitem__", 0)``."""
+def call_async(
+    proxy: Remote, name: str, /, *args: object, **kwargs: object
+) -> concurrent.futures.Future[object]:
+    """``proxy.<name>(*args, **kwargs)`` started on its engine; a Future of the result
+    (``result()``, ``get()``, awaitable). Works for special methods too:
+    ``call_async(p, "__getitem__", 0)``."""
     return _call(proxy, name, args, kwargs, True)
 
 
 def _apply_local(
-    f: Callable[..., Any], objs: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[Any]:
+    f: Callable[..., T], objs: list[object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> list[T]:
     return [f(o, *args, **kwargs) for o in objs]
 
 
 def _method_local(
-    name: str, objs: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[Any]:
+    name: str, objs: list[object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> list[object]:
     return [getattr(o, name)(*args, **kwargs) for o in objs]
 
 
 def _per_engine(
-    runner: Callable[..., list[Any]],
-    first: Any,
-    items: Sequence[Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> list[Any]:
+    runner: Callable[[_F, list[object], tuple[object, ...], dict[str, object]], list[T]],
+    first: _F,
+    items: Sequence[object],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+) -> list[T]:
     """Run ``runner(first, objs, args, kwargs)`` once per engine over its items, in
     parallel; plain (local) items run here. Results in the order of ``items``."""
     by_engine: dict[int, list[int]] = {}
-    out: list[Any] = [None] * len(items)
+    out: dict[int, T] = {}
     client = None
     for i, item in enumerate(items):
         if isinstance(item, Remote) and item._shoal_client is not None:
             by_engine.setdefault(item.__engine_id__, []).append(i)
             client = item._shoal_client
     pending = []
-    for engine_id, idx in by_engine.items():
-        view = client[engine_id]  # type: ignore[index]
-        pending.append(
-            (idx, view.apply_async(runner, first, [items[i] for i in idx], args, kwargs))
-        )
+    if client is not None:  # the client of the proxies among the items, if any
+        for engine_id, idx in by_engine.items():
+            view = client[engine_id]
+            pending.append(
+                (idx, view.apply_async(runner, first, [items[i] for i in idx], args, kwargs))
+            )
     for i, item in enumerate(items):
         if not (isinstance(item, Remote) and item._shoal_client is not None):
             out[i] = runner(first, [item], args, kwargs)[0]
     for idx, result in pending:
-        for i, value in zip(idx, result.get(), strict=True):
-            out[i] = value
-    return out
+        out.update(zip(idx, result.get(), strict=True))
+    return [out[i] for i in range(len(items))]
 
 
-def apply(f: Callable[..., Any], obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+@overload
+def apply(f: Callable[..., T], obj: Remote, /, *args: object, **kwargs: object) -> T: ...
+@overload
+def apply(f: Callable[..., T], obj: list[_O], /, *args: object, **kwargs: object) -> list[T]: ...
+@overload
+def apply(f: Callable[..., T], obj: object, /, *args: object, **kwargs: object) -> T | list[T]: ...
+def apply(f: Callable[..., T], obj: object, /, *args: object, **kwargs: object) -> T | list[T]:
     """``f(obj, *args, **kwargs)`` run on the engine holding ``obj`` (a proxy), or here
     for a plain object. A list or tuple of proxies: ``f`` on each, in parallel, each on
     its own engine; a list of the results."""
-    if type(obj) in (list, tuple):
+    if type(obj) is list or type(obj) is tuple:
         return _per_engine(_apply_local, f, obj, args, kwargs)
     return _per_engine(_apply_local, f, [obj], args, kwargs)[0]
 
 
-def vectorize(f: Callable[..., Any]) -> Callable[..., Any]:
+def vectorize(f: Callable[..., T]) -> Callable[..., list[T]]:
     """``f`` made to run over a scattered sequence: ``vectorize(f)(proxies, *args)``
     runs ``f(item, *args)`` for each item on the engine holding it, in parallel (one
     message per engine), and returns the list of results."""
 
-    def vectorized(items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
+    def vectorized(items: Iterable[object], *args: object, **kwargs: object) -> list[T]:
         return _per_engine(_apply_local, f, list(items), args, kwargs)
 
     vectorized.__name__ = f"vectorized_{getattr(f, '__name__', 'function')}"
@@ -870,7 +930,9 @@ def vectorize(f: Callable[..., Any]) -> Callable[..., Any]:
     return vectorized
 
 
-def call_all(proxies: Sequence[Any], method: str, /, *args: Any, **kwargs: Any) -> list[Any]:
+def call_all(
+    proxies: Iterable[object], method: str, /, *args: object, **kwargs: object
+) -> list[object]:
     """``p.<method>(*args, **kwargs)`` for every proxy, in parallel on their engines (one
     message per engine); the list of results, by value."""
     return _per_engine(_method_local, method, list(proxies), args, kwargs)
@@ -888,6 +950,7 @@ class ObjectHub:
         self.client = client or current_client()
 
     def _listing(self) -> dict[int, list[list[Any]]]:
+        """Per engine, its store's ``[id, type name]`` rows (as the engine sent them)."""
         client = self.client
         pending = {e: client.object_request(e, MsgType.LIST_REQUEST, {}) for e in client.ids}
         listing = {}
@@ -929,9 +992,7 @@ class ObjectHub:
         client.references.add(ref.engine, ref.id, client.owner, 1)
         client.references.flush()
         reply = {"types": {types[ref]: interface.result()}}
-        return _make_proxies(ref.engine, [{"id": ref.id, "type": types[ref]}], reply, None, client)[
-            0
-        ]
+        return _make_proxies(ref.engine, [{"id": ref.id, "type": types[ref]}], reply, client)[0]
 
     def values(self) -> list[Remote]:
         return [self[r] for r in self.keys()]
