@@ -6,12 +6,12 @@ process a test starts is tracked and killed at teardown if it is still there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 from shoal.hub._cli.cli import main
 from shoal.hub._cli.cluster import Cluster
 from shoal.hub._client.client import Client
+from shoal.hub.testing import process_alive, wait_processes_gone, wait_until
 from shoal.wire import ConnectionInfo, generate_key, write_connection_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,26 +29,14 @@ pytestmark = pytest.mark.timeout(120)
 CLI = [sys.executable, "-m", "shoal.hub._cli.cli"]
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not: it ended, nobody reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return line.split()[1] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    return True
+alive = process_alive  # a zombie does not run: it ended, nobody reaped it yet
 
 
 def still_alive(pids: list[int], timeout: float = 0.0) -> list[int]:
     """The pids still running after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if alive(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        wait_processes_gone(pids, timeout)
+    return [p for p in pids if alive(p)]
 
 
 def is_shoal(pid: int) -> bool:
@@ -181,9 +170,7 @@ def test_add_and_remove_engines(tmp_path: Path, tracker: Tracker) -> None:
         victim = ids[0]
         assert cluster.remove_engines([victim]) == [victim]
         assert still_alive([pids[victim]], 10) == []
-        deadline = time.monotonic() + 10
-        while victim in rc.ids and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: victim not in rc.ids, timeout=10)
         assert rc.ids == ids[1:]
         assert sorted(rc[:].apply_sync(os.getpid)) == sorted(pids[i] for i in ids[1:])
     assert still_alive(list(pids.values())) == []

@@ -8,15 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from shoal.hub import CompositeError, empty_shared, scatter
+from shoal.hub import Client, CompositeError, empty_shared, scatter
+from shoal.hub.testing import ClusterStarter, wait_until
 from shoal.wire import default_shared_memory, shared_memory_enabled
 from shoal.wire._shm import SHM_DIR
 
@@ -67,66 +66,67 @@ def _engines_elsewhere(hub_dir: Path, n: int) -> Iterator[list[subprocess.Popen[
             proc.wait()
 
 
-def test_arrays_travel_through_shared_memory_both_ways(tmp_path: Path, hub: Any) -> None:
-    with hub(tmp_path) as (_, rc):
-        a = np.random.default_rng(3).random(3_000_000)  # 24 MB
-        view = rc[0]
-        view.push({"a": a}, block=True)
-        # The engine's array is its own: writable, and equal.
-        assert view.apply_sync(lambda: (a.flags.writeable, float(a.sum()))) == (
-            True,
-            float(a.sum()),
-        )
-        view.execute("a[0] = -1.0", block=True)
-        back = view.pull("a", block=True)
-        assert back[0] == -1.0
-        assert np.array_equal(back[1:], a[1:])
-        assert a[0] != -1.0  # the client's array was copied, not shared
-        assert view.apply_sync(lambda: default_shared_memory().received) >= 1
-        # A proxy argument moves engine to engine the same way: engine 1's fetch reply
-        # reaches engine 0 through shared memory.
-        box = scatter([np.ones(2_000_000)], destination=1, split=False, client=rc)
-        target = scatter([], destination=0, split=False, client=rc)
-        received = view.apply_sync(lambda: default_shared_memory().received)
-        target.extend(box)
-        assert target[0].sum() == 2_000_000
-        assert view.apply_sync(lambda: default_shared_memory().received) > received
+def test_arrays_travel_through_shared_memory_both_ways(client: Client) -> None:
+    a = np.random.default_rng(3).random(3_000_000)  # 24 MB
+    view = client[0]
+    view.push({"a": a}, block=True)
+    # The engine's array is its own: writable, and equal.
+    assert view.apply_sync(lambda: (a.flags.writeable, float(a.sum()))) == (
+        True,
+        float(a.sum()),
+    )
+    view.execute("a[0] = -1.0", block=True)
+    back = view.pull("a", block=True)
+    assert back[0] == -1.0
+    assert np.array_equal(back[1:], a[1:])
+    assert a[0] != -1.0  # the client's array was copied, not shared
+    assert view.apply_sync(lambda: default_shared_memory().received) >= 1
+    # A proxy argument moves engine to engine the same way: engine 1's fetch reply
+    # reaches engine 0 through shared memory.
+    box = scatter([np.ones(2_000_000)], destination=1, split=False, client=client)
+    target = scatter([], destination=0, split=False, client=client)
+    received = view.apply_sync(lambda: default_shared_memory().received)
+    target.extend(box)
+    assert target[0].sum() == 2_000_000
+    assert view.apply_sync(lambda: default_shared_memory().received) > received
+    view.execute("del a", block=True)  # the shared cluster's engines keep no large array
 
 
-def test_arrays_already_in_shared_memory_travel_on_without_a_copy(tmp_path: Path, hub: Any) -> None:
+def test_arrays_already_in_shared_memory_travel_on_without_a_copy(client: Client) -> None:
     """A pulled array that was pushed, and an array made with empty_shared, are sent
     without a copy; every side still keeps its own writes (copy-on-write)."""
-    with hub(tmp_path) as (_, rc):
-        shm = default_shared_memory()
-        view = rc[0]
-        view.push({"a": np.arange(4_000_000, dtype=np.float64)}, block=True)
-        shared = view.apply_sync(lambda: default_shared_memory().shared)
-        back = view.pull("a", block=True)  # the engine's pages, shared
-        assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
-        back[:10] = -1.0  # the client's write stays the client's
-        assert view.pull("float(a[:10].sum())", block=True) == 45.0
-        view.execute("a[-1] = 0.0", block=True)  # and the engine's the engine's
-        assert back[-1] == 3_999_999.0
-        copied = view.pull("a", block=True)  # its last page was written since: copied
-        assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
-        assert copied[-1] == 0.0
+    shm = default_shared_memory()
+    view = client[0]
+    view.push({"a": np.arange(4_000_000, dtype=np.float64)}, block=True)
+    shared = view.apply_sync(lambda: default_shared_memory().shared)
+    back = view.pull("a", block=True)  # the engine's pages, shared
+    assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
+    back[:10] = -1.0  # the client's write stays the client's
+    assert view.pull("float(a[:10].sum())", block=True) == 45.0
+    view.execute("a[-1] = 0.0", block=True)  # and the engine's the engine's
+    assert back[-1] == 3_999_999.0
+    copied = view.pull("a", block=True)  # its last page was written since: copied
+    assert view.apply_sync(lambda: default_shared_memory().shared) == shared + 1
+    assert copied[-1] == 0.0
 
-        whole = empty_shared((3_000_001, 2), np.int64)
-        whole[:] = np.arange(whole.size).reshape(whole.shape)
-        expected = whole.copy()
-        before = shm.shared
-        rc[:].scatter("part", whole, block=True)
-        assert shm.shared == before + 2  # each engine's part: no copy
-        whole[:] = 0
-        assert rc[:].pull("int(part.sum())", block=True) == [
-            int(expected[:1_500_001].sum()),
-            int(expected[1_500_001:].sum()),
-        ]
-        assert np.array_equal(rc[:].gather("part", block=True), expected)
-        assert empty_shared(3).shape == (3,)  # small: an ordinary array
+    whole = empty_shared((3_000_001, 2), np.int64)
+    whole[:] = np.arange(whole.size).reshape(whole.shape)
+    expected = whole.copy()
+    before = shm.shared
+    client[:].scatter("part", whole, block=True)
+    assert shm.shared == before + 2  # each engine's part: no copy
+    whole[:] = 0
+    assert client[:].pull("int(part.sum())", block=True) == [
+        int(expected[:1_500_001].sum()),
+        int(expected[1_500_001:].sum()),
+    ]
+    assert np.array_equal(client[:].gather("part", block=True), expected)
+    assert empty_shared(3).shape == (3,)  # small: an ordinary array
+    client[:].execute("del part", block=True)  # the shared cluster's engines keep no large array
+    view.execute("del a", block=True)
 
 
-def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> None:
+def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: ClusterStarter) -> None:
     """Engines and a client SIGKILLed in the middle of transfers: when the cluster
     stops, /dev/shm holds nothing of theirs."""
     with hub(tmp_path / "hub") as (hub_proc, rc):
@@ -143,26 +143,21 @@ def test_killed_processes_leave_no_segments_behind(tmp_path: Path, hub: Any) -> 
                     rc[:].pull("big", block=True)
                 """
         with _client_script(tmp_path / "client.py", source, b"ready") as client:
-            time.sleep(1.0)  # transfers under way
+            wait_until(lambda: _held_by({pid_of[0]}), timeout=30)  # transfers under way
             os.kill(pid_of[0], signal.SIGKILL)
             os.kill(client.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while 0 in rc.ids and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: 0 not in rc.ids, timeout=20)
         assert rc.ids == [1]
         # The dead engine's array is still in /dev/shm: nobody unmapped it.
         assert _held_by({pid_of[0]})
         assert rc[1].apply_sync(os.getpid) == pid_of[1]  # the other engine serves on
         pids = engine_pids | {client.pid, hub_proc.pid}
-    deadline = time.monotonic() + 20
-    while _held_by(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _held_by(pids) == []
+    wait_until(lambda: not _held_by(pids), timeout=20, message=lambda: f"{_held_by(pids)} gone")
 
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
-    tmp_path: Path, hub: Any, direct: bool
+    tmp_path: Path, hub: ClusterStarter, direct: bool
 ) -> None:
     """A client killed while an engine computes a large result for it: the reply cannot
     be delivered (by the engine's direct socket, or by the hub), and its segment goes
@@ -183,10 +178,11 @@ def test_a_reply_to_a_client_that_is_gone_leaves_no_segment(
         with _client_script(tmp_path / "client.py", source, b"sent") as client:
             os.kill(client.pid, signal.SIGKILL)
         rc[0].execute("pass", block=True)  # after the pull's reply was tried
-        deadline = time.monotonic() + 10
-        while _held_by({engine_pid}) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _held_by({engine_pid}) == []
+        wait_until(
+            lambda: not _held_by({engine_pid}),
+            timeout=10,
+            message=lambda: f"{_held_by({engine_pid})} gone",
+        )
 
 
 def _counters() -> tuple[int, int]:
@@ -194,7 +190,9 @@ def _counters() -> tuple[int, int]:
     return shm.sent, shm.received
 
 
-def test_an_engine_on_another_host_gets_its_data_as_frames(tmp_path: Path, hub: Any) -> None:
+def test_an_engine_on_another_host_gets_its_data_as_frames(
+    tmp_path: Path, hub: ClusterStarter
+) -> None:
     """Large buffers go through shared memory only between processes of one host: an
     engine on another host (here one that says so with SHOAL_HOST) gets and sends them
     as zmq frames, and the same calls work."""
@@ -224,7 +222,9 @@ def test_an_engine_on_another_host_gets_its_data_as_frames(tmp_path: Path, hub: 
         assert _counters()[0] > client_before[0]
 
 
-def test_a_push_to_engines_of_another_host_crosses_once(tmp_path: Path, hub: Any) -> None:
+def test_a_push_to_engines_of_another_host_crosses_once(
+    tmp_path: Path, hub: ClusterStarter
+) -> None:
     """A push to every engine, two of them on another host: the data goes to that host
     once, to one of them, and the other fetches it from that one (a tree); every engine
     ends with its own equal array."""
@@ -254,7 +254,7 @@ def crash_once(a: np.ndarray, marker: str) -> float:
 
 
 def test_a_retried_task_finds_its_array_after_the_first_engine_died(
-    tmp_path: Path, hub: Any
+    tmp_path: Path, hub: ClusterStarter
 ) -> None:
     with hub(tmp_path / "hub") as (_, rc):
         lb = rc.load_balanced_view()
@@ -264,13 +264,13 @@ def test_a_retried_task_finds_its_array_after_the_first_engine_died(
         assert len(rc.ids) == 1  # one engine died on the way
 
 
-def test_scatter_and_gather_of_a_large_array(tmp_path: Path, hub: Any) -> None:
-    with hub(tmp_path / "hub") as (_, rc):
-        a = np.random.default_rng(5).random((3_000_001, 3))  # 72 MB, uneven halves
-        rc[:].scatter("part", a, block=True)
-        assert rc[:].pull("part.shape", block=True) == [(1_500_001, 3), (1_500_000, 3)]
-        back = rc[:].gather("part", block=True)  # joined on the pool's warm pages
-        assert back.dtype == a.dtype
-        assert np.array_equal(back, a)
-        back[0, 0] = -1.0  # an ordinary writable array
-        assert back[0, 0] == -1.0
+def test_scatter_and_gather_of_a_large_array(client: Client) -> None:
+    a = np.random.default_rng(5).random((3_000_001, 3))  # 72 MB, uneven halves
+    client[:].scatter("part", a, block=True)
+    assert client[:].pull("part.shape", block=True) == [(1_500_001, 3), (1_500_000, 3)]
+    back = client[:].gather("part", block=True)  # joined on the pool's warm pages
+    assert back.dtype == a.dtype
+    assert np.array_equal(back, a)
+    back[0, 0] = -1.0  # an ordinary writable array
+    assert back[0, 0] == -1.0
+    client[:].execute("del part", block=True)  # the shared cluster's engines keep no large array

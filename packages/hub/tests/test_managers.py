@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from multiprocessing import ProcessError
 from typing import Any
@@ -37,6 +36,7 @@ from shoal.hub._compat.managers import (
     _client,
     _dispatch,
 )
+from shoal.hub.testing import process_alive, wait_processes_gone
 from shoal.wire import Codec, Message, new_header
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,22 +146,6 @@ TallyManager.register(
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive after {timeout} s"
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -513,24 +497,24 @@ def test_shutdown_with_block_and_garbage_collection_end_the_server() -> None:
     m = Manager()
     pid = m.pid
     assert pid is not None
-    assert alive(pid)
+    assert process_alive(pid)
     m.shutdown()
-    assert not alive(pid)  # shutdown() waits for it
+    assert not process_alive(pid)  # shutdown() waits for it
     m.shutdown()  # a second call does nothing
 
     with SyncManager() as m:
         pid = m.pid
         assert pid is not None
         assert m.Queue().empty()
-        assert alive(pid)
-    assert not alive(pid)
+        assert process_alive(pid)
+    assert not process_alive(pid)
 
     m = Manager()
     pid = m.pid
     assert pid is not None
     del m
     gc.collect()
-    wait_gone(pid)
+    wait_processes_gone([pid], WAIT)
 
 
 CREATOR = """
@@ -565,9 +549,10 @@ def test_the_server_ends_with_its_creator(end: str) -> None:
             proc.stdout.close()
     assert code == (-signal.SIGKILL if end == "sigkill" else 0)
     if end == "exit":
-        assert not alive(server)  # the creator waited for it at exit
+        assert not process_alive(server)  # the creator waited for it at exit
     else:
-        wait_gone(server)  # it notices within a second; the bound is for a loaded machine
+        # It notices within a second; the bound is for a loaded machine.
+        wait_processes_gone([server], WAIT)
 
 
 # -- errors -----------------------------------------------------------------------------

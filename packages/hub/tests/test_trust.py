@@ -27,6 +27,7 @@ import zmq
 
 import shoal.hub
 from shoal.hub import Client, EngineDiedError, Hub, HubLost
+from shoal.hub.testing import ClusterStarter, process_alive, wait_until
 from shoal.wire import (
     InsecureBindError,
     Message,
@@ -54,23 +55,6 @@ def _rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    """Poll ``condition`` until it holds; fail with ``what()`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout} s: {what()}")
-        time.sleep(0.05)
 
 
 def _hub_log(folder: Path, tail: int = 3000) -> str:
@@ -266,7 +250,9 @@ def _honest_traffic(client: Client) -> Iterator[_Honest]:
 
 
 # -- 1. the hub acts on unverified envelopes ----------------------------------------------
-def test_wrong_key_lb_requests_do_not_block_load_balancing(tmp_path: Path, hub: Any) -> None:
+def test_wrong_key_lb_requests_do_not_block_load_balancing(
+    tmp_path: Path, hub: ClusterStarter
+) -> None:
     """Load-balanced requests signed with a wrong key never hold up honest tasks."""
     with (
         hub(tmp_path, 2, "--timeout", "2.0") as (proc, client),
@@ -279,16 +265,16 @@ def test_wrong_key_lb_requests_do_not_block_load_balancing(tmp_path: Path, hub: 
         attacker.ping(sender, receiver, 30, lambda: _check_hub_alive(proc, tmp_path))
         lb = client.load_balanced_view()
         assert lb.apply_async(REMOTE["square"], 7).get(timeout=30) == 49
-        _wait_for(
+        wait_until(
             lambda: _outstanding(client) == 0,
             15,
-            lambda: f"requests still outstanding: {client.queue_status()}",
+            message=lambda: f"requests still outstanding: {client.queue_status()}",
         )
         _check_hub_alive(proc, tmp_path)
 
 
 @pytest.mark.timeout(180)
-def test_wrong_key_large_requests_are_not_kept(tmp_path: Path, hub: Any) -> None:
+def test_wrong_key_large_requests_are_not_kept(tmp_path: Path, hub: ClusterStarter) -> None:
     """Wrong-key requests with 256 MiB buffers leave the hub's memory where it was."""
     with (
         hub(tmp_path, 2, "--timeout", "2.0") as (proc, client),
@@ -305,10 +291,12 @@ def test_wrong_key_large_requests_are_not_kept(tmp_path: Path, hub: Any) -> None
         del frames, big  # zmq holds the buffer until it is sent
         attacker.ping(sender, receiver, 60, lambda: _check_hub_alive(proc, tmp_path))
         gc.collect()
-        _wait_for(
+        wait_until(
             lambda: _rss(proc.pid) <= baseline + RSS_SLACK,
             RSS_SETTLE,
-            lambda: f"the hub holds {_rss(proc.pid) // MB} MB, baseline {baseline // MB} MB",
+            message=lambda: (
+                f"the hub holds {_rss(proc.pid) // MB} MB, baseline {baseline // MB} MB"
+            ),
         )
         _check_hub_alive(proc, tmp_path)
 
@@ -318,7 +306,7 @@ def test_wrong_key_large_requests_are_not_kept(tmp_path: Path, hub: Any) -> None
     "identity", [None, b"\x00\xff\xfe\xfd\xfc"], ids=["zmq-default", "invalid-utf8"]
 )
 def test_binary_identity_does_not_kill_the_hub(
-    tmp_path: Path, hub: Any, identity: bytes | None
+    tmp_path: Path, hub: ClusterStarter, identity: bytes | None
 ) -> None:
     """A sender whose identity is not text outlives its lease without ending the hub."""
     lease = 1.0
@@ -349,7 +337,9 @@ def test_binary_identity_does_not_kill_the_hub(
 # -- 3. a many-frame message stalls the hub -----------------------------------------------
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("port", ["client", "shell", "control", "heartbeat", "beat"])
-def test_many_frame_message_does_not_stall_the_hub(tmp_path: Path, hub: Any, port: str) -> None:
+def test_many_frame_message_does_not_stall_the_hub(
+    tmp_path: Path, hub: ClusterStarter, port: str
+) -> None:
     """One message of 10**6 tiny frames, on any of the hub's ports, costs no engine and
     no client its connection."""
     with (
@@ -381,7 +371,9 @@ def test_many_frame_message_does_not_stall_the_hub(tmp_path: Path, hub: Any, por
 # -- 4. a poison task takes the whole cluster ---------------------------------------------
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("poison", ["segfault", "exit_now"])
-def test_poison_task_kills_at_most_three_engines(tmp_path: Path, hub: Any, poison: str) -> None:
+def test_poison_task_kills_at_most_three_engines(
+    tmp_path: Path, hub: ClusterStarter, poison: str
+) -> None:
     """A task that kills every engine it runs on is given up after 3, whatever its retries."""
     with hub(tmp_path, 4, "--timeout", "2.0") as (proc, client):
         lb = client.load_balanced_view()
@@ -406,14 +398,14 @@ def test_poison_task_kills_at_most_three_engines(tmp_path: Path, hub: Any, poiso
         assert re.search(r"\b3 engines\b", str(err)), str(err)
         assert "retr" in str(err).lower(), str(err)
         _check_hub_alive(proc, tmp_path)
-        _wait_for(lambda: len(client.ids) == 1, 15, lambda: f"engines {client.ids}")
+        wait_until(lambda: len(client.ids) == 1, 15, message=lambda: f"engines {client.ids}")
         assert not set(client.ids) & set(engine_ids)
         lb.set_flags(retries=0)
         assert lb.apply_async(REMOTE["square"], 3).get(timeout=30) == 9
 
 
 def test_waiting_clients_are_told_no_engine_is_left(
-    tmp_path: Path, hub: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, hub: ClusterStarter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A task that waits with no engine left is logged and shown; a new engine runs it."""
     caplog.set_level(logging.WARNING, logger="shoal.hub")
@@ -421,7 +413,7 @@ def test_waiting_clients_are_told_no_engine_is_left(
         (engine_id,) = client.ids
         pid = client[engine_id].apply_async(REMOTE["pid"]).get(timeout=30)
         os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: client.ids == [], 30, lambda: f"engines {client.ids}")
+        wait_until(lambda: client.ids == [], 30, message=lambda: f"engines {client.ids}")
         ar = client.load_balanced_view().apply_async(REMOTE["square"], 5)
 
         def told() -> bool:
@@ -432,7 +424,7 @@ def test_waiting_clients_are_told_no_engine_is_left(
                 for r in list(caplog.records)
             )
 
-        _wait_for(told, 15, lambda: f"no warning says so; logged: {caplog.messages}")
+        wait_until(told, 15, message=lambda: f"no warning says so; logged: {caplog.messages}")
         status: dict[Any, Any] = client.queue_status()
         assert status.get("no_engines") is True, status
         assert not ar.done()
@@ -444,7 +436,7 @@ def test_waiting_clients_are_told_no_engine_is_left(
 # -- 6. two rules for one thing -----------------------------------------------------------
 # -- 5: the replay guard refuses honest traffic ------------------------------------------
 @pytest.mark.timeout(300)
-def test_requests_that_waited_behind_a_flood_still_run(tmp_path: Path, hub: Any) -> None:
+def test_requests_that_waited_behind_a_flood_still_run(tmp_path: Path, hub: ClusterStarter) -> None:
     """Finding 5: load-balanced tasks made first wait in the hub (after= a held task)
     while 70,000 direct requests pass through their engine; then they run, all of them
     (protocol 1's full signature history refused them as older than its floor)."""
@@ -610,7 +602,7 @@ class _Fuzz:
 
 
 @pytest.mark.timeout(180)
-def test_fuzz_the_hub_receive_path(tmp_path: Path, hub: Any) -> None:
+def test_fuzz_the_hub_receive_path(tmp_path: Path, hub: ClusterStarter) -> None:
     """Hostile frames on every port of the hub end no process and delay no honest task."""
     rng = random.Random(FUZZ_SEED)
     with hub(tmp_path, 2, "--timeout", "2.0") as (proc, client):
@@ -647,10 +639,10 @@ def test_fuzz_the_hub_receive_path(tmp_path: Path, hub: Any) -> None:
                 gc.collect()
                 # Honest traffic goes on a while after the fuzz: the hub still serves.
                 before = honest.done
-                _wait_for(
+                wait_until(
                     lambda: honest.done >= before + 10 or bool(honest.errors),
                     60,
-                    lambda: f"honest tasks stalled at {honest.done}",
+                    message=lambda: f"honest tasks stalled at {honest.done}",
                 )
             took = time.monotonic() - start
             print(
@@ -664,16 +656,18 @@ def test_fuzz_the_hub_receive_path(tmp_path: Path, hub: Any) -> None:
             refused = sum(sum(s["dropped"].values()) for s in drops.values())
             assert refused >= sent // 2, f"only {refused} of {sent} messages counted: {drops}"
             assert client.ids == ids
-            assert all(_alive(p) for p in engine_pids)
-            _wait_for(
+            assert all(process_alive(p) for p in engine_pids)
+            wait_until(
                 lambda: _rss(proc.pid) <= baseline + RSS_SLACK,
                 RSS_SETTLE,
-                lambda: f"the hub holds {_rss(proc.pid) // MB} MB, baseline {baseline // MB} MB",
+                message=lambda: (
+                    f"the hub holds {_rss(proc.pid) // MB} MB, baseline {baseline // MB} MB"
+                ),
             )
-            _wait_for(
+            wait_until(
                 lambda: _outstanding(client) == 0,
                 15,
-                lambda: f"requests still outstanding: {client.queue_status()}",
+                message=lambda: f"requests still outstanding: {client.queue_status()}",
             )
         finally:
             attacker.close()
@@ -709,7 +703,7 @@ def _engine_process(pid: int) -> bool:
     """Whether ``pid`` is a live shoal engine (so that a reused pid is never killed)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"shoal.engine" in f.read() and _alive(pid)
+            return b"shoal.engine" in f.read() and process_alive(pid)
     except FileNotFoundError:
         return False
 
@@ -839,7 +833,7 @@ class _ChaosRun:
 
 
 @pytest.mark.timeout(180)
-def test_chaos_engines_killed_under_load(tmp_path: Path, hub: Any) -> None:
+def test_chaos_engines_killed_under_load(tmp_path: Path, hub: ClusterStarter) -> None:
     """Engines SIGKILLed at random under load: nothing hangs, is wrong or runs twice."""
     markers = tmp_path / "markers.txt"
     markers.touch()
