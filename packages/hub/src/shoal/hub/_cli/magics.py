@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import current_client
 from .._client.errors import CompositeError
+
+if TYPE_CHECKING:
+    from .._client.views import DirectView
 
 __all__ = ["ParallelMagics", "load_ipython_extension"]
 
@@ -47,7 +50,7 @@ class ParallelMagics(Magics):
         self.last_result: AsyncResult[Any] | None = None
         self._autopx = False
 
-    def _view(self, targets: str | None) -> Any:
+    def _view(self, targets: str | None) -> DirectView[list[int]]:
         client = current_client()
         spec = targets if targets is not None else self.targets
         if spec in (None, "all"):
@@ -60,7 +63,7 @@ class ParallelMagics(Magics):
         return args, " ".join(rest)
 
     @line_cell_magic
-    def px(self, line: str, cell: str | None = None) -> Any:
+    def px(self, line: str, cell: str | None = None) -> AsyncResult[list[object]] | None:
         """Run code on the engines: ``%px a = 1`` or a ``%%px [--targets 0,1] [--noblock]``
         cell."""
         args, code = self._parse(line)
@@ -74,27 +77,27 @@ class ParallelMagics(Magics):
         self.last_result = result
         if not block:
             return result
-        return self._show(result, args.group_outputs or self.group_outputs)
+        self._show(result, args.group_outputs or self.group_outputs)
+        return None
 
-    def _show(self, result: AsyncResult[Any], grouping: str) -> Any:
+    def _show(self, result: AsyncResult[Any], grouping: str) -> None:
         try:
             value = result.get()
         except CompositeError as err:
             self._print_outputs(result, grouping)
             print(err.render_traceback())
-            return None
+            return
         except Exception as err:
             self._print_outputs(result, grouping)
             render = getattr(err, "render_traceback", None)
             print(render() if render else f"{type(err).__name__}: {err}")
-            return None
+            return
         self._print_outputs(result, grouping)
         values = value if isinstance(value, list) else [value]
         engines = result.engine_id if isinstance(result.engine_id, list) else [result.engine_id]
         for engine, v in zip(engines, values, strict=False):
             if v is not None:
                 print(f"Out[{engine}]: {v!r}")
-        return None
 
     @staticmethod
     def _print_outputs(result: AsyncResult[Any], grouping: str) -> None:
@@ -115,11 +118,11 @@ class ParallelMagics(Magics):
                 print(f"[stderr:{engine}] {err}", end="" if err.endswith("\n") else "\n")
 
     @line_magic
-    def pxresult(self, line: str = "") -> Any:
+    def pxresult(self, line: str = "") -> None:
         """Wait for the last ``%px --noblock`` and show its outputs and results."""
         if self.last_result is None:
             raise ValueError("no %px result yet: run %px --noblock first")
-        return self._show(self.last_result, self.group_outputs)
+        self._show(self.last_result, self.group_outputs)
 
     @line_magic
     def pxconfig(self, line: str) -> None:
