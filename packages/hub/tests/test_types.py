@@ -116,9 +116,13 @@ SNIPPET = textwrap.dedent(
 
 
     def client(rc: Client) -> None:
-        reveal_type(rc[0].apply_sync(f))  # -> int  (needs client.py)
-        reveal_type(rc[:].apply_sync(f))  # -> list[int]  (needs client.py)
-        reveal_type(rc[:].map_sync(g, range(3)))  # -> list[str]  (needs client.py)
+        reveal_type(rc[0])  # -> DirectView[int]
+        reveal_type(rc[:])  # -> DirectView[list[int]]
+        reveal_type(rc[0].apply_sync(f))  # -> int
+        reveal_type(rc[:].apply_sync(f))  # -> list[int]
+        reveal_type(rc[[0, 2]].apply_async(f))  # -> AsyncResult[list[int]]
+        reveal_type(rc[:].map_sync(g, range(3)))  # -> list[str]
+        reveal_type(rc.load_balanced_view().apply_sync(f))  # -> int
     """
 )
 
@@ -126,23 +130,20 @@ _MODULE_PATH = re.compile(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Za-z_])")
 _OUTPUT = re.compile(r"^snippet\.py:(\d+): (note|error): (.*?)(?:  \[([a-z-]+)\])?$")
 
 
-def _expectations() -> tuple[dict[int, str], dict[int, str], set[int]]:
-    reveals, errors, pending = {}, {}, set()
+def _expectations() -> tuple[dict[int, str], dict[int, str]]:
+    reveals, errors = {}, {}
     for number, line in enumerate(SNIPPET.splitlines(), start=1):
         if "# -> " in line:
-            expected = line.split("# -> ", 1)[1]
-            if expected.endswith("(needs client.py)"):
-                pending.add(number)
-                expected = expected.removesuffix("(needs client.py)")
-            reveals[number] = expected.strip()
+            reveals[number] = line.split("# -> ", 1)[1].strip()
         elif "# error: " in line:
             errors[number] = line.split("# error: ", 1)[1].strip()
-    return reveals, errors, pending
+    return reveals, errors
 
 
 @pytest.mark.timeout(120)
 def test_reveal_types(tmp_path: Path) -> None:
-    """mypy reveals the documented return types of views and results in user code."""
+    """mypy reveals the documented return types of the client, views, results, pool and
+    remote objects in user code."""
     pytest.importorskip("mypy", reason="mypy is in the lint env; this env lacks it")
     (tmp_path / "snippet.py").write_text(SNIPPET)
     run = subprocess.run(
@@ -174,10 +175,6 @@ def test_reveal_types(tmp_path: Path) -> None:
             revealed[number] = _MODULE_PATH.sub("", text.removeprefix("Revealed type is ")[1:-1])
         elif kind == "error":
             errors[number] = code or text
-    want_reveals, want_errors, pending = _expectations()
-    waiting = {n for n in pending if revealed.get(n) == "Any"}
-    got = {n: t for n, t in revealed.items() if n not in waiting}
-    assert got == {n: t for n, t in want_reveals.items() if n not in waiting}
+    want_reveals, want_errors = _expectations()
+    assert revealed == want_reveals
     assert errors == want_errors
-    if waiting:
-        pytest.xfail("Client.__getitem__ still returns Any (client.py)")
