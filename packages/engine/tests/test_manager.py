@@ -10,11 +10,13 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.engine import EngineDiedError, KernelManager, RemoteError
+from shoal.hub.testing import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -158,7 +160,7 @@ def test_heartbeat_answered_while_busy(km: KernelManager) -> None:
         "execute_request",
         {"code": "import time\nt = time.time()\nwhile time.time() - t < 2.5:\n    np.sort(a)"},
     )
-    time.sleep(0.3)
+    wait_until(lambda: km.status()["busy"], timeout=20)  # it runs the loop
     pings = [km.ping(timeout=1.0) for _ in range(5)]
     assert km.get_reply(msg_id)["status"] == "ok"
     assert max(pings) < 1.0
@@ -215,10 +217,7 @@ def test_engine_exits_when_parent_is_killed(tmp_path: Any) -> None:
         assert _alive(engine_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 5.0
-        while _alive(engine_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(engine_pid)
+        wait_until(lambda: not _alive(engine_pid), timeout=5.0)
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -254,14 +253,21 @@ def test_unknown_control_request_is_answered(km: KernelManager) -> None:
     assert km.execute("5") == 5
 
 
-def test_abort_all_queued(km: KernelManager) -> None:
+def test_abort_all_queued(km: KernelManager, tmp_path: Path) -> None:
     """abort() drops the queued requests, each answered 'aborted'; the running one ends."""
-    running = km.submit("execute_request", {"code": "import time; time.sleep(1); 'done'"})
+    gate = tmp_path / "gate"
+    code = (
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n'done'"
+    )
+    running = km.submit("execute_request", {"code": code})
     queued = [
         km.submit("apply_request", {"f": len, "args": ([1],), "kwargs": {}}) for _ in range(3)
     ]
-    time.sleep(0.2)  # the queued requests reach the engine
-    km.abort()
+    try:
+        wait_until(lambda: km.status()["busy"], timeout=20)  # the first one runs
+        km.abort()  # answered once the engine noted it; the running request holds meanwhile
+    finally:
+        gate.touch()
     assert [km.get_reply(q, timeout=10)["status"] for q in queued] == ["aborted"] * 3
     assert km.get_reply(running, timeout=10)["result"] == "done"
     assert km.apply(len, [1, 2]) == 2  # and it serves on
