@@ -91,6 +91,31 @@ def test_exports() -> None:
     assert all(hasattr(testing, name) for name in testing.__all__)
 
 
+WITHOUT_PYTEST = """
+import sys
+
+class NoPytest:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pytest", "_pytest"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoPytest())
+from shoal.hub import testing
+print(sorted(testing.__all__), testing.wait_until(lambda: 3))
+"""
+
+
+def test_imports_without_pytest() -> None:
+    """Without pytest the helpers import and work; only the fixtures are missing."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYTEST], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("] ")[1].strip() == "3"
+    assert "'client'" not in done.stdout
+    assert "'wait_until'" in done.stdout
+
+
 # -- running_cluster ----------------------------------------------------------------------
 def test_running_cluster_starts_passes_hub_args_and_ends_everything(tmp_path: Path) -> None:
     """A hub with its engines and a Client; hub arguments reach the hub; all end after."""
