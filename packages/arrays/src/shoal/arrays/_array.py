@@ -29,10 +29,12 @@ import itertools
 import math
 import operator
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from types import EllipsisType
+from typing import Any, SupportsIndex, TypeAlias, TypeVar, cast, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from shoal.engine import MsgType, current_engine
 from shoal.hub import (
@@ -59,6 +61,27 @@ __all__ = [
 
 #: Functions that run on one engine warn when their operands hold more bytes than this.
 WARN_BYTES = 64 * 1024 * 1024
+
+# An array of ours, kept as its own kind (RemoteArray or DistArray) by an operation.
+_A = TypeVar("_A", bound="_Array")
+_B = TypeVar("_B", bound="_Array")
+# An ``out=`` array: what the operation returns when it is given.
+_Out = TypeVar("_Out", bound="_Array | NDArray[np.generic]")
+
+#: A shape, as numpy takes one: an int, or a sequence of them.
+ShapeLike: TypeAlias = "SupportsIndex | Sequence[SupportsIndex]"
+#: ``axis=`` of a reduction: one axis, several, or all of them (None).
+Axes: TypeAlias = "SupportsIndex | Sequence[SupportsIndex] | None"
+#: One component of an index key: an int, a slice, ``...``, None (a new axis), a list or
+#: array of ints (rows) or bools (a mask), or a shoal array of them.
+KeyPart: TypeAlias = (
+    "SupportsIndex | slice | EllipsisType | Sequence[SupportsIndex] | NDArray[np.integer]"
+    " | NDArray[np.bool_] | RemoteArray | DistArray | None"
+)
+#: An index key: a component, or a tuple of them (one per axis, numpy's rules).
+IndexKey: TypeAlias = "KeyPart | tuple[KeyPart, ...]"
+# Keys that keep every axis they index (no int among them): they give an array.
+_SliceKey: TypeAlias = "slice | EllipsisType | tuple[slice | EllipsisType | None, ...] | None"
 
 
 class PerformanceWarning(UserWarning):
@@ -207,19 +230,35 @@ class _Plan:
         return lambda ticket: handled[ticket[0]][ticket[1]]
 
 
+@overload
+def _assemble(
+    client: Client,
+    made: Sequence[tuple[_Block, Kept]],
+    axis: int,
+    cls: type[_A],
+    roots: frozenset[Ref] | None = None,
+) -> _A: ...
+@overload
+def _assemble(
+    client: Client,
+    made: Sequence[tuple[_Block, Kept]],
+    axis: int,
+    cls: None = None,
+    roots: frozenset[Ref] | None = None,
+) -> RemoteArray | DistArray: ...
 def _assemble(
     client: Client,
     made: Sequence[tuple[_Block, Kept]],
     axis: int,
     cls: type[_Array] | None = None,
     roots: frozenset[Ref] | None = None,
-) -> Any:
+) -> _Array:
     """An array from new blocks in order along ``axis``."""
     kept = [k for _, k in made]
     shape = list(kept[0].shape)
     shape[axis] = sum(k.shape[axis] for k in kept)
-    cls = cls or (RemoteArray if len(made) == 1 else DistArray)
-    return cls._new(
+    kind: type[_Array] = cls or (RemoteArray if len(made) == 1 else DistArray)
+    return kind._new(
         client,
         [b for b, _ in made],
         axis,
@@ -232,6 +271,15 @@ def _assemble(
 
 # -- the arrays ----------------------------------------------------------------------
 
+# numpy functions whose stubs refuse what our methods pass on (keywords forwarded as
+# given, our arrays as indices): for our arrays numpy hands the call to
+# __array_function__/__array_ufunc__, and the methods cast what comes back.
+_np_clip: Callable[..., object] = np.clip
+_np_take: Callable[..., object] = np.take
+_np_sort: Callable[..., object] = np.sort
+_np_cumsum: Callable[..., object] = np.cumsum
+_np_cumprod: Callable[..., object] = np.cumprod
+
 
 class _Array:
     """What RemoteArray and DistArray share: metadata known here, blocks on the engines."""
@@ -242,7 +290,7 @@ class _Array:
     _bounds: tuple[int, ...]
     _roots: frozenset[Ref]
     shape: tuple[int, ...]
-    dtype: np.dtype[Any]
+    dtype: np.dtype[np.generic]
 
     __slots__ = (
         "__weakref__",
@@ -255,7 +303,7 @@ class _Array:
         "shape",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
             f"{type(self).__name__} is made by shoal.arrays functions (scatter, zeros, "
             "random, ...) and by operations, not directly"
@@ -263,7 +311,7 @@ class _Array:
 
     @classmethod
     def _new(
-        cls,
+        cls: type[_A],
         client: Client,
         blocks: Sequence[_Block],
         axis: int,
@@ -271,7 +319,7 @@ class _Array:
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         roots: frozenset[Ref] | None = None,
-    ) -> Any:
+    ) -> _A:
         self = object.__new__(cls)
         self._client = client
         self._blocks = tuple(blocks)
@@ -349,11 +397,11 @@ class _Array:
     def _layout(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         return self._axis, self._bounds, self.engines
 
-    def __shoal_gather__(self) -> Callable[[], np.ndarray]:
+    def __shoal_gather__(self) -> Callable[[], NDArray[np.generic]]:
         """:func:`shoal.hub.gather`'s protocol: start fetching the blocks."""
         return _start_gather(self)
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[object, ...]]:
         # The blocks travel as references (their handles pickle as proxies): unpickled on
         # an engine, the array is an ndarray made of its blocks, fetched straight from
         # their engines; in another client, an array of the same blocks.
@@ -370,27 +418,39 @@ class _Array:
         )
 
     # -- to the client ----------------------------------------------------------------
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+    def __array__(
+        self, dtype: DTypeLike | None = None, copy: bool | None = None
+    ) -> NDArray[np.generic]:
         if copy is False:
             raise ValueError(
                 f"a {type(self).__name__} lives on the engines: np.asarray() must copy it "
                 "here, and copy=False forbids that (use shoal.arrays.gather(x))"
             )
         out = gather(self)
-        result: np.ndarray[Any, Any] = out if dtype is None else out.astype(dtype, copy=False)
+        result: NDArray[np.generic] = out if dtype is None else out.astype(dtype, copy=False)
         return result
 
-    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+    # numpy's protocols: what they return is numpy's to pass on (an array of ours, a
+    # numpy scalar, a tuple of them, or NotImplemented).
+    def __array_ufunc__(
+        self, ufunc: np.ufunc, method: str, *inputs: object, **kwargs: object
+    ) -> object:
         from ._ufuncs import array_ufunc  # noqa: PLC0415 - the modules use each other
 
-        return array_ufunc(ufunc, method, inputs, kwargs)
+        result: object = array_ufunc(ufunc, method, inputs, kwargs)
+        return result
 
     def __array_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+        self,
+        func: Callable[..., object],
+        types: Collection[type],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> object:
         from ._functions import array_function  # noqa: PLC0415
 
-        return array_function(func, types, args, kwargs)
+        result: object = array_function(func, types, args, kwargs)
+        return result
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -406,7 +466,7 @@ class _Array:
             preview = f"<preview failed: {type(exc).__name__}: {exc}>"
         return f"{name}(shape={self.shape}, dtype={self.dtype}, {where}):\n{preview}"
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self: _A) -> Iterator[_A | np.generic]:
         if not self.shape:
             raise TypeError("iteration over a 0-d array")
         for i in range(self.shape[0]):
@@ -432,34 +492,45 @@ class _Array:
     __hash__ = None  # type: ignore[assignment]  # mutable, like ndarray
 
     # -- operators: all through the ufuncs ------------------------------------------
-    def __getitem__(self, key: Any) -> Any:
+    # numpy's stubs type np.f(x) of an array-like x as an ndarray (or Any); for our arrays
+    # numpy hands the call to __array_ufunc__/__array_function__, which return arrays of
+    # ours: the casts below say what they return.
+    @overload
+    def __getitem__(self: _A, key: _SliceKey) -> _A: ...
+    @overload
+    def __getitem__(self: _A, key: IndexKey) -> _A | np.generic: ...
+    def __getitem__(self: _A, key: IndexKey) -> _A | np.generic:
+        """An array of the same kind, or one element as a numpy scalar (an int for every
+        axis)."""
         from ._indexing import getitem  # noqa: PLC0415
 
-        return getitem(self, key)
+        result: _A | np.generic = getitem(self, key)
+        return result
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: IndexKey, value: ArrayLike) -> None:
         from ._indexing import setitem  # noqa: PLC0415
 
         setitem(self, key, value)
 
-    def __divmod__(self, other: Any) -> Any:
-        return np.divmod(self, other)
+    def __divmod__(self: _A, other: ArrayLike) -> tuple[_A | DistArray, _A | DistArray]:
+        return cast("tuple[_A | DistArray, _A | DistArray]", np.divmod(self, other))
 
-    def __rdivmod__(self, other: Any) -> Any:
-        return np.divmod(other, self)
+    def __rdivmod__(self: _A, other: ArrayLike) -> tuple[_A | DistArray, _A | DistArray]:
+        return cast("tuple[_A | DistArray, _A | DistArray]", np.divmod(other, self))
 
     # -- methods ----------------------------------------------------------------------
     @property
-    def T(self) -> Any:
+    def T(self: _A) -> _A:
         return self.transpose()
 
-    def transpose(self, *axes: Any) -> Any:
+    def transpose(self: _A, *axes: SupportsIndex | Sequence[SupportsIndex] | None) -> _A:
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
             axes = tuple(axes[0] or ())
+        # Unwrapped, each is an axis: operator.index refuses anything else, as before.
         order = (
             tuple(range(self.ndim))[::-1]
             if not axes
-            else tuple(operator.index(a) % self.ndim for a in axes)
+            else tuple(operator.index(cast(SupportsIndex, a)) % self.ndim for a in axes)
         )
         if sorted(order) != list(range(self.ndim)):
             raise ValueError(f"axes {axes!r} don't match an array of {self.ndim} dimensions")
@@ -473,169 +544,321 @@ class _Array:
             view=True,
         )
 
-    def swapaxes(self, axis1: int, axis2: int) -> Any:
+    def swapaxes(self: _A, axis1: SupportsIndex, axis2: SupportsIndex) -> _A:
         order = list(range(self.ndim))
         a1, a2 = _check_axis(axis1, self.ndim), _check_axis(axis2, self.ndim)
         order[a1], order[a2] = order[a2], order[a1]
         return self.transpose(order)
 
     def astype(
-        self, dtype: Any, order: str = "K", casting: str = "unsafe", copy: bool = True
-    ) -> Any:
+        self: _A, dtype: DTypeLike, order: str = "K", casting: str = "unsafe", copy: bool = True
+    ) -> _A:
         if not copy and np.dtype(dtype) == self.dtype:
             return self
         return _per_block(self, K.method, BLOCK, "astype", dtype, order=order, casting=casting)
 
-    def copy(self, order: str = "C") -> Any:
+    def copy(self: _A, order: str = "C") -> _A:
         return _per_block(self, K.method, BLOCK, "copy", order=order)
 
-    def fill(self, value: Any) -> None:
+    def fill(self, value: object) -> None:
         _per_block_inplace(self, K.method, BLOCK, "fill", value)
 
-    def view(self, dtype: Any = None) -> Any:
+    def view(self: _A, dtype: DTypeLike | None = None) -> _A:
         if dtype is None:
             return _per_block(self, K.method, BLOCK, "view", view=True)
         if np.dtype(dtype).itemsize != self.dtype.itemsize:
             raise ValueError("views with another item size would move block bounds: astype() it")
         return _per_block(self, K.method, BLOCK, "view", dtype, view=True)
 
-    def reshape(self, *shape: Any, order: str = "C") -> Any:
+    @overload
+    def reshape(
+        self: _A, shape: SupportsIndex, /, *more: SupportsIndex, order: str = "C"
+    ) -> _A: ...
+    @overload
+    def reshape(
+        self: _A, shape: Sequence[SupportsIndex] = (), /, *, order: str = "C"
+    ) -> _A | np.generic: ...
+    def reshape(
+        self: _A, *shape: SupportsIndex | Sequence[SupportsIndex], order: str = "C"
+    ) -> _A | np.generic:
+        """The same data in ``shape`` (ints, or one sequence of them); to shape ``()``
+        (one element), a numpy scalar."""
         from ._functions import reshape  # noqa: PLC0415
 
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return reshape(self, shape, order=order)
+        result: _A | np.generic = reshape(self, shape, order=order)
+        return result
 
-    def ravel(self, order: str = "C") -> Any:
+    def ravel(self: _A, order: str = "C") -> _A:
         from ._functions import ravel  # noqa: PLC0415
 
-        return ravel(self, order)
+        result: _A = ravel(self, order)
+        return result
 
-    def flatten(self, order: str = "C") -> Any:
+    def flatten(self: _A, order: str = "C") -> _A:
         return self.ravel(order).copy()
 
-    def squeeze(self, axis: Any = None) -> Any:
-        return np.squeeze(self, axis=axis)
+    def squeeze(self: _A, axis: Axes = None) -> _A | np.generic:
+        """Without the axes of length one (``axis``, or all); a numpy scalar when no axis
+        is left."""
+        return cast("_A | np.generic", np.squeeze(self, axis=axis))
 
-    def conj(self) -> Any:
-        return np.conjugate(self)
+    def conj(self: _A) -> _A:
+        return cast("_A", np.conjugate(self))
 
     conjugate = conj
 
     @property
-    def real(self) -> Any:
+    def real(self: _A) -> _A:
         return _per_block(self, K.call, np.real, BLOCK, view=True)
 
     @property
-    def imag(self) -> Any:
+    def imag(self: _A) -> _A:
         return _per_block(self, K.call, np.imag, BLOCK, view=True)
 
-    def round(self, decimals: int = 0) -> Any:
-        return np.round(self, decimals)
+    def round(self: _A, decimals: int = 0) -> _A:
+        return cast("_A", np.round(self, decimals))
 
-    def clip(self, min: Any = None, max: Any = None, **kwargs: Any) -> Any:
-        return np.clip(self, min, max, **kwargs)
+    def clip(
+        self: _A,
+        min: ArrayLike | None = None,
+        max: ArrayLike | None = None,
+        *,
+        out: _Out | None = None,
+        **kwargs: object,
+    ) -> _A | DistArray | _Out:
+        """``numpy.clip``: an array of this kind (a DistArray when a bound is one), or
+        ``out``."""
+        if out is not None:
+            kwargs["out"] = out
+        return cast("_A | DistArray | _Out", _np_clip(self, min, max, **kwargs))
 
-    def dot(self, other: Any) -> Any:
-        return np.dot(self, other)
+    def dot(self: _A, other: ArrayLike) -> _A | DistArray | np.generic:
+        """``numpy.dot``: an array (a DistArray when either operand is one), or a numpy
+        scalar for two vectors."""
+        return cast("_A | DistArray | np.generic", np.dot(self, other))
 
-    def take(self, indices: Any, axis: int | None = None) -> Any:
-        return np.take(self, indices, axis=axis)
+    def take(
+        self: _A, indices: ArrayLike, axis: SupportsIndex | None = None
+    ) -> _A | DistArray | np.generic:
+        """``numpy.take``: an array, or a numpy scalar for one index."""
+        return cast("_A | DistArray | np.generic", _np_take(self, indices, axis=axis))
 
-    def sort(self, axis: int = -1, kind: Any = None) -> None:
+    def sort(self, axis: SupportsIndex = -1, kind: str | None = None) -> None:
         """Sort in place (along the split axis: on one engine, then back in place)."""
-        self[...] = np.sort(self, axis=axis, kind=kind)
+        self[...] = cast("_Array", _np_sort(self, axis=axis, kind=kind))
 
-    def tolist(self) -> Any:
-        return gather(self).tolist()
+    def tolist(self) -> list[object]:
+        """The data here as nested lists of Python scalars (``ndarray.tolist``)."""
+        result: list[object] = gather(self).tolist()
+        return result
 
-    def item(self, *args: Any) -> Any:
-        """One element as a Python scalar (by flat index or by indices, like ndarray's)."""
-        if len(args) == 1 and isinstance(args[0], (int, np.integer)):
-            args = tuple(int(i) for i in np.unravel_index(int(args[0]), self.shape))
-        elif len(args) == 1:
-            args = tuple(args[0])
+    def item(self, *args: SupportsIndex | tuple[SupportsIndex, ...]) -> object:
+        """One element as a Python scalar (by flat index or by indices, like ndarray's):
+        ``int``, ``float``, ``complex``, ``bool``, ``str``, ... by the dtype."""
+        if len(args) == 1:
+            (one,) = args
+            if isinstance(one, Iterable):
+                args = tuple(one)
+            else:  # a flat index
+                args = tuple(int(i) for i in np.unravel_index(operator.index(one), self.shape))
         if not args:
             if self.size != 1:
                 raise ValueError("can only convert an array of size 1 to a Python scalar")
             args = (0,) * self.ndim
-        return np.asarray(self[args]).item()
+        result: object = np.asarray(self[args]).item()
+        return result
 
-    def nonzero(self) -> Any:
-        return np.nonzero(self)
+    def nonzero(self: _A) -> tuple[_A, ...]:
+        return cast("tuple[_A, ...]", np.nonzero(self))
 
-    # reductions and scans: numpy's functions dispatch back to the ufunc machinery
-    def sum(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
-        return _reduce(np.add, self, axis=axis, dtype=dtype, out=out, **kw)
+    # reductions and scans: numpy's functions dispatch back to the ufunc machinery. A
+    # reduction gives an array of this kind, or a numpy scalar when it reduces every axis;
+    # given ``out``, ``out``.
+    def sum(
+        self: _A,
+        axis: Axes = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+        **kw: object,
+    ) -> _A | np.generic | _Out:
+        result: _A | np.generic | _Out = _reduce(
+            np.add, self, axis=axis, dtype=dtype, out=out, **kw
+        )
+        return result
 
-    def prod(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
-        return _reduce(np.multiply, self, axis=axis, dtype=dtype, out=out, **kw)
+    def prod(
+        self: _A,
+        axis: Axes = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+        **kw: object,
+    ) -> _A | np.generic | _Out:
+        result: _A | np.generic | _Out = _reduce(
+            np.multiply, self, axis=axis, dtype=dtype, out=out, **kw
+        )
+        return result
 
-    def max(self, axis: Any = None, out: Any = None, **kw: Any) -> Any:
-        return _reduce(np.maximum, self, axis=axis, out=out, **kw)
+    def max(
+        self: _A, axis: Axes = None, out: _Out | None = None, **kw: object
+    ) -> _A | np.generic | _Out:
+        result: _A | np.generic | _Out = _reduce(np.maximum, self, axis=axis, out=out, **kw)
+        return result
 
-    def min(self, axis: Any = None, out: Any = None, **kw: Any) -> Any:
-        return _reduce(np.minimum, self, axis=axis, out=out, **kw)
+    def min(
+        self: _A, axis: Axes = None, out: _Out | None = None, **kw: object
+    ) -> _A | np.generic | _Out:
+        result: _A | np.generic | _Out = _reduce(np.minimum, self, axis=axis, out=out, **kw)
+        return result
 
-    def any(self, axis: Any = None, out: Any = None, keepdims: bool = False, **kw: Any) -> Any:
-        return _reduce(np.logical_or, self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw)
+    def any(
+        self: _A, axis: Axes = None, out: _Out | None = None, keepdims: bool = False, **kw: object
+    ) -> _A | np.bool_ | _Out:
+        result: _A | np.bool_ | _Out = _reduce(
+            np.logical_or, self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw
+        )
+        return result
 
-    def all(self, axis: Any = None, out: Any = None, keepdims: bool = False, **kw: Any) -> Any:
-        return _reduce(
+    def all(
+        self: _A, axis: Axes = None, out: _Out | None = None, keepdims: bool = False, **kw: object
+    ) -> _A | np.bool_ | _Out:
+        result: _A | np.bool_ | _Out = _reduce(
             np.logical_and, self, axis=axis, out=out, keepdims=keepdims, dtype=bool, **kw
         )
+        return result
 
-    def mean(self, axis: Any = None, dtype: Any = None, out: Any = None, **kw: Any) -> Any:
+    def mean(
+        self: _A,
+        axis: Axes = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+        *,
+        keepdims: bool = False,
+        where: ArrayLike = True,
+    ) -> _A | np.generic | _Out:
         from ._functions import mean  # noqa: PLC0415
 
-        return mean(self, axis=axis, dtype=dtype, out=out, **kw)
+        result: _A | np.generic | _Out = mean(
+            self, axis=axis, dtype=dtype, out=out, keepdims=keepdims, where=where
+        )
+        return result
 
     def var(
-        self, axis: Any = None, dtype: Any = None, out: Any = None, ddof: float = 0, **kw: Any
-    ) -> Any:
+        self: _A,
+        axis: Axes = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+        ddof: float = 0,
+        *,
+        keepdims: bool = False,
+        where: ArrayLike = True,
+        mean: ArrayLike | None = None,
+        correction: float | None = None,
+    ) -> _A | np.generic | _Out:
         from ._functions import var  # noqa: PLC0415
 
-        return var(self, axis=axis, dtype=dtype, out=out, ddof=ddof, **kw)
+        result: _A | np.generic | _Out = var(
+            self,
+            axis=axis,
+            dtype=dtype,
+            out=out,
+            ddof=ddof,
+            keepdims=keepdims,
+            where=where,
+            mean=mean,
+            correction=correction,
+        )
+        return result
 
     def std(
-        self, axis: Any = None, dtype: Any = None, out: Any = None, ddof: float = 0, **kw: Any
-    ) -> Any:
+        self: _A,
+        axis: Axes = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+        ddof: float = 0,
+        *,
+        keepdims: bool = False,
+        where: ArrayLike = True,
+        mean: ArrayLike | None = None,
+        correction: float | None = None,
+    ) -> _A | np.generic | _Out:
         from ._functions import std  # noqa: PLC0415
 
-        return std(self, axis=axis, dtype=dtype, out=out, ddof=ddof, **kw)
+        result: _A | np.generic | _Out = std(
+            self,
+            axis=axis,
+            dtype=dtype,
+            out=out,
+            ddof=ddof,
+            keepdims=keepdims,
+            where=where,
+            mean=mean,
+            correction=correction,
+        )
+        return result
 
-    def argmax(self, axis: int | None = None, out: Any = None, *, keepdims: bool = False) -> Any:
+    def argmax(
+        self: _A,
+        axis: SupportsIndex | None = None,
+        out: _Out | None = None,
+        *,
+        keepdims: bool = False,
+    ) -> _A | np.intp | _Out:
         from ._functions import argext  # noqa: PLC0415
 
-        return argext(self, "max", axis, out, keepdims)
+        result: _A | np.intp | _Out = argext(self, "max", axis, out, keepdims)
+        return result
 
-    def argmin(self, axis: int | None = None, out: Any = None, *, keepdims: bool = False) -> Any:
+    def argmin(
+        self: _A,
+        axis: SupportsIndex | None = None,
+        out: _Out | None = None,
+        *,
+        keepdims: bool = False,
+    ) -> _A | np.intp | _Out:
         from ._functions import argext  # noqa: PLC0415
 
-        return argext(self, "min", axis, out, keepdims)
+        result: _A | np.intp | _Out = argext(self, "min", axis, out, keepdims)
+        return result
 
-    def cumsum(self, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
-        return np.cumsum(self, axis=axis, dtype=dtype, out=out)
+    def cumsum(
+        self: _A,
+        axis: SupportsIndex | None = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+    ) -> _A | _Out:
+        return cast("_A | _Out", _np_cumsum(self, axis=axis, dtype=dtype, out=out))
 
-    def cumprod(self, axis: int | None = None, dtype: Any = None, out: Any = None) -> Any:
-        return np.cumprod(self, axis=axis, dtype=dtype, out=out)
+    def cumprod(
+        self: _A,
+        axis: SupportsIndex | None = None,
+        dtype: DTypeLike | None = None,
+        out: _Out | None = None,
+    ) -> _A | _Out:
+        return cast("_A | _Out", _np_cumprod(self, axis=axis, dtype=dtype, out=out))
 
 
-def _binary(ufunc: np.ufunc, reflected: bool = False, inplace: bool = False) -> Callable[..., Any]:
+def _binary(
+    ufunc: np.ufunc, reflected: bool = False, inplace: bool = False
+) -> Callable[[_Array, object], object]:
     if inplace:
 
-        def method(self: Any, other: Any) -> Any:
-            return ufunc(self, other, out=(self,))
+        def method(self: _Array, other: object) -> object:
+            result: object = ufunc(self, other, out=(self,))
+            return result
 
     elif reflected:
 
-        def method(self: Any, other: Any) -> Any:
-            return ufunc(other, self)
+        def method(self: _Array, other: object) -> object:
+            result: object = ufunc(other, self)
+            return result
 
     else:
 
-        def method(self: Any, other: Any) -> Any:
-            return ufunc(self, other)
+        def method(self: _Array, other: object) -> object:
+            result: object = ufunc(self, other)
+            return result
 
     return method
 
@@ -646,9 +869,10 @@ def _reduce(ufunc: np.ufunc, x: Any, **kwargs: Any) -> Any:
     return reduce(ufunc, x, **kwargs)
 
 
-def _unary(ufunc: np.ufunc) -> Callable[..., Any]:
-    def method(self: Any) -> Any:
-        return ufunc(self)
+def _unary(ufunc: np.ufunc) -> Callable[[_Array], object]:
+    def method(self: _Array) -> object:
+        result: object = ufunc(self)
+        return result
 
     return method
 
@@ -729,13 +953,33 @@ class DistArray(_Array):
 # -- helpers for per-block work ----------------------------------------------------------
 
 
-def _check_axis(axis: Any, ndim: int) -> int:
+def _check_axis(axis: SupportsIndex, ndim: int) -> int:
     a = operator.index(axis)
     if not -ndim <= a < ndim:
         raise np.exceptions.AxisError(a, ndim)
     return a % ndim
 
 
+@overload
+def _per_block(
+    x: _A,
+    fn: Callable[..., Any],
+    *args: Any,
+    out_axis: int | None = None,
+    view: bool = False,
+    cls: None = None,
+    **kwargs: Any,
+) -> _A: ...
+@overload
+def _per_block(
+    x: _Array,
+    fn: Callable[..., Any],
+    *args: Any,
+    out_axis: int | None = None,
+    view: bool = False,
+    cls: type[_B],
+    **kwargs: Any,
+) -> _B: ...
 def _per_block(
     x: _Array,
     fn: Callable[..., Any],
@@ -744,7 +988,7 @@ def _per_block(
     view: bool = False,
     cls: type[_Array] | None = None,
     **kwargs: Any,
-) -> Any:
+) -> _Array:
     """``fn(*args, **kwargs)`` on every block (:data:`BLOCK` in ``args`` stands for it);
     the results, split along ``out_axis`` (default: the same axis). ``view``: the
     results share memory with ``x``."""
@@ -817,18 +1061,23 @@ def rows(x: _Array, axis: int, positions: np.ndarray[Any, Any]) -> Any:
     return Place(tuple(shape), x.dtype.str, axis, tuple(parts))
 
 
-def gather(x: Any) -> Any:
+@overload
+def gather(x: _Array) -> NDArray[np.generic]: ...
+@overload
+def gather(x: object) -> object: ...
+def gather(x: object) -> object:
     """Bring arrays here as ndarrays: ``x`` itself, or inside lists, tuples and dicts
     (proxies there come back too: this is :func:`shoal.hub.gather`); anything else passes
     through. Every engine sends its blocks at once."""
-    return hub_gather(x)
+    result: object = hub_gather(x)
+    return result
 
 
-def _start_gather(a: _Array) -> Callable[[], np.ndarray]:
+def _start_gather(a: _Array) -> Callable[[], NDArray[np.generic]]:
     """Start fetching every block of ``a``; the function that joins them once here."""
     replies = [_fetch(a._client, b) for b in a._blocks]
 
-    def finish() -> np.ndarray:
+    def finish() -> NDArray[np.generic]:
         parts = [np.asarray(r.result()["result"]) for r in replies]
         out = parts[0] if len(parts) == 1 else concatenate_shared(parts, a._axis)
         out = out.reshape(a.shape)
@@ -838,7 +1087,7 @@ def _start_gather(a: _Array) -> Callable[[], np.ndarray]:
     return finish
 
 
-def _fetch(client: Client, block: _Block) -> AsyncResult:
+def _fetch(client: Client, block: _Block) -> AsyncResult[Any]:
     ref = block.__ref__
     return client.object_request(ref.engine, MsgType.FETCH_REQUEST, {"id": ref.id})
 

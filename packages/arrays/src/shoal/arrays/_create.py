@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from shoal.engine import MsgType
 from shoal.hub import Client, current_client
@@ -16,6 +17,7 @@ from . import _kernels as K
 from ._array import (
     DistArray,
     RemoteArray,
+    ShapeLike,
     _Array,
     _assemble,
     _block,
@@ -40,12 +42,19 @@ __all__ = [
 ]
 
 
+_A = TypeVar("_A", bound=_Array)
+_R = TypeVar("_R")
+
+#: A real number as numpy's arange takes it: a Python or numpy int or float.
+Real: TypeAlias = "float | np.integer | np.floating"
+
+
 def _client(client: Client | None) -> Client:
     return client if client is not None else current_client()
 
 
-def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
+def _shape(shape: ShapeLike) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)) or not isinstance(shape, Iterable):
         return (operator.index(shape),)
     out = tuple(operator.index(s) for s in shape)
     if any(s < 0 for s in out):
@@ -91,7 +100,7 @@ def _layout(
 
 
 def scatter(
-    a: Any,
+    a: ArrayLike,
     axis: int = 0,
     engines: Sequence[int] | None = None,
     boundaries: Sequence[int] | None = None,
@@ -128,19 +137,19 @@ def scatter(
     return result
 
 
-def remote(a: Any, engine: int | None = None, *, client: Client | None = None) -> RemoteArray:
+def remote(a: ArrayLike, engine: int | None = None, *, client: Client | None = None) -> RemoteArray:
     """Put ``a`` whole on one engine (``engine``, or the first); a :class:`RemoteArray`."""
     client = _client(client)
     a = np.asarray(a)
     if a.ndim == 0:
         raise ValueError("remote() needs an array of at least one dimension")
     one = scatter(a, 0, [client.ids[0] if engine is None else engine], client=client)
-    return RemoteArray._new(client, one._blocks, 0, one._bounds, one.shape, one.dtype)  # type: ignore[no-any-return]
+    return RemoteArray._new(client, one._blocks, 0, one._bounds, one.shape, one.dtype)
 
 
 def _create(
-    shape: Any,
-    dtype: Any,
+    shape: ShapeLike,
+    dtype: np.dtype[Any],
     axis: int,
     engines: Sequence[int] | None,
     boundaries: Sequence[int] | None,
@@ -149,18 +158,18 @@ def _create(
 ) -> DistArray:
     """A DistArray whose blocks are made on their engines by ``job(index, shape)``."""
     client = _client(client)
-    shape = _shape(shape)
-    if not shape:
+    dims = _shape(shape)
+    if not dims:
         raise ValueError("shoal arrays have at least one dimension")
     axis = operator.index(axis)
-    if not -len(shape) <= axis < len(shape):
-        raise np.exceptions.AxisError(axis, len(shape))
-    axis %= len(shape)
-    engines_, bounds = _layout(client, shape[axis], engines, boundaries)
+    if not -len(dims) <= axis < len(dims):
+        raise np.exceptions.AxisError(axis, len(dims))
+    axis %= len(dims)
+    engines_, bounds = _layout(client, dims[axis], engines, boundaries)
     plan = _Plan(client)
     tickets = []
     for i, (e, lo, hi) in enumerate(zip(engines_, bounds[:-1], bounds[1:], strict=True)):
-        block_shape = list(shape)
+        block_shape = list(dims)
         block_shape[axis] = hi - lo
         fn, *args = job(i, tuple(block_shape))
         tickets.append(plan.add(e, fn, *args))
@@ -171,9 +180,9 @@ def _create(
 
 
 def full(
-    shape: Any,
-    fill_value: Any,
-    dtype: Any = None,
+    shape: ShapeLike,
+    fill_value: object,
+    dtype: DTypeLike | None = None,
     *,
     axis: int = 0,
     engines: Sequence[int] | None = None,
@@ -193,20 +202,36 @@ def full(
     )
 
 
-def zeros(shape: Any, dtype: Any = float, **kwargs: Any) -> DistArray:
+def zeros(
+    shape: ShapeLike,
+    dtype: DTypeLike = float,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
     """A new DistArray of zeros (``axis``, ``engines``, ``boundaries``, ``client`` as
     for :func:`scatter`)."""
-    return full(shape, 0, dtype, **kwargs)
+    return full(shape, 0, dtype, axis=axis, engines=engines, boundaries=boundaries, client=client)
 
 
-def ones(shape: Any, dtype: Any = float, **kwargs: Any) -> DistArray:
+def ones(
+    shape: ShapeLike,
+    dtype: DTypeLike = float,
+    *,
+    axis: int = 0,
+    engines: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None,
+    client: Client | None = None,
+) -> DistArray:
     """A new DistArray of ones."""
-    return full(shape, 1, dtype, **kwargs)
+    return full(shape, 1, dtype, axis=axis, engines=engines, boundaries=boundaries, client=client)
 
 
 def empty(
-    shape: Any,
-    dtype: Any = float,
+    shape: ShapeLike,
+    dtype: DTypeLike = float,
     *,
     axis: int = 0,
     engines: Sequence[int] | None = None,
@@ -221,10 +246,10 @@ def empty(
 
 
 def arange(
-    start: Any,
-    stop: Any = None,
-    step: Any = 1,
-    dtype: Any = None,
+    start: Real,
+    stop: Real | None = None,
+    step: Real = 1,
+    dtype: DTypeLike | None = None,
     *,
     engines: Sequence[int] | None = None,
     boundaries: Sequence[int] | None = None,
@@ -252,9 +277,9 @@ def arange(
 
 def _random(
     kind: str,
-    shape: Any,
+    shape: ShapeLike,
     seed: int | None,
-    dtype: Any,
+    dtype: DTypeLike,
     axis: int,
     engines: Sequence[int] | None,
     boundaries: Sequence[int] | None,
@@ -275,9 +300,9 @@ def _random(
 
 
 def random(
-    shape: Any,
+    shape: ShapeLike,
     seed: int | None = None,
-    dtype: Any = np.float64,
+    dtype: DTypeLike = np.float64,
     *,
     axis: int = 0,
     engines: Sequence[int] | None = None,
@@ -291,9 +316,9 @@ def random(
 
 
 def standard_normal(
-    shape: Any,
+    shape: ShapeLike,
     seed: int | None = None,
-    dtype: Any = np.float64,
+    dtype: DTypeLike = np.float64,
     *,
     axis: int = 0,
     engines: Sequence[int] | None = None,
@@ -334,7 +359,9 @@ def redistribute(
     return out
 
 
-def apply(f: Callable[..., Any], x: _Array, /, *args: Any, **kwargs: Any) -> Any:
+def apply(
+    f: Callable[..., _R], x: _A, /, *args: object, **kwargs: object
+) -> _A | list[_R | RemoteArray]:
     """``f(block, *args, **kwargs)`` for every block of ``x``, in parallel, each on its
     engine. When every result is an ndarray with ``x``'s dimensions and sizes on all
     axes but the split one, the results form a new array split like ``x``; else the list
@@ -363,10 +390,19 @@ def apply(f: Callable[..., Any], x: _Array, /, *args: Any, **kwargs: Any) -> Any
     ]
 
 
-def vectorize(f: Callable[..., Any]) -> Callable[..., Any]:
+class Vectorized(Protocol[_R]):
+    """What :func:`vectorize` returns: ``apply(f, x, *args, **kwargs)`` as a function of
+    ``x`` (``f`` returns ``_R`` for a block)."""
+
+    def __call__(
+        self, x: _A, /, *args: object, **kwargs: object
+    ) -> _A | list[_R | RemoteArray]: ...
+
+
+def vectorize(f: Callable[..., _R]) -> Vectorized[_R]:
     """``f`` made to run block by block: ``vectorize(f)(x, *args)`` is ``apply(f, x, *args)``."""
 
-    def vectorized(x: _Array, *args: Any, **kwargs: Any) -> Any:
+    def vectorized(x: _A, /, *args: object, **kwargs: object) -> _A | list[_R | RemoteArray]:
         return apply(f, x, *args, **kwargs)
 
     vectorized.__name__ = f"vectorized_{getattr(f, '__name__', 'function')}"

@@ -455,8 +455,8 @@ def _accumulate(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]
     (x,) = inputs
     out = (kwargs.pop("out", None) or (None,))[0]
     if not isinstance(x, _Array):
-        result = ufunc.accumulate(x, **kwargs)
-        return result if out is None else into(out, result)
+        local = ufunc.accumulate(x, **kwargs)
+        return local if out is None else into(out, local)
     axis = _check_axis(kwargs.pop("axis", 0), x.ndim)
     dtype = kwargs.pop("dtype", None)
     if kwargs:
@@ -524,8 +524,8 @@ def _reduceat(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) 
     x, indices = inputs
     out = (kwargs.pop("out", None) or (None,))[0]
     if not isinstance(x, _Array):
-        result = ufunc.reduceat(x, _local(indices), **kwargs)
-        return result if out is None else into(out, result)
+        local = ufunc.reduceat(x, _local(indices), **kwargs)
+        return local if out is None else into(out, local)
     axis = _check_axis(kwargs.pop("axis", 0), x.ndim)
     dtype = kwargs.pop("dtype", None)
     idx = np.asarray(_local(indices), dtype=np.intp)
