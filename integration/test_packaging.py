@@ -120,6 +120,12 @@ def test_no_distribution_uses_another_ones_private_names() -> None:
     assert code_metrics.private_uses() == []
 
 
+def test_no_any_in_public_signatures() -> None:
+    """Every public function and method of every layer says what it takes and what comes
+    back: no ``Any`` in an annotation (overloads included)."""
+    assert code_metrics.public_any() == []
+
+
 def test_importing_the_client_leaves_the_server_and_managers_alone() -> None:
     """``import shoal.hub`` (what every user and engine pays) loads neither the hub
     process's code nor multiprocessing.managers; they load on first use."""

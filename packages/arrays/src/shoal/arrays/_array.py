@@ -188,7 +188,7 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
         except BaseException as exc:
             error = error or exc
             continue
-        if type(value) is K.Failed:
+        if isinstance(value, K.Failed):
             failed = value.exception
             failed.__cause__ = RemoteError(value.ename, str(failed), value.traceback, e)
             error = error or failed
@@ -1087,7 +1087,7 @@ def _start_gather(a: _Array) -> Callable[[], NDArray[np.generic]]:
     return finish
 
 
-def _fetch(client: Client, block: _Block) -> AsyncResult[Any]:
+def _fetch(client: Client, block: _Block) -> AsyncResult[dict[str, object]]:
     ref = block.__ref__
     return client.object_request(ref.engine, MsgType.FETCH_REQUEST, {"id": ref.id})
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from shoal.engine import MsgType
+from shoal.engine import MsgType, RefDict
 from shoal.hub import Client, current_client
 
 from . import _kernels as K
@@ -130,7 +130,7 @@ def scatter(
         pending.append((e, part, client.object_request(e, MsgType.STORE_REQUEST, content)))
     made = []
     for e, part, reply in pending:
-        oid = int(reply.result()["ref"]["id"])
+        oid = cast(RefDict, reply.result()["ref"])["id"]
         kept = K.Kept(oid, part.shape, a.dtype.str)
         made.append((_block(client, e, kept), kept))
     result: DistArray = _assemble(client, made, axis, DistArray)

@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from .._client.client import Client
 from .._profile import CLIENT_FILE, ENGINE_FILE
@@ -337,17 +336,29 @@ class Cluster:
         _started.discard(self)
 
     # -- using --------------------------------------------------------------------------
-    def connect_client(self, **kwargs: Any) -> Client:
-        """A new :class:`Client` connected to this cluster (closed by :meth:`stop`).
-
-        Parameters
-        ----------
-        **kwargs
-            Passed to :class:`Client` (``timeout``, ``hub_timeout``, ...).
-        """
+    def connect_client(
+        self,
+        *,
+        timeout: float = 10.0,
+        hub_timeout: float = 2.5,
+        ping_period: float = 0.5,
+        max_outstanding: int = 100_000,
+        direct: bool = True,
+        shm: bool | None = None,
+    ) -> Client:
+        """A new :class:`Client` connected to this cluster (closed by :meth:`stop`); the
+        options are :class:`Client`'s."""
         with self._lock:
             self._check_started()
-            client = Client(url_file=self.client_file, **kwargs)
+            client = Client(
+                url_file=self.client_file,
+                timeout=timeout,
+                hub_timeout=hub_timeout,
+                ping_period=ping_period,
+                max_outstanding=max_outstanding,
+                direct=direct,
+                shm=shm,
+            )
             self._clients.append(client)
             return client
 

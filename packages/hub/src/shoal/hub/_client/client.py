@@ -387,7 +387,7 @@ class Client:
 
     def object_request(
         self, engine_id: int, msg_type: str, content: Mapping[str, object]
-    ) -> AsyncResult[dict[str, Any]]:
+    ) -> AsyncResult[dict[str, object]]:
         """Send one request to engine ``engine_id``'s object store
         (:class:`shoal.engine.ObjectStore`; ``msg_type`` one of its
         :class:`shoal.engine.MsgType` requests, e.g. ``MsgType.FETCH_REQUEST``).
@@ -398,8 +398,8 @@ class Client:
         objects and :mod:`shoal.arrays` build on.
         """
 
-        def make(ids: list[str]) -> AsyncResult[dict[str, Any]]:
-            result: AsyncResult[dict[str, Any]] = AsyncResult(
+        def make(ids: list[str]) -> AsyncResult[dict[str, object]]:
+            result: AsyncResult[dict[str, object]] = AsyncResult(
                 self, ids, single=True, label=msg_type
             )
             result._object = True
@@ -501,7 +501,7 @@ class Client:
     def _hub_request(
         self, msg_type: str, content: dict[str, Any], timeout: float | None = 10.0
     ) -> dict[str, Any]:
-        result: AsyncResult[dict[str, Any]] = self._submit(
+        result: AsyncResult[dict[str, object]] = self._submit(
             [(HUB, msg_type, content, None)],
             lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
         )
@@ -509,7 +509,7 @@ class Client:
 
     def _control(
         self, engine_id: int, msg_type: str, content: dict[str, Any]
-    ) -> AsyncResult[dict[str, Any]]:
+    ) -> AsyncResult[dict[str, object]]:
         return self._submit(
             [(control_route(engine_id), msg_type, content, None)],
             lambda ids: AsyncResult(self, ids, single=True, label=msg_type),

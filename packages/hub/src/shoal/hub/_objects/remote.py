@@ -956,7 +956,7 @@ class ObjectHub:
         listing = {}
         for e, reply in pending.items():
             try:
-                listing[e] = reply.result()["objects"]
+                listing[e] = cast("list[list[Any]]", reply.result()["objects"])
             except Exception:  # an engine that went away holds nothing any more
                 listing[e] = []
         return listing
