@@ -1,6 +1,6 @@
 """shoal.engine: the kernel that runs code and holds objects for a remote client."""
 
-from ._engine import current_engine as current_engine
+from ._current import current_engine as current_engine
 from ._errors import EngineDiedError as EngineDiedError
 from ._errors import EngineError as EngineError
 from ._errors import NoSuchObjectError as NoSuchObjectError

@@ -74,27 +74,22 @@ from shoal.wire import (
     this_host,
 )
 
+from ._current import set_current_engine
 from ._errors import EngineDiedError
 from ._kernel import Kernel
 from ._objects import ObjectStore
 from ._protocol import CONTROL_REQUESTS, PING, PONG, MsgType, reply_type
 from ._replies import error_reply
 
-__all__ = ["EngineProcess", "current_engine", "main"]
+__all__ = ["EngineProcess", "main"]
 
 log = logging.getLogger("shoal.engine")
 _POLL_MS = 100  # how often the I/O thread looks at its peer
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
 _PEER = b"p"  # the identity prefix of this engine's DEALERs to other engines
-_current: EngineProcess | None = None
 # What a log record sent to the hub says after the topic's engine id and level.
 _RECORD_FORMAT = logging.Formatter("%(name)s: %(message)s")
-
-
-def current_engine() -> EngineProcess | None:
-    """The engine this code runs in (from a request it serves), or None outside engines."""
-    return _current
 
 
 class EngineProcess:
@@ -249,8 +244,7 @@ class EngineProcess:
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> int:
         """Serve requests until shutdown; returns the exit code."""
-        global _current  # noqa: PLW0603 - one engine per process: code it runs finds it
-        _current = self
+        set_current_engine(self)
         signal.signal(signal.SIGINT, self._on_sigint)
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
         # The control socket is the I/O thread's: a codec of its own (no shared state).

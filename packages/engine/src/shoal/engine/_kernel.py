@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from shoal.wire import Serializer
 
+from ._current import current_engine
 from ._replies import error_reply
 
 if TYPE_CHECKING:
@@ -383,8 +384,6 @@ def _field(
 def _fetch_relayed(source: Mapping[str, Any]) -> Any:
     """The names of a push relayed by another engine of this host: asked for until that
     engine has run the push (it may be busy; it answers between requests)."""
-    from ._engine import current_engine  # noqa: PLC0415 - the engine imports this module
-
     engine = current_engine()
     if engine is None:
         raise RuntimeError("a relayed push reaches engines only")
