@@ -63,7 +63,7 @@ class RefDict(TypedDict):
     """A ref dict: a stored object's ``id`` and its type name (``"module.Qualname"``),
     as :meth:`ObjectStore.ref` and the replies of PROTOCOL.md give it.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.3
     """
 
     id: int
@@ -73,7 +73,7 @@ class RefDict(TypedDict):
 class ObjectDescription(TypedDict):
     """What :meth:`ObjectStore.describe` returns (and ``describe_request`` answers).
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.3
     """
 
     type: str
