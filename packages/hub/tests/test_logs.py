@@ -24,6 +24,7 @@ import zmq
 
 from shoal.hub._cli.cli import main
 from shoal.hub._server.logs import LOG_FRAME_BYTES, LOG_RECORD_BYTES
+from shoal.hub.testing import ClusterStarter, wait_until
 from shoal.util import connect_logger
 from shoal.wire import ConnectionInfo, generate_key, read_connection_file, write_connection_file
 
@@ -32,15 +33,6 @@ pytestmark = pytest.mark.timeout(180)
 CLI = [sys.executable, "-m", "shoal.hub._cli.cli"]
 DEADLINE_S = 60.0  # generous: a loaded 2-core machine; every wait ends as soon as it can
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
-
-
-def _wait_for(check: Callable[[], bool], what: Callable[[], str]) -> None:
-    """Poll ``check`` until it is true; fail with ``what()`` at the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(what())
-        time.sleep(0.02)
 
 
 def _read(path: Path) -> str:
@@ -92,7 +84,7 @@ def _following(folder: Path) -> Iterator[Callable[[str], None]]:
         out.close()
 
 
-def test_engine_logs_reach_engines_log_and_shoal_logs(tmp_path: Path, hub: Any) -> None:
+def test_engine_logs_reach_engines_log_and_shoal_logs(tmp_path: Path, hub: ClusterStarter) -> None:
     """A warning logged by a task on each engine is written to engines.log with the
     engine's id, pid, level and logger name, and printed by `shoal logs` (and `-f`)."""
     folder = tmp_path / "hub"
@@ -100,9 +92,10 @@ def test_engine_logs_reach_engines_log_and_shoal_logs(tmp_path: Path, hub: Any) 
         marker = uuid.uuid4().hex
         pids = rc[:].apply_sync(_log_warning, marker)
         engines_log = folder / "engines.log"
-        _wait_for(
+        wait_until(
             lambda: _read(engines_log).count(marker) == 2,
-            lambda: f"engines.log lacks the records:\n{_read(engines_log)}",
+            DEADLINE_S,
+            message=lambda: f"engines.log lacks the records:\n{_read(engines_log)}",
         )
         found = re.findall(
             rf"^{STAMP} engine (\d+) \(pid (\d+)\) WARNING shoal\.test\.user: look: {marker}$",
@@ -168,12 +161,19 @@ class _Publisher:
     def send_until_written(self, path: Path, topic: bytes, text: str) -> None:
         """Send ``[topic, text]`` again and again until ``path`` holds ``text`` (a PUB
         drops what it sends before the subscription reaches it)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while text not in _read(path):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} never reached {path}:\n{_read(path)}")
+
+        def written() -> bool:
+            if text in _read(path):
+                return True
             self.sock.send_multipart([topic, text.encode()])
-            time.sleep(0.05)
+            return False
+
+        wait_until(
+            written,
+            DEADLINE_S,
+            interval=0.05,
+            message=lambda: f"{text!r} to reach {path}; it holds:\n{_read(path)}",
+        )
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -188,19 +188,26 @@ def _log_through_connect_logger(pub: _Publisher, engines_log: Path) -> None:
     handler = connect_logger(name, pub.context, pub.url, root="mytool", loglevel="INFO")
     try:
         marker = uuid.uuid4().hex
-        deadline = time.monotonic() + DEADLINE_S
-        written = re.compile(rf"^{STAMP} mytool WARNING .*careful {marker}$", re.MULTILINE)
-        while not written.search(_read(engines_log)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"connect_logger's records never came:\n{_read(engines_log)}")
+        line = re.compile(rf"^{STAMP} mytool WARNING .*careful {marker}$", re.MULTILINE)
+
+        def written() -> bool:
+            if line.search(_read(engines_log)):
+                return True
             log.warning("careful %s", marker)
-            time.sleep(0.05)
+            return False
+
+        wait_until(
+            written,
+            DEADLINE_S,
+            interval=0.05,
+            message=lambda: f"connect_logger's records in engines.log:\n{_read(engines_log)}",
+        )
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def test_malformed_records_are_dropped_or_defused(tmp_path: Path, hub: Any) -> None:
+def test_malformed_records_are_dropped_or_defused(tmp_path: Path, hub: ClusterStarter) -> None:
     """Malformed, hostile and oversized messages on the log socket: the hub goes on, drops
     and counts what is not [topic, text], and writes the rest as bounded, escaped text
     in which only the hub starts a line."""
@@ -301,7 +308,7 @@ def test_engine_refuses_a_malformed_url(tmp_path: Path) -> None:
     assert "'tcp://bad host:2'" in result.stderr
 
 
-def test_engine_log_level_accepts_numbers_and_names(tmp_path: Path, hub: Any) -> None:
+def test_engine_log_level_accepts_numbers_and_names(tmp_path: Path, hub: ClusterStarter) -> None:
     """--engine-log-level takes a number or a name in any case; engines use it."""
     folder = tmp_path / "hub"
     with hub(folder, 1, "--engine-log-level", "info") as (_, rc):
@@ -313,7 +320,8 @@ def test_engine_log_level_accepts_numbers_and_names(tmp_path: Path, hub: Any) ->
             logging.getLogger("shoal.test.user").info("info %s", m)
 
         rc[0].apply_sync(info, marker)
-        _wait_for(
+        wait_until(
             lambda: f"INFO shoal.test.user: info {marker}" in _read(folder / "engines.log"),
-            lambda: _read(folder / "engines.log"),
+            DEADLINE_S,
+            message=lambda: f"the INFO record in engines.log:\n{_read(folder / 'engines.log')}",
         )
