@@ -149,15 +149,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"shoal.hub._client.client", "shoal.hub._compat.pool"}): (
         "Client.executor()/pool() hand out Pool and Executor, which are built on Client"
     ),
-    frozenset(
-        {
-            "shoal.arrays._array",
-            "shoal.arrays._create",
-            "shoal.arrays._functions",
-            "shoal.arrays._indexing",
-            "shoal.arrays._ufuncs",
-        }
-    ): "the array classes' methods call the operation modules, which import the classes",
 }
 
 

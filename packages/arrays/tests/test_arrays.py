@@ -12,7 +12,7 @@ import pytest
 from arrays_testing import NoGather, object_counts
 
 import shoal.arrays as sa
-from shoal.arrays import _functions
+from shoal.arrays import _blockwise
 from shoal.hub import Client, EngineDiedError, RemoteError
 from shoal.hub.testing import ClusterStarter, wait_until
 from shoal.wire import shared_memory_enabled
@@ -221,7 +221,7 @@ def test_functions_without_a_parallel_form_run_on_one_engine(
 ) -> None:
     a = np.arange(24.0).reshape(4, 6)
     x = sa.scatter(a, client=clean)
-    monkeypatch.setattr(_functions, "WARN_BYTES", 0)
+    monkeypatch.setattr(_blockwise, "WARN_BYTES", 0)
     with NoGather(clean), pytest.warns(sa.PerformanceWarning, match="numpy.diff"):
         d = np.diff(x, axis=0)
     assert isinstance(d, sa.DistArray)

@@ -9,12 +9,12 @@ same kind (numpy scalars for full reductions). Data comes to the client only whe
 for: :func:`gather` or ``np.asarray(x)``.
 """
 
-from ._array import WARN_BYTES as WARN_BYTES
 from ._array import DistArray as DistArray
-from ._array import PerformanceWarning as PerformanceWarning
 from ._array import RemoteArray as RemoteArray
-from ._array import gather as gather
-from ._array import transfers as transfers
+from ._core import WARN_BYTES as WARN_BYTES
+from ._core import PerformanceWarning as PerformanceWarning
+from ._core import gather as gather
+from ._core import transfers as transfers
 from ._create import apply as apply
 from ._create import arange as arange
 from ._create import empty as empty

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
@@ -14,16 +13,15 @@ from shoal.engine import MsgType, RefDict
 from shoal.hub import Client, current_client
 
 from . import _kernels as K
-from ._array import (
-    DistArray,
-    RemoteArray,
-    ShapeLike,
+from ._array import DistArray, RemoteArray, ShapeLike
+from ._core import (
     _Array,
     _assemble,
     _block,
     _piece,
     _Plan,
-    region,
+    engines_and_bounds,
+    redistributed,
 )
 
 __all__ = [
@@ -62,43 +60,6 @@ def _shape(shape: ShapeLike) -> tuple[int, ...]:
     return out
 
 
-def _layout(
-    client: Client, n: int, engines: Sequence[int] | None, boundaries: Sequence[int] | None
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The engines and boundaries for ``n`` rows: given, or every engine with rows split
-    as evenly as possible (the first blocks get the extra rows, like ``array_split``)."""
-    known = client.ids
-    if not known:
-        raise RuntimeError("the cluster has no engines: client.wait_for_engines(n) first")
-    if engines is None:
-        if boundaries is not None:
-            k = len(boundaries) - 1
-            engines = [known[i % len(known)] for i in range(k)]
-        else:
-            engines = known
-    engines = tuple(int(e) for e in engines)
-    unknown = [e for e in engines if e not in known]
-    if unknown or not engines:
-        raise ValueError(f"engines must name engines of the cluster {known}, got {list(engines)}")
-    if boundaries is None:
-        k = len(engines)
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        bounds = tuple(int(b) for b in np.cumsum([0, *sizes]))
-    else:
-        bounds = tuple(operator.index(b) for b in boundaries)
-        if (
-            len(bounds) != len(engines) + 1
-            or bounds[0] != 0
-            or bounds[-1] != n
-            or any(b > c for b, c in itertools.pairwise(bounds))
-        ):
-            raise ValueError(
-                f"boundaries must be {len(engines) + 1} non-decreasing offsets from 0 to {n} "
-                f"(one block per engine of {list(engines)}), got {list(bounds)}"
-            )
-    return engines, bounds
-
-
 def scatter(
     a: ArrayLike,
     axis: int = 0,
@@ -122,7 +83,7 @@ def scatter(
     if not -a.ndim <= axis < a.ndim:
         raise np.exceptions.AxisError(axis, a.ndim)
     axis %= a.ndim
-    engines_, bounds = _layout(client, a.shape[axis], engines, boundaries)
+    engines_, bounds = engines_and_bounds(client, a.shape[axis], engines, boundaries)
     pending = []
     for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True):
         part = a[(slice(None),) * axis + (slice(lo, hi),)]
@@ -165,7 +126,7 @@ def _create(
     if not -len(dims) <= axis < len(dims):
         raise np.exceptions.AxisError(axis, len(dims))
     axis %= len(dims)
-    engines_, bounds = _layout(client, dims[axis], engines, boundaries)
+    engines_, bounds = engines_and_bounds(client, dims[axis], engines, boundaries)
     plan = _Plan(client)
     tickets = []
     for i, (e, lo, hi) in enumerate(zip(engines_, bounds[:-1], bounds[1:], strict=True)):
@@ -264,7 +225,7 @@ def arange(
     probe = np.arange(start, start + step, step, dtype=dtype)  # numpy's choice of dtype
     dt = probe.dtype
     client = _client(client)
-    engines_, bounds = _layout(client, n, engines, boundaries)
+    engines_, bounds = engines_and_bounds(client, n, engines, boundaries)
     plan = _Plan(client)
     tickets = [
         plan.add(e, K.arange_block, start, step, lo, hi, dt.str)
@@ -341,22 +302,7 @@ def redistribute(
     them: data moves engine to engine, never through the client."""
     if not isinstance(x, _Array):
         raise TypeError(f"redistribute takes a RemoteArray or DistArray, not {type(x).__name__}")
-    client = x._client
-    axis = x._axis if axis is None else operator.index(axis) % x.ndim
-    if engines is None and boundaries is None:
-        engines = list(dict.fromkeys(x.engines))
-    elif engines is None and boundaries is not None and len(boundaries) - 1 == len(x.engines):
-        engines = list(x.engines)
-    engines_, bounds = _layout(client, x.shape[axis], engines, boundaries)
-    plan = _Plan(client)
-    tickets = []
-    for e, lo, hi in zip(engines_, bounds[:-1], bounds[1:], strict=True):
-        piece = region(x, axis, lo, hi)
-        local = isinstance(piece, K.Get) and piece.engine == e
-        tickets.append(plan.add(e, K.call, np.array if local else np.asarray, piece))
-    result = plan.run()
-    out: DistArray = _assemble(client, [result(t) for t in tickets], axis, DistArray)
-    return out
+    return cast("DistArray", redistributed(x, axis, boundaries, engines))
 
 
 def apply(

@@ -3,13 +3,15 @@
 Each function in :data:`HANDLED` has a form that works block by block: structural ones
 (transposes, stacking along the split axis, splits, reshapes that keep blocks whole)
 move no data; reductions and scans use the ufunc machinery; elementwise functions
-(``where``, ``clip``, ``isclose``, ...) align their operands like ufuncs.
+(``where``, ``clip``, ``isclose``, ...) align their operands like ufuncs; ``matmul``,
+``dot`` and ``tensordot`` are in ``_linalg``.
 
-Every other numpy function runs on **one engine**: the array operands are copied there
-(engine to engine), the function runs, and its array results stay there as arrays of
-ours. A :class:`PerformanceWarning` says so when the operands hold more than
-:data:`WARN_BYTES`. Functions that change an argument in place (``np.put``, ...) raise
-NotImplementedError naming themselves: on a copy their change would be lost.
+Every other numpy function runs on **one engine** (``_blockwise.on_one_engine``): the
+array operands are copied there (engine to engine), the function runs, and its array
+results stay there as arrays of ours. A :class:`PerformanceWarning` says so when the
+operands hold more than :data:`WARN_BYTES`. Functions that change an argument in place
+(``np.put``, ...) raise NotImplementedError naming themselves: on a copy their change
+would be lost.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
 from . import _kernels as K
-from ._array import (
-    WARN_BYTES,
-    DistArray,
-    PerformanceWarning,
+from ._blockwise import (
+    _wrap,
+    blockwise,
+    into,
+    leader,
+    on_one_engine,
+    result_class,
+)
+from ._core import (
     _Array,
     _assemble,
     _axis_key,
@@ -35,21 +41,14 @@ from ._array import (
     _per_block,
     _piece,
     _Plan,
+    align,
     gather,
+    redistributed,
     region,
-    whole,
 )
 from ._kernels import BLOCK, Cat
-from ._ufuncs import (
-    _axes,
-    _kept_local,
-    accumulate,
-    blockwise,
-    into,
-    leader,
-    reduce,
-    result_class,
-)
+from ._linalg import dot, matmul, tensordot
+from ._ufuncs import _axes, _kept_local, accumulate, reduce
 
 __all__ = ["HANDLED", "array_function", "argext", "mean", "reshape", "std", "var"]
 
@@ -89,64 +88,6 @@ def array_function(func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[st
             "and scatter the array"
         )
     return on_one_engine(func, args, kwargs)
-
-
-# -- one engine: the policy for everything else ---------------------------------------
-
-
-def _find(value: Any, found: list[_Array], depth: int = 3) -> None:
-    if isinstance(value, _Array):
-        found.append(value)
-    elif depth > 0 and isinstance(value, (list, tuple)):
-        for v in value:
-            _find(v, found, depth - 1)
-    elif depth > 0 and isinstance(value, dict):
-        for v in value.values():
-            _find(v, found, depth - 1)
-
-
-def _pieces(value: Any, depth: int = 3) -> Any:
-    if isinstance(value, _Array):
-        return whole(value)
-    if depth > 0 and type(value) in (list, tuple):
-        return type(value)(_pieces(v, depth - 1) for v in value)
-    if depth > 0 and type(value) is dict:
-        return {k: _pieces(v, depth - 1) for k, v in value.items()}
-    return value
-
-
-def _wrap(client: Any, value: Any, cls: type[_Array]) -> Any:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], K.Kept):
-        return _assemble(client, [value], 0, cls)
-    if type(value) in (tuple, list):
-        return type(value)(_wrap(client, v, cls) for v in value)
-    return value
-
-
-def on_one_engine(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``func(*args, **kwargs)`` on the engine holding the most of the operands."""
-    kwargs = dict(kwargs)
-    out = kwargs.pop("out", None)
-    found: list[_Array] = []
-    _find((args, kwargs), found)
-    biggest = max(found, key=lambda a: a.nbytes)
-    sizes = [hi - lo for _, lo, hi in biggest._spans()]
-    engine = biggest.engines[sizes.index(max(sizes))]
-    moved = sum(a.nbytes for a in found) - max(sizes) * biggest.nbytes // max(
-        1, biggest.shape[biggest._axis]
-    )
-    name = getattr(func, "__name__", repr(func))
-    if moved > WARN_BYTES:
-        warnings.warn(
-            f"numpy.{name} has no parallel form in shoal.arrays: it runs on engine {engine}, "
-            f"with {moved} bytes of its operands copied there",
-            PerformanceWarning,
-            stacklevel=3,
-        )
-    plan = _Plan(biggest._client)
-    t = plan.add(engine, K.call, func, *_pieces(args), **_pieces(kwargs))
-    value = _wrap(biggest._client, plan.run()(t), result_class(found))
-    return value if out is None else into(out, value)
 
 
 # -- what is known here ------------------------------------------------------------------
@@ -295,9 +236,7 @@ def ravel(a: Any, order: str = "C") -> Any:
     try:
         return reshape(a, (-1,), order)
     except ValueError:
-        from ._create import redistribute  # noqa: PLC0415
-
-        return reshape(redistribute(a, axis=0), (-1,), order)
+        return reshape(redistributed(a, axis=0), (-1,), order)
 
 
 @implements(np.atleast_1d)
@@ -394,7 +333,8 @@ def _chain(client: Any, arrays: list[Any], axis: int, dtype: np.dtype[Any], cast
     of the block before them)."""
     plan = _Plan(client)
     tickets: list[Any] = []
-    engine = next(a for a in arrays if isinstance(a, _Array)).engines[0]
+    first = next(a for a in arrays if isinstance(a, _Array))
+    engine = first.engines[0]
     for a in arrays:
         if isinstance(a, _Array):
             for b, e in zip(a._blocks, a.engines, strict=True):
@@ -403,7 +343,7 @@ def _chain(client: Any, arrays: list[Any], axis: int, dtype: np.dtype[Any], cast
         else:
             tickets.append(plan.add(engine, K.cast, a, dtype.str, casting))
     result = plan.run()
-    return _assemble(client, [result(t) for t in tickets], axis, DistArray)
+    return _assemble(client, [result(t) for t in tickets], axis, first._kind(True))
 
 
 @implements(np.stack)
@@ -777,7 +717,9 @@ def array_equal(a1: Any, a2: Any, equal_nan: bool = False) -> bool:
         same = np.logical_or(np.equal(a1, a2), np.logical_and(np.isnan(a1), np.isnan(a2)))
     else:
         same = np.equal(a1, a2)
-    return bool(same.all()) if isinstance(same, _Array) else bool(np.all(same))
+    if isinstance(same, _Array):  # same.all(), whose method is above this module
+        return bool(reduce(np.logical_and, same, axis=None, out=None, keepdims=False, dtype=bool))
+    return bool(np.all(same))
 
 
 @implements(np.count_nonzero)
@@ -823,8 +765,6 @@ def copyto(dst: Any, src: Any, casting: Any = "same_kind", where: Any = True) ->
     src = src.copy() if isinstance(src, _Array) and src._roots & dst._roots else src
     shape = dst.shape
     axis, bounds, engines = dst._layout()
-    from ._ufuncs import align  # noqa: PLC0415
-
     plan = _Plan(dst._client)
     for b, e, lo, hi in zip(dst._blocks, engines, bounds[:-1], bounds[1:], strict=True):
         plan.add(
@@ -840,90 +780,10 @@ def copyto(dst: Any, src: Any, casting: Any = "same_kind", where: Any = True) ->
 
 # -- linear algebra, sorting, selection ---------------------------------------------------
 
-
-def _partial_sum(client: Any, plan: _Plan, tickets: list[Any], head: int, cls: type[_Array]) -> Any:
-    result = plan.run()
-    partials = [result(t) for t in tickets]
-    plan = _Plan(client)
-    t = plan.add(head, K.add_all, [_piece(p[0]) if isinstance(p, tuple) else p for p in partials])
-    return _wrap(client, plan.run()(t), cls)
-
-
-@implements(np.matmul)
-def matmul(a: Any, b: Any, out: Any = None, **kwargs: Any) -> Any:
-    result = _matmul(a, b, kwargs)
-    return result if out is None else into(out, result)
-
-
-def _matmul(a: Any, b: Any, kwargs: dict[str, Any]) -> Any:
-    if kwargs:
-        return on_one_engine(np.matmul, (a, b), kwargs)
-    a_ours, b_ours = isinstance(a, _Array), isinstance(b, _Array)
-    a = a if a_ours else np.asarray(a)
-    b = b if b_ours else np.asarray(b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(
-            f"matmul: Input operand {0 if a.ndim == 0 else 1} does not have enough dimensions"
-        )
-    inner_a, inner_b = a.shape[-1], b.shape[0 if b.ndim == 1 else -2]
-    if inner_a != inner_b:  # before any engine works on it
-        raise ValueError(
-            "matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc"
-            f" signature (n?,k),(k,m?)->(n?,m?) (size {inner_b} is different from {inner_a})"
-        )
-    cls = result_class([a, b])
-    if a_ours and a.ndim == 2 and a._axis == 0 and b.ndim <= 2:
-        # rows of a: each block times all of b
-        other = whole(b) if b_ours else b
-        plan = _Plan(a._client)
-        tickets = [
-            plan.add(e, K.call, np.matmul, _piece(blk), other)
-            for blk, e in zip(a._blocks, a.engines, strict=True)
-        ]
-        result = plan.run()
-        return _assemble(a._client, [result(t) for t in tickets], 0, cls)
-    if a_ours and a._axis == a.ndim - 1 and a.ndim <= 2 and b.ndim <= 2:
-        # split along the contracted axis: partial products, summed on one engine
-        row = 0 if b.ndim == 1 else b.ndim - 2
-        plan = _Plan(a._client)
-        tickets = []
-        head = a.engines[0]
-        for blk, e, lo, hi in zip(a._blocks, a.engines, a._bounds[:-1], a._bounds[1:], strict=True):
-            part = region(b, row, lo, hi) if b_ours else b[_axis_key(row, slice(lo, hi))]
-            tickets.append(plan.add(e, K.call, np.matmul, _piece(blk), part))
-        return _partial_sum(a._client, plan, tickets, head, cls)
-    if b_ours and not a_ours and b.ndim == 2 and a.ndim <= 2:
-        if b._axis == 1:  # columns of b: all of a times each block
-            plan = _Plan(b._client)
-            tickets = [
-                plan.add(e, K.call, np.matmul, a, _piece(blk))
-                for blk, e in zip(b._blocks, b.engines, strict=True)
-            ]
-            result = plan.run()
-            return _assemble(b._client, [result(t) for t in tickets], a.ndim - 1, cls)
-        plan = _Plan(b._client)
-        tickets = []
-        head = b.engines[0]
-        for blk, e, lo, hi in zip(b._blocks, b.engines, b._bounds[:-1], b._bounds[1:], strict=True):
-            tickets.append(plan.add(e, K.call, np.matmul, a[..., lo:hi], _piece(blk)))
-        return _partial_sum(b._client, plan, tickets, head, cls)
-    return on_one_engine(np.matmul, (a, b), {})
-
-
-@implements(np.dot)
-def dot(a: Any, b: Any, out: Any = None) -> Any:
-    if np.ndim(a) == 0 or np.ndim(b) == 0:
-        result = np.multiply(a, b)
-    elif np.ndim(a) <= 2 and np.ndim(b) <= 2:
-        sa, sb = np.shape(a), np.shape(b)
-        if sa[-1] != sb[0]:  # numpy's words for dot (matmul's differ)
-            raise ValueError(
-                f"shapes {sa} and {sb} not aligned: {sa[-1]} (dim {len(sa) - 1}) != {sb[0]} (dim 0)"
-            )
-        result = _matmul(a, b, {})
-    else:
-        result = on_one_engine(np.dot, (a, b), {})
-    return result if out is None else into(out, result)
+# In _linalg, below _ufuncs: np.matmul is a ufunc too.
+implements(np.matmul)(matmul)
+implements(np.dot)(dot)
+implements(np.tensordot)(tensordot)
 
 
 @implements(np.take)
@@ -955,10 +815,8 @@ def sort(a: Any, axis: int | None = -1, kind: Any = None, order: Any = None, **k
     if a.ndim == 1 and order is None and not kw and a.dtype.kind in "biuf" and a.size:
         return _sample_sort(a)
     # along the split axis of an N-d array: sorted on one engine, then split like the input
-    from ._create import redistribute  # noqa: PLC0415
-
     one = on_one_engine(np.sort, (a,), {"axis": axis, "kind": kind, "order": order, **kw})
-    return redistribute(one, axis, a._bounds, a.engines)
+    return redistributed(one, axis, a._bounds, a.engines)
 
 
 def _sample_sort(a: _Array) -> Any:
@@ -1022,57 +880,3 @@ def unique(
         )
     parts = _per_block(ravel(ar) if ar.ndim > 1 else ar, K.call, np.unique, BLOCK)
     return on_one_engine(np.unique, (parts,), {})
-
-
-@implements(np.tensordot)
-def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
-    """Block by block when the split axis is a free axis (the other operand goes whole to
-    each engine), partial products summed on one engine when it is contracted."""
-    a = a if isinstance(a, _Array) else np.asarray(a)
-    b = b if isinstance(b, _Array) else np.asarray(b)
-    try:
-        if isinstance(axes, (int, np.integer)):
-            n = int(axes)
-            a_axes = list(range(a.ndim - n, a.ndim))
-            b_axes = list(range(n))
-        else:
-            a_axes = [_check_axis(i, a.ndim) for i in np.atleast_1d(axes[0])]
-            b_axes = [_check_axis(i, b.ndim) for i in np.atleast_1d(axes[1])]
-    except (TypeError, IndexError, np.exceptions.AxisError):
-        return on_one_engine(np.tensordot, (a, b), {"axes": axes})  # numpy's own error
-    if len(a_axes) != len(b_axes) or any(
-        a.shape[i] != b.shape[j] for i, j in zip(a_axes, b_axes, strict=True)
-    ):
-        raise ValueError("shape-mismatch for sum")
-    spec = (a_axes, b_axes)
-    cls = result_class([a, b])
-    if isinstance(a, _Array) and a._axis not in a_axes:
-        free = [i for i in range(a.ndim) if i not in a_axes]
-        other = whole(b) if isinstance(b, _Array) else b
-        return _per_block(
-            a, K.call, np.tensordot, BLOCK, other, axes=spec, out_axis=free.index(a._axis), cls=cls
-        )
-    if isinstance(b, _Array) and b._axis not in b_axes:
-        free = [i for i in range(b.ndim) if i not in b_axes]
-        other = whole(a) if isinstance(a, _Array) else a
-        axis = a.ndim - len(a_axes) + free.index(b._axis)
-        plan = _Plan(b._client)
-        tickets = [
-            plan.add(e, K.call, np.tensordot, other, _piece(blk), axes=spec)
-            for blk, e in zip(b._blocks, b.engines, strict=True)
-        ]
-        result = plan.run()
-        return _assemble(b._client, [result(t) for t in tickets], axis, cls)
-    if isinstance(a, _Array):  # the split axis is contracted: partial products
-        row = b_axes[a_axes.index(a._axis)]
-        plan = _Plan(a._client)
-        tickets = []
-        for blk, e, lo, hi in zip(a._blocks, a.engines, a._bounds[:-1], a._bounds[1:], strict=True):
-            part = (
-                region(b, row, lo, hi)
-                if isinstance(b, _Array)
-                else b[_axis_key(row, slice(lo, hi))]
-            )
-            tickets.append(plan.add(e, K.call, np.tensordot, _piece(blk), part, axes=spec))
-        return _partial_sum(a._client, plan, tickets, a.engines[0], cls)
-    return on_one_engine(np.tensordot, (a, b), {"axes": axes})

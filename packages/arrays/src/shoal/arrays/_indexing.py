@@ -19,20 +19,19 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
-from ._array import (
+from ._core import (
     WARN_BYTES,
-    DistArray,
     PerformanceWarning,
-    RemoteArray,
     _Array,
     _assemble,
     _piece,
     _Plan,
+    align,
     gather,
+    on_one_engine_copy,
     rows,
     whole,
 )
-from ._ufuncs import align, on_one_engine_copy
 
 __all__ = ["getitem", "setitem"]
 
@@ -283,7 +282,7 @@ def _by_rows(x: _Array, comps: list[Any], at: int) -> Any:
         tickets.append(plan.add(e, K.call, operator.getitem, gathered, tuple(key)))
     result = plan.run()
     made = [result(t) for t in tickets]
-    cls = type(x) if len(made) > 1 or isinstance(x, DistArray) else RemoteArray
+    cls = type(x) if len(made) > 1 or x._split else x._kind(False)
     return _assemble(x._client, made, _out_axis(comps, at), cls)
 
 
@@ -338,7 +337,7 @@ def setitem(x: _Array, key: Any, value: Any) -> None:
             copy.engines[0], K.assign, _piece(copy._blocks[0]), _pieces(comps), _whole_value(value)
         )
         plan.run()
-        x[...] = copy
+        setitem(x, ..., copy)
 
 
 def _whole_value(value: Any) -> Any:

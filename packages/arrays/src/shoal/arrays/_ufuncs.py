@@ -17,36 +17,37 @@ from __future__ import annotations
 import functools
 import numbers
 import operator
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _kernels as K
-from ._array import (
-    DistArray,
-    RemoteArray,
+from ._blockwise import (
+    _client,
+    aligned,
+    blockwise,
+    into,
+    leader,
+    on_one_engine,
+    result_class,
+)
+from ._core import (
     _Array,
     _assemble,
     _axis_key,
     _check_axis,
     _piece,
     _Plan,
+    align,
     gather,
+    on_one_engine_copy,
     region,
     whole,
 )
+from ._indexing import setitem
+from ._linalg import matmul
 
-__all__ = [
-    "accumulate",
-    "align",
-    "array_ufunc",
-    "blockwise",
-    "into",
-    "leader",
-    "on_one_engine_copy",
-    "reduce",
-]
+__all__ = ["accumulate", "array_ufunc", "reduce"]
 
 _SIMPLE = (_Array, np.ndarray, np.generic, numbers.Number, bool, str, bytes, type(None))
 
@@ -94,102 +95,11 @@ def accumulate(ufunc: np.ufunc, x: Any, **kwargs: Any) -> Any:
     return ufunc.accumulate(x, **{k: v for k, v in kwargs.items() if v is not None or k != "out"})
 
 
-# -- layout of results -------------------------------------------------------------------
-
-
-def leader(
-    operands: Sequence[Any], shape: tuple[int, ...]
-) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """The layout of a result of ``shape``: that of the first DistArray (then
-    RemoteArray) operand not broadcast along its split axis, else one block on the engine
-    of the first operand's data. ``(axis, boundaries, engines)``."""
-    n = len(shape)
-    ours = [v for v in operands if isinstance(v, _Array)]
-    ordered = [v for v in ours if isinstance(v, DistArray)] + [
-        v for v in ours if not isinstance(v, DistArray)
-    ]
-    for v in ordered:
-        axis = v._axis + n - v.ndim
-        if v.shape[v._axis] == shape[axis]:
-            return axis, v._bounds, v.engines
-    v = ordered[0]
-    axis = v._axis + n - v.ndim
-    first = next(
-        (e for (_, lo, hi), e in zip(v._spans(), v.engines, strict=True) if hi > lo), v.engines[0]
-    )
-    return axis, (0, shape[axis]), (first,)
-
-
-def result_class(operands: Sequence[Any]) -> type[_Array]:
-    """DistArray when any operand is one, else RemoteArray (result types are stable)."""
-    return DistArray if any(isinstance(v, DistArray) for v in operands) else RemoteArray
-
-
-def align(v: Any, ndim: int, axis: int, size: int, lo: int, hi: int) -> Any:
-    """What a job needs of operand ``v`` for rows ``lo:hi`` of a result with ``ndim``
-    dimensions, split along ``axis`` of ``size`` rows (numpy broadcasting)."""
-    if isinstance(v, _Array):
-        ax = axis - (ndim - v.ndim)
-        if ax < 0 or (v.shape[ax] == 1 and size != 1):
-            return whole(v)
-        return region(v, ax, lo, hi)
-    if isinstance(v, np.ndarray) and v.ndim:
-        ax = axis - (ndim - v.ndim)
-        if ax < 0 or (v.shape[ax] == 1 and size != 1):
-            return v
-        return v[_axis_key(ax, slice(lo, hi))]
-    return v
-
-
-def aligned(v: _Array, layout: tuple[int, tuple[int, ...], tuple[int, ...]], ndim: int) -> bool:
-    """Whether every region of ``v`` a job needs is its own block, on the job's engine."""
-    axis, bounds, engines = layout
-    return v._axis == axis - (ndim - v.ndim) and v._bounds == bounds and v.engines == engines
-
-
-def blockwise(
-    fn: Any,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    shape: tuple[int, ...],
-    layout: tuple[int, tuple[int, ...], tuple[int, ...]],
-    client: Any,
-) -> list[Any]:
-    """``fn(*args, **kwargs)`` for each block of a result of ``shape`` laid out as
-    ``layout``, the array operands aligned; what each job returned, in block order."""
-    axis, bounds, engines = layout
-    n, size = len(shape), shape[axis]
-    plan = _Plan(client)
-    tickets = []
-    for e, lo, hi in zip(engines, bounds[:-1], bounds[1:], strict=True):
-        a = [align(v, n, axis, size, lo, hi) for v in args]
-        kw = {k: align(v, n, axis, size, lo, hi) for k, v in kwargs.items()}
-        tickets.append(plan.add(e, fn, *a, **kw))
-    result = plan.run()
-    return [result(t) for t in tickets]
-
-
-def into(out: Any, result: Any) -> Any:
-    """Copy ``result`` into ``out`` (an array of ours: engine to engine; an ndarray:
-    gathered, as the caller asked for it here)."""
-    if isinstance(out, _Array):
-        out[...] = result
-    else:
-        np.copyto(out, gather(result) if isinstance(result, _Array) else result)
-    return out
-
-
-def _client(values: Sequence[Any]) -> Any:
-    return next(v._client for v in values if isinstance(v, _Array))
-
-
 # -- __call__ ----------------------------------------------------------------------------
 
 
 def _call(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if ufunc.signature is not None:  # a generalized ufunc: core dimensions, not elements
-        from ._functions import matmul, on_one_engine  # noqa: PLC0415
-
         outs = kwargs.pop("out", None)
         if outs is not None:
             if len(outs) != 1:
@@ -652,13 +562,6 @@ def _at(ufunc: np.ufunc, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     plan.run()
 
 
-def on_one_engine_copy(a: _Array) -> Any:
-    """All of ``a`` copied into one block on its first engine."""
-    plan = _Plan(a._client)
-    t = plan.add(a.engines[0], K.call, np.array, whole(a))
-    return _assemble(a._client, [plan.run()(t)], a._axis, RemoteArray)
-
-
 def _at_on_one_engine(ufunc: np.ufunc, a: _Array, indices: Any, b: Any, has_b: bool) -> None:
     """The general ``ufunc.at``: on a copy of ``a`` on one engine, then copied back."""
     copy = on_one_engine_copy(a)
@@ -674,7 +577,7 @@ def _at_on_one_engine(ufunc: np.ufunc, a: _Array, indices: Any, b: Any, has_b: b
         value if has_b else None,
     )
     plan.run()
-    a[...] = copy
+    setitem(a, ..., copy)
 
 
 _METHODS = {
