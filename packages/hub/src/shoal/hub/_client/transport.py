@@ -342,7 +342,9 @@ class Transport:
             if sock is self._beat:
                 self._read_beats()
                 continue
-            session = self._sessions[sock]
+            session = self._sessions.get(sock)
+            if session is None:  # closed earlier in this round: its engine is gone
+                continue
             try:
                 frames = session.recv_frames_nowait()
             except zmq.ZMQError:  # Again, or the context is ending
