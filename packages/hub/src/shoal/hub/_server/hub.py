@@ -1,7 +1,7 @@
 """The hub process: engines register with it; clients reach engines through it.
 
-The load balancer's state is ``scheduler.py`` (no sockets), the history on disk
-``store.py``, the command line ``main.py``.
+The load balancer's state is ``scheduler.py`` (no sockets), the engines it starts
+``launcher.py``, the history on disk ``store.py``, the command line ``main.py``.
 
 Theory of operation
 -------------------
@@ -57,7 +57,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -94,6 +93,7 @@ from .._protocol import (
     receiver_of,
 )
 from .heart import Heart, beat_echo
+from .launcher import LocalEngines, exit_cause
 from .logs import LOG_FRAME_BYTES, LOG_HWM, LogSink
 from .scheduler import (
     Aborted,
@@ -268,7 +268,6 @@ class Hub:
         self.dead: set[bytes] = set()  # identities of engines declared dead
         self.next_id = 0
         self.clients: dict[bytes, float] = {}  # receive identity -> last heard
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # engines this hub started
         self.started = time.time()
         self._stopping = False
         self._carrying_out = False
@@ -286,6 +285,7 @@ class Hub:
         engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat", "log")}
         engine_info = ConnectionInfo(engine_urls, self.key, extra={"location": location})
         write_connection_file(self.engine_file, engine_info)
+        self.local = LocalEngines(self.engine_file, self.engine_log_level)
         client_urls = {"client": urls["client"], "beat": urls["beat"]}
         client_info = ConnectionInfo(client_urls, self.key, extra=extra)
         write_connection_file(self.client_file, client_info)
@@ -327,25 +327,7 @@ class Hub:
     # -- engines this hub starts --------------------------------------------------------
     def launch(self, n: int) -> list[int]:
         """Start ``n`` local engine processes; returns their pids (they register later)."""
-        pids = []
-        for _ in range(n):
-            cmd = [
-                sys.executable,
-                "-m",
-                "shoal.engine",
-                "--connection-file",
-                self.engine_file,
-                "--register",
-                "--direct",
-                "--parent-pid",
-                str(os.getpid()),
-                "--log-level",
-                self.engine_log_level,
-            ]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)  # noqa: S603 - our module
-            self.procs[proc.pid] = proc
-            pids.append(proc.pid)
-        return pids
+        return self.local.start(n)
 
     # -- main loop ----------------------------------------------------------------------
     def serve(self) -> int:
@@ -796,7 +778,7 @@ class Hub:
                 pid if isinstance(pid, int) else 0,
                 str(content.get("hostname", "")),
             )
-            engine.proc = self.procs.get(engine.pid)
+            engine.proc = self.local.process(engine.pid)
             url = content.get("direct_url")
             engine.direct_url = url if isinstance(url, str) else None
             self.engines[engine_id] = engine
@@ -839,9 +821,7 @@ class Hub:
         for client, heard in list(self.clients.items()):
             if now - heard > self.client_timeout:
                 self._client_gone(client, f"silent for {now - heard:.1f} s")
-        for pid, proc in list(self.procs.items()):  # reap engines that never registered
-            if proc.poll() is not None and not any(e.pid == pid for e in self.engines.values()):
-                del self.procs[pid]
+        self.local.reap(e.pid for e in self.engines.values())
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
@@ -858,13 +838,8 @@ class Hub:
     def _check_children(self) -> None:
         """Engines this hub started whose process ended are lost, with the cause."""
         for engine in list(self.engines.values()):
-            proc = engine.proc
-            if proc is not None and proc.poll() is not None:
-                code = proc.returncode
-                if code < 0:
-                    cause = f"it was killed by {signal.Signals(-code).name}"
-                else:
-                    cause = f"it exited with code {code}"
+            cause = None if engine.proc is None else exit_cause(engine.proc)
+            if cause is not None:
                 self._engine_lost(engine, cause)
 
     def _engine_lost(self, engine: _Engine, cause: str, *, kill: bool = True) -> None:
@@ -875,10 +850,10 @@ class Hub:
         self.heart.forget(engine.ident)
         self.dead.add(engine.ident)
         log.warning("engine %d is lost: %s", engine.id, cause)
-        if kill and engine.proc is not None and engine.proc.poll() is None:
+        if kill and engine.proc is not None:
             # Ours, and declared dead (e.g. SIGSTOPped): it must go. Reaped by _beat (and
             # SIGCHLD wakes it), never waited for here: the routing thread goes on.
-            engine.proc.kill()
+            self.local.kill(engine.proc)
         note = {"engine_id": engine.id, "cause": cause}
         for client in list(self.clients):  # first: a client that sees the error knows it
             self._send_hub_msg(client, MsgType.ENGINE_UNREGISTERED, note)
@@ -1002,13 +977,7 @@ class Hub:
                 self.sessions["control"].send(
                     MsgType.SHUTDOWN_REQUEST, {}, identities=[engine.ident]
                 )
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        self.local.stop(grace)
         note = {"cause": "the hub shut down"}
         for client in list(self.clients):
             self._send_hub_msg(client, MsgType.HUB_SHUTDOWN, note)
