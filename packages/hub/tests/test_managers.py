@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from shoal.hub import Client, RemoteError
+from shoal.hub._compat.manager_protocol import _client, _dispatch
 from shoal.hub._compat.managers import (
     AutoProxy,
     BaseManager,
@@ -33,8 +34,6 @@ from shoal.hub._compat.managers import (
     Manager,
     ManagerLost,
     SyncManager,
-    _client,
-    _dispatch,
 )
 from shoal.hub.testing import process_alive, wait_processes_gone
 from shoal.wire import Codec, Message, new_header
