@@ -133,7 +133,7 @@ def test_importing_the_client_leaves_the_server_and_managers_alone() -> None:
     code = (
         "import sys, shoal.hub; from shoal.hub import Client, Pool, DirectView;"
         "print(sorted(m for m in sys.modules if m.startswith(('shoal.hub._server',"
-        " 'shoal.hub._compat.managers', 'multiprocessing.managers'))))"
+        " 'shoal.hub._compat.manager', 'multiprocessing.managers'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
