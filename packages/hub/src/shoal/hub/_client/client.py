@@ -19,6 +19,7 @@ import atexit
 import collections
 import contextlib
 import logging
+import math
 import os
 import threading
 import uuid
@@ -531,14 +532,15 @@ class Client:
         self._transport.wait(result.done, timeout)
 
     def _tick(self, now: float) -> float:
-        """At each round of reading: send the booked reference changes when due; the
-        seconds until the next are due."""
+        """At each round of reading: send the booked reference changes when due. How
+        long the reader may poll before it must come back for them (no limit when none
+        wait: an idle client's reader sleeps until its next ping)."""
         if not self.references:
-            return _REFS_EVERY
+            return math.inf
         due = self.references.flushed_at + _REFS_EVERY
         if now >= due:
             self.references.flush()
-            return _REFS_EVERY
+            return math.inf
         return due - now
 
     def _open_direct(self, engine: dict[str, Any]) -> None:
