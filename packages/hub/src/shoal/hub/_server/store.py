@@ -10,6 +10,7 @@ committed write and never block the writer).
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
@@ -20,6 +21,8 @@ __all__ = ["HistoryStore"]
 
 _FIELDS = ("msg_id", "engine_id", "status", "submitted", "started", "completed")
 _BATCH = 10_000  # records written in one transaction at most
+
+log = logging.getLogger("shoal.hub")
 
 
 class HistoryStore:
@@ -74,10 +77,13 @@ class HistoryStore:
                     except queue.Empty:
                         break
                 if rows:
-                    with db:
-                        db.executemany(
-                            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)", rows
-                        )
+                    try:
+                        with db:
+                            db.executemany(
+                                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)", rows
+                            )
+                    except sqlite3.Error as exc:  # a full disk: these are lost, the hub goes on
+                        log.error("lost %d history records (%s): %s", len(rows), self.path, exc)
                 for mark in marks:
                     mark.set()
                 if end:
