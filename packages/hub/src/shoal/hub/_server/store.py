@@ -82,8 +82,8 @@ class HistoryStore:
                             db.executemany(
                                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)", rows
                             )
-                    except sqlite3.Error as exc:  # a full disk: these are lost, the hub goes on
-                        log.error("lost %d history records (%s): %s", len(rows), self.path, exc)
+                    except sqlite3.Error:  # a full disk: these are lost, the hub goes on
+                        log.exception("lost %d history records (%s)", len(rows), self.path)
                 for mark in marks:
                     mark.set()
                 if end:
