@@ -22,6 +22,7 @@ from ._sockets import set_hwm as set_hwm
 from ._urls import disambiguate_ip_address as disambiguate_ip_address
 from ._urls import disambiguate_url as disambiguate_url
 from ._urls import is_url as is_url
+from ._urls import outbound_ip as outbound_ip
 from ._urls import split_url as split_url
 from ._urls import validate_url as validate_url
 from ._urls import validate_url_container as validate_url_container
@@ -50,6 +51,7 @@ __all__ = [
     "is_url",
     "local_logger",
     "log_errors",
+    "outbound_ip",
     "select_random_ports",
     "set_hwm",
     "signal_children",

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import zmq
 
+from shoal.wire import CurveKeys, configure_curve_client
+
 from ._urls import validate_url
 
 __all__ = [
@@ -194,6 +196,8 @@ def _connect(
     iface: str,
     loglevel: str | int,
     make: Callable[[zmq.Socket[object]], PUBLogHandler],
+    *,
+    curve: CurveKeys | None,
 ) -> PUBLogHandler:
     for h in logger.handlers:
         if isinstance(h, PUBLogHandler):
@@ -202,6 +206,8 @@ def _connect(
     validate_url(iface)
     sock = context.socket(zmq.PUB)
     try:
+        if curve is not None:
+            configure_curve_client(sock, curve)
         sock.connect(iface)
         handler = make(sock)
     except BaseException:
@@ -219,6 +225,8 @@ def connect_logger(
     iface: str,
     root: str = "ip",
     loglevel: str | int = logging.DEBUG,
+    *,
+    curve: CurveKeys | None = None,
 ) -> PUBLogHandler:
     """Publish the records of logger ``logname`` to a zmq url, with topics ``<root>.<LEVEL>``.
 
@@ -237,6 +245,11 @@ def connect_logger(
         The first part of each topic.
     loglevel : int or str
         See `integer_loglevel`.
+    curve : CurveKeys, optional
+        Connect as a CurveZMQ client with these keys (a collector that is a Curve
+        server: :class:`shoal.wire.CurveServer`).
+
+        .. versionadded:: 0.3
 
     Returns
     -------
@@ -263,6 +276,7 @@ def connect_logger(
         iface,
         loglevel,
         lambda sock: PUBLogHandler(sock, root, owns_socket=True),
+        curve=curve,
     )
 
 
@@ -271,6 +285,8 @@ def connect_engine_logger(
     iface: str,
     engine: int | _HasEngineId,
     loglevel: str | int = logging.DEBUG,
+    *,
+    curve: CurveKeys | None = None,
 ) -> PUBLogHandler:
     """Publish the root logger's records with topics ``engine.<id>.<LEVEL>``.
 
@@ -279,6 +295,8 @@ def connect_engine_logger(
     registers, giving topic ``engine.<LEVEL>``).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.3
+       ``curve``, as in `connect_logger`.
     """
     return _connect(
         logging.getLogger(),
@@ -286,6 +304,7 @@ def connect_engine_logger(
         iface,
         loglevel,
         lambda sock: _EnginePUBLogHandler(sock, engine, owns_socket=True),
+        curve=curve,
     )
 
 

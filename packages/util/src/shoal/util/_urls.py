@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "disambiguate_ip_address",
+    "outbound_ip",
     "disambiguate_url",
     "is_url",
     "split_url",
@@ -255,6 +256,38 @@ def _resolve(host: str) -> list[str]:
     v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]
     v6 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET6]
     return v4 + v6
+
+
+def outbound_ip(host: str) -> str:
+    """The address of this machine's interface on the route to ``host``.
+
+    What a peer on ``host`` can connect back to: an engine binds its own sockets there,
+    on the network that reaches its hub. A loopback ``host`` gives ``127.0.0.1``. A
+    UDP ``connect()`` picks the route and sends nothing.
+
+    Raises
+    ------
+    OSError
+        When ``host`` does not resolve or no route leads to it.
+
+    Examples
+    --------
+    >>> outbound_ip("127.0.0.1")
+    '127.0.0.1'
+
+    .. versionadded:: 0.3
+    """
+    addresses = [host] if _is_ip(host) else _resolve(host)
+    if not addresses:
+        raise OSError(f"cannot resolve host {host!r} to an address")
+    ip = addresses[0]
+    if ipaddress.ip_address(ip).is_loopback:
+        return "::1" if ":" in ip else "127.0.0.1"
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    found = _route_address(family, ip)
+    if not found:
+        raise OSError(f"no route from this machine to {host!r} ({ip})")
+    return found.pop()
 
 
 def _is_ip(text: str) -> bool:
