@@ -53,6 +53,8 @@ from shoal.util import (
     disambiguate_url,
     integer_loglevel,
     local_logger,
+    outbound_ip,
+    split_url,
     validate_url,
     validate_url_container,
 )
@@ -60,12 +62,16 @@ from shoal.wire import (
     DELIMITER,
     Codec,
     ConnectionInfo,
+    CurveKeys,
+    CurveServer,
     Message,
     RawContent,
     Serializer,
     Session,
     SharedMemoryLost,
     UnpicklableError,
+    bind,
+    configure_curve_client,
     default_shared_memory,
     new_header,
     read_connection_file,
@@ -106,7 +112,8 @@ class EngineProcess:
         The zmq identity of every socket, so the peer's ROUTERs can address the engine.
         A fresh unique one if omitted.
     engine_id : int, optional
-        Reported in replies and status. Ignored when ``register`` is true: the hub gives it.
+        Reported in replies and status. With ``register``, the id asked of the hub, which
+        gives it when no engine had it (an MPI rank), and another one otherwise.
     register : bool
         Register with a hub before serving (``register_request`` on control).
     parent_pid : int, optional
@@ -118,9 +125,18 @@ class EngineProcess:
         publishes nothing.
     log_level : str or int
         The level of the root logger, and of the records published.
+    launch_id : str, optional
+        Said at registration: the hub's launcher started this engine with it.
     direct : bool
-        Also bind a ROUTER on loopback for clients to send requests to directly; its url
-        goes to the hub at registration.
+        Also bind a ROUTER for clients and other engines to send requests to directly;
+        its url goes to the hub at registration. It listens on loopback when the hub is
+        on this host, else on the interface that reaches the hub
+        (:func:`shoal.util.outbound_ip`).
+
+    With Curve keys in ``info`` (a hub on another address than loopback), every socket
+    is a CurveZMQ client of the hub, and the direct socket a Curve server with the
+    engines' keypair that admits only the engines' and the clients' public keys
+    (``info.extra["curve_peers"]``).
     """
 
     def __init__(
@@ -135,6 +151,7 @@ class EngineProcess:
         log_level: str | int = logging.WARNING,
         register_timeout: float = 30.0,
         direct: bool = False,
+        launch_id: str | None = None,
     ) -> None:
         missing = {"shell", "control", "heartbeat"} - set(info.urls)
         if missing:
@@ -147,9 +164,12 @@ class EngineProcess:
             for name, url in info.urls.items()
         }
         self.info = info
+        self.curve: CurveKeys | None = info.curve
+        self._curve_peers = _curve_peers(info)
         self.identity = identity or f"engine-{uuid.uuid4().hex[:12]}".encode()
         self.engine_id = engine_id
         self.register = register
+        self.launch_id = launch_id
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
         self.log_url = self.urls.get("log") if log_url is None else log_url
@@ -176,13 +196,8 @@ class EngineProcess:
         #: Called on the main thread after each reply is sent (e.g. proxies dropped on
         #: this engine give their references back); a failing hook is logged and kept.
         self.after_request: list[Callable[[], None]] = []
-        # The user namespace is a bare __main__ module of its own: `python -m` made this
-        # package's __main__.py the __main__ module, and clear_request must not empty it.
-        user_main = types.ModuleType("__main__")
-        user_main.__dict__["__builtins__"] = builtins
-        sys.modules["__main__"] = user_main
         self.kernel = Kernel(
-            user_main.__dict__,
+            _user_namespace(),
             engine_id=engine_id,
             on_stream=self._stream,
             objects=ObjectStore(self.serializer, engine_id=engine_id),
@@ -210,14 +225,27 @@ class EngineProcess:
         if direct:  # clients on this host send here, skipping the hub's relay
             self._bind_direct()
 
+    #: The Curve server of the direct socket (its ZAP handler), when there is one.
+    _direct_curve: CurveServer | None = None
+
     def _bind_direct(self) -> None:
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
         sock.router_mandatory = True
         sock.rcvhwm = 0
         sock.sndhwm = 0
         sock.linger = 1000
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        self.direct_url = f"tcp://127.0.0.1:{port}"
+        hub_host = split_url(self.urls["shell"])[1]
+        ip = outbound_ip(hub_host)  # where peers on the hub's network reach this host
+        if self.curve is not None:
+            self._direct_curve = CurveServer(
+                self.context,
+                public_key=self.curve.client_public,
+                secret_key=self.curve.client_secret,
+                allowed=self._curve_peers,
+            )
+            self._direct_curve.configure(sock)
+        # Unencrypted beyond loopback only when the hub is (it was told ``insecure``).
+        self.direct_url = bind(sock, f"tcp://{ip}:*", insecure=self.curve is None)
         self._sessions[sock] = Session(sock, self._codec)
         self._direct = sock
 
@@ -238,6 +266,8 @@ class EngineProcess:
         sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
         sock.identity = self.identity
         sock.linger = 1000
+        if self.curve is not None:
+            configure_curve_client(sock, self.curve)
         sock.connect(self.urls[channel])
         return sock
 
@@ -252,7 +282,9 @@ class EngineProcess:
         if self.log_url:
             # Before registering: the connection is up by the time user code logs (a PUB
             # drops what it sends before that), and a refusal reaches the hub's log too.
-            handler = connect_engine_logger(self.context, self.log_url, self, self.log_level)
+            handler = connect_engine_logger(
+                self.context, self.log_url, self, self.log_level, curve=self.curve
+            )
             if handler.formatter is None:
                 handler.setFormatter(_RECORD_FORMAT)
         if self.register and not self._register(control):
@@ -294,11 +326,15 @@ class EngineProcess:
 
     def _register(self, control: zmq.Socket[Any]) -> bool:
         """Ask the hub for an engine id; False when it does not answer or refuses."""
-        info = {
+        info: dict[str, object] = {
             "pid": os.getpid(),
             "hostname": self.host,
             "direct_url": self.direct_url,
         }
+        if self.launch_id is not None:
+            info["launch_id"] = self.launch_id
+        if self.engine_id is not None:
+            info["requested_id"] = self.engine_id
         session = self._sessions[control]
         self._send(control, self._encode(MsgType.REGISTER_REQUEST, info))
         deadline = time.monotonic() + self.register_timeout
@@ -388,6 +424,14 @@ class EngineProcess:
                 log.info("lease of %r ended: %d objects freed", owner, freed)
 
     # -- requests to other engines (main thread) ------------------------------------------
+    def _peer_keys(self) -> CurveKeys | None:
+        """Curve keys for a link to another engine's own socket: it serves with the
+        engines' keypair, which this engine holds too."""
+        if self.curve is None:
+            return None
+        own = self.curve
+        return CurveKeys(own.client_public, own.client_public, own.client_secret)
+
     def peer_request(
         self, url: str, msg_type: str, content: Any, timeout: float | None = None
     ) -> dict[str, Any]:
@@ -408,7 +452,7 @@ class EngineProcess:
         link = self._peers.get(url)
         if link is None:
             link = self._peers[url] = _PeerLink(
-                self.context, url, _PEER + self._peer_token, self._codec
+                self.context, url, _PEER + self._peer_token, self._codec, self._peer_keys()
             )
             self._sessions[link.sock] = link.session
         header = new_header(msg_type, self.identity.decode(), f"engine.{self.engine_id}")
@@ -730,10 +774,19 @@ class _PeerLink:
 
     CONNECT_TIMEOUT = 5.0  # seconds a request may wait for a first connection
 
-    def __init__(self, context: zmq.Context[Any], url: str, identity: bytes, codec: Codec) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        url: str,
+        identity: bytes,
+        codec: Codec,
+        curve: CurveKeys | None,
+    ) -> None:
         self.sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
         self.sock.identity = identity
         self.sock.linger = 0
+        if curve is not None:
+            configure_curve_client(self.sock, curve)
         self.session = Session(self.sock, codec)
         self.monitor = self.sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -779,6 +832,31 @@ class _PeerLink:
         self.sock.close(linger=0)
 
 
+def _user_namespace() -> dict[str, Any]:
+    """The user's namespace: a bare ``__main__`` module of its own (``python -m`` made
+    this package's ``__main__.py`` the ``__main__`` module, and ``clear_request`` must
+    not empty it)."""
+    user_main = types.ModuleType("__main__")
+    user_main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = user_main
+    return user_main.__dict__
+
+
+def _curve_peers(info: ConnectionInfo) -> list[str]:
+    """The public keys an engine's own socket admits: the engines' and the clients'."""
+    peers = info.extra.get("curve_peers")
+    if info.curve is None:
+        return []
+    if not isinstance(peers, dict) or not all(
+        isinstance(peers.get(k), str) for k in ("engine", "client")
+    ):
+        raise ValueError(
+            "the connection file has Curve keys but no 'curve_peers' with the engines'"
+            " and clients' public keys; use the hub-engine.json the hub wrote"
+        )
+    return [peers["engine"], peers["client"]]
+
+
 def _exit(code: int) -> None:
     """End the process now (from the I/O thread, while user code may hold the main
     thread), first removing the shared memory segments it holds."""
@@ -809,7 +887,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--key-file", help="file holding the signing key (private: mode 0600), with the urls"
     )
     parser.add_argument("--identity", default=None, help="zmq identity (default: unique)")
-    parser.add_argument("--engine-id", type=int, default=None)
+    parser.add_argument(
+        "--engine-id", type=int, default=None, help="with --register: the id to ask for"
+    )
+    parser.add_argument(
+        "--id-from-rank",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="ask for engine id BASE + this process's MPI rank (or Slurm task id)",
+    )
+    parser.add_argument(
+        "--launch-id", default=None, help="said at registration: the launch that started it"
+    )
     parser.add_argument(
         "--register", action="store_true", help="register with a hub for an engine id"
     )
@@ -842,11 +932,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "say where the peer is: --connection-file FILE, or --shell, --control,"
             " --heartbeat and --key-file"
         )
+    engine_id = args.engine_id
+    if args.id_from_rank is not None:
+        rank = _launch_rank()
+        if rank is None:
+            parser.error(
+                f"--id-from-rank: none of {', '.join(_RANK_VARIABLES)} is set; start the"
+                " engine with mpiexec or srun"
+            )
+        engine_id = args.id_from_rank + rank
     try:
         engine = EngineProcess(
             info,
             identity=None if args.identity is None else args.identity.encode(),
-            engine_id=args.engine_id,
+            engine_id=engine_id,
+            launch_id=args.launch_id,
             register=args.register,
             parent_pid=args.parent_pid,
             log_url=args.log_url,
@@ -856,6 +956,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:  # a malformed url: validate_url says which
         parser.error(str(exc))
     return engine.run()
+
+
+# Where MPI implementations and Slurm put a process's rank (Open MPI, PMIx, MPICH/PMI).
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
+
+
+def _launch_rank() -> int | None:
+    """This process's rank in its MPI job (or Slurm step), from the environment."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _log_level(text: str) -> int:

@@ -28,8 +28,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from shoal.engine import EngineDiedError, MsgType, RemoteError
+from shoal.util import disambiguate_url
 from shoal.wire import (
     Codec,
+    ConnectionInfo,
+    CurveKeys,
     Message,
     RawContent,
     Session,
@@ -123,7 +126,11 @@ class Client:
             )
         info = read_connection_file(path)
         self.url_file = path
-        self.url = info.urls["client"]
+        location = info.extra.get("location")
+        where = location if isinstance(location, str) else None
+        # A wildcard bind (``--ip 0.0.0.0``) is dialled on loopback here, else at ``location``.
+        self.url = disambiguate_url(info.urls["client"], where)
+        beat_url = info.urls.get("beat")
         pid = info.extra.get("pid")
         self.hub_pid: int | None = pid if isinstance(pid, int) else None
         self.hub_timeout = hub_timeout
@@ -137,6 +144,7 @@ class Client:
         self._token = token
         self._reply_to = (RECEIVER + token).decode()
         self.direct = direct
+        self._curve = info.curve is not None
         self.host = this_host()
         self._pending: dict[str, AsyncResult[Any]] = {}
         self.max_outstanding = max_outstanding
@@ -149,7 +157,9 @@ class Client:
         self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
         self._transport = Transport(
             url=self.url,
-            beat_url=info.urls.get("beat"),
+            beat_url=None if beat_url is None else disambiguate_url(beat_url, where),
+            curve=info.curve,
+            engine_curve=_engine_keys(info),
             codec=self._codec,
             token=token,
             ping_period=ping_period,
@@ -160,11 +170,17 @@ class Client:
             outstanding=self._pending.__len__,
         )
         self._transport.start()
-        if not self._transport.heard.wait(timeout):
+        problem = self._transport.wait_heard(timeout)
+        if problem is not None:
             self.close()
-            raise TimeoutError(
-                f"no hub answered at {self.url} within {timeout} s (from {path}); is the"
-                " cluster running? `shoal cluster list` shows the running clusters"
+            if problem.startswith("no hub answered"):
+                raise TimeoutError(
+                    f"{problem} (from {path}); is the cluster running? `shoal cluster"
+                    " list` shows the running clusters"
+                )
+            raise ConnectionRefusedError(
+                f"cannot connect to the hub at {self.url}: {problem}; use the"
+                f" connection file the running hub wrote ({path} is the one used)"
             )
         reply = self._hub_request(MsgType.CONNECT_REQUEST, {}, timeout)
         with self._engines_changed:
@@ -547,7 +563,9 @@ class Client:
         """Connect to an engine's own socket when it is on this host."""
         url = engine.get("direct_url")
         if not url or engine.get("hostname") != self.host or not self.direct:
-            return  # its socket listens on its host's loopback only
+            return  # another host's: through the hub, which relays to it
+        if self._curve and self._transport.engine_curve is None:
+            return  # no key to reach it by (a hand-made file)
         self._transport.open_direct(int(engine["engine_id"]), str(url))
 
     def _close_direct(self, engine_id: int, cause: str) -> None:
@@ -656,6 +674,18 @@ class Client:
 
 
 _clients: list[weakref.ref[Client]] = []
+
+
+def _engine_keys(info: ConnectionInfo) -> CurveKeys | None:
+    """Curve keys for the engines' own sockets: they serve with the engines' keypair,
+    whose public key the hub put in the client's file."""
+    if info.curve is None:
+        return None
+    peers = info.extra.get("curve_peers")
+    engine = peers.get("engine") if isinstance(peers, dict) else None
+    if not isinstance(engine, str):
+        return None  # a hand-made file: the client talks to the engines through the hub
+    return CurveKeys(engine.encode("ascii"), info.curve.client_public, info.curve.client_secret)
 
 
 def current_client() -> Client:

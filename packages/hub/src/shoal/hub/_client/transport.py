@@ -40,9 +40,10 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
 
 from shoal.engine import PING, PONG, EngineDiedError
-from shoal.wire import Codec, Session
+from shoal.wire import Codec, CurveKeys, Session, configure_curve_client
 
 from .._protocol import BEAT, LB, LB_BATCH, RECEIVER, SENDER, engine_route
 from .errors import HubLost
@@ -53,6 +54,11 @@ log = logging.getLogger("shoal.hub.client")
 _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
 _BATCH = 256  # load-balanced tasks sent together at most
 _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 #: ``on_message(route, frames, session)``: a message from the hub (``route`` its first
 #: frame) or, with ``route`` an engine's route, from that engine's own socket.
@@ -80,8 +86,12 @@ class Transport:
         on_lost: Callable[[str], None],
         on_tick: Callable[[float], float],
         outstanding: Callable[[], int],
+        curve: CurveKeys | None = None,
+        engine_curve: CurveKeys | None = None,
     ) -> None:
         self.url = url
+        self._curve = curve  # to the hub
+        self.engine_curve = engine_curve  # to engines' own sockets
         self.ping_period = ping_period
         self.hub_timeout = hub_timeout
         self._codec = codec
@@ -132,6 +142,13 @@ class Transport:
         self._receiver.identity = RECEIVER + token
         self._receiver.linger = 0
         self._receiver.rcvhwm = 0  # replies are never refused: they are what we wait for
+        # A refused handshake (a key the hub does not admit, a server key that is not
+        # the hub's) is silent otherwise: zmq retries for ever.
+        self._handshakes: zmq.Socket[Any] | None = self._receiver.get_monitor_socket(
+            _HANDSHAKE_FAILED
+        )
+        self._secure(self._receiver, self._curve)
+        self._secure(self._sender, self._curve)
         self._receiver.connect(self.url)
         self._sender.connect(self.url)
         self._beat: zmq.Socket[Any] | None = None
@@ -139,14 +156,40 @@ class Transport:
             self._beat = self._context.socket(zmq.DEALER)
             self._beat.identity = BEAT + token
             self._beat.linger = 0
+            self._secure(self._beat, self._curve)
             self._beat.connect(beat_url)
         self._sessions: dict[zmq.Socket[Any], Session] = {
             sock: Session(sock, self._codec) for sock in (self._sender, self._receiver)
         }
 
+    @staticmethod
+    def _secure(sock: zmq.Socket[Any], keys: CurveKeys | None) -> None:
+        if keys is not None:
+            configure_curve_client(sock, keys)
+
     def start(self) -> None:
         """Start the I/O thread (it pings the hub until it answers)."""
         self._io.start()
+
+    def wait_heard(self, timeout: float) -> str | None:
+        """Wait until the hub answered; None then, else why not (a refused handshake, said
+        at once, or silence for ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        monitor = self._handshakes
+        try:
+            while not self.heard.wait(0.05):
+                if monitor is not None and monitor.poll(0):
+                    event = zmq.utils.monitor.recv_monitor_message(monitor)
+                    return _handshake_problem(int(event["event"]), int(event["value"]))
+                if time.monotonic() > deadline:
+                    return f"no hub answered at {self.url} within {timeout} s"
+            return None
+        finally:
+            if monitor is not None:
+                # Only our end: the receiver is the I/O thread's now; events it still
+                # makes are dropped.
+                monitor.close(linger=0)
+                self._handshakes = None
 
     def sessions(self) -> list[Session]:
         """The sessions of every socket, for their statistics."""
@@ -378,10 +421,12 @@ class Transport:
         receiver.identity = RECEIVER + self._token
         receiver.rcvhwm = 0
         receiver.linger = 0
+        self._secure(receiver, self.engine_curve)
         receiver.connect(url)
         sender = self._context.socket(zmq.DEALER)
         sender.identity = SENDER + self._token
         sender.linger = 0
+        self._secure(sender, self.engine_curve)
         sender.connect(url)
         receiver.send(PING)  # the engine answers once it can route to `receiver`
         self._direct_receivers[receiver] = (engine_id, sender)
@@ -429,6 +474,8 @@ class Transport:
         for receiver, (_eid, sender) in self._direct_receivers.items():
             receiver.close(linger=0)
             sender.close(linger=0)
+        if self._handshakes is not None:
+            self._handshakes.close(linger=0)
         for sock in (self._sender, self._receiver, self._wake_in, self._wake_out):
             sock.close(linger=0)
         if self._beat is not None:
@@ -449,3 +496,21 @@ def _send_now(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
         sock.send(frame, zmq.SNDMORE)
     sock.send(frames[-1])
     return True
+
+
+def _handshake_problem(event: int, value: int) -> str:
+    """What a failed handshake with the hub means, from the monitor's event."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the hub refused this client's Curve key (ZAP status {value}): the keys in"
+            " the connection file are not ones this hub admits"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return (
+            "the hub speaks another security mechanism than this client (one side uses"
+            " CurveZMQ, the other not, or the versions differ)"
+        )
+    return (
+        "the Curve handshake with the hub failed: the server key in the connection file"
+        " is not this hub's (the file of an earlier hub?), or the hub does not use Curve"
+    )

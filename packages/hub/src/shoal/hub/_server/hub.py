@@ -56,7 +56,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +69,8 @@ from shoal.wire import (
     DELIMITER,
     Codec,
     ConnectionInfo,
+    CurveKeys,
+    CurveServer,
     Header,
     InsecureBindError,
     Message,
@@ -77,6 +78,7 @@ from shoal.wire import (
     SharedMemoryLost,
     bind,
     generate_key,
+    is_loopback_url,
     sweep_shared_memory,
     write_connection_file,
 )
@@ -93,7 +95,7 @@ from .._protocol import (
     receiver_of,
 )
 from .heart import Heart, beat_echo
-from .launcher import LocalEngines, exit_cause
+from .launchers import EngineLauncher, Launch, LocalEngines
 from .logs import LOG_FRAME_BYTES, LOG_HWM, LogSink
 from .scheduler import (
     Aborted,
@@ -151,8 +153,8 @@ class _Engine:
         "id",
         "ident",
         "last_beat",
+        "launch",
         "pid",
-        "proc",
         "ready",
     )
 
@@ -161,7 +163,7 @@ class _Engine:
         self.ident = ident
         self.pid = pid
         self.hostname = hostname
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.launch: Launch | None = None  # what carries it, when this hub started it
         self.direct_url: str | None = None
         self.last_beat = time.monotonic()
         self.ready = False
@@ -191,6 +193,15 @@ class Hub:
         ``insecure`` (:func:`shoal.wire.bind`: the same rule as ``shoal hub --ip``).
     insecure : bool
         Allow binding a non-loopback address without encryption (a trusted network only).
+    curve : bool, optional
+        Encrypt and authenticate every connection with CurveZMQ (:class:`CurveServer`):
+        the hub's sockets, the engines' own sockets, and their peers'. Default: on for
+        any address but loopback, unless ``insecure``. The hub makes a server keypair,
+        one keypair for its engines and one for its clients, admits those two, and
+        writes each into its own connection file (0600).
+    location : str, optional
+        The address or host name peers dial when the bound one is a wildcard
+        (``ip="0.0.0.0"``); default: this host's name.
     period, timeout : float
         Heartbeat period, and how long an engine may stay silent before it is declared
         dead (an engine busy in C code still answers: its echo runs without the GIL).
@@ -212,6 +223,10 @@ class Hub:
     allowed_failures : int
         A task that was running on this many engines when each of them died fails with
         ``KilledEngineError`` and is never retried further (Dask's ``KilledWorker``).
+    launcher : callable, optional
+        Makes the launcher of the engines this hub starts, from the engine connection
+        file, the hub's folder and the engines' log level (``launchers/``); default: local
+        processes (:class:`LocalEngines`).
     """
 
     def __init__(
@@ -229,8 +244,13 @@ class Hub:
         client_timeout: float = 10.0,
         insecure: bool = False,
         allowed_failures: int = 3,
+        curve: bool | None = None,
+        location: str | None = None,
+        launcher: Callable[[str, str, str], EngineLauncher] | None = None,
     ) -> None:
         bind_url = _bind_url(ip)  # checked before any socket exists
+        if curve is None:
+            curve = not (insecure or is_loopback_url(bind_url))
         engine_level = integer_loglevel(engine_log_level)
         # Queues, outstanding work, retries, deaths, the poison policy and the history:
         # state with no sockets (_scheduler.py), made first, as it checks its arguments.
@@ -253,7 +273,13 @@ class Hub:
         self.codec = Codec(self.key)
         self.context: zmq.Context[Any] = zmq.Context()
         self.sockets: dict[str, zmq.Socket[Any]] = {}
-        self.urls = urls = self._bind(bind_url, insecure)
+        # Who may connect: holders of the engines' or the clients' keypair, nobody else.
+        self.curve: CurveServer | None = None
+        engine_keys = client_keys = None
+        if curve:
+            self.curve = CurveServer(self.context)
+            engine_keys, client_keys = self.curve.new_client(), self.curve.new_client()
+        self.urls = self._bind(bind_url, insecure)
         # Every socket the routing thread reads or writes has its Session (one message
         # path: caps, verification, drop counts, the link that stamps what it sends).
         self.sessions = {
@@ -267,6 +293,7 @@ class Hub:
         self.routes: dict[bytes, _Engine] = {}  # b"e<id>" -> a ready engine
         self.dead: set[bytes] = set()  # identities of engines declared dead
         self.next_id = 0
+        self.ids_used: set[int] = set()
         self.clients: dict[bytes, float] = {}  # receive identity -> last heard
         self.started = time.time()
         self._stopping = False
@@ -276,18 +303,34 @@ class Hub:
             raise ValueError(f"store must be None or 'sqlite', got {store!r}")
         self.store = None if store is None else HistoryStore(os.path.join(folder, "history.sqlite"))
         self.log_sink = LogSink(self.sockets.pop("log"), self.engines_log, self._pid_of)
-        # The urls are as bound; a peer turns a wildcard host (``--ip 0.0.0.0``) into
-        # loopback on this host, or into ``location`` elsewhere: disambiguate_url.
-        location = socket.gethostname()
-        extra = {"pid": os.getpid(), "started": self.started, "location": location}
         self.client_file = os.path.join(folder, CLIENT_FILE)
         self.engine_file = os.path.join(folder, ENGINE_FILE)
+        self._write_connection_files(location or socket.gethostname(), engine_keys, client_keys)
+        make_launcher = LocalEngines if launcher is None else launcher
+        self.launcher = make_launcher(self.engine_file, folder, self.engine_log_level)
+        self._failed_launches: set[str] = set()  # reported already
+
+    def _write_connection_files(
+        self, location: str, engine_keys: CurveKeys | None, client_keys: CurveKeys | None
+    ) -> None:
+        """``hub-engine.json`` and ``hub-client.json`` (0600): what each peer needs."""
+        urls = self.urls
+        # The urls are as bound; a peer turns a wildcard host (``--ip 0.0.0.0``) into
+        # loopback on this host, or into ``location`` elsewhere: disambiguate_url.
+        shared: dict[str, object] = {"location": location}
+        if engine_keys is not None and client_keys is not None:
+            # Engines serve their own sockets with the engines' keypair, to the holders
+            # of either keypair: each side learns the other's public key, no more.
+            shared["curve_peers"] = {
+                "engine": engine_keys.client_public.decode("ascii"),
+                "client": client_keys.client_public.decode("ascii"),
+            }
+        extra = {"pid": os.getpid(), "started": self.started, **shared}
         engine_urls = {k: urls[k] for k in ("shell", "control", "heartbeat", "log")}
-        engine_info = ConnectionInfo(engine_urls, self.key, extra={"location": location})
+        engine_info = ConnectionInfo(engine_urls, self.key, curve=engine_keys, extra=shared)
         write_connection_file(self.engine_file, engine_info)
-        self.local = LocalEngines(self.engine_file, self.engine_log_level)
         client_urls = {"client": urls["client"], "beat": urls["beat"]}
-        client_info = ConnectionInfo(client_urls, self.key, extra=extra)
+        client_info = ConnectionInfo(client_urls, self.key, curve=client_keys, extra=extra)
         write_connection_file(self.client_file, client_info)
 
     def _bind(self, url: str, insecure: bool) -> dict[str, str]:
@@ -301,6 +344,8 @@ class Hub:
                 sock.linger = 0
                 sock.router_mandatory = True  # a send to a gone peer fails, never vanishes
                 sock.sndhwm = 0  # never block the hub on a slow reader, never drop
+                if self.curve is not None:
+                    self.curve.configure(sock)
                 self.sockets[name] = sock
                 urls[name] = bind(sock, url, insecure=insecure)
             # Engines' log records: unsigned, so bounded before they are read at all.
@@ -309,11 +354,15 @@ class Hub:
             sub.maxmsgsize = LOG_FRAME_BYTES
             set_hwm(sub, LOG_HWM)
             sub.subscribe(b"")
+            if self.curve is not None:
+                self.curve.configure(sub)
             self.sockets["log"] = sub
             urls["log"] = bind(sub, url, insecure=insecure)
         except (InsecureBindError, zmq.ZMQError):
             for sock in self.sockets.values():
                 sock.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop()
             self.context.term()
             raise
         return urls
@@ -326,8 +375,14 @@ class Hub:
 
     # -- engines this hub starts --------------------------------------------------------
     def launch(self, n: int) -> list[int]:
-        """Start ``n`` local engine processes; returns their pids (they register later)."""
-        return self.local.start(n)
+        """Start ``n`` engines with the launcher; returns the pids of the local processes
+        that carry them (the engines, or the ssh or mpiexec commands; they register
+        later)."""
+        if n <= 0:
+            return []
+        launches = self.launcher.start(n, self.next_id)
+        log.info("started %d engines: %s", n, self.launcher.describe())
+        return [launch.proc.pid for launch in launches if launch.proc is not None]
 
     # -- main loop ----------------------------------------------------------------------
     def serve(self) -> int:
@@ -769,8 +824,14 @@ class Hub:
         if ident in self.by_ident or ident in self.dead:
             reply = {"status": "error", "evalue": f"identity {ident!r} is already taken"}
         else:
-            engine_id = self.next_id
-            self.next_id += 1  # ids are never reused within a hub's life
+            wanted = content.get("requested_id")
+            if isinstance(wanted, int) and wanted >= 0 and wanted not in self.ids_used:
+                engine_id = wanted  # an MPI rank: ids = ranks
+            else:
+                engine_id = self.next_id
+            self.ids_used.add(engine_id)  # ids are never reused within a hub's life
+            while self.next_id in self.ids_used:
+                self.next_id += 1
             pid = content.get("pid", 0)
             engine = _Engine(
                 engine_id,
@@ -778,7 +839,9 @@ class Hub:
                 pid if isinstance(pid, int) else 0,
                 str(content.get("hostname", "")),
             )
-            engine.proc = self.local.process(engine.pid)
+            engine.launch = self.launcher.get(content.get("launch_id"))
+            if engine.launch is not None:
+                engine.launch.pids.append(engine.pid)
             url = content.get("direct_url")
             engine.direct_url = url if isinstance(url, str) else None
             self.engines[engine_id] = engine
@@ -814,14 +877,16 @@ class Hub:
                 self._engine_lost(engine, f"it did not answer heartbeats for {silent:.1f} s")
             elif engine.ident in heart.unreachable:
                 # Its process is ending (the kernel closed its sockets): say how, if ours.
-                if engine.proc is not None and engine.proc.poll() is not None:
+                ended = engine.launch is not None and self.launcher.poll(engine.launch)
+                if ended:
                     self._check_children()
-                elif engine.proc is None or silent > self.period * 3:
+                elif engine.launch is None or silent > self.period * 3:
                     self._engine_lost(engine, "its heartbeat connection is gone")
         for client, heard in list(self.clients.items()):
             if now - heard > self.client_timeout:
                 self._client_gone(client, f"silent for {now - heard:.1f} s")
-        self.local.reap(e.pid for e in self.engines.values())
+        self._check_launches()
+        self.launcher.reap(e.launch for e in self.engines.values() if e.launch is not None)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.error("the process that started the hub is gone: shutting down")
             self._stopping = True
@@ -836,11 +901,29 @@ class Hub:
             self._tell_engine(engine, MsgType.RELEASE_REQUEST, {"owner": owner})
 
     def _check_children(self) -> None:
-        """Engines this hub started whose process ended are lost, with the cause."""
+        """Engines this hub started whose launch ended are lost, with the cause."""
         for engine in list(self.engines.values()):
-            cause = None if engine.proc is None else exit_cause(engine.proc)
+            cause = None if engine.launch is None else self.launcher.poll(engine.launch)
             if cause is not None:
                 self._engine_lost(engine, cause)
+
+    def _check_launches(self) -> None:
+        """Say once, in the log, which launch ended before any engine of it registered
+        (ssh could not connect, the job failed), with what it printed."""
+        for launch in list(self.launcher.launches.values()):
+            cause = self.launcher.poll(launch)
+            if cause is None or launch.pids or launch.launch_id in self._failed_launches:
+                continue
+            self._failed_launches.add(launch.launch_id)
+            output = self.launcher.logs(launch)
+            log.warning(
+                "%s (%d engines on %s) ended before its engines registered: %s%s",
+                launch.launch_id,
+                launch.n,
+                launch.host,
+                cause,
+                f"; it printed:\n{output}" if output else "",
+            )
 
     def _engine_lost(self, engine: _Engine, cause: str, *, kill: bool = True) -> None:
         if self.engines.pop(engine.id, None) is None:
@@ -850,10 +933,10 @@ class Hub:
         self.heart.forget(engine.ident)
         self.dead.add(engine.ident)
         log.warning("engine %d is lost: %s", engine.id, cause)
-        if kill and engine.proc is not None:
+        if kill and engine.launch is not None:
             # Ours, and declared dead (e.g. SIGSTOPped): it must go. Reaped by _beat (and
             # SIGCHLD wakes it), never waited for here: the routing thread goes on.
-            self.local.kill(engine.proc)
+            self.launcher.signal(engine.launch, signal.SIGKILL, engine.pid)
         note = {"engine_id": engine.id, "cause": cause}
         for client in list(self.clients):  # first: a client that sees the error knows it
             self._send_hub_msg(client, MsgType.ENGINE_UNREGISTERED, note)
@@ -977,10 +1060,15 @@ class Hub:
                 self.sessions["control"].send(
                     MsgType.SHUTDOWN_REQUEST, {}, identities=[engine.ident]
                 )
-        self.local.stop(grace)
+        self.launcher.stop(grace)
         note = {"cause": "the hub shut down"}
         for client in list(self.clients):
             self._send_hub_msg(client, MsgType.HUB_SHUTDOWN, note)
+
+    def close(self) -> None:
+        """End a hub that will not serve: the engines launched so far, then the sockets."""
+        self.launcher.stop(0.0)
+        self._close()
 
     def _close(self) -> None:
         if self.store is not None:
@@ -993,4 +1081,6 @@ class Hub:
                 os.unlink(path)
         for sock in self.sockets.values():
             sock.close(linger=50)  # the hub_shutdown notices, local and small
+        if self.curve is not None:
+            self.curve.stop()  # after the sockets: without it, libzmq would admit anyone
         self.context.term()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -13,6 +15,9 @@ from shoal.wire import InsecureBindError
 
 from .._profile import ENGINES_LOG, profile_dir
 from .hub import Hub
+from .launchers import EngineLauncher, LocalEngines, SSHEngines, parse_hosts
+
+MakeLauncher = Callable[[str, str, str], EngineLauncher]
 
 __all__ = ["main"]
 
@@ -23,7 +28,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="shoal-hub",
         description="run a shoal hub: engines register with it, clients reach them through it",
     )
-    parser.add_argument("-n", "--engines", type=int, default=0, help="local engines to start")
+    parser.add_argument(
+        "-n", type=int, default=None, help="engines to start (ssh: the --hosts' counts)"
+    )
+    launch = parser.add_argument_group("engines", "where the hub starts its engines")
+    launch.add_argument(
+        "--engines",
+        default="local",
+        metavar="{local,ssh,mpi,slurm}",
+        help="the launcher (default: local processes)",
+    )
+    launch.add_argument("--hosts", default=None, help="ssh: HOST:COUNT,... e.g. nodeA:2,nodeB:4")
+    launch.add_argument(
+        "--ssh", default="ssh", help='ssh: the ssh command, e.g. "ssh -F my_config"'
+    )
+    launch.add_argument(
+        "--remote-python", default=None, help="ssh: the remote python (default: this one's path)"
+    )
+    launch.add_argument(
+        "--shared-dir",
+        action="store_true",
+        help="ssh: the hosts see the profile folder at the same path (no copy)",
+    )
     parser.add_argument("--profile", default="default")
     parser.add_argument("--profile-dir", default=None, help="overrides --profile")
     parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (loopback)")
@@ -31,6 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--insecure",
         action="store_true",
         help="allow a non-loopback --ip without encryption (a trusted network only)",
+    )
+    parser.add_argument(
+        "--curve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encrypt and authenticate with CurveZMQ (default: on for any --ip but loopback)",
+    )
+    parser.add_argument(
+        "--location",
+        default=None,
+        help="the address peers dial when --ip is a wildcard (default: this host's name)",
     )
     parser.add_argument("--hwm", type=int, default=2, help="tasks queued per engine")
     parser.add_argument("--period", type=float, default=0.2, help="heartbeat period, s")
@@ -58,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--store", choices=["sqlite"], default=None, help="keep task history on disk"
     )
     args = parser.parse_args(argv)
+    if args.engines.isdigit():  # the old spelling: `--engines 4` for `-n 4`
+        args.n, args.engines = int(args.engines), "local"
+    try:
+        make_launcher, n = _launcher(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     local_logger("", args.log_level)  # timestamped lines on stderr (the launcher's hub.log)
     folder = args.profile_dir or profile_dir(args.profile)
     try:
@@ -73,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_timeout=args.client_timeout,
             insecure=args.insecure,
             allowed_failures=args.allowed_failures,
+            curve=args.curve,
+            location=args.location,
+            launcher=make_launcher,
         )
     except InsecureBindError as exc:  # the same rule as Hub(ip=...): one place decides
         parser.error(f"--ip {args.ip}: {exc}; pass --insecure to allow it on a trusted network")
@@ -80,9 +126,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--ip {args.ip}: cannot bind there: {exc}")
     except ValueError as exc:  # a malformed --ip, or --hwm, --allowed-failures, ...
         parser.error(str(exc))
-    hub.launch(args.engines)
+    try:
+        hub.launch(n)
+    except (OSError, RuntimeError) as exc:  # ssh could not reach a host, ...
+        print(f"shoal hub: cannot start the engines: {exc}", file=sys.stderr)
+        hub.close()
+        return 1
     print(f"shoal hub ready: {hub.client_file}", flush=True)  # launchers wait for this line
     return hub.serve()
+
+
+def _launcher(args: argparse.Namespace) -> tuple[MakeLauncher, int]:
+    """The launcher ``--engines`` names, with its options, and how many engines to start."""
+    kind = args.engines
+    if kind == "local":
+        return LocalEngines, 0 if args.n is None else args.n
+    if kind == "ssh":
+        if not args.hosts:
+            raise ValueError("--engines ssh needs --hosts, e.g. --hosts nodeA:2,nodeB:4")
+        hosts = parse_hosts(args.hosts)
+        ssh = shlex.split(args.ssh)
+        if not ssh:
+            raise ValueError("--ssh is empty; give the ssh command, e.g. --ssh ssh")
+        make = functools.partial(
+            SSHEngines,
+            hosts=hosts,
+            ssh=ssh,
+            python=args.remote_python or sys.executable,
+            shared_dir=args.shared_dir,
+        )
+        return make, sum(hosts.values()) if args.n is None else args.n
+    raise ValueError(f"--engines {kind!r}: the launchers are local, ssh, mpi and slurm")
 
 
 def _log_level(text: str) -> int:
