@@ -8,6 +8,7 @@ magics' own options change that.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
     from .._client.views import DirectView
 
 __all__ = ["ParallelMagics", "load_ipython_extension"]
+
+
+# An option of %px at the start of a line: the code follows it.
+_LEADING_OPTION = re.compile(
+    r"\s*(?:(?:--targets|-t|--group-outputs)(?:\s+|=)\S+|--block|--noblock)(?=\s|$)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +66,13 @@ class ParallelMagics(Magics):
         return client[ids]
 
     def _parse(self, line: str) -> tuple[argparse.Namespace, str]:
-        args, rest = _parser().parse_known_args(shlex.split(line))
-        return args, " ".join(rest)
+        """The options at the start of ``line``, and the code after them, verbatim (its
+        quotes are Python's, not the shell's)."""
+        argv, pos = [], 0
+        while match := _LEADING_OPTION.match(line, pos):
+            argv.extend(shlex.split(match.group(0)))
+            pos = match.end()
+        return _parser().parse_args(argv), line[pos:].strip()
 
     @line_cell_magic
     def px(self, line: str, cell: str | None = None) -> AsyncResult[list[object]] | None:
