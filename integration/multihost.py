@@ -158,7 +158,24 @@ def capture(network: str, path: Path) -> Iterator[Path]:
     err = path.with_suffix(".err")
     with open(err, "wb") as errors:
         proc = subprocess.Popen(
-            ["tcpdump", "-i", "any", "-U", "-n", "-s", "0", "-w", str(path), "net", network],
+            # --immediate-mode: no packet waits in a buffer a SIGINT would lose; -Z root: write
+            # the file as root (Debian's AppArmor profile wants it to end in .pcap).
+            [
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+                str(path),
+                "net",
+                network,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import zmq
 
@@ -15,9 +13,7 @@ from shoal.wire import InsecureBindError
 
 from .._profile import ENGINES_LOG, profile_dir
 from .hub import Hub
-from .launchers import EngineLauncher, LocalEngines, SSHEngines, parse_hosts
-
-MakeLauncher = Callable[[str, str, str], EngineLauncher]
+from .launchers import LAUNCHERS, MakeLauncher
 
 __all__ = ["main"]
 
@@ -35,21 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     launch.add_argument(
         "--engines",
         default="local",
-        metavar="{local,ssh,mpi,slurm}",
+        metavar="{" + ",".join(LAUNCHERS) + "}",
         help="the launcher (default: local processes)",
     )
-    launch.add_argument("--hosts", default=None, help="ssh: HOST:COUNT,... e.g. nodeA:2,nodeB:4")
-    launch.add_argument(
-        "--ssh", default="ssh", help='ssh: the ssh command, e.g. "ssh -F my_config"'
-    )
-    launch.add_argument(
-        "--remote-python", default=None, help="ssh: the remote python (default: this one's path)"
-    )
-    launch.add_argument(
-        "--shared-dir",
-        action="store_true",
-        help="ssh: the hosts see the profile folder at the same path (no copy)",
-    )
+    for launcher in LAUNCHERS.values():
+        launcher.add_arguments(launch)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--profile-dir", default=None, help="overrides --profile")
     parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (loopback)")
@@ -138,25 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _launcher(args: argparse.Namespace) -> tuple[MakeLauncher, int]:
     """The launcher ``--engines`` names, with its options, and how many engines to start."""
-    kind = args.engines
-    if kind == "local":
-        return LocalEngines, 0 if args.n is None else args.n
-    if kind == "ssh":
-        if not args.hosts:
-            raise ValueError("--engines ssh needs --hosts, e.g. --hosts nodeA:2,nodeB:4")
-        hosts = parse_hosts(args.hosts)
-        ssh = shlex.split(args.ssh)
-        if not ssh:
-            raise ValueError("--ssh is empty; give the ssh command, e.g. --ssh ssh")
-        make = functools.partial(
-            SSHEngines,
-            hosts=hosts,
-            ssh=ssh,
-            python=args.remote_python or sys.executable,
-            shared_dir=args.shared_dir,
-        )
-        return make, sum(hosts.values()) if args.n is None else args.n
-    raise ValueError(f"--engines {kind!r}: the launchers are local, ssh, mpi and slurm")
+    launcher = LAUNCHERS.get(args.engines)
+    if launcher is None:
+        raise ValueError(f"--engines {args.engines!r}: the launchers are {', '.join(LAUNCHERS)}")
+    return launcher.from_arguments(args)
 
 
 def _log_level(text: str) -> int:

@@ -16,6 +16,7 @@ state, ``signal`` and ``start`` start processes and do not wait for them, and on
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -25,10 +26,10 @@ import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
-__all__ = ["EngineLauncher", "Launch", "engine_command", "exit_cause", "tail"]
+__all__ = ["EngineLauncher", "Launch", "MakeLauncher", "engine_command", "exit_cause", "tail"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -66,6 +67,18 @@ class EngineLauncher(ABC):
 
     #: The name ``--engines`` and ``Cluster(engines=...)`` know it by.
     kind: ClassVar[str]
+
+    # -- its command-line options (``python -m shoal.hub --engines KIND ...``) ----------
+    @classmethod  # noqa: B027 - a launcher may have no options
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this launcher's options to the hub's command line (prefixed or documented
+        as this launcher's: every launcher's options are in one group)."""
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> tuple[MakeLauncher, int]:
+        """The launcher the command line asks for, and how many engines to start first
+        (``args.n``, or this launcher's own default). ``ValueError`` names a bad option."""
+        return cls, 0 if args.n is None else args.n
 
     def __init__(self, engine_file: str, folder: str, log_level: str) -> None:
         self.engine_file = engine_file
@@ -139,6 +152,11 @@ class EngineLauncher(ABC):
         folder = os.path.join(self.folder, "launches")
         os.makedirs(folder, mode=0o700, exist_ok=True)
         return os.path.join(folder, f"{launch_id}.log")
+
+
+#: Makes a launcher from the engine connection file, the hub's folder and the engines'
+#: log level: a launcher class, or a ``functools.partial`` of one with its options.
+MakeLauncher = Callable[[str, str, str], EngineLauncher]
 
 
 def engine_command(

@@ -12,7 +12,9 @@ link is cut ends by itself when the hub's heartbeats stop.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -20,7 +22,7 @@ import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 
-from .base import PYTHON, EngineLauncher, Launch, engine_command
+from .base import PYTHON, EngineLauncher, Launch, MakeLauncher, engine_command
 
 __all__ = ["SSHEngines", "parse_hosts"]
 
@@ -82,13 +84,41 @@ class SSHEngines(EngineLauncher):
         self._folder_name = f".shoal/remote/{uuid.uuid4().hex[:12]}"
         self._helpers: list[subprocess.Popen[bytes]] = []  # kill commands, reaped later
 
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--hosts", default=None, help="ssh: HOST:COUNT,... e.g. nodeA:2,nodeB:4")
+        group.add_argument(
+            "--ssh", default="ssh", help='ssh: the ssh command, e.g. "ssh -F my_config"'
+        )
+        group.add_argument(
+            "--remote-python", default=None, help="ssh: the remote python (default: this one's)"
+        )
+        group.add_argument(
+            "--shared-dir",
+            action="store_true",
+            help="ssh: the hosts see the profile folder at the same path (no copy)",
+        )
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> tuple[MakeLauncher, int]:
+        if not args.hosts:
+            raise ValueError("--engines ssh needs --hosts, e.g. --hosts nodeA:2,nodeB:4")
+        hosts = parse_hosts(args.hosts)
+        ssh = shlex.split(args.ssh)
+        if not ssh:
+            raise ValueError("--ssh is empty; give the ssh command, e.g. --ssh ssh")
+        make = functools.partial(
+            cls,
+            hosts=hosts,
+            ssh=ssh,
+            python=args.remote_python or PYTHON,
+            shared_dir=args.shared_dir,
+        )
+        return make, sum(hosts.values()) if args.n is None else args.n
+
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{n}" for h, n in self.hosts.items())
         return f"ssh to {hosts} ({shlex.join(self.ssh)})"
-
-    def initial(self) -> int:
-        """How many engines the hosts were given."""
-        return sum(self.hosts.values())
 
     def start(self, n: int, first_id: int) -> list[Launch]:
         launches = []
