@@ -470,26 +470,57 @@ def test_requests_that_waited_behind_a_flood_still_run(tmp_path: Path, hub: Clus
         assert rc.hub_statistics()["shell"]["dropped"] == {}
 
 
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what the hub must refuse without insecure=True
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - refused without Curve unless insecure=True
 
 
-def test_hub_refuses_all_interfaces_without_insecure(tmp_path: Path) -> None:
-    """``Hub(ip="0.0.0.0")`` is refused like the command line refuses it."""
+def test_hub_refuses_all_interfaces_without_curve_or_insecure(tmp_path: Path) -> None:
+    """``Hub(ip="0.0.0.0", curve=False)`` is refused like the command line refuses it."""
     made: list[Hub] = []
     try:
         with pytest.raises(InsecureBindError, match=r"(?i)insecure"):
-            made.append(Hub(str(tmp_path / "hub"), ip=ALL_INTERFACES))
+            made.append(Hub(str(tmp_path / "hub"), ip=ALL_INTERFACES, curve=False))
     finally:
         for bound in made:  # it bound: close its sockets before failing
-            for sock in bound.sockets.values():
-                sock.close(linger=0)
-            bound.context.term()
+            bound.close()
+
+
+def test_hub_on_all_interfaces_turns_curve_on(tmp_path: Path) -> None:
+    """Beyond loopback, every connection file carries Curve keys, and each admits its
+    holder only: the engines' and the clients' keypairs differ, the hub's secret stays."""
+    hub = Hub(str(tmp_path / "hub"), ip=ALL_INTERFACES)
+    try:
+        assert hub.curve is not None
+        engine = read_connection_file(hub.engine_file)
+        client = read_connection_file(hub.client_file)
+        assert engine.curve is not None
+        assert client.curve is not None
+        assert engine.curve.server_public == client.curve.server_public == hub.curve.public_key
+        assert engine.curve.client_public != client.curve.client_public
+        assert hub.curve.allowed == {engine.curve.client_public, client.curve.client_public}
+        for path in (hub.engine_file, hub.client_file):
+            text = Path(path).read_text()
+            assert hub.curve.secret_key.decode() not in text
+            assert os.stat(path).st_mode & 0o777 == 0o600
+        assert engine.curve.client_secret.decode() not in Path(hub.client_file).read_text()
+        assert client.curve.client_secret.decode() not in Path(hub.engine_file).read_text()
+    finally:
+        hub.close()
 
 
 def test_cli_refusal_names_insecure(tmp_path: Path) -> None:
-    """``shoal hub --ip 0.0.0.0`` exits non-zero and says how to allow it: ``--insecure``."""
+    """``shoal hub --ip 0.0.0.0 --no-curve`` exits non-zero and says how to allow it:
+    ``--insecure``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.hub", "--ip", ALL_INTERFACES, "--profile-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "shoal.hub",
+            "--ip",
+            ALL_INTERFACES,
+            "--no-curve",
+            "--profile-dir",
+            str(tmp_path),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -503,6 +534,26 @@ def test_cli_refusal_names_insecure(tmp_path: Path) -> None:
     text = out.decode(errors="replace")
     assert proc.returncode != 0, text
     assert "--insecure" in text, text
+
+
+def test_a_client_on_loopback_with_curve_reaches_engines_directly(
+    tmp_path: Path, hub: ClusterStarter
+) -> None:
+    """``--curve`` on loopback: tasks run, and the engines' own sockets (Curve servers
+    with the engines' keypair) take the client's requests directly."""
+    with hub(tmp_path, 2, "--curve") as (_, rc):
+        assert read_connection_file(rc.url_file).curve is not None
+        assert rc[:].apply_sync(os.getpid) == [e["pid"] for e in rc._engines.values()]  # noqa: SLF001
+        wait_until(lambda: rc.direct_url(rc.ids[0]) is not None and _direct_open(rc), timeout=30)
+        before = rc.hub_statistics()["shell"]["received"]
+        for _ in range(20):
+            rc[0].apply_sync(os.getpid)
+        assert rc.hub_statistics()["shell"]["received"] == before  # none went through the hub
+
+
+def _direct_open(rc: Client) -> bool:
+    rc[0].apply_sync(os.getpid)
+    return bool(rc._transport._direct_senders)  # noqa: SLF001 - the engine answered its ping
 
 
 # -- fuzz of the hub's receive path -------------------------------------------------------

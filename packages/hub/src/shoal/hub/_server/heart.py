@@ -47,6 +47,9 @@ class Heart(threading.Thread):
         self.unreachable.discard(ident)
 
     def stop(self) -> None:
+        if self.ident is None:  # it never ran: close its socket
+            self.sock.close(linger=0)
+            return
         self._halt.set()
         self.join(timeout=5 * self.period + 1)
 

@@ -1066,8 +1066,11 @@ class Hub:
             self._send_hub_msg(client, MsgType.HUB_SHUTDOWN, note)
 
     def close(self) -> None:
-        """End a hub that will not serve: the engines launched so far, then the sockets."""
+        """End a hub that never served: the engines launched so far, then the sockets
+        (those of the heart and the log thread too, which never ran)."""
         self.launcher.stop(0.0)
+        self.heart.stop()
+        self.log_sink.stop()
         self._close()
 
     def _close(self) -> None:

@@ -116,6 +116,10 @@ class LogSink(threading.Thread):
         return os.fdopen(fd, "ab")
 
     def stop(self) -> None:
+        if self.ident is None:  # it never ran: close what it holds
+            self.sock.close(linger=0)
+            self._file.close()
+            return
         self._halt.set()
         self.join(timeout=5)
 
