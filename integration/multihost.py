@@ -37,6 +37,7 @@ class Hosts:
     ssh_config: str
     hub_netns: str
     hub_ip: str
+    root_ip: str  # this namespace's address on the bridge
     engine_hosts: dict[str, str]  # ssh name -> address
 
     @property
@@ -59,6 +60,7 @@ def require_hosts() -> Hosts:
         ssh_config=doc["ssh_config"],
         hub_netns=hosts["hub"]["netns"],
         hub_ip=hosts["hub"]["ip"],
+        root_ip=doc["root_ip"],
         engine_hosts={h["ssh"]: h["ip"] for name, h in hosts.items() if name != "hub"},
     )
 

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from multihost import Hosts, NetnsHub, capture, require_hosts
+from multihost import Hosts, NetnsHub, capture, processes_with, require_hosts
 
 import shoal.arrays as sa
-from shoal.hub import Client, scatter
+from shoal.hub import Client, Cluster, scatter
+from shoal.hub.testing import wait_until
 from shoal.wire import CurveKeys, configure_curve_client, curve_keypair
 
 pytestmark = pytest.mark.timeout(300)
@@ -133,6 +134,44 @@ def test_px_magic_runs_on_every_host(rc: Client, capsys: pytest.CaptureFixture[s
         assert "on nodeb" in out
     finally:
         interactiveshell.InteractiveShell.clear_instance()
+
+
+def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    """``Cluster(engines="ssh")`` from this namespace (the hub on the bridge's address)."""
+    cluster = Cluster(
+        engines="ssh",
+        hosts={"nodea": 1, "nodeb": 1},
+        ssh=["ssh", "-F", hosts.ssh_config],
+        ip=hosts.root_ip,
+        profile_dir=str(tmp_path / "profile"),
+    )
+    assert cluster.n == 2
+    with cluster as rc:
+        lview = rc.load_balanced_view()
+        lview.retries = 1  # a task on the engine removed below may run again
+
+        def slow(x: int) -> tuple[int, str]:
+            import socket  # noqa: PLC0415 - runs on the engine
+            import time  # noqa: PLC0415
+
+            time.sleep(0.05)
+            return x * x, socket.gethostname()
+
+        running = lview.map_async(slow, range(60))
+        added = cluster.add_engines(2)
+        assert len(added) == 2
+        ids = rc.wait_for_engines(4, timeout=60)
+        names = dict(zip(ids, rc[ids].apply_sync(socket.gethostname), strict=True))
+        assert sorted(names.values()) == ["nodea", "nodea", "nodeb", "nodeb"]
+        assert cluster.remove_engines([ids[0]]) == [ids[0]]
+        results = running.get(120)
+        assert [r[0] for r in results] == [x * x for x in range(60)]
+        wait_until(lambda: len(rc.ids) == 3, timeout=30)
+        launches = [p.stem for p in (tmp_path / "profile" / "launches").glob("*.log")]
+    assert len(launches) == 4
+    wait_until(lambda: not processes_with(launches), timeout=30)
 
 
 # -- who may connect ---------------------------------------------------------------------

@@ -82,15 +82,34 @@ def _connect(folder: str, name: str, option: str, timeout: float) -> Client:
 
 
 # -- shoal cluster start --------------------------------------------------------------------
+def _hosts_count(hub_args: Sequence[str]) -> int | None:
+    """The engines ``--hosts nodeA:2,nodeB:4`` asks for (None: no --hosts)."""
+    for i, word in enumerate(hub_args):
+        value = hub_args[i + 1] if word == "--hosts" and i + 1 < len(hub_args) else None
+        if word.startswith("--hosts="):
+            value = word.partition("=")[2]
+        if value is not None:
+            parts = [p.partition(":") for p in value.split(",") if p]
+            return sum(int(c) if c.isdigit() else 1 for _, _, c in parts)
+    return None
+
+
 def _cluster_start(args: argparse.Namespace) -> int:
     name, folder, option = _folder(args)
+    engines, n = args.engines, args.n
+    if engines.isdigit():  # `--engines 4`, the old spelling of `-n 4`
+        engines, n = "local", int(engines)
+    if n is None and engines == "ssh":
+        n = _hosts_count(args.hub_args)
     cluster = Cluster(
-        args.n,
+        n,
         profile=args.profile,
         profile_dir=args.profile_dir,
         hwm=args.hwm,
         log_level=args.log_level,
         daemonize=args.daemonize,
+        engines=engines,
+        hub_args=args.hub_args,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -396,9 +415,21 @@ def _parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="start, stop or list clusters")
     actions = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    start = actions.add_parser("start", help="start a hub and its local engines")
+    start = actions.add_parser(
+        "start",
+        help="start a hub and its engines",
+        description=(
+            "Start a hub and its engines. Options of the hub itself (`shoal hub --help`:"
+            " --hosts, --ssh, --mpiexec, --partition, --ip, ...) are passed on to it."
+        ),
+    )
     start.add_argument(
-        "-n", "--engines", dest="n", type=int, default=None, help="engines (default: cores)"
+        "-n", dest="n", type=int, default=None, help="engines (default: cores; ssh: --hosts)"
+    )
+    start.add_argument(
+        "--engines",
+        default="local",
+        help="where: local (default), ssh, mpi or slurm (or a number: -n's old spelling)",
     )
     _add_profile(start)
     start.add_argument(
@@ -472,7 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exit_code(exc)
     parser = _parser()
     try:
-        args = parser.parse_args(args_list)
+        # `cluster start` passes what it does not know on to the hub, which checks it.
+        args, rest = parser.parse_known_args(args_list)
+        if rest and getattr(args, "run", None) is not _cluster_start:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.hub_args = rest
     except SystemExit as exc:
         return _exit_code(exc)
     for option in ("n", "lines"):

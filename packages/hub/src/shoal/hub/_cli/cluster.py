@@ -31,12 +31,13 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._client.client import Client
 from .._profile import CLIENT_FILE, ENGINE_FILE
@@ -119,12 +120,39 @@ def log_tail(path: str, lines: int = 20) -> str:
 
 
 class Cluster:
-    """A hub and ``n`` local engines, started and stopped from Python (ipyparallel's Cluster).
+    """A hub and ``n`` engines, started and stopped from Python (ipyparallel's Cluster).
 
     Parameters
     ----------
     n : int, optional
-        Engines to start; default: ``os.cpu_count()``.
+        Engines to start; default: ``os.cpu_count()`` (ssh: the ``hosts``' counts).
+    engines : {"local", "ssh", "mpi", "slurm"}
+        Where the engines run: processes of this host (the default), other hosts over
+        ssh, an ``mpiexec``, or a Slurm batch job. The hub starts them, and
+        :meth:`add_engines` adds more the same way.
+    hosts : mapping of str to int, or str
+        ssh: host -> engines, e.g. ``{"nodeA": 2, "nodeB": 4}`` (or ``"nodeA:2,nodeB:4"``).
+    ssh : sequence of str, or str
+        ssh: the ssh command, e.g. ``["ssh", "-F", "my_config"]``; default ``ssh``.
+    remote_python : str, optional
+        ssh: the engines' Python on the hosts; default: this interpreter's path.
+    shared_dir : bool
+        ssh: the hosts see the profile folder at the same path, so nothing is copied.
+    mpiexec : sequence of str, or str, optional
+        mpi: the ``mpiexec`` command and its options; default ``mpiexec``.
+    partition, account, time : str, optional
+        slurm: the job's partition, account and time limit (``"00:30:00"``).
+    slurm_template : str, optional
+        slurm: a file with the batch script to submit instead of shoal's.
+    ip : str, optional
+        The address the hub binds (default loopback). Any other turns on CurveZMQ for
+        every connection, unless ``insecure``.
+    location : str, optional
+        What engines and clients dial when ``ip`` is a wildcard (``"0.0.0.0"``).
+    curve : bool, optional
+        Force CurveZMQ on (even on loopback) or off (beyond loopback, with ``insecure``).
+    insecure : bool
+        Allow a non-loopback ``ip`` without encryption (a trusted network only).
     profile : str
         The profile: the hub's files go to ``~/.shoal/profile_<profile>/`` (or under
         ``$SHOAL_DIR``), where :class:`Client` ``(profile=...)`` finds them.
@@ -170,7 +198,36 @@ class Cluster:
         log_level: str = "WARNING",
         daemonize: bool = False,
         hub_args: Sequence[str] = (),
+        engines: str = "local",
+        hosts: Mapping[str, int] | str | None = None,
+        ssh: Sequence[str] | str | None = None,
+        remote_python: str | None = None,
+        shared_dir: bool = False,
+        mpiexec: Sequence[str] | str | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        time: str | None = None,
+        slurm_template: str | None = None,
+        ip: str | None = None,
+        location: str | None = None,
+        curve: bool | None = None,
+        insecure: bool = False,
     ) -> None:
+        self.engines = engines
+        self.launch_args = _launch_args(
+            engines,
+            hosts=hosts,
+            ssh=ssh,
+            remote_python=remote_python,
+            shared_dir=shared_dir,
+            mpiexec=mpiexec,
+            partition=partition,
+            account=account,
+            time=time,
+            slurm_template=slurm_template,
+        ) + _network_args(ip=ip, location=location, curve=curve, insecure=insecure)
+        if n is None and engines == "ssh" and hosts is not None:
+            n = sum(_hosts_dict(hosts).values())
         if n is None:
             n = os.cpu_count() or 1
         if n < 0:
@@ -288,6 +345,7 @@ class Cluster:
             cmd += ["--allowed-failures", str(self.allowed_failures)]
         if not self.daemonize:
             cmd += ["--parent-pid", str(os.getpid())]
+        cmd += self.launch_args
         cmd += self.hub_args
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -480,6 +538,95 @@ class Cluster:
 
 
 _started: set[Cluster] = set()  # clusters to stop when this process exits
+
+
+def _hosts_dict(hosts: Mapping[str, int] | str) -> dict[str, int]:
+    if isinstance(hosts, str):
+        found: dict[str, int] = {}
+        for part in hosts.split(","):
+            name, _, count = part.strip().partition(":")
+            found[name] = found.get(name, 0) + (int(count) if count.isdigit() else 1)
+        return found
+    return dict(hosts)
+
+
+def _words(command: Sequence[str] | str) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def _launch_args(
+    engines: str,
+    *,
+    hosts: Mapping[str, int] | str | None,
+    ssh: Sequence[str] | str | None,
+    remote_python: str | None,
+    shared_dir: bool,
+    mpiexec: Sequence[str] | str | None,
+    partition: str | None,
+    account: str | None,
+    time: str | None,
+    slurm_template: str | None,
+) -> list[str]:
+    """The hub's command-line words for the launcher options; an option given for
+    another launcher than ``engines`` is refused (it would do nothing)."""
+    given: dict[str, dict[str, object]] = {
+        "ssh": {
+            "hosts": hosts,
+            "ssh": ssh,
+            "remote_python": remote_python,
+            "shared_dir": shared_dir,
+        },
+        "mpi": {"mpiexec": mpiexec},
+        "slurm": {
+            "partition": partition,
+            "account": account,
+            "time": time,
+            "slurm_template": slurm_template,
+        },
+    }
+    for kind, options in given.items():
+        stray = [name for name, value in options.items() if value not in (None, False)]
+        if stray and kind != engines:
+            raise ValueError(
+                f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for"
+                f" engines={kind!r}, not engines={engines!r}"
+            )
+    args = ["--engines", engines]
+    if engines == "ssh":
+        if hosts is None:
+            raise ValueError('engines="ssh" needs hosts, e.g. hosts={"nodeA": 2, "nodeB": 4}')
+        args += ["--hosts", ",".join(f"{h}:{c}" for h, c in _hosts_dict(hosts).items())]
+        if ssh is not None:
+            args += ["--ssh", _words(ssh)]
+        if remote_python is not None:
+            args += ["--remote-python", remote_python]
+        if shared_dir:
+            args.append("--shared-dir")
+    if mpiexec is not None:
+        args += ["--mpiexec", _words(mpiexec)]
+    for flag, value in (
+        ("--partition", partition),
+        ("--account", account),
+        ("--time", time),
+        ("--slurm-template", slurm_template),
+    ):
+        if value is not None:
+            args += [flag, value]
+    return args
+
+
+def _network_args(
+    *, ip: str | None, location: str | None, curve: bool | None, insecure: bool
+) -> list[str]:
+    """The hub's command-line words for where it listens and how it is reached."""
+    args = [] if ip is None else ["--ip", ip]
+    if location is not None:
+        args += ["--location", location]
+    if curve is not None:
+        args.append("--curve" if curve else "--no-curve")
+    if insecure:
+        args.append("--insecure")
+    return args
 
 
 def _stop_all() -> None:
