@@ -136,9 +136,7 @@ def test_px_magic_runs_on_every_host(rc: Client, capsys: pytest.CaptureFixture[s
         interactiveshell.InteractiveShell.clear_instance()
 
 
-def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(
-    hosts: Hosts, tmp_path: Path
-) -> None:
+def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(hosts: Hosts, tmp_path: Path) -> None:
     """``Cluster(engines="ssh")`` from this namespace (the hub on the bridge's address)."""
     cluster = Cluster(
         engines="ssh",
@@ -153,8 +151,8 @@ def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(
         lview.retries = 1  # a task on the engine removed below may run again
 
         def slow(x: int) -> tuple[int, str]:
-            import socket  # noqa: PLC0415 - runs on the engine
-            import time  # noqa: PLC0415
+            import socket
+            import time
 
             time.sleep(0.05)
             return x * x, socket.gethostname()

@@ -543,7 +543,7 @@ def test_a_client_on_loopback_with_curve_reaches_engines_directly(
     with the engines' keypair) take the client's requests directly."""
     with hub(tmp_path, 2, "--curve") as (_, rc):
         assert read_connection_file(rc.url_file).curve is not None
-        assert rc[:].apply_sync(os.getpid) == [e["pid"] for e in rc._engines.values()]  # noqa: SLF001
+        assert rc[:].apply_sync(os.getpid) == [e["pid"] for e in rc._engines.values()]
         wait_until(lambda: rc.direct_url(rc.ids[0]) is not None and _direct_open(rc), timeout=30)
         before = rc.hub_statistics()["shell"]["received"]
         for _ in range(20):
@@ -553,7 +553,7 @@ def test_a_client_on_loopback_with_curve_reaches_engines_directly(
 
 def _direct_open(rc: Client) -> bool:
     rc[0].apply_sync(os.getpid)
-    return bool(rc._transport._direct_senders)  # noqa: SLF001 - the engine answered its ping
+    return bool(rc._transport._direct_senders)
 
 
 # -- fuzz of the hub's receive path -------------------------------------------------------
