@@ -39,6 +39,7 @@ class Hosts:
     hub_ip: str
     root_ip: str  # this namespace's address on the bridge
     engine_hosts: dict[str, str]  # ssh name -> address
+    veths: dict[str, str]  # ssh name -> this namespace's end of its link
 
     @property
     def ssh(self) -> str:
@@ -62,6 +63,7 @@ def require_hosts() -> Hosts:
         hub_ip=hosts["hub"]["ip"],
         root_ip=doc["root_ip"],
         engine_hosts={h["ssh"]: h["ip"] for name, h in hosts.items() if name != "hub"},
+        veths={h["ssh"]: h["veth"] for name, h in hosts.items() if name != "hub"},
     )
 
 
