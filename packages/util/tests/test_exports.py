@@ -29,6 +29,7 @@ EXPECTED = {
     "is_url",
     "local_logger",
     "log_errors",
+    "outbound_ip",
     "select_random_ports",
     "set_hwm",
     "signal_children",

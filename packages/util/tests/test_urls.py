@@ -13,6 +13,7 @@ from shoal.util import (
     disambiguate_ip_address,
     disambiguate_url,
     is_url,
+    outbound_ip,
     split_url,
     validate_url,
     validate_url_container,
@@ -254,3 +255,21 @@ def test_disambiguated_ipv6_url_is_connectable(
     push.connect(url)
     push.send(b"v6")
     assert recv(pull) == [b"v6"]
+
+
+def test_outbound_ip_is_the_address_on_the_route_to_a_host() -> None:
+    assert outbound_ip("127.0.0.1") == "127.0.0.1"
+    assert outbound_ip("localhost") == "127.0.0.1"
+    # A documentation address (RFC 5737): no packet is sent, the route is only looked up.
+    try:
+        found = outbound_ip("192.0.2.1")
+    except OSError:
+        pytest.skip("this machine has no route beyond loopback")
+    assert not found.startswith("127.")
+    with socket.socket() as s:
+        s.bind((found, 0))  # an address of this host's own
+
+
+def test_outbound_ip_names_what_it_cannot_reach() -> None:
+    with pytest.raises(OSError, match="cannot resolve host 'no-such-host.invalid'"):
+        outbound_ip("no-such-host.invalid")
