@@ -282,8 +282,8 @@ def test_a_link_down_for_10_s_is_noticed_on_both_sides_and_loses_nothing(
             lview.retries = 2
 
             def task(i: int, folder: str) -> int:
-                import socket  # noqa: PLC0415 - runs on the engine
-                import time  # noqa: PLC0415
+                import socket
+                import time
 
                 with open(f"{folder}/{i}", "a") as f:  # the hosts share /tmp
                     f.write(f"run {socket.gethostname()} {time.monotonic():.2f}\n")

@@ -271,5 +271,5 @@ def test_outbound_ip_is_the_address_on_the_route_to_a_host() -> None:
 
 
 def test_outbound_ip_names_what_it_cannot_reach() -> None:
-    with pytest.raises(OSError, match="cannot resolve host 'no-such-host.invalid'"):
+    with pytest.raises(OSError, match=r"cannot resolve host 'no-such-host\.invalid'"):
         outbound_ip("no-such-host.invalid")
