@@ -6,3 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from shoal.hub.testing import hub
+
+__all__ = ["hub"]

@@ -1,5 +1,7 @@
 """shoal.engine: the kernel that runs code and holds objects for a remote client."""
 
+from typing import TYPE_CHECKING
+
 from ._current import current_engine as current_engine
 from ._errors import EngineDiedError as EngineDiedError
 from ._errors import EngineError as EngineError
@@ -20,13 +22,21 @@ from ._protocol import MsgType as MsgType
 from ._protocol import known_requests as known_requests
 from ._protocol import reply_type as reply_type
 
+if TYPE_CHECKING:
+    from ._engine import main as main
 
-def __getattr__(name: str) -> str:
+
+def __getattr__(name: str) -> object:
     # Read on first use: importlib.metadata costs ~50 ms, paid by every engine's start.
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415
 
         return version("shoal-engine")
+    if name == "main":  # the engine process itself: clients never need it loaded
+        from ._engine import main  # noqa: PLC0415
+
+        main.__module__ = "shoal.engine"
+        return main
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -49,11 +59,14 @@ __all__ = [
     "RemoteError",
     "current_engine",
     "known_requests",
+    "main",
     "reply_type",
 ]
 
 # Tracebacks and pickles show the public path, not the private module.
 for _name in __all__:
+    if _name == "main":
+        continue  # loaded on first use
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("shoal.engine._"):
         _obj.__module__ = "shoal.engine"
