@@ -33,6 +33,9 @@ class Heart(threading.Thread):
         self.last: dict[bytes, float] = {}  # identity -> when it last echoed (monotonic)
         # identities the last ping could not be sent to (cleared by a later echo)
         self.unreachable: set[bytes] = set()
+        # identities that echoed at least once: only their unreachability means death (a
+        # new engine's heartbeat connection may come up after its registration)
+        self.echoed: set[bytes] = set()
         self._watched: dict[bytes, None] = {}
         self._halt = threading.Event()
         self._next_ping = 0.0
@@ -45,6 +48,7 @@ class Heart(threading.Thread):
         self._watched.pop(ident, None)
         self.last.pop(ident, None)
         self.unreachable.discard(ident)
+        self.echoed.discard(ident)
 
     def stop(self) -> None:
         if self.ident is None:  # it never ran: close its socket
@@ -94,6 +98,7 @@ class Heart(threading.Thread):
         if ident in self._watched:
             self.last[ident] = time.monotonic()
             self.unreachable.discard(ident)  # it answers: a failed ping was a start-up race
+            self.echoed.add(ident)
         return True
 
     def _ping_if_due(self) -> None:

@@ -875,7 +875,7 @@ class Hub:
             silent = now - heart.last.get(engine.ident, now)
             if silent > self.timeout:
                 self._engine_lost(engine, f"it did not answer heartbeats for {silent:.1f} s")
-            elif engine.ident in heart.unreachable:
+            elif engine.ident in heart.unreachable and engine.ident in heart.echoed:
                 # Its process is ending (the kernel closed its sockets): say how, if ours.
                 ended = engine.launch is not None and self.launcher.poll(engine.launch)
                 if ended:
