@@ -173,6 +173,24 @@ def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(hosts: Hosts, tmp_
     wait_until(lambda: not processes_with(launches), timeout=30)
 
 
+def test_a_host_ssh_cannot_reach_is_reported_with_ssh_s_error(hosts: Hosts, tmp_path: Path) -> None:
+    """One host has no sshd: waiting for the engines fails at once with ssh's own words,
+    instead of a timeout; the engine on the other host runs."""
+    cluster = Cluster(
+        engines="ssh",
+        hosts={"nodea": 1, hosts.hub_ip: 1},  # the hub's namespace runs no sshd
+        ssh=["ssh", "-F", hosts.ssh_config],
+        shared_dir=True,  # no scp: the failure is the engine's own ssh
+        ip=hosts.root_ip,
+        profile_dir=str(tmp_path / "profile"),
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"(?s)ended before they registered.*refused"):
+        cluster.start_and_connect(timeout=60)
+    assert time.monotonic() - started < 30
+    assert not cluster.running()
+
+
 # -- who may connect ---------------------------------------------------------------------
 def _client_file_with(cluster: NetnsHub, folder: Path, **curve: str) -> Path:
     doc = json.loads(cluster.client_file.read_text())

@@ -110,6 +110,7 @@ class MsgType(str, enum.Enum):
     ENGINE_REGISTERED = "engine_registered"
     ENGINE_UNREGISTERED = "engine_unregistered"
     NO_ENGINES = "no_engines"
+    LAUNCH_FAILED = "launch_failed"
     HUB_SHUTDOWN = "hub_shutdown"
     # the reply to a request of a type the receiver does not know (an error reply)
     ERROR_REPLY = "error_reply"

@@ -151,6 +151,9 @@ class Client:
         self._room = threading.Condition()  # signalled when replies make room
         self._engines: dict[int, dict[str, Any]] = {}
         self._engines_changed = threading.Condition()
+        #: What the hub's launcher started and ended before its engines registered
+        #: (``launch_failed`` notices): ``launch_id``, ``n``, ``host``, ``cause``, ``output``.
+        self.launch_failures: list[dict[str, object]] = []
         self._sent_to: dict[str, int] = {}  # msg_id -> the engine it went to directly
         # Reference count changes of remote objects: booked by proxies (also from
         # __del__), sent in batches by the reader.
@@ -202,13 +205,27 @@ class Client:
         ------
         TimeoutError
             When fewer than ``n`` engines registered within ``timeout`` seconds.
+        RuntimeError
+            When something the hub started to run engines (an ssh command, an mpiexec, a
+            Slurm job) ended before its engines registered, while fewer than ``n`` are:
+            the message says how it ended and what it printed (Slurm's reason, ssh's
+            error).
         """
         with self._engines_changed:
+            seen = len(self.launch_failures)
             ok = self._engines_changed.wait_for(
-                lambda: len(self._engines) >= n or self._lost is not None, timeout
+                lambda: len(self._engines) >= n
+                or self._lost is not None
+                or len(self.launch_failures) > seen,
+                timeout,
             )
             if self._lost is not None:
                 raise HubLost(self._lost)
+            if len(self._engines) < n and len(self.launch_failures) > seen:
+                failed = self.launch_failures[-1]
+                raise RuntimeError(
+                    f"{len(self._engines)} of {n} engines registered: {_failure(failed)}"
+                )
             if not ok:
                 raise TimeoutError(
                     f"{len(self._engines)} of {n} engines registered within {timeout} s"
@@ -640,6 +657,11 @@ class Client:
                 self._engines.pop(engine_id, None)
                 self._engines_changed.notify_all()
             self._close_direct(engine_id, str(content.get("cause", "unknown cause")))
+        elif kind == MsgType.LAUNCH_FAILED and isinstance(content, dict):
+            log.warning("%s", _failure(content))
+            with self._engines_changed:
+                self.launch_failures.append(dict(content))
+                self._engines_changed.notify_all()
         elif kind == MsgType.NO_ENGINES:
             log.warning(
                 "no engine is left in the cluster: %s task(s) wait for one; add engines"
@@ -674,6 +696,16 @@ class Client:
 
 
 _clients: list[weakref.ref[Client]] = []
+
+
+def _failure(note: Mapping[str, object]) -> str:
+    """A ``launch_failed`` notice, said."""
+    output = str(note.get("output") or "").strip()
+    said = f"; it printed:\n{output}" if output else ""
+    return (
+        f"the hub's launch {note.get('launch_id')} of {note.get('n')} engines on"
+        f" {note.get('host')} ended before they registered: {note.get('cause')}{said}"
+    )
 
 
 def _engine_keys(info: ConnectionInfo) -> CurveKeys | None:

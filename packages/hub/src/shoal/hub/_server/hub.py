@@ -916,6 +916,15 @@ class Hub:
                 continue
             self._failed_launches.add(launch.launch_id)
             output = self.launcher.logs(launch)
+            note = {
+                "launch_id": launch.launch_id,
+                "n": launch.n,
+                "host": launch.host,
+                "cause": cause,
+                "output": output,
+            }
+            for client in list(self.clients):
+                self._send_hub_msg(client, MsgType.LAUNCH_FAILED, note)
             log.warning(
                 "%s (%d engines on %s) ended before its engines registered: %s%s",
                 launch.launch_id,
