@@ -376,3 +376,49 @@ def test_cli_usage_errors(home: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["--help"]) == 0
     assert main(["hub", "--help"]) == 0
     assert "shoal-hub" in capsys.readouterr().out
+
+
+# -- launcher options -----------------------------------------------------------------------
+def test_launcher_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"hosts is for engines='ssh', not engines='local'"):
+        Cluster(hosts={"nodeA": 2}, profile_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"partition, time are for engines='slurm'"):
+        Cluster(
+            engines="ssh", hosts="a:1", partition="debug", time="1:00", profile_dir=str(tmp_path)
+        )
+    with pytest.raises(ValueError, match=r'engines="ssh" needs hosts'):
+        Cluster(engines="ssh", profile_dir=str(tmp_path))
+    cluster = Cluster(engines="ssh", hosts="nodeA:2,nodeB", ssh=["ssh", "-F", "my config"])
+    assert cluster.n == 3
+    assert cluster.launch_args == [
+        "--engines",
+        "ssh",
+        "--hosts",
+        "nodeA:2,nodeB:1",
+        "--ssh",
+        "ssh -F 'my config'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--engines", "nosuch"], "the launchers are local, ssh, mpi, slurm"),
+        (["--engines", "ssh"], "--engines ssh needs --hosts"),
+        (["--engines", "ssh", "--hosts", "a:x"], "'a:x' is not HOST or HOST:COUNT"),
+        (["--ip", "0.0.0.0", "--no-curve"], "--insecure"),
+    ],
+)
+def test_the_hub_command_refuses_bad_launcher_options(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.hub", "--profile-dir", str(tmp_path), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr
