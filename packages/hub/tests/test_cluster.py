@@ -406,7 +406,7 @@ def test_launcher_options_are_checked_before_anything_starts(tmp_path: Path) -> 
         (["--engines", "nosuch"], "the launchers are local, ssh, mpi, slurm"),
         (["--engines", "ssh"], "--engines ssh needs --hosts"),
         (["--engines", "ssh", "--hosts", "a:x"], "'a:x' is not HOST or HOST:COUNT"),
-        (["--ip", "0.0.0.0", "--no-curve"], "--insecure"),
+        (["--ip", "0.0.0.0", "--no-curve"], "--insecure"),  # noqa: S104 - refused
     ],
 )
 def test_the_hub_command_refuses_bad_launcher_options(
