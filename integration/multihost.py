@@ -10,6 +10,7 @@ Without it the tests that need it are skipped, except where ``SHOAL_REQUIRE_HOST
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -136,6 +137,19 @@ class NetnsHub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def hosts_lock(*, exclusive: bool = False) -> Iterator[None]:
+    """Hold the test hosts: shared by the tests that use them, exclusive for one that
+    cuts a link (tests run in parallel, under pytest-xdist)."""
+    path = Path(os.environ.get("SHOAL_HOSTS_LOCK", "/tmp/shoal-test-hosts.lock"))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases it
 
 
 def processes_with(words: Sequence[str]) -> list[str]:
