@@ -5,8 +5,8 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub, remote, data, managers, arrays. These are measurements, not tests:
-nothing fails when a target is missed; the ``met`` column says so.
+connection, engine, hub, remote, data, managers, arrays, multihost. These are measurements,
+not tests: nothing fails when a target is missed; the ``met`` column says so.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bench_data import bench_data
 from bench_engine import bench_engine
 from bench_hub import bench_hub
 from bench_managers import bench_managers
+from bench_multihost import bench_multihost
 from bench_remote import bench_remote
 from bench_wire import (
     bench_roundtrip,
@@ -93,6 +94,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "remote": bench_remote,
     "data": bench_data,
     "arrays": bench_arrays,
+    "multihost": bench_multihost,
 }
 
 
