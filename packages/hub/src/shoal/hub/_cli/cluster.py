@@ -139,7 +139,8 @@ class Cluster:
     shared_dir : bool
         ssh: the hosts see the profile folder at the same path, so nothing is copied.
     mpiexec : sequence of str, or str, optional
-        mpi: the ``mpiexec`` command and its options; default ``mpiexec``.
+        mpi: the ``mpiexec`` command and its options; default: the ``mpiexec`` beside this
+        Python (the ``mpich`` wheel's), else the one on PATH.
     partition, account, time : str, optional
         slurm: the job's partition, account and time limit (``"00:30:00"``).
     slurm_template : str, optional
@@ -452,7 +453,9 @@ class Cluster:
         return self._admin().wait_for_engines(self.n if n is None else n, timeout)
 
     def add_engines(self, n: int = 1) -> list[int]:
-        """Start ``n`` more local engines; returns their pids (they register soon after)."""
+        """Start ``n`` more engines with the cluster's launcher; returns the pids of the
+        local processes that carry them (the engines, their ssh commands, one mpiexec;
+        none for Slurm). They register soon after."""
         return self._admin().add_engines(n)
 
     def remove_engines(self, engine_ids: list[int] | tuple[int, ...]) -> list[int]:

@@ -332,7 +332,9 @@ class Client:
         self._hub_request(MsgType.ABORT_REQUEST, {"msg_ids": list(msg_ids)})
 
     def add_engines(self, n: int = 1) -> list[int]:
-        """Ask the hub to start ``n`` more local engines; returns their pids."""
+        """Ask the hub to start ``n`` more engines with its launcher; returns the pids of
+        the local processes that carry them (the engines, their ssh commands, one
+        mpiexec; none for Slurm)."""
         return list(self._hub_request(MsgType.ADD_ENGINES_REQUEST, {"n": n})["pids"])
 
     def remove_engines(self, engine_ids: Iterable[int]) -> list[int]:
