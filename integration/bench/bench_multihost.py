@@ -19,13 +19,15 @@ handler: encrypted, not authenticated).
 
 Reported: shoal vs raw (each with Curve, each without), and the cost of encryption
 (Curve / plain) for shoal and for raw. Without the test hosts the benchmark is skipped.
-Every process started here is ended by PID: the hubs (which end their engines; any left
-after 30 s are killed), the brokers and the workers.
+The hosts' lock (``multihost.hosts_lock``) is held shared throughout, so that no test
+cuts a link meanwhile. Every process started here is ended by PID: the hubs (which end
+their engines; any left after 30 s are killed), the brokers and the workers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -61,6 +63,9 @@ from shoal.hub import Client
 from shoal.hub.testing import wait_until
 
 HOSTS_FILE = Path(os.environ.get("SHOAL_HOSTS_FILE", "/run/shoal-hosts/hosts.json"))
+# multihost.py's hosts_lock: held shared while the hosts are used, so that no test cuts
+# nodea's link (it takes the lock exclusively) in the middle of a measurement.
+HOSTS_LOCK = Path(os.environ.get("SHOAL_HOSTS_LOCK", "/tmp/shoal-test-hosts.lock"))
 ENGINE_HOST = "nodea"
 W3_MIB = 64
 HUB_READY = b"shoal hub ready"
@@ -162,6 +167,21 @@ def _hosts() -> _Hosts:
         hub_ip=hosts["hub"]["ip"],
         engine_netns=hosts[ENGINE_HOST]["netns"],
     )
+
+
+@contextlib.contextmanager
+def _hosts_shared() -> Iterator[None]:
+    """Hold the test hosts' lock shared (waiting while a test holds it exclusively)."""
+    fd = os.open(HOSTS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note(f"waiting for {HOSTS_LOCK}: a test has the hosts to itself")
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases it
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -488,6 +508,7 @@ def bench_multihost(cfg: Any) -> list[Row]:
     """W1 and W3 client -> hub -> engine across network namespaces, Curve vs plain vs raw."""
     hosts = _hosts()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_hosts_shared())
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-bench-mh-")))
         note(
             f"starting a Curve hub, a plain hub (ns {hosts.hub_netns}), 1 engine each on"
