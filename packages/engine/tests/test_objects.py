@@ -462,6 +462,20 @@ def test_refs_request_applies_batched_changes_and_skips_stale_ids(store: ObjectS
     assert b not in store
 
 
+def test_a_copy_given_back_before_its_increment_arrived_is_still_freed(
+    store: ObjectStore,
+) -> None:
+    """A proxy copy's -1 (engine to engine) may overtake its +1 (client to engine): the
+    copy's count waits below 0, and the object goes when both have come."""
+    oid = store.store("block", owner="c")
+    store.handle("refs_request", {"owner": "c+7", "deltas": [[oid, -1]]})  # overtook
+    assert oid in store  # c still holds it
+    store.handle("refs_request", {"owner": "c+7", "deltas": [[oid, 1]]})  # the +1 at last
+    assert store.owners() == {"c": 1}
+    store.handle("refs_request", {"owner": "c", "deltas": [[oid, -1]]})
+    assert oid not in store  # nothing leaked for c+7
+
+
 def test_list_fetch_and_release_requests(store: ObjectStore) -> None:
     oid = store.store({"k": 1}, owner="c")
     listing = store.handle("list_request", {})

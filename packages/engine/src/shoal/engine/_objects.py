@@ -541,6 +541,10 @@ class ObjectStore:
                 missing += 1
             elif delta > 0:
                 self.incref(oid, delta, owner)
+            elif delta < 0 and "+" in owner:
+                # A copy given back before its +1 arrived (that came by another
+                # connection): its count waits below 0 for it, as decref allows.
+                self.decref(oid, -delta, owner)
             elif delta < 0:
                 n = min(-delta, self._counts[oid].get(owner, 0))
                 if n:
