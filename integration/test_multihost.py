@@ -185,6 +185,27 @@ def test_cluster_adds_and_removes_ssh_engines_while_tasks_run(
     wait_until(lambda: not processes_with(launches), timeout=30)
 
 
+def test_a_hub_on_every_interface_is_dialled_at_its_location(
+    shared_hosts: Hosts, tmp_path: Path
+) -> None:
+    """``--ip 0.0.0.0 --location ADDR``: engines on another host and clients dial ADDR,
+    encrypted (a wildcard bind is not loopback)."""
+    hosts = shared_hosts
+    args = ["--ip", "0.0.0.0", "--location", hosts.hub_ip]  # noqa: S104 - the case tested
+    args += ["--engines", "ssh", "--hosts", "nodeb:1", "--ssh", hosts.ssh]
+    with NetnsHub(hosts, tmp_path / "hub", args) as hub:
+        info = json.loads(hub.client_file.read_text())
+        assert info["urls"]["client"].startswith("tcp://0.0.0.0:")
+        assert "curve" in info
+        client = Client(url_file=str(hub.client_file))
+        try:
+            assert client.url.startswith(f"tcp://{hosts.hub_ip}:")
+            client.wait_for_engines(1, timeout=60)
+            assert client[:].apply_sync(socket.gethostname) == ["nodeb"]
+        finally:
+            client.close()
+
+
 def test_a_host_ssh_cannot_reach_is_reported_with_ssh_s_error(
     shared_hosts: Hosts, tmp_path: Path
 ) -> None:
