@@ -260,6 +260,7 @@ class Cluster:
         self._clients: list[Client] = []  # handed out by connect_client, closed by stop
         self._lock = threading.RLock()
         self._owner = os.getpid()
+        self._failures_raised = 0  # launch failures wait_for_engines raised already
 
     # -- starting -----------------------------------------------------------------------
     @property
@@ -449,8 +450,19 @@ class Cluster:
         ------
         TimeoutError
             When fewer registered within ``timeout`` seconds.
+        RuntimeError
+            When a launch of this cluster's engines ended before they registered (ssh
+            could not connect, Slurm will not start the job), with how it ended and what
+            it printed; each such failure is raised once.
         """
-        return self._admin().wait_for_engines(self.n if n is None else n, timeout)
+        admin = self._admin()
+        try:
+            return admin._wait_for_engines(
+                self.n if n is None else n, timeout, self._failures_raised
+            )
+        except RuntimeError:
+            self._failures_raised = len(admin.launch_failures)
+            raise
 
     def add_engines(self, n: int = 1) -> list[int]:
         """Start ``n`` more engines with the cluster's launcher; returns the pids of the

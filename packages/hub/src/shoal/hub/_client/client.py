@@ -189,6 +189,9 @@ class Client:
         with self._engines_changed:
             for e in reply["engines"]:
                 self._engines[int(e["engine_id"])] = e
+            failures = reply.get("launch_failures")
+            if isinstance(failures, list):  # before this client connected
+                self.launch_failures[:0] = [f for f in failures if isinstance(f, dict)]
         _clients.append(weakref.ref(self))
 
     # -- engines ------------------------------------------------------------------------
@@ -211,8 +214,13 @@ class Client:
             the message says how it ended and what it printed (Slurm's reason, ssh's
             error).
         """
+        return self._wait_for_engines(n, timeout, None)
+
+    def _wait_for_engines(self, n: int, timeout: float | None, seen: int | None) -> list[int]:
+        """:meth:`wait_for_engines`, raising for the launch failures from index ``seen``
+        of :attr:`launch_failures` on (None: those that come during the wait)."""
         with self._engines_changed:
-            seen = len(self.launch_failures)
+            seen = len(self.launch_failures) if seen is None else seen
             ok = self._engines_changed.wait_for(
                 lambda: len(self._engines) >= n
                 or self._lost is not None

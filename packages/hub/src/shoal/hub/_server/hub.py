@@ -309,6 +309,7 @@ class Hub:
         make_launcher = LocalEngines if launcher is None else launcher
         self.launcher = make_launcher(self.engine_file, folder, self.engine_log_level)
         self._failed_launches: set[str] = set()  # reported already
+        self.launch_failures: list[dict[str, Any]] = []  # for clients that connect later
 
     def _write_connection_files(
         self, location: str, engine_keys: CurveKeys | None, client_keys: CurveKeys | None
@@ -923,6 +924,7 @@ class Hub:
                 "cause": cause,
                 "output": output,
             }
+            self.launch_failures.append(note)
             for client in list(self.clients):
                 self._send_hub_msg(client, MsgType.LAUNCH_FAILED, note)
             log.warning(
@@ -973,6 +975,7 @@ class Hub:
         try:
             if kind == MsgType.CONNECT_REQUEST:
                 reply["engines"] = self._engine_list()
+                reply["launch_failures"] = self.launch_failures[-100:]
                 reply["hub_pid"] = os.getpid()
             elif kind == MsgType.QUEUE_STATUS_REQUEST:
                 reply.update(self._queue_status())
