@@ -848,7 +848,7 @@ class Hub:
             self.engines[engine_id] = engine
             self.by_ident[ident] = engine
             self.heart.watch(ident)
-            reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 0.5}
+            reply = {"status": "ok", "engine_id": engine_id, "hub_timeout": self.timeout + 0.3}
             log.info("engine %d registered (pid %s on %s)", engine_id, engine.pid, engine.hostname)
         with contextlib.suppress(zmq.ZMQError):
             self.sessions["control"].send(
