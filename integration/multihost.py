@@ -21,8 +21,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from shoal.hub.testing import wait_until
 
 HOSTS_FILE = Path(os.environ.get("SHOAL_HOSTS_FILE", "/run/shoal-hosts/hosts.json"))
@@ -40,6 +38,7 @@ class Hosts:
     hub_ip: str
     root_ip: str  # this namespace's address on the bridge
     engine_hosts: dict[str, str]  # ssh name -> address
+    netns: dict[str, str]  # ssh name -> its network namespace
     veths: dict[str, str]  # ssh name -> this namespace's end of its link
 
     @property
@@ -49,11 +48,22 @@ class Hosts:
 
 def require_hosts() -> Hosts:
     """The test hosts, or a skip (a failure in CI) when they are not set up."""
-    if not HOSTS_FILE.exists():
-        why = f"no test hosts: {HOSTS_FILE} is missing; run `.ci/hosts.sh up` as root"
+    import pytest
+
+    try:
+        return load_hosts()
+    except FileNotFoundError as exc:
         if os.environ.get("SHOAL_REQUIRE_HOSTS") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def load_hosts() -> Hosts:
+    """The test hosts; ``FileNotFoundError`` saying how to make them when they are not."""
+    if not HOSTS_FILE.exists():
+        raise FileNotFoundError(
+            f"no test hosts: {HOSTS_FILE} is missing; run `.ci/hosts.sh up` as root"
+        )
     doc = json.loads(HOSTS_FILE.read_text())
     hosts = doc["hosts"]
     return Hosts(
@@ -65,6 +75,7 @@ def require_hosts() -> Hosts:
         root_ip=doc["root_ip"],
         engine_hosts={h["ssh"]: h["ip"] for name, h in hosts.items() if name != "hub"},
         veths={h["ssh"]: h["veth"] for name, h in hosts.items() if name != "hub"},
+        netns={h["ssh"]: h["netns"] for name, h in hosts.items() if name != "hub"},
     )
 
 

@@ -27,19 +27,16 @@ their engines; any left after 30 s are killed), the brokers and the workers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +56,14 @@ from _common import (
 )
 from bench_hub import noop
 
-from shoal.hub import Client
-from shoal.hub.testing import wait_until
+# The test hosts' helpers (integration/multihost.py), shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from multihost import Hosts, NetnsHub, hosts_lock, load_hosts
 
-HOSTS_FILE = Path(os.environ.get("SHOAL_HOSTS_FILE", "/run/shoal-hosts/hosts.json"))
-# multihost.py's hosts_lock: held shared while the hosts are used, so that no test cuts
-# nodea's link (it takes the lock exclusively) in the middle of a measurement.
-HOSTS_LOCK = Path(os.environ.get("SHOAL_HOSTS_LOCK", "/tmp/shoal-test-hosts.lock"))
+from shoal.hub import Client
+
 ENGINE_HOST = "nodea"
 W3_MIB = 64
-HUB_READY = b"shoal hub ready"
 START_TIMEOUT = 60.0
 
 # The raw baseline's processes: ``python -c _RAW broker IP`` binds a front and a back
@@ -141,134 +136,38 @@ else:
 """
 
 
-@dataclass(frozen=True)
-class _Hosts:
-    """What this benchmark needs of ``hosts.json``."""
-
-    ssh_config: str
-    hub_netns: str
-    hub_ip: str
-    engine_netns: str
-
-
-def _hosts() -> _Hosts:
+def _hosts() -> Hosts:
     """The test hosts, or Skipped saying why not."""
-    if not HOSTS_FILE.exists():
-        raise Skipped(f"no test hosts: {HOSTS_FILE} is missing; run `.ci/hosts.sh up` as root")
+    try:
+        hosts = load_hosts()
+    except FileNotFoundError as exc:
+        raise Skipped(str(exc)) from None
     if os.geteuid() != 0:
         raise Skipped("`ip netns exec` into the test hosts needs root")
-    doc = json.loads(HOSTS_FILE.read_text())
-    hosts = doc["hosts"]
-    if ENGINE_HOST not in hosts:
-        raise Skipped(f"no host {ENGINE_HOST!r} in {HOSTS_FILE}")
-    return _Hosts(
-        ssh_config=doc["ssh_config"],
-        hub_netns=hosts["hub"]["netns"],
-        hub_ip=hosts["hub"]["ip"],
-        engine_netns=hosts[ENGINE_HOST]["netns"],
-    )
+    if ENGINE_HOST not in hosts.netns:
+        raise Skipped(f"no host {ENGINE_HOST!r} among the test hosts")
+    return hosts
 
 
 @contextlib.contextmanager
-def _hosts_shared() -> Iterator[None]:
-    """Hold the test hosts' lock shared (waiting while a test holds it exclusively)."""
-    fd = os.open(HOSTS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            note(f"waiting for {HOSTS_LOCK}: a test has the hosts to itself")
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # releases it
-
-
-# -- processes ---------------------------------------------------------------------------
-def _processes_with(words: Sequence[str]) -> list[int]:
-    """PIDs of this machine's processes whose command line holds one of ``words`` (the
-    namespaces share one pid space)."""
-    if not words:
-        return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if any(w in cmdline for w in words):
-                found.append(int(entry.name))
-    return found
-
-
-def _stop_hub(proc: subprocess.Popen[bytes], folder: Path) -> None:
-    """Stop the hub, and wait until the engines it launched ended (kill them after 30 s)."""
-    stop(proc, timeout=30)
-    launches = folder / "launches"
-    ids = [p.stem for p in launches.glob("*.log")] if launches.exists() else []
-    try:
-        wait_until(lambda: not _processes_with(ids), timeout=30)
-    except Exception:
-        left = _processes_with(ids)
-        note(f"engines still running 30 s after their hub stopped, killed: {left}")
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def _hub(hosts: _Hosts, folder: Path, curve: bool) -> Iterator[Client]:
+def _hub(hosts: Hosts, folder: Path, curve: bool) -> Iterator[Client]:
     """A hub in the hub's namespace with one engine on ENGINE_HOST; a client of it here,
     once the engine registered and said it runs on ENGINE_HOST."""
-    folder.mkdir(parents=True)
-    log = folder / "hub.log"
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        hosts.hub_netns,
-        sys.executable,
-        "-m",
-        "shoal.hub",
-        "--profile-dir",
-        str(folder),
-        "--parent-pid",
-        str(os.getpid()),
-        "--ip",
-        hosts.hub_ip,
-        *(() if curve else ("--insecure",)),
-        "--engines",
-        "ssh",
-        "--hosts",
-        f"{ENGINE_HOST}:1",
-        "--ssh",
-        f"ssh -F {hosts.ssh_config}",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    rc: Client | None = None
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the hub exited ({proc.returncode}): {log.read_text()[-3000:]}")
-            return HUB_READY in log.read_bytes()
-
-        wait_until(ready, timeout=START_TIMEOUT, message=lambda: f"hub not ready: {log}")
-        client_file = folder / "hub-client.json"
-        has_curve = "curve" in json.loads(client_file.read_text())
+    args = ["--ip", hosts.hub_ip, *(() if curve else ("--insecure",))]
+    args += ["--engines", "ssh", "--hosts", f"{ENGINE_HOST}:1", "--ssh", hosts.ssh]
+    with NetnsHub(hosts, folder, args) as hub:
+        has_curve = "curve" in json.loads(hub.client_file.read_text())
         if has_curve != curve:
             raise RuntimeError(f"the hub's Curve is {has_curve}, expected {curve}")
-        rc = Client(url_file=str(client_file))
-        (engine,) = rc.wait_for_engines(1, timeout=START_TIMEOUT)
-        where = rc[engine].apply_sync(socket.gethostname)
-        if where != ENGINE_HOST:
-            raise RuntimeError(f"the engine runs on {where!r}, not {ENGINE_HOST!r}")
-        yield rc
-    finally:
-        if rc is not None:
+        rc = Client(url_file=str(hub.client_file))
+        try:
+            (engine,) = rc.wait_for_engines(1, timeout=START_TIMEOUT)
+            where = rc[engine].apply_sync(socket.gethostname)
+            if where != ENGINE_HOST:
+                raise RuntimeError(f"the engine runs on {where!r}, not {ENGINE_HOST!r}")
+            yield rc
+        finally:
             rc.close()
-        _stop_hub(proc, folder)
 
 
 def _raw_process(
@@ -286,7 +185,7 @@ def _raw_process(
 
 
 @contextlib.contextmanager
-def _raw(hosts: _Hosts, curve: bool) -> Iterator[zmq.Socket[Any]]:
+def _raw(hosts: Hosts, curve: bool) -> Iterator[zmq.Socket[Any]]:
     """A raw broker (hub namespace) and worker (ENGINE_HOST's namespace): a DEALER
     connected to the broker here, with Curve keys of its own when ``curve``."""
     env: dict[str, str] = {}
@@ -301,7 +200,7 @@ def _raw(hosts: _Hosts, curve: bool) -> Iterator[zmq.Socket[Any]]:
         }
     with contextlib.ExitStack() as stack:
         front, back = _raw_process(hosts.hub_netns, "broker", hosts.hub_ip, env, stack).split()
-        _raw_process(hosts.engine_netns, "worker", back, env, stack)
+        _raw_process(hosts.netns[ENGINE_HOST], "worker", back, env, stack)
         ctx = zmq.Context()
         stack.callback(ctx.term)
         sock = ctx.socket(zmq.DEALER)
@@ -508,7 +407,7 @@ def bench_multihost(cfg: Any) -> list[Row]:
     """W1 and W3 client -> hub -> engine across network namespaces, Curve vs plain vs raw."""
     hosts = _hosts()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_hosts_shared())
+        stack.enter_context(hosts_lock())  # no test cuts a link while it measures
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-bench-mh-")))
         note(
             f"starting a Curve hub, a plain hub (ns {hosts.hub_netns}), 1 engine each on"
