@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 __all__ = ["EngineLauncher", "Launch", "MakeLauncher", "engine_command", "exit_cause", "tail"]
+
+log = logging.getLogger("shoal.hub")
 
 
 @dataclasses.dataclass(eq=False)
@@ -85,6 +89,9 @@ class EngineLauncher(ABC):
         self.folder = folder
         self.log_level = log_level
         self.launches: dict[str, Launch] = {}
+        # Short commands started for a launch (kill over ssh, scancel), never waited for
+        # on the routing thread: reaped as they end, waited for at stop.
+        self._helpers: list[subprocess.Popen[bytes]] = []
 
     # -- the interface ------------------------------------------------------------------
     @abstractmethod
@@ -146,6 +153,37 @@ class EngineLauncher(ABC):
         launch = Launch(f"{self.kind}-{uuid.uuid4().hex[:12]}", n, host, **kw)  # type: ignore[arg-type]
         self.launches[launch.launch_id] = launch
         return launch
+
+    def _helper(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``cmd`` and never wait for it here (reaped later); a command that cannot
+        start is logged."""
+        self._reap_helpers()
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - the launcher's own commands
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:
+            log.warning("cannot run %s: %s", shlex.join(cmd), exc)
+            return
+        self._helpers.append(proc)
+
+    def _reap_helpers(self) -> None:
+        self._helpers = [h for h in self._helpers if h.poll() is None]
+
+    def _wait_helpers(self, timeout: float = 5.0) -> None:
+        """At stop: wait for each helper up to ``timeout`` seconds, then kill it."""
+        for helper in self._helpers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                helper.wait(timeout)
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+        self._helpers.clear()
 
     def _output_file(self, launch_id: str) -> str:
         """A file in the hub's folder for a launch's output."""

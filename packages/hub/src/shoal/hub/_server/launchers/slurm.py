@@ -42,7 +42,6 @@ Rules:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import functools
 import logging
@@ -176,7 +175,6 @@ class SlurmEngines(EngineLauncher):
         self._closed = False
         self._jobs: list[str] = []  # every job submitted (the hub's thread only)
         self._killed: dict[str, set[int]] = {}  # launch id -> engine pids SIGKILLed
-        self._helpers: list[subprocess.Popen[bytes]] = []  # scancel/srun, reaped later
         self._wake = threading.Event()
         self._tracker: threading.Thread | None = None
         self._squeue_failing = False
@@ -329,13 +327,7 @@ class SlurmEngines(EngineLauncher):
                 if launch.ended is None:
                     launch.ended = f"the hub cancelled Slurm job {launch.job_id}"
             self._live.clear()
-        for helper in self._helpers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                helper.wait(5.0)
-            if helper.poll() is None:
-                helper.kill()
-                helper.wait()
-        self._helpers.clear()
+        self._wait_helpers()
 
     # -- submitting ---------------------------------------------------------------------
     def _script(self, launch: Launch, output: str) -> str:
@@ -490,24 +482,8 @@ class SlurmEngines(EngineLauncher):
         return [j for j in jobs if j in states and states[j].state not in FINAL_STATES]
 
     # -- helpers ------------------------------------------------------------------------
-    def _helper(self, cmd: list[str]) -> None:
-        """Start ``cmd`` and never wait for it here (reaped later)."""
-        try:
-            proc = subprocess.Popen(  # noqa: S603 - Slurm's commands, our arguments
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                env=_env(),
-            )
-        except OSError as exc:
-            log.warning("cannot run %s: %s", shlex.join(cmd), exc)
-            return
-        self._helpers.append(proc)
-
-    def _reap_helpers(self) -> None:
-        self._helpers = [h for h in self._helpers if h.poll() is None]
+    def _helper(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        super()._helper(cmd, _env() if env is None else env)  # without the hub's SLURM_*
 
     @staticmethod
     def _run(cmd: list[str]) -> None:

@@ -82,7 +82,6 @@ class SSHEngines(EngineLauncher):
         self.shared_dir = shared_dir
         self._remote_files: dict[str, str] = {}  # host -> where its copy of the file is
         self._folder_name = f".shoal/remote/{uuid.uuid4().hex[:12]}"
-        self._helpers: list[subprocess.Popen[bytes]] = []  # kill commands, reaped later
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -179,27 +178,13 @@ class SSHEngines(EngineLauncher):
         if pids and self.poll(launch) is None:
             name = signal.Signals(signum).name.removeprefix("SIG")
             kill = f"kill -s {name} {' '.join(str(p) for p in pids)}"
-            self._helpers.append(
-                subprocess.Popen(  # noqa: S603 - the user's ssh
-                    [*self.ssh, launch.host, kill],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+            self._helper([*self.ssh, launch.host, kill])
         if signum == signal.SIGKILL:  # and the link: the engine may be out of reach
             super().signal(launch, signum)
-        self._helpers = [h for h in self._helpers if h.poll() is None]
 
     def stop(self, grace: float) -> None:
         super().stop(grace)
-        for helper in self._helpers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                helper.wait(5.0)
-            if helper.poll() is None:
-                helper.kill()
-                helper.wait()
+        self._wait_helpers()
         for host in self._remote_files:  # remove the copies of the key
             with contextlib.suppress(Exception):
                 self._run([*self.ssh, host, f"rm -rf {shlex.quote(self._folder_name)}"])
