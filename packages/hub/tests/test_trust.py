@@ -543,7 +543,7 @@ def test_a_client_on_loopback_with_curve_reaches_engines_directly(
     with the engines' keypair) take the client's requests directly."""
     with hub(tmp_path, 2, "--curve") as (_, rc):
         assert read_connection_file(rc.url_file).curve is not None
-        assert rc[:].apply_sync(os.getpid) == [e["pid"] for e in rc._engines.values()]
+        assert rc[:].apply_sync(os.getpid) == [rc._engines[i]["pid"] for i in rc.ids]
         wait_until(lambda: rc.direct_url(rc.ids[0]) is not None and _direct_open(rc), timeout=30)
         before = rc.hub_statistics()["shell"]["received"]
         for _ in range(20):
