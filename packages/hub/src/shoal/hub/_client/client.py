@@ -48,6 +48,7 @@ from .._profile import CLIENT_FILE, profile_dir
 from .._protocol import HUB, LB, LB_BATCH, RECEIVER, SocketStatistics, control_route, engine_route
 from .asyncresult import AsyncResult
 from .errors import HubLost, error_from_reply
+from .placer import Placed, Placer
 from .references import ReferenceBook
 from .transport import Transport
 from .views import DirectView, LoadBalancedView
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["Client", "TaskRecord", "current_client"]
 
 log = logging.getLogger("shoal.hub.client")
+# Load-balanced flags only the hub can judge: tasks with them go through its scheduler.
+_HUB_FLAGS = frozenset({"retries", "after", "follow"})
 R = TypeVar("R", bound="AsyncResult[Any]")
 
 
@@ -155,6 +158,9 @@ class Client:
         #: (``launch_failed`` notices): ``launch_id``, ``n``, ``host``, ``cause``, ``output``.
         self.launch_failures: list[dict[str, object]] = []
         self._sent_to: dict[str, int] = {}  # msg_id -> the engine it went to directly
+        # Load-balanced tasks this client places on engines of this host itself; the
+        # hub's limit per engine comes with its connect reply.
+        self._placer = Placer(self._place, self._place_through_hub, hwm=2)
         # Reference count changes of remote objects: booked by proxies (also from
         # __del__), sent in batches by the reader.
         self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
@@ -170,6 +176,7 @@ class Client:
             on_message=self._on_message,
             on_lost=self._hub_lost,
             on_tick=self._tick,
+            on_direct=self._direct_opened,
             outstanding=self._pending.__len__,
         )
         self._transport.start()
@@ -186,6 +193,7 @@ class Client:
                 f" connection file the running hub wrote ({path} is the one used)"
             )
         reply = self._hub_request(MsgType.CONNECT_REQUEST, {}, timeout)
+        self._placer.hwm = max(1, int(reply.get("hwm", self._placer.hwm)))
         with self._engines_changed:
             for e in reply["engines"]:
                 self._engines[int(e["engine_id"])] = e
@@ -222,9 +230,11 @@ class Client:
         with self._engines_changed:
             seen = len(self.launch_failures) if seen is None else seen
             ok = self._engines_changed.wait_for(
-                lambda: len(self._engines) >= n
-                or self._lost is not None
-                or len(self.launch_failures) > seen,
+                lambda: (
+                    len(self._engines) >= n
+                    or self._lost is not None
+                    or len(self.launch_failures) > seen
+                ),
                 timeout,
             )
             if self._lost is not None:
@@ -309,7 +319,12 @@ class Client:
         tasks wait and no engine is left to run them (ipyparallel's layout)."""
         reply = self._hub_request(MsgType.QUEUE_STATUS_REQUEST, {})
         status: dict[int | str, object] = {int(k): v for k, v in reply["engines"].items()}
-        status["unassigned"] = reply["unassigned"]
+        # Tasks this client placed itself (placer.py) pass the hub by: counted here.
+        for engine_id, n in self._placer.load().items():
+            engine = status.get(engine_id)
+            if isinstance(engine, dict) and n:
+                engine["outstanding"] = int(engine.get("outstanding", 0)) + n
+        status["unassigned"] = int(reply["unassigned"]) + len(self._placer)
         status["no_engines"] = bool(reply.get("no_engines", False))
         return status
 
@@ -337,7 +352,19 @@ class Client:
     def abort(self, msg_ids: Sequence[str]) -> None:
         """Drop the given requests if they have not started (they fail with TaskAborted)."""
         self._transport.flush()
-        self._hub_request(MsgType.ABORT_REQUEST, {"msg_ids": list(msg_ids)})
+        wanted = set(msg_ids)
+        for msg_id in self._placer.abort(wanted):  # still waiting here: never sent
+            result = self._pending.pop(msg_id, None)
+            if result is not None:
+                result._deliver(msg_id, None, error_from_reply({"status": "aborted"}), {})
+        # Requests sent straight to engines: the hub passes the abort on to them.
+        on_engines: dict[str, list[str]] = {}
+        for msg_id in wanted:
+            engine = self._sent_to.get(msg_id)
+            if engine is not None:
+                on_engines.setdefault(str(engine), []).append(msg_id)
+        content = {"msg_ids": list(msg_ids), "on_engines": on_engines}
+        self._hub_request(MsgType.ABORT_REQUEST, content)
 
     def add_engines(self, n: int = 1) -> list[int]:
         """Ask the hub to start ``n`` more engines with its launcher; returns the pids of
@@ -374,18 +401,31 @@ class Client:
         if wait_for_room and len(self._pending) + len(requests) > self.max_outstanding:
             self._wait_for_room(len(requests))
         encoded: list[tuple[str, bytes, list[Any]]] = []
+        placed: list[Placed] = []
+        ids: list[str] = []  # in the order of `requests`
+        ways = self._transport.direct_engines() if self.direct else []
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
             meta = {**metadata, "host": self.host} if metadata else {"host": self.host}
-            if route[:1] == b"e":  # an engine's direct socket answers where this names
+            targets = self._placeable(route, meta, ways)
+            if route[:1] == b"e" or targets is not False:
+                # an engine's direct socket answers where this names
                 meta["reply_to"] = self._reply_to
+            if route == LB and targets is False:
+                self._describe_dependencies(meta)
             msg = Message(header, None, meta, content)
             # Stamped by the transport under its send lock, in the order it sends.
             frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
-            encoded.append((str(header.msg_id), route, frames))
-        result = make_result([msg_id for msg_id, _, _ in encoded])
-        for msg_id, _, _ in encoded:  # before sending: a reply can come at once
+            ids.append(str(header.msg_id))
+            if targets is not False:
+                placed.append(Placed(str(header.msg_id), frames, targets))
+            else:
+                encoded.append((str(header.msg_id), route, frames))
+        result = make_result(ids)
+        for msg_id in ids:  # before sending: a reply can come at once
             self._pending[msg_id] = result
+        if placed:
+            self._placer.submit(placed, ways)
         sent = 0
         try:
             for msg_id, route, frames in encoded:
@@ -398,6 +438,50 @@ class Client:
                 self._pending.pop(msg_id, None)
             raise
         return result
+
+    def _placeable(
+        self, route: bytes, meta: dict[str, Any], ways: list[int]
+    ) -> frozenset[int] | Literal[False] | None:
+        """Whether this client places a load-balanced task itself (see ``placer.py``):
+        False when not (the hub schedules it), else the engines it may run on (None:
+        any). Retries and dependencies are the hub's to judge."""
+        if route != LB or not ways or not meta.keys().isdisjoint(_HUB_FLAGS):
+            return False
+        targets = meta.get("targets")
+        if targets is None:
+            return None
+        allowed = frozenset(int(t) for t in targets)
+        return allowed if allowed.intersection(ways) else False
+
+    def _describe_dependencies(self, meta: dict[str, Any]) -> None:
+        """Tell the hub about the dependencies this client placed itself, which the hub
+        learns of only from the engines' reports: their records when done, else where
+        they run (the hub waits for that engine's report)."""
+        deps = [*meta.get("after", ()), *meta.get("follow", ())]
+        records = {d: self._placer.records[d] for d in deps if d in self._placer.records}
+        running = {d: e for d in deps if (e := self._placer.engine_of(d)) is not None}
+        if records:
+            meta["records"] = records
+        if running:
+            meta["placed"] = running
+
+    def _place(self, engine: int, task: Placed) -> bool:
+        """Send a placed task to ``engine``'s own socket (False: it went through the hub,
+        the way having closed meanwhile)."""
+        sent_to = self._transport.send(engine_route(engine), task.frames)
+        if sent_to is None:
+            return False
+        self._sent_to[task.msg_id] = sent_to
+        return True
+
+    def _place_through_hub(self, task: Placed) -> None:
+        """A task the placer cannot place here goes to the hub's scheduler."""
+        if task.msg_id in self._pending:
+            self._transport.send(LB, task.frames)
+
+    def _direct_opened(self, engine_id: int) -> None:
+        """A way to an engine opened: tasks waiting for room may go there."""
+        self._placer.place(self._transport.direct_engines())
 
     def _same_host(self, route: bytes) -> bool:
         """Whether a request on ``route`` goes to this host (so its large buffers may go
@@ -598,10 +682,12 @@ class Client:
     def _close_direct(self, engine_id: int, cause: str) -> None:
         """The engine is gone: fail what was sent to it directly, close its sockets."""
         self._transport.close_direct(engine_id)
+        self._placer.engine_lost(engine_id)
         why = f"engine {engine_id} died while this request was outstanding: {cause}"
         for msg_id, eid in list(self._sent_to.items()):
             if eid == engine_id:
                 self._fail(msg_id, EngineDiedError(why))
+        self._placer.place(self._transport.direct_engines())  # elsewhere, or to the hub
 
     def _fail(self, msg_id: str, error: BaseException) -> None:
         self._sent_to.pop(msg_id, None)
@@ -637,6 +723,11 @@ class Client:
             return
         del self._pending[parent.msg_id]
         self._sent_to.pop(parent.msg_id, None)
+        meta = msg.metadata
+        if self._placer.done(
+            parent.msg_id, str(meta.get("status")), meta.get("started"), meta.get("completed")
+        ):  # room on that engine: the next waiting task goes before this one is delivered
+            self._placer.place(self._transport.direct_engines())
         if len(self._pending) == self.max_outstanding - 1:
             with self._room:
                 self._room.notify_all()

@@ -54,6 +54,9 @@ log = logging.getLogger("shoal.hub.client")
 _TRACK_BYTES = 64 * 1024  # frames this large go without a copy, and we wait for zmq
 _BATCH = 256  # load-balanced tasks sent together at most
 _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
+# Seconds the I/O thread leaves the reading to callers after one last waited: a caller
+# making calls in a row then finds the sockets free, and wakes no thread per call.
+_LINGER = 0.01
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -70,7 +73,8 @@ class Transport:
 
     ``on_message`` gets every message; ``on_lost(why)`` is called once when the hub is
     lost; ``on_tick(now)`` runs at each round of reading and returns how many seconds
-    may pass before it must run again; ``outstanding()`` counts unanswered requests.
+    may pass before it must run again; ``on_direct(engine_id)`` says that the way to an
+    engine's own socket opened; ``outstanding()`` counts unanswered requests.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Transport:
         on_message: OnMessage,
         on_lost: Callable[[str], None],
         on_tick: Callable[[float], float],
+        on_direct: Callable[[int], None],
         outstanding: Callable[[], int],
         curve: CurveKeys | None = None,
         engine_curve: CurveKeys | None = None,
@@ -99,6 +104,7 @@ class Transport:
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_tick = on_tick
+        self._on_direct_open = on_direct
         self._outstanding = outstanding
         self.lost: str | None = None
         self.closed = False
@@ -109,6 +115,7 @@ class Transport:
         self._send_lock = threading.Lock()
         self._reading = threading.Lock()
         self._waiters = 0  # callers who want `_reading`
+        self._last_waited = 0.0  # when a caller last stopped reading (monotonic)
         self._waiters_changed = threading.Condition()
         self._wake_lock = threading.Lock()
         self._next_ping = 0.0
@@ -295,16 +302,27 @@ class Transport:
                     raise HubLost(self.lost)
 
     def wake(self) -> None:
-        """Make the reader leave its poll now."""
+        """Make the reader leave its poll now (and the I/O thread its lingering)."""
         with self._wake_lock:
             self._wake_out.send(b"")
+        with self._waiters_changed:
+            self._last_waited = 0.0
+            self._waiters_changed.notify_all()
 
     # -- reading ------------------------------------------------------------------------
     def _io_loop(self) -> None:
         while not self.closed and self.lost is None:
             with self._waiters_changed:  # a caller reads for itself: keep out of its way
-                while self._waiters and not self.closed:
-                    self._waiters_changed.wait(self.ping_period)
+                while not self.closed:
+                    if self._waiters:
+                        self._waiters_changed.wait(_LINGER)
+                        continue
+                    # Callers may come back at once (calls in a row): linger, unless a
+                    # task waits in the outbox for this thread to flush it.
+                    idle = time.monotonic() - self._last_waited
+                    if idle >= _LINGER or self._outbox:
+                        break
+                    self._waiters_changed.wait(_LINGER - idle)
             if not self._reading.acquire(timeout=self.ping_period):
                 continue
             try:
@@ -342,7 +360,8 @@ class Transport:
         finally:
             with self._waiters_changed:
                 self._waiters -= 1
-                self._waiters_changed.notify_all()
+                # The I/O thread is not woken: it comes back by itself after _LINGER.
+                self._last_waited = time.monotonic()
 
     def _pump(self, timeout: float) -> None:
         """One round of reading: a ping when due, then whatever arrives within
@@ -438,8 +457,13 @@ class Transport:
         engine_id, sender = self._direct_receivers[receiver]
         if frames[0].bytes == PONG:
             self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
+            self._on_direct_open(engine_id)
             return
         self._on_message(engine_route(engine_id), frames, session)
+
+    def direct_engines(self) -> list[int]:
+        """The engines whose own socket takes requests now."""
+        return [engine_id for engine_id, _ in list(self._direct_senders.values())]
 
     def close_direct(self, engine_id: int) -> None:
         """The engine is gone: close the sockets to it."""

@@ -682,7 +682,14 @@ class Hub:
                 after=[str(m) for m in metadata.get("after", ())],
                 follow=[str(m) for m in metadata.get("follow", ())],
             )
-        except (TypeError, ValueError) as exc:
+            records = metadata.get("records") or {}
+            placed = metadata.get("placed") or {}
+            for dep, (engine_id, status, submitted, started, completed) in records.items():
+                record = (engine_id, str(status), float(submitted), started, completed)
+                self.scheduler.placed_by_client(str(dep), engine_id, record)
+            for dep, engine_id in placed.items():
+                self.scheduler.placed_by_client(str(dep), int(engine_id))
+        except (TypeError, ValueError, AttributeError) as exc:
             self._fail(client, header, ("ValueError", f"bad task metadata: {exc}"), LB)
             return
         self.scheduler.submit(task)
@@ -977,6 +984,7 @@ class Hub:
                 reply["engines"] = self._engine_list()
                 reply["launch_failures"] = self.launch_failures[-100:]
                 reply["hub_pid"] = os.getpid()
+                reply["hwm"] = self.hwm  # clients placing tasks themselves keep to it
             elif kind == MsgType.QUEUE_STATUS_REQUEST:
                 reply.update(self._queue_status())
             elif kind == MsgType.STATISTICS_REQUEST:
@@ -988,7 +996,12 @@ class Hub:
             elif kind == MsgType.REMOVE_ENGINES_REQUEST:
                 reply["removed"] = self._remove(list(content.get("engine_ids", ())))
             elif kind == MsgType.ABORT_REQUEST:
-                reply["aborted"] = self._abort(client, list(content.get("msg_ids", ())))
+                on_engines = content.get("on_engines")
+                reply["aborted"] = self._abort(
+                    client,
+                    list(content.get("msg_ids", ())),
+                    on_engines if isinstance(on_engines, dict) else {},
+                )
             elif kind == MsgType.SHUTDOWN_REQUEST:
                 self._stopping = True
             else:
@@ -1059,10 +1072,16 @@ class Hub:
             removed.append(engine.id)
         return removed
 
-    def _abort(self, client: bytes, msg_ids: list[str]) -> list[str]:
-        """Drop tasks not yet on an engine; ask engines to drop the ones they queued."""
+    def _abort(self, client: bytes, msg_ids: list[str], on_engines: dict[str, Any]) -> list[str]:
+        """Drop tasks not yet on an engine; ask engines to drop the ones they queued,
+        including ``on_engines`` (engine id -> msg_ids), which the client sent them
+        itself."""
         aborted = self.scheduler.abort(msg_ids)
         self._carry_out()
+        for key, ids in on_engines.items():
+            engine = self.engines.get(int(key))
+            if engine is not None and isinstance(ids, list):
+                self._tell_engine(engine, MsgType.ABORT_REQUEST, {"msg_ids": [str(m) for m in ids]})
         return aborted
 
     # -- ending -------------------------------------------------------------------------

@@ -165,6 +165,10 @@ class Task:
         Set by :meth:`SchedulerState.submit` from its clock.
     engine : int, optional
         The engine it is outstanding on (for a direct task: the one it is addressed to).
+    placed : bool
+        A task a client sent to ``engine`` itself, booked here only because another
+        task depends on it (:meth:`SchedulerState.placed_by_client`): never sent or
+        answered from here.
     """
 
     msg_id: str
@@ -179,6 +183,7 @@ class Task:
     killed: list[int] = field(default_factory=list)
     submitted: float = 0.0
     engine: int | None = None
+    placed: bool = False
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -411,6 +416,9 @@ class SchedulerState:
         why = f"engine {engine_id} died while this request was outstanding: {cause}"
         again: list[Task] = []
         for i, task in enumerate(book.values()):
+            if task.placed:  # the client that placed it answers it
+                self._done(task, engine_id, "error", None, None)
+                continue
             task.engine = None
             if i == 0:  # the one it was running
                 task.killed.append(engine_id)
@@ -467,8 +475,35 @@ class SchedulerState:
         """Add ``record`` ``(engine_id, status, submitted, started, completed)`` for a
         request the scheduler did not see run (an engine's report of requests sent to it
         directly); tasks waiting on ``msg_id`` are judged again."""
+        task = self._tasks.get(msg_id)
+        if task is not None and task.placed:
+            del self._tasks[msg_id]
+            book = self._engines.get(task.engine) if task.engine is not None else None
+            if book is not None:
+                book.pop(msg_id, None)
         self._record(msg_id, record)
         self._dispatch()
+
+    def placed_by_client(
+        self, msg_id: str, engine_id: int | None, record: Record | None = None
+    ) -> None:
+        """A client sent ``msg_id`` to engine ``engine_id`` itself, and names it as a
+        dependency: keep the ``record`` the client saw when it is done, else book it as
+        outstanding there until that engine reports it (:meth:`record`). Nothing happens
+        for a task known here already."""
+        if msg_id in self._tasks or msg_id in self.history:
+            return
+        if record is not None:
+            self._record(msg_id, record)
+            return
+        book = None if engine_id is None else self._engines.get(engine_id)
+        if book is None:  # its engine is gone: the task did not finish well
+            self._record(msg_id, (engine_id, "error", self.clock(), None, None))
+            return
+        task = Task(msg_id, b"", None, lb=False, submitted=self.clock(), engine=engine_id)
+        task.placed = True
+        self._tasks[msg_id] = task
+        book[msg_id] = task
 
     def take_actions(self) -> list[Action]:
         """The actions emitted since the last call, in order; the caller carries them out."""

@@ -1,0 +1,154 @@
+"""Load-balanced tasks the client places on engines itself (Ray's direct task submission).
+
+Theory of operation
+-------------------
+A load-balanced task that needs nothing only the hub can judge (no ``retries``, no
+``after``/``follow``) goes straight to an engine of this host whose own socket is open:
+the least loaded of those its ``targets`` allow, among the engines holding fewer than
+``hwm`` of this client's tasks (the hub's own limit per engine). The other tasks wait
+here in submission order, a task whose engines are all full letting the others pass,
+and leave when a reply makes room. The hub is not on the way (two hops and a process
+fewer per task); it learns of each task from the engine's history report.
+
+When no engine of this host is reachable any more, what waits here goes to the hub,
+which schedules it on the engines it knows. A task whose engine dies fails with
+``EngineDiedError``, as a task without retries does through the hub.
+
+The placer only books: the client encodes, sends (``send``) and resolves results.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from shoal.engine import EngineDiedError
+
+__all__ = ["Placed", "Placer"]
+
+_RECORDS_KEPT = 10_000  # finished tasks remembered, for the hub's dependency checks
+
+
+@dataclasses.dataclass(slots=True)
+class Placed:
+    """One task the client places: its id, its encoded frames, the engines it may use."""
+
+    msg_id: str
+    frames: list[Any]
+    targets: frozenset[int] | None
+    submitted: float = dataclasses.field(default_factory=time.time)
+
+
+#: ``send(engine_id, task) -> bool``: send ``task`` to that engine's own socket; False
+#: when it went through the hub instead (its way closed meanwhile).
+Send = Callable[[int, Placed], bool]
+
+
+class Placer:
+    """This client's load-balanced tasks placed on engines without the hub."""
+
+    def __init__(self, send: Send, to_hub: Callable[[Placed], None], hwm: int) -> None:
+        self.hwm = hwm
+        self._send = send
+        self._to_hub = to_hub
+        # Held by whoever places: a submitting caller or the reader (after a reply).
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Placed] = collections.deque()
+        self._load: dict[int, int] = {}  # engine -> this client's tasks outstanding there
+        self._where: dict[str, tuple[int, float]] = {}  # msg_id -> (engine, submitted)
+        #: Finished placed tasks: msg_id -> ``[engine, status, submitted, started,
+        #: completed]``, the record the hub keeps (bounded, oldest dropped first).
+        self.records: collections.OrderedDict[str, list[object]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        """Tasks waiting here for room on an engine."""
+        return len(self._queue)
+
+    def load(self) -> dict[int, int]:
+        """This client's placed tasks outstanding per engine."""
+        with self._lock:
+            return dict(self._load)
+
+    def engine_of(self, msg_id: str) -> int | None:
+        """The engine a placed task is outstanding on; None when it is not."""
+        where = self._where.get(msg_id)
+        return None if where is None else where[0]
+
+    def submit(self, tasks: Iterable[Placed], engines: Collection[int]) -> None:
+        """Queue ``tasks`` and place what fits on ``engines`` (those with a way open)."""
+        with self._lock:
+            self._queue.extend(tasks)
+        self.place(engines)
+
+    def done(
+        self, msg_id: str, status: str, started: object = None, completed: object = None
+    ) -> bool:
+        """A placed task's reply came: free its room. False when it was not placed here."""
+        with self._lock:
+            where = self._where.pop(msg_id, None)
+            if where is None:
+                return False
+            engine, submitted = where
+            self._load[engine] -= 1
+            self.records[msg_id] = [engine, status, submitted, started, completed]
+            if len(self.records) > _RECORDS_KEPT:
+                self.records.popitem(last=False)
+        return True
+
+    def engine_lost(self, engine_id: int) -> list[str]:
+        """Engine ``engine_id`` is gone: forget its tasks (the client fails them)."""
+        with self._lock:
+            self._load.pop(engine_id, None)
+            lost = [m for m, (e, _) in self._where.items() if e == engine_id]
+            for msg_id in lost:
+                del self._where[msg_id]
+        return lost
+
+    def abort(self, msg_ids: Collection[str]) -> list[str]:
+        """Drop the waiting tasks among ``msg_ids``; their ids."""
+        with self._lock:
+            dropped = [t.msg_id for t in self._queue if t.msg_id in msg_ids]
+            if dropped:
+                self._queue = collections.deque(t for t in self._queue if t.msg_id not in msg_ids)
+        return dropped
+
+    def place(self, engines: Collection[int]) -> None:
+        """Send waiting tasks to the least loaded of ``engines`` with room, in order."""
+        if not self._queue:
+            return
+        with self._lock:
+            queue, load, hwm = self._queue, self._load, self.hwm
+            ways = list(engines)
+            skipped: list[Placed] = []
+            while queue:
+                if not ways:  # no engine of this host left: the hub schedules the rest
+                    while queue:
+                        self._to_hub(queue.popleft())
+                    break
+                free = [e for e in ways if load.get(e, 0) < hwm]
+                if not free:
+                    break
+                task = queue.popleft()
+                targets = task.targets
+                choices = free if targets is None else [e for e in free if e in targets]
+                if not choices:
+                    if targets is not None and not targets.intersection(ways):
+                        self._to_hub(task)  # its engines are elsewhere (or gone)
+                    else:
+                        skipped.append(task)  # its engines are busy: let others pass
+                    continue
+                engine = min(choices, key=lambda e: load.get(e, 0))
+                try:
+                    ours = self._send(engine, task)
+                except EngineDiedError:  # its way closed after we looked: another one
+                    ways.remove(engine)
+                    queue.appendleft(task)
+                    continue
+                if ours:
+                    load[engine] = load.get(engine, 0) + 1
+                    self._where[task.msg_id] = (engine, task.submitted)
+            queue.extendleft(reversed(skipped))

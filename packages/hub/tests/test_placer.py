@@ -1,0 +1,204 @@
+"""Load-balanced tasks the client places on engines itself: the rules (Placer alone), and
+the way with real engines (the hub passed by, dependencies, aborts, deaths, history)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from shoal.hub import Client, DependencyError, EngineDiedError, RemoteError, TaskAborted
+from shoal.hub._client.placer import Placed, Placer
+from shoal.hub.testing import ClusterStarter, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# -- the rules ----------------------------------------------------------------------------
+class _Engines:
+    """What the placer sent where, and what went to the hub."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.hub: list[str] = []
+
+    def send(self, engine: int, task: Placed) -> bool:
+        self.sent.append((engine, task.msg_id))
+        return True
+
+    def to_hub(self, task: Placed) -> None:
+        self.hub.append(task.msg_id)
+
+
+def _tasks(*names: str, targets: frozenset[int] | None = None) -> list[Placed]:
+    return [Placed(n, [], targets) for n in names]
+
+
+def test_the_placer_keeps_to_hwm_and_balances() -> None:
+    engines = _Engines()
+    placer = Placer(engines.send, engines.to_hub, hwm=2)
+    placer.submit(_tasks("a", "b", "c", "d", "e"), [0, 1])
+    assert engines.sent == [(0, "a"), (1, "b"), (0, "c"), (1, "d")]
+    assert len(placer) == 1
+    assert placer.done("b", "ok", 1.0, 2.0)
+    placer.place([0, 1])
+    assert engines.sent[-1] == (1, "e")
+    assert placer.records["b"][:2] == [1, "ok"]
+    assert not placer.done("unknown", "ok")
+    assert placer.load() == {0: 2, 1: 2}
+
+
+def test_a_task_whose_engines_are_busy_lets_others_pass() -> None:
+    engines = _Engines()
+    placer = Placer(engines.send, engines.to_hub, hwm=1)
+    placer.submit(_tasks("a", "b"), [0, 1])  # a on 0, b on 1
+    placer.submit(_tasks("only0", targets=frozenset({0})) + _tasks("any"), [0, 1])
+    assert len(placer) == 2
+    placer.done("b", "ok")
+    placer.place([0, 1])
+    assert engines.sent[-1] == (1, "any")  # passed the task waiting for engine 0
+    placer.done("a", "ok")
+    placer.place([0, 1])
+    assert engines.sent[-1] == (0, "only0")
+
+
+def test_what_cannot_be_placed_here_goes_to_the_hub() -> None:
+    engines = _Engines()
+    placer = Placer(engines.send, engines.to_hub, hwm=1)
+    placer.submit(_tasks("elsewhere", targets=frozenset({7})), [0])
+    assert engines.hub == ["elsewhere"]
+    placer.submit(_tasks("a", "b"), [0])
+    assert placer.engine_lost(0) == ["a"]
+    placer.place([])  # no engine of this host left
+    assert engines.hub == ["elsewhere", "b"]
+    assert placer.abort({"b"}) == []
+
+
+def test_aborted_waiting_tasks_never_leave() -> None:
+    engines = _Engines()
+    placer = Placer(engines.send, engines.to_hub, hwm=1)
+    placer.submit(_tasks("a", "b", "c"), [0])
+    assert placer.abort({"b", "zzz"}) == ["b"]
+    placer.done("a", "ok")
+    placer.place([0])
+    assert [m for _, m in engines.sent] == ["a", "c"]
+
+
+# -- with engines ---------------------------------------------------------------------------
+def _ways_open(rc: Client, n: int) -> bool:
+    return len(rc._transport.direct_engines()) == n
+
+
+def _nap(seconds: float) -> int:
+    import os  # runs on the engine
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_placed_tasks_pass_the_hub_by_and_use_every_engine(client: Client) -> None:
+    wait_until(lambda: _ways_open(client, 2), timeout=30)
+    lb = client.load_balanced_view()
+    before = client.hub_statistics()["shell"]["received"]
+    pids = {ar.get(30) for ar in [lb.apply_async(_nap, 0.3) for _ in range(2)]}
+    assert len(pids) == 2  # one task each: the least loaded engine
+    assert lb.map_sync(lambda x: x * 2, range(100)) == [x * 2 for x in range(100)]
+    assert client.hub_statistics()["shell"]["received"] == before  # no reply crossed it
+    ar = lb.apply_async(lambda: 1)
+    ar.get(30)
+    # The hub learns of placed tasks from the engines' reports.
+    wait_until(lambda: client.history([ar.msg_ids[0]])[0] is not None, timeout=30)
+    record = client.history([ar.msg_ids[0]])[0]
+    assert record is not None
+    assert record["status"] == "ok"
+
+
+def test_dependencies_on_placed_tasks(client: Client) -> None:
+    wait_until(lambda: _ways_open(client, 2), timeout=30)
+    lb = client.load_balanced_view()
+    first = lb.apply_async(lambda: (__import__("time").sleep(0.5), __import__("time").time())[1])
+    with lb.temp_flags(after=[first]):  # still running: the hub waits for its engine
+        second = lb.apply_async(lambda: __import__("time").time())
+    assert second.get(30) >= first.get(30)
+    where = lb.apply_async(os.getpid)
+    where.get(30)
+    with lb.temp_flags(follow=where):  # done: the client tells the hub where it ran
+        same = [lb.apply_async(os.getpid) for _ in range(3)]
+    assert {s.get(30) for s in same} == {where.get(30)}
+    failed = lb.apply_async(lambda: 1 / 0)
+    with pytest.raises(RemoteError, match="ZeroDivisionError"):
+        failed.get(30)
+    with lb.temp_flags(after=failed):
+        doomed = lb.apply_async(lambda: 1)
+    with pytest.raises(DependencyError, match="did not succeed"):
+        doomed.get(30)
+
+
+def test_abort_placed_tasks(client: Client, tmp_path: Path) -> None:
+    """Tasks waiting in the client, and the one queued on the engine, are aborted."""
+
+    def held(path: str) -> None:
+        import os  # runs on the engine, until the test opens the gate
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.01)
+
+    wait_until(lambda: _ways_open(client, 2), timeout=30)
+    gate = tmp_path / "gate"
+    lb = client.load_balanced_view(targets=[0])
+    try:
+        blocker = lb.apply_async(held, str(gate))
+        queued = [lb.apply_async(lambda: 1) for _ in range(4)]
+        status = client.queue_status()
+        assert status["unassigned"] == 3  # hwm 2: one more went to the engine
+        assert isinstance(status[0], dict)
+        assert status[0]["outstanding"] == 2
+        for ar in queued:
+            ar.abort()
+        client[0].status()  # a control request behind the hub's ask: the engine has it
+    finally:
+        gate.touch()
+    for ar in queued:
+        with pytest.raises(TaskAborted):
+            ar.get(30)
+    blocker.get(30)
+    assert lb.apply_sync(lambda: 2) == 2
+
+
+def test_a_dead_engine_fails_its_placed_tasks_and_the_rest_go_on(
+    tmp_path: Path, hub: ClusterStarter
+) -> None:
+    with hub(tmp_path, 2) as (_, rc):
+        wait_until(lambda: _ways_open(rc, 2), timeout=30)
+        pid0, pid1 = rc[0].apply_sync(os.getpid), rc[1].apply_sync(os.getpid)
+        lb = rc.load_balanced_view()
+        gate = tmp_path / "gate"
+        # One running on each engine, one queued on each (hwm 2), two waiting here.
+        tasks = [lb.apply_async(_wait_for, str(gate)) for _ in range(6)]
+        wait_until(lambda: len(list(tmp_path.glob("gate.*"))) == 2, timeout=30)
+        os.kill(pid0, signal.SIGKILL)
+        wait_until(lambda: 0 not in rc.ids, timeout=30)
+        gate.touch()
+        outcomes: list[object] = []
+        for ar in tasks:
+            try:
+                outcomes.append(ar.get(30))
+            except EngineDiedError:
+                outcomes.append("died")
+        assert collections.Counter(outcomes) == {"died": 2, pid1: 4}, outcomes
+        assert lb.apply_sync(os.getpid) == pid1
+
+
+def _wait_for(path: str) -> int:
+    import os  # runs on the engine
+    import time
+
+    open(f"{path}.{os.getpid()}", "w").close()
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
