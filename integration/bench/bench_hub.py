@@ -1,12 +1,14 @@
 """Hub-layer benchmarks: a shoal cluster (a hub and 2 engines) against raw pyzmq and peers.
 
 * W1 sequential no-op round trips, direct and load-balanced, vs a raw pyzmq broker
-  process relaying the same bytes between a client and 2 worker processes; peers:
-  multiprocess.Pool, ipyparallel, dask.distributed. Where the Client reaches engines
-  directly by default (``direct=True``), a second client with ``direct=False`` measures
-  the way through the hub as well (also in W3).
+  process relaying the same bytes between a client and 2 worker processes, and (for the
+  direct view) vs a raw pyzmq echo in one other process; peers: multiprocessing.Pool,
+  multiprocess.Pool, ProcessPoolExecutor, ipyparallel, dask.distributed. Where the
+  Client reaches engines directly by default (``direct=True``), a second client with
+  ``direct=False`` measures the way through the hub as well (also in W3).
 * W2 many independent no-op tasks submitted at once (tasks/s), and ``map`` with automatic
-  chunking; peers: multiprocess.Pool, ProcessPoolExecutor, ipyparallel, dask.
+  chunking; peers: multiprocessing.Pool, multiprocess.Pool, ProcessPoolExecutor,
+  ipyparallel, dask.
 * W3 push and pull of a large array to an engine vs raw pyzmq ``copy=False`` (point to
   point, and through the raw broker), and the hub's memory over that run.
 * W6 an engine SIGKILLed while it runs a request: time until the client has the
@@ -25,9 +27,12 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
+import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import subprocess
@@ -102,8 +107,13 @@ def ident(x: Any) -> Any:
 
 
 def noop_ref() -> None:
-    """noop for ProcessPoolExecutor: stdlib pickle sends a function by reference, and
-    the forked workers find this module in ``sys.modules``."""
+    """noop for ProcessPoolExecutor and multiprocessing.Pool: stdlib pickle sends a
+    function by reference, and the forked workers find this module in ``sys.modules``."""
+
+
+def ident_ref(x: Any) -> Any:
+    """ident for multiprocessing.Pool.map, by reference as :func:`noop_ref`."""
+    return x
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -123,11 +133,11 @@ def _rates(
     return interleave_all([functools.partial(_rate, n, run) for run, n in runs], repeats, 0)
 
 
-def _tasks(view: Any) -> Callable[[int], None]:
-    """``run(k)``: ``view.apply_async(noop)`` k times at once, then every result's ``get()``."""
+def _tasks(view: Any, f: Callable[[], Any] = noop) -> Callable[[int], None]:
+    """``run(k)``: ``view.apply_async(f)`` k times at once, then every result's ``get()``."""
 
     def run(k: int) -> None:
-        results = [view.apply_async(noop) for _ in range(k)]
+        results = [view.apply_async(f) for _ in range(k)]
         for r in results:
             r.get()
 
@@ -281,19 +291,24 @@ def _dask_client() -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _local_pools() -> Iterator[tuple[Any, concurrent.futures.ProcessPoolExecutor]]:
-    """A multiprocess.Pool and a ProcessPoolExecutor, ENGINES workers each."""
+def _local_pools() -> Iterator[
+    tuple[Any, multiprocessing.pool.Pool, concurrent.futures.ProcessPoolExecutor]
+]:
+    """A multiprocess.Pool, a multiprocessing.Pool (the standard library's, which pickles
+    functions by reference) and a ProcessPoolExecutor, ENGINES workers each."""
     import multiprocess
 
     with Reaper() as reaper:
-        pool = executor = None
+        pools: list[Any] = []  # multiprocess's and the standard library's
+        executor = None
         try:
-            pool = multiprocess.Pool(ENGINES)
+            pools.append(multiprocess.Pool(ENGINES))
+            pools.append(multiprocessing.Pool(ENGINES))
             executor = concurrent.futures.ProcessPoolExecutor(ENGINES)
-            yield pool, executor
+            yield pools[0], pools[1], executor
         finally:
             reaper.snapshot()
-            if pool is not None:
+            for pool in pools:
                 pool.terminate()
                 pool.join()
             if executor is not None:
@@ -317,6 +332,17 @@ def _path(rc: Client) -> str:
     return "Client -> hub -> engine"
 
 
+def _lb_path(rc: Client) -> str:
+    """The way ``rc``'s load-balanced no-op tasks take."""
+    if getattr(rc, "direct", False):
+        return (
+            "Client -> the least loaded engine's own socket (Client(direct=True) places a"
+            " task without retries or dependencies on this host's engines itself; hub"
+            " bypassed)"
+        )
+    return "Client -> hub -> engine"
+
+
 # -- W1: sequential round trips ---------------------------------------------------------
 def _shoal_calls(rc: Client) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """``rc[first].apply_sync(noop)`` and ``lb.apply_sync(noop)``."""
@@ -325,133 +351,235 @@ def _shoal_calls(rc: Client) -> tuple[Callable[[], Any], Callable[[], Any]]:
     return (lambda: direct.apply_sync(noop)), (lambda: lb.apply_sync(noop))
 
 
-def _round_trips(cfg: Any, rc: Client, rc_hub: Client | None, broker_url: str) -> list[Row]:
+def _round_trips(
+    cfg: Any, rc: Client, rc_hub: Client | None, raw_url: str, broker_url: str
+) -> list[Row]:
+    """W1 against raw pyzmq: each shoal way vs the raw broker, and the direct view vs a
+    raw direct echo (one DEALER -> a ROUTER echo in another process), all interleaved."""
     n: int = cfg.hub_roundtrips
     repeats = min(cfg.repeats, ROUNDTRIP_REPEATS)
-    # what a Client sends for apply(noop), with the engine's routing frame
-    size = apply_request_bytes(noop, uuid.uuid4().hex, "client", route=b"e0")
-    payload = b"x" * size
-    # (row name, the call, the path it takes)
+    session = uuid.uuid4().hex
+    # what a Client sends for apply(noop): to an engine's own socket as it is, to the hub
+    # with the engine's routing frame
+    size_direct = apply_request_bytes(noop, session, "client")
+    size = apply_request_bytes(noop, session, "client", route=b"e0")
+    # (row name, the call, the path it takes, whether its target is the raw broker's)
     direct, lb = _shoal_calls(rc)
-    cases: list[tuple[str, Callable[[], Any], str]] = [
-        ("hub direct apply(noop) round trip", direct, _path(rc)),
+    cases: list[tuple[str, Callable[[], Any], str, bool]] = [
+        ("hub direct apply(noop) round trip", direct, _path(rc), "hub ->" in _path(rc)),
     ]
     if rc_hub is not None:
-        cases.append(
-            ("hub direct apply(noop) round trip, via hub", _shoal_calls(rc_hub)[0], _path(rc_hub))
-        )
-    cases.append(("hub lb apply(noop) round trip", lb, "Client -> hub -> engine"))
-    for _, call, _ in cases:
+        name = "hub direct apply(noop) round trip, via hub"
+        cases.append((name, _shoal_calls(rc_hub)[0], _path(rc_hub), True))
+    cases.append(("hub lb apply(noop) round trip", lb, _lb_path(rc), True))
+    for _, call, _, _ in cases:
         assert call() is None
-    note(f"W1 apply(noop) round trips vs raw broker: {repeats} x {n} each")
-    with dealer(broker_url) as raw:
-        *stats, b = interleave_all(
+    note(f"W1 apply(noop) round trips vs raw broker, raw direct: {repeats} x {n} each")
+    with dealer(broker_url) as brokered, dealer(raw_url) as raw:
+        *stats, b_broker, b_direct = interleave_all(
             [
-                *(functools.partial(us_per_call, n, call) for _, call, _ in cases),
-                functools.partial(raw_echo_us, raw, payload, n),
+                *(functools.partial(us_per_call, n, call) for _, call, _, _ in cases),
+                functools.partial(raw_echo_us, brokered, b"x" * size, n),
+                functools.partial(raw_echo_us, raw, b"x" * size_direct, n),
             ],
             repeats,
         )
-    raw_text = (
+    broker_text = (
         "tcp 127.0.0.1; raw: a DEALER -> a broker process (ROUTER/ROUTER relay, copy=False)"
         f" -> 2 worker processes in turn (DEALER echo) and back, {size} B (shoal's"
-        " apply_request frames) each way"
+        " apply_request frames and the engine's route) each way"
     )
-    return [
-        Row(
+    rows = []
+    for (name, _, path, vs_broker), s in zip(cases, stats, strict=True):
+        row = Row(
             name=name,
             unit="us/rt",
             shoal=s,
             baseline_name=f"raw pyzmq broker, {size} B echo",
-            baseline=b,
-            target="s/b <= 1.5",
-            target_ok=s.median <= 1.5 * b.median,
-            note=f"{path} and back; {raw_text}",
+            baseline=b_broker,
+            note=f"{path} and back; {broker_text}",
         )
-        for (name, _, path), s in zip(cases, stats, strict=True)
-    ]
+        if vs_broker:
+            ok = s.median <= 1.5 * b_broker.median
+            row = dataclasses.replace(row, target="s/b <= 1.5", target_ok=ok)
+        rows.append(row)
+    rows.insert(  # next to the direct row's against the raw broker
+        1,
+        Row(
+            name="hub direct apply(noop) round trip vs raw direct",
+            unit="us/rt",
+            shoal=stats[0],
+            baseline_name=f"raw pyzmq direct, {size_direct} B echo",
+            baseline=b_direct,
+            target="s/b <= 2",
+            target_ok=stats[0].median <= 2 * b_direct.median,
+            note=f"{_path(rc)} and back; tcp 127.0.0.1; raw: a DEALER in this process ->"
+            f" a ROUTER echo in another process and back, one at a time, {size_direct} B"
+            " (shoal's apply_request frames) each way",
+        ),
+    )
+    return rows
 
 
 # -- W2: many tasks at once ---------------------------------------------------------------
-def _pool_rows(cfg: Any, rc: Client) -> list[Row]:
-    """W1 and W2 against multiprocess.Pool and ProcessPoolExecutor."""
+def _pool_rows(cfg: Any, rc: Client) -> tuple[list[Row], list[Row]]:
+    """W1 and W2 rows against multiprocess.Pool, multiprocessing.Pool and
+    ProcessPoolExecutor."""
     n_rt: int = cfg.hub_roundtrips
     n: int = cfg.hub_tasks
+    rt_repeats = min(cfg.repeats, ROUNDTRIP_REPEATS)
     repeats = min(cfg.repeats, TASK_REPEATS)
-    _, shoal_lb = _shoal_calls(rc)
+    shoal_direct, shoal_lb = _shoal_calls(rc)
     lb = rc.load_balanced_view()
     items = range(n)
-    rows = []
-    with _local_pools() as (pool, executor):
+    w1: list[Row] = []
+    w2: list[Row] = []
+    with _local_pools() as (mp_pool, std_pool, executor):
+
+        def ppe_call() -> None:
+            executor.submit(noop_ref).result()
 
         def ppe_tasks(k: int) -> None:
             futures = [executor.submit(noop_ref) for _ in range(k)]
             for f in futures:
                 f.result()
 
-        note(f"W1 lb round trip vs multiprocess.Pool.apply: {PEER_REPEATS} x {n_rt} each")
-        s, b = calls_vs_peer(shoal_lb, n_rt, lambda: pool.apply(noop), n_rt, PEER_REPEATS)
-        rows.append(
+        calls: list[Callable[[], Any]] = [
+            shoal_lb,
+            shoal_direct,
+            lambda: mp_pool.apply(noop),
+            lambda: std_pool.apply(noop_ref),
+            ppe_call,
+        ]
+        for call in calls:
+            assert call() is None
+        note(
+            "W1 round trips vs multiprocess and multiprocessing Pool.apply,"
+            f" ProcessPoolExecutor.submit: {rt_repeats} x {n_rt} each"
+        )
+        s_lb, s_direct, b_mp, b_std, b_ppe = interleave_all(
+            [functools.partial(us_per_call, n_rt, call) for call in calls], rt_repeats
+        )
+        rt_note = (
+            "peers: each system with 2 worker processes on this machine, sequential calls;"
+            " shoal's lb view against pools (load-balanced), its direct view against"
+            " ipyparallel's rc[0] and ProcessPoolExecutor; multiprocess sends noop by value"
+            " (dill), as shoal does; multiprocessing.Pool and ProcessPoolExecutor send it"
+            " by reference (stdlib pickle; the forked workers import it)"
+        )
+        ppe = "ProcessPoolExecutor(2).submit().result()"
+        w1 += [
             Row(
                 name="hub lb apply(noop) round trip vs multiprocess",
                 unit="us/rt",
-                shoal=s,
+                shoal=s_lb,
                 baseline_name="multiprocess Pool(2).apply",
-                baseline=b,
-                note="peers: each system with 2 worker processes on this machine, sequential"
-                " calls; shoal's lb view against pools (load-balanced), its direct view"
-                " against ipyparallel's rc[0]",
-            )
-        )
+                baseline=b_mp,
+                note=rt_note,
+            ),
+            Row(
+                name="hub lb apply(noop) round trip vs multiprocessing",
+                unit="us/rt",
+                shoal=s_lb,
+                baseline_name="multiprocessing Pool(2).apply",
+                baseline=b_std,
+                note=rt_note,
+            ),
+            Row(
+                name="hub lb apply(noop) round trip vs ProcessPoolExecutor",
+                unit="us/rt",
+                shoal=s_lb,
+                baseline_name=ppe,
+                baseline=b_ppe,
+                target="s/b < 1",
+                target_ok=s_lb.median < b_ppe.median,
+                note=rt_note,
+            ),
+            Row(
+                name="hub direct apply(noop) round trip vs ProcessPoolExecutor",
+                unit="us/rt",
+                shoal=s_direct,
+                baseline_name=ppe,
+                baseline=b_ppe,
+                target="s/b < 1",
+                target_ok=s_direct.median < b_ppe.median,
+                note=rt_note,
+            ),
+        ]
 
-        note(f"W2 {n} no-op tasks at once vs Pool.apply_async, PPE.submit: {repeats} repeats")
-        s, b_mp, b_ppe = _rates(
-            [(_tasks(rc.load_balanced_view()), n), (_tasks(pool), n), (ppe_tasks, n)],
+        note(
+            f"W2 {n} no-op tasks at once vs multiprocess and multiprocessing"
+            f" Pool.apply_async, PPE.submit: {repeats} repeats"
+        )
+        s, b_mp, b_std, b_ppe = _rates(
+            [
+                (_tasks(lb), n),
+                (_tasks(mp_pool), n),
+                (_tasks(std_pool, noop_ref), n),
+                (ppe_tasks, n),
+            ],
             repeats,
             warm_up=max(n // 10, 100),
         )
         task_note = (
             f"{n} no-op tasks submitted at once, then every result waited for; tasks/s:"
-            " higher is better; ProcessPoolExecutor sends noop by reference (stdlib pickle),"
-            " the others by value"
+            " higher is better; multiprocessing.Pool and ProcessPoolExecutor send noop by"
+            " reference (stdlib pickle), shoal and multiprocess by value"
         )
-        for peer, b in (
-            ("multiprocess Pool.apply_async", b_mp),
-            ("ProcessPoolExecutor.submit", b_ppe),
+        for peer, b, target, ok in (
+            ("multiprocess Pool.apply_async", b_mp, "s/b > 1", s.median > b_mp.median),
+            ("multiprocessing Pool.apply_async", b_std, "s/b >= 1", s.median >= b_std.median),
+            ("ProcessPoolExecutor.submit", b_ppe, "s/b > 1", s.median > b_ppe.median),
         ):
-            rows.append(
+            w2.append(
                 Row(
                     name=f"hub lb apply_async x{n}",
                     unit="tasks/s",
                     shoal=s,
                     baseline_name=peer,
                     baseline=b,
-                    target="s/b > 1",
-                    target_ok=s.median > b.median,
+                    target=target,
+                    target_ok=ok,
                     note=task_note,
                 )
             )
 
-        note(f"W2 map(ident, range({n})) vs multiprocess Pool.map: {cfg.repeats} repeats")
-        s, b = interleave(
-            lambda: _ms(lambda: lb.map_sync(ident, items)),
-            lambda: _ms(lambda: pool.map(ident, items)),
+        note(
+            f"W2 map(ident, range({n})) vs multiprocess and multiprocessing Pool.map:"
+            f" {cfg.repeats} repeats"
+        )
+        s, b_mp, b_std = interleave_all(
+            [
+                lambda: _ms(lambda: lb.map_sync(ident, items)),
+                lambda: _ms(lambda: mp_pool.map(ident, items)),
+                lambda: _ms(lambda: std_pool.map(ident_ref, items)),
+            ],
             cfg.repeats,
         )
         assert lb.map_sync(ident, items) == list(items)
-        rows.append(
-            Row(
-                name=f"hub lb map_sync(ident, range({n}))",
-                unit="ms",
-                shoal=s,
-                baseline_name="multiprocess Pool.map",
-                baseline=b,
-                target="s/b <= 2",
-                target_ok=s.median <= 2 * b.median,
-                note="automatic chunking on both sides (4 chunks per worker)",
-            )
+        assert mp_pool.map(ident, items) == list(items)
+        assert std_pool.map(ident_ref, items) == list(items)
+        map_note = (
+            "automatic chunking on all sides (4 chunks per worker); multiprocessing.Pool"
+            " sends ident by reference (stdlib pickle), shoal and multiprocess by value"
         )
-    return rows
+        for peer, b, factor in (
+            ("multiprocess Pool.map", b_mp, 2.0),
+            ("multiprocessing Pool.map", b_std, 1.5),
+        ):
+            w2.append(
+                Row(
+                    name=f"hub lb map_sync(ident, range({n}))",
+                    unit="ms",
+                    shoal=s,
+                    baseline_name=peer,
+                    baseline=b,
+                    target=f"s/b <= {factor:g}",
+                    target_ok=s.median <= factor * b.median,
+                    note=map_note,
+                )
+            )
+    return w1, w2
 
 
 # -- W3: large arrays and the hub's memory ----------------------------------------------
@@ -903,10 +1031,10 @@ def bench_hub(cfg: Any) -> list[Row]:
         if rc_hub is not None:
             stack.callback(rc_hub.close)
             rc_hub.wait_for_engines(ENGINES, 30)
-        w1 += _round_trips(cfg, rc, rc_hub, broker_url)
-        pool_rows = _pool_rows(cfg, rc)
-        w1 += pool_rows[:1]
-        w2 += pool_rows[1:]
+        w1 += _round_trips(cfg, rc, rc_hub, raw_srv.address, broker_url)
+        p1, p2 = _pool_rows(cfg, rc)
+        w1 += p1
+        w2 += p2
         w3 += _transfers(cfg, rc, rc_hub, raw_srv.address, broker_url)
         ipp_kill = None
         if cfg.quick:
