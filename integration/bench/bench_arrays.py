@@ -9,22 +9,31 @@ Two float64 arrays of 512 MiB, shape (8192, 8192), split along axis 0 over the 2
 * ``np.cumsum(x, axis=0)``: an accumulation along the split axis (running totals);
 * ``redistribute(x, boundaries=[0, 2048, 8192])``: 2048 rows move engine to engine.
 
+and a sixth on two more arrays, 512 MiB in total: ``x @ y.T`` with ``x`` and ``y`` of shape
+(4096, 8192), split the same way; the result is (4096, 4096), split like ``x``. Each engine
+multiplies its rows of ``x`` by all of ``y.T`` (fetched from the other engine). Its result
+is checked once against numpy's on the same data (numpy's inputs are gathered from shoal's).
+
 Baselines, measured in the same run and interleaved with shoal:
 
 * numpy on one core in this process, the same operations on local ndarrays; for the
-  redistribution, a copy of the rows that move (``a[2048:4096].copy()``);
+  redistribution, a copy of the rows that move (``a[2048:4096].copy()``); ``a @ b.T`` is
+  numpy's matmul, which runs on its BLAS's own threads (one per core unless told);
 * dask.array on a dask.distributed LocalCluster (2 worker processes, 1 thread each):
   ``x`` and ``y`` made with ``da.random.random(..., chunks=(4096, 8192)).persist()``,
   every operation timed as ``.persist()`` and ``distributed.wait``; the redistribution
-  as ``x.rechunk(((2048, 6144), (8192,)))``. Every result is dropped (and forgotten by
-  the scheduler) before the next sample, so that no sample finds a previous one's data.
+  as ``x.rechunk(((2048, 6144), (8192,)))``; ``x @ y.T`` on two more arrays in chunks of
+  (2048, 8192). Every result is dropped (and forgotten by the scheduler) before the next
+  sample, so that no sample finds a previous one's data. dask's workers run their BLAS on
+  one thread each (its nanny sets ``OPENBLAS_NUM_THREADS=1``); shoal's engines keep the
+  BLAS default (one thread per core each).
 
 shoal's operations are eager: a call returns once the engines hold the result (a
 DistArray); the call is timed, then the result deleted. Targets: numpy's time over
 shoal's >= 1.6 for ``np.sin`` (2 engines on 2 cores against one), and dask's time over
 shoal's > 1 for every operation. With ``--quick`` the arrays are small and dask is
-skipped. The three systems run side by side: their inputs (3 x 1 GiB) and one result
-each at a time peak at about 4.5 GiB; every cluster is ended afterwards (``Reaper``).
+skipped. The three systems run side by side: their inputs (3 x 1.5 GiB) and one result
+each at a time peak at about 6 GiB; every cluster is ended afterwards (``Reaper``).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from bench_hub import ENGINES, _dask_client, _shoal_cluster
 ARRAY_REPEATS = 5  # a sample of numpy's np.sin on 512 MiB takes a few seconds
 SIN_TARGET = 1.6  # numpy's np.sin time over shoal's, on 2 engines
 FORGET_TIMEOUT = 30.0  # s: dask's scheduler forgets a released result within this
+MATMUL = "x @ y.T"  # on two arrays of their own, (side/2, side) each
 
 # (name, the operation on x and y): the same call for shoal, numpy and dask.
 UFUNC_OPS: list[tuple[str, Callable[[Any, Any], Any]]] = [
@@ -58,6 +68,11 @@ def _side(mib: int) -> int:
     """The side of a square float64 array of ``mib`` MiB (8192 for 512), a multiple of 4."""
     side = math.isqrt(mib * MiB // 8)
     return side - side % 4
+
+
+def _matmul_shape(side: int) -> tuple[int, int]:
+    """The shape of ``x`` and of ``y`` for ``x @ y.T``: together as big as one square array."""
+    return side // 2, side
 
 
 def _shoal_s(op: Callable[[], Any], kind: type) -> float:
@@ -116,16 +131,47 @@ def _dask_sample(client: Any, op: Callable[[], Any]) -> float:
     return dt
 
 
-def _dask_inputs(client: Any, side: int) -> tuple[Any, Any]:
-    """``x`` and ``y`` on dask's workers: two chunks of rows, one per worker."""
+def _dask_inputs(client: Any, shapes: list[tuple[int, int]]) -> list[Any]:
+    """Random arrays of ``shapes`` on dask's workers: two chunks of rows, one per worker."""
     import dask.array as da
     import distributed
 
-    chunks = (side // ENGINES, side)
-    x = da.random.random((side, side), chunks=chunks).persist()
-    y = da.random.random((side, side), chunks=chunks).persist()
-    distributed.wait([x, y])
-    return x, y
+    out = [
+        da.random.random(shape, chunks=(shape[0] // ENGINES, shape[1])).persist()
+        for shape in shapes
+    ]
+    distributed.wait(out)
+    return out
+
+
+def _shoal_and_numpy_arrays(sa: Any, rc: Any, side: int) -> dict[str, Any]:
+    """shoal's inputs and numpy's: ``x``, ``y`` and ``a``, ``b`` square; ``xm``, ``ym`` and
+    ``am``, ``bm`` for ``x @ y.T``, numpy's gathered from shoal's to check its result once."""
+    mm = _matmul_shape(side)
+    arrays: dict[str, Any] = {
+        "x": sa.random((side, side), seed=1, client=rc),
+        "y": sa.random((side, side), seed=2, client=rc),
+        "a": np.random.default_rng(1).random((side, side)),
+        "b": np.random.default_rng(2).random((side, side)),
+        "xm": sa.random(mm, seed=3, client=rc),
+        "ym": sa.random(mm, seed=4, client=rc),
+    }
+    arrays["am"], arrays["bm"] = sa.gather(arrays["xm"]), sa.gather(arrays["ym"])
+    note(f"checking shoal's {MATMUL} against numpy's on the same {mm} arrays")
+    _check_matmul(sa, *(arrays[k] for k in ("xm", "ym", "am", "bm")))
+    return arrays
+
+
+def _check_matmul(sa: Any, x: Any, y: Any, a: Any, b: Any) -> None:
+    """Whether shoal's ``x @ y.T`` is numpy's ``a @ b.T`` (the same data); raise if not."""
+    got = sa.gather(x @ y.T)
+    want = a @ b.T
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=0):
+        diff = np.abs(got - want).max() if got.shape == want.shape else "n/a"
+        raise RuntimeError(
+            f"shoal's x @ y.T differs from numpy's: shape {got.shape} (want {want.shape}),"
+            f" max abs difference {diff}"
+        )
 
 
 def _cases(
@@ -133,6 +179,7 @@ def _cases(
 ) -> list[tuple[str, list[Callable[[], float]]]]:
     """Each operation's name and its samplers: shoal, numpy, and dask when ``client``."""
     x, y, a, b, dx, dy = (arrays[k] for k in ("x", "y", "a", "b", "dx", "dy"))
+    xm, ym, am, bm, dxm, dym = (arrays[k] for k in ("xm", "ym", "am", "bm", "dxm", "dym"))
     moved = side // 4  # rows side/4 .. side/2 move from the first engine to the second
     cases: list[tuple[str, list[Callable[[], float]]]] = []
     for name, op in UFUNC_OPS:
@@ -143,6 +190,13 @@ def _cases(
         if client is not None:
             fns.append(functools.partial(_dask_s, client, functools.partial(op, dx, dy)))
         cases.append((name, fns))
+    fns = [
+        functools.partial(_shoal_s, lambda: xm @ ym.T, sa.DistArray),
+        functools.partial(_numpy_s, lambda: am @ bm.T),
+    ]
+    if client is not None:
+        fns.append(functools.partial(_dask_s, client, lambda: dxm @ dym.T))
+    cases.append((MATMUL, fns))
     bounds = [0, moved, side]
     chunks = ((moved, side - moved), (side,))
     fns = [
@@ -156,7 +210,7 @@ def _cases(
 
 
 def bench_arrays(cfg: Any) -> list[Row]:
-    """shoal.arrays (2 engines) vs numpy (1 core) and dask.array (2 workers): 5 operations."""
+    """shoal.arrays (2 engines) vs numpy (1 core) and dask.array (2 workers): 6 operations."""
     try:
         import shoal.arrays as sa
     except ImportError as exc:
@@ -176,18 +230,15 @@ def bench_arrays(cfg: Any) -> list[Row]:
             except Exception as exc:  # a failing peer must not cost the shoal rows
                 note(f"dask could not start, no dask rows: {type(exc).__name__}: {exc}")
         where = "shoal, numpy and dask" if client is not None else "shoal and numpy"
-        note(f"making 2 x {mib} MiB arrays ({side}, {side}) in {where}")
-        arrays: dict[str, Any] = {
-            "x": sa.random((side, side), seed=1, client=rc),
-            "y": sa.random((side, side), seed=2, client=rc),
-            "a": np.random.default_rng(1).random((side, side)),
-            "b": np.random.default_rng(2).random((side, side)),
-            "dx": None,
-            "dy": None,
-        }
+        mm = _matmul_shape(side)
+        note(f"making 2 x {mib} MiB arrays ({side}, {side}) and 2 x {mm} in {where}")
+        arrays = _shoal_and_numpy_arrays(sa, rc, side)
+        arrays.update(dx=None, dy=None, dxm=None, dym=None)
         if client is not None:
             try:
-                arrays["dx"], arrays["dy"] = _dask_inputs(client, side)
+                dask_arrays = _dask_inputs(client, [(side, side), (side, side), mm, mm])
+                arrays.update(zip(("dx", "dy", "dxm", "dym"), dask_arrays, strict=True))
+                del dask_arrays
                 import dask
 
                 dask_version = dask.__version__
@@ -231,20 +282,36 @@ def _rows(
         " forgotten by the scheduler) between samples; the redistribution as"
         f" x.rechunk((({moved}, {side - moved}), ({side},)))"
     )
+    n, k = _matmul_shape(side)
+    matmul_numpy_note = (
+        f"{repeats} samples each; float64 x, y ({n}, {k}) each, {mib} MiB in total, result"
+        f" ({n}, {n}); shoal: sa.random() split along axis 0 over {ENGINES} engines, x @ y.T"
+        " eager (each engine its rows of x times all of y.T), its result checked once"
+        " against numpy's (allclose, same data); numpy: a @ b.T in this process; both run"
+        " their BLAS on its default threads (one per core); seconds: lower is better"
+    )
+    matmul_dask_note = (
+        f"dask {dask_version} LocalCluster(n_workers={ENGINES}, threads_per_worker=1,"
+        f" processes=True, so OPENBLAS_NUM_THREADS=1 on the workers): x, y ="
+        f" da.random.random(({n}, {k}), chunks=({n // ENGINES}, {k})).persist();"
+        " (x @ y.T).persist() + distributed.wait, the result dropped (and forgotten by the"
+        " scheduler) between samples"
+    )
     rows = []
     for name, (s, b_numpy, *b_dask) in stats:
         sin = name == "np.sin(x)"
+        matmul = name == MATMUL
         rows.append(
             Row(
                 name=f"arrays {name} {mib} MiB vs numpy",
                 unit="s",
                 shoal=s,
-                baseline_name="numpy, 1 core",
+                baseline_name="numpy, 1 process" if matmul else "numpy, 1 core",
                 baseline=b_numpy,
                 target=f"b/s >= {SIN_TARGET:g}" if sin else "(none: report)",
                 target_ok=b_numpy.median >= SIN_TARGET * s.median if sin else None,
                 inverse=True,
-                note=numpy_note,
+                note=matmul_numpy_note if matmul else numpy_note,
             )
         )
         if b_dask:
@@ -258,7 +325,7 @@ def _rows(
                     target="b/s > 1",
                     target_ok=b_dask[0].median > s.median,
                     inverse=True,
-                    note=dask_note,
+                    note=matmul_dask_note if matmul else dask_note,
                 )
             )
     return rows
