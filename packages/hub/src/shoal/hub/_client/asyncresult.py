@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -73,7 +72,7 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         self._single = single
         self._label = label
         self._remaining = len(self.msg_ids)
-        self._arrived = threading.Condition()
+        self._arrived = self._condition  # the future's own: one lock per result
         self.submitted = time.time()
         self._completed: float | None = None
         self._object = False  # an object-store request: the whole reply, original errors

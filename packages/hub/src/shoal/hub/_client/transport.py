@@ -57,6 +57,7 @@ _FLUSH_AFTER = 0.001  # seconds a queued task may wait for others
 # Seconds the I/O thread leaves the reading to callers after one last waited: a caller
 # making calls in a row then finds the sockets free, and wakes no thread per call.
 _LINGER = 0.01
+_READ_BURST = 64  # messages read from one socket per round, so pings stay on time
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -394,8 +395,8 @@ class Transport:
         self._handle(ready)
 
     def _handle(self, ready: list[tuple[Any, int]]) -> None:
-        """Read one message from each socket the poll found ready."""
-        hub = self._receiver
+        """Read what waits on each socket the poll found ready (up to ``_READ_BURST``
+        messages each: one poll, one wake-up, for a burst of replies)."""
         for sock, _ in ready:
             if sock is self._wake_in:
                 while self._wake_in.poll(0):
@@ -404,26 +405,31 @@ class Transport:
             if sock is self._beat:
                 self._read_beats()
                 continue
-            session = self._sessions.get(sock)
-            if session is None:  # closed earlier in this round: its engine is gone
-                continue
-            try:
-                frames = session.recv_frames_nowait()
-            except zmq.ZMQError:  # Again, or the context is ending
-                continue
-            if frames is None:  # over the caps: dropped and counted
-                continue
-            try:
-                if sock is hub:
-                    self._last_heard = time.monotonic()
-                    if frames[0].bytes == PONG:
-                        self.heard.set()
-                    else:
-                        self._on_message(frames[0].bytes, frames, session)
+            for _ in range(_READ_BURST):
+                session = self._sessions.get(sock)
+                if session is None:  # closed meanwhile: its engine is gone
+                    break
+                try:
+                    frames = session.recv_frames_nowait()
+                except zmq.ZMQError:  # Again, or the context is ending
+                    break
+                if frames is not None:  # else over the caps: dropped and counted
+                    self._dispatch(sock, frames, session)
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break  # cheaper than a recv that raises Again
+
+    def _dispatch(self, sock: zmq.Socket[Any], frames: list[Any], session: Session) -> None:
+        try:
+            if sock is self._receiver:
+                self._last_heard = time.monotonic()
+                if frames[0].bytes == PONG:
+                    self.heard.set()
                 else:
-                    self._on_direct(sock, frames, session)
-            except Exception:
-                log.exception("failed to handle a message")
+                    self._on_message(frames[0].bytes, frames, session)
+            else:
+                self._on_direct(sock, frames, session)
+        except Exception:
+            log.exception("failed to handle a message")
 
     def _read_beats(self) -> None:
         """The hub echoed pings: it is alive."""

@@ -59,7 +59,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -460,6 +460,8 @@ class Hub:
                 handler(frames)
             except Exception:  # one bad message must not end the hub
                 log.exception("failed to handle a message")
+            if not cast("int", session.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return  # cheaper than a recv that raises Again
 
     def _start_beat_echo(
         self,
