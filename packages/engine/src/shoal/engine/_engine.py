@@ -31,6 +31,7 @@ identities, so a hub can relay them to the client that asked.
 from __future__ import annotations
 
 import argparse
+import array
 import builtins
 import collections
 import contextlib
@@ -84,7 +85,16 @@ from ._current import set_current_engine
 from ._errors import EngineDiedError
 from ._kernel import Kernel
 from ._objects import ObjectStore
-from ._protocol import CONTROL_REQUESTS, PING, PONG, MsgType, reply_type
+from ._protocol import (
+    BATCH,
+    BATCH_MAX,
+    CONTROL_REQUESTS,
+    PING,
+    PONG,
+    MsgType,
+    reply_type,
+    split_batch,
+)
 from ._replies import error_reply
 
 __all__ = ["EngineProcess", "main"]
@@ -139,7 +149,7 @@ class EngineProcess:
     (``info.extra["curve_peers"]``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one state attribute per statement reads best
         self,
         info: ConnectionInfo,
         *,
@@ -184,6 +194,9 @@ class EngineProcess:
         self.running: Message | None = None  # the request user code is running now
         self._running_sock: zmq.Socket[Any] | None = None
         self._direct_done: list[list[Any]] = []  # history of direct requests, for the hub
+        # Requests that came in a batch and are not its last: their replies (encoded and
+        # stamped, in _held) wait to leave with the last one's, in one batch (_send).
+        self._batched: set[str] = set()
         self._in_user_code = False
         self._main_ident = threading.main_thread().ident
         self._abort_ids: set[str] = set()  # filled by the I/O thread
@@ -227,6 +240,8 @@ class EngineProcess:
 
     #: The Curve server of the direct socket (its ZAP handler), when there is one.
     _direct_curve: CurveServer | None = None
+    #: Replies held back for a batch (see ``_batched``); a fresh list on each flush.
+    _held: tuple[list[Any], ...] = ()
 
     def _bind_direct(self) -> None:
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
@@ -314,6 +329,8 @@ class EngineProcess:
         while True:
             try:
                 while not self.pending:
+                    if self._held:  # never idle with replies held back
+                        self._flush_held()
                     for sock, _ in poller.poll():
                         if sock is self._pipe_in:
                             self._forward_pipe()
@@ -374,15 +391,39 @@ class EngineProcess:
                 with contextlib.suppress(zmq.ZMQError):  # a client checks the way back
                     sock.send_multipart([frames[0], PONG])
                 continue
-            try:  # content is loaded when the request runs, not here
-                msg = session.decode_or_drop(frames, content=False)
-            except SharedMemoryLost as exc:  # authentic, but its data is gone: say so
-                msg = Message(exc.header, exc.parent_header, {}, None, (), exc.identities)
-                failed = error_reply(exc, engine_id=self.engine_id, serializer=None)
-                self._reply(sock, self._reply_route(sock, msg), failed, time.time())
+            if direct and len(frames) > 2 and frames[1].bytes == BATCH:
+                self._read_batch(sock, session, frames)
                 continue
-            if msg is not None:
-                self.pending.append((sock, self._reply_route(sock, msg)))
+            self._accept(sock, session, frames)
+
+    def _read_batch(self, sock: zmq.Socket[Any], session: Session, frames: list[Any]) -> None:
+        """Split a batch ``[peer, BATCH, counts, ...]`` into its messages, each verified
+        on its own; a malformed batch is dropped whole and counted."""
+        messages = split_batch(frames, 2)
+        if messages is None:
+            session.refuse(frames[:1], "a malformed batch: its counts do not match its frames")
+            return
+        peer = frames[0]
+        last: Message | None = None
+        for message in messages:
+            before = len(self.pending)
+            self._accept(sock, session, [peer, *message])
+            if len(self.pending) > before:
+                if last is not None:
+                    self._batched.add(last.header.msg_id)
+                last = self.pending[-1][1]
+
+    def _accept(self, sock: zmq.Socket[Any], session: Session, frames: list[Any]) -> None:
+        """Verify one request and queue it in ``pending``, its content not loaded."""
+        try:  # content is loaded when the request runs, not here
+            msg = session.decode_or_drop(frames, content=False)
+        except SharedMemoryLost as exc:  # authentic, but its data is gone: say so
+            msg = Message(exc.header, exc.parent_header, {}, None, (), exc.identities)
+            failed = error_reply(exc, engine_id=self.engine_id, serializer=None)
+            self._reply(sock, self._reply_route(sock, msg), failed, time.time())
+            return
+        if msg is not None:
+            self.pending.append((sock, self._reply_route(sock, msg)))
 
     def _reply_route(self, sock: zmq.Socket[Any], msg: Message) -> Message:
         """``msg`` with the identity its reply goes to: the one its (signed) metadata
@@ -591,7 +632,10 @@ class EngineProcess:
             frames = self._encode(
                 reply_type(request.msg_type), fallback, parent=request, metadata=meta
             )
-        self._send(sock, frames)
+        hold = request.header.msg_id in self._batched
+        if hold:
+            self._batched.discard(request.header.msg_id)
+        self._send(sock, frames, hold=hold)
         if sock is self._direct and self.register:  # the hub did not see it: tell it
             header = request.header
             status = meta["status"]
@@ -599,17 +643,52 @@ class EngineProcess:
                 [header.msg_id, status, header.date, started, meta["completed"]]
             )
 
-    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
-        """Send encoded ``frames`` on ``sock``, stamped now by its session's link."""
+    def _send(self, sock: zmq.Socket[Any], frames: list[Any], *, hold: bool = False) -> None:
+        """Send encoded ``frames`` on ``sock``, stamped now by its session's link. With
+        ``hold`` (a reply to a batch's request, not its last) it waits to leave with the
+        next one in a batch; anything else sent on the direct socket takes the held
+        replies along first, so that order is kept."""
         at = 0
         while memoryview(frames[at])[: len(DELIMITER)] != DELIMITER:
             at += 1  # past the routing identities
         self._sessions[sock].stamp(frames, at)
+        held = self._held
+        if held and (sock is not self._direct or at != 1 or not _same(held[0][0], frames[0])):
+            self._flush_held()  # another way or another peer: what waits goes first
+            held = ()
+        if sock is self._direct and at == 1 and (hold or held):
+            self._held = (*held, frames)
+            if hold and len(self._held) < BATCH_MAX:
+                return
+            self._flush_held()
+            return
+        self._send_now(sock, frames)
+
+    def _flush_held(self) -> None:
+        """Send the held replies to one peer: alone, or as one batch."""
+        held, self._held = self._held, ()
+        assert self._direct is not None  # noqa: S101 - only replies on it are held
+        if len(held) == 1:
+            self._send_now(self._direct, held[0])
+            return
+        counts = array.array("I", [len(f) - 1 for f in held]).tobytes()
+        batch = [held[0][0], BATCH, counts]
+        for frames in held:
+            batch.extend(frames[1:])
+        self._send_now(self._direct, batch, parts=held)
+
+    def _send_now(
+        self,
+        sock: zmq.Socket[Any],
+        frames: list[Any],
+        parts: tuple[list[Any], ...] | None = None,
+    ) -> None:
         try:
             sock.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH on the direct socket: the client left
             log.warning("dropped a reply: its client is gone (%s)", exc)
-            self._codec.discard(frames)  # its shared memory, which nobody will open
+            for message in parts or (frames,):
+                self._codec.discard(message)  # its shared memory, which nobody will open
 
     def _stream(self, name: str, text: str) -> None:
         frames = self._encode(MsgType.STREAM, {"name": name, "text": text}, parent=self.running)
@@ -855,6 +934,11 @@ def _curve_peers(info: ConnectionInfo) -> list[str]:
             " and clients' public keys; use the hub-engine.json the hub wrote"
         )
     return [peers["engine"], peers["client"]]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two routing identities (bytes or frames) are equal."""
+    return bytes(a) == bytes(b)
 
 
 def _exit(code: int) -> None:
