@@ -9,7 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
+import zmq
 
+from shoal.engine import BATCH
 from shoal.hub import Client, DependencyError, EngineDiedError, RemoteError, TaskAborted
 from shoal.hub._client.placer import Placed, Placer
 from shoal.hub.testing import ClusterStarter, wait_until
@@ -23,18 +25,20 @@ class _Engines:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
+        self.batches: list[list[str]] = []
         self.hub: list[str] = []
 
-    def send(self, engine: int, task: Placed) -> bool:
-        self.sent.append((engine, task.msg_id))
+    def send(self, engine: int, tasks: list[Placed]) -> bool:
+        self.sent.extend((engine, t.msg_id) for t in tasks)
+        self.batches.append([t.msg_id for t in tasks])
         return True
 
     def to_hub(self, task: Placed) -> None:
         self.hub.append(task.msg_id)
 
 
-def _tasks(*names: str, targets: frozenset[int] | None = None) -> list[Placed]:
-    return [Placed(n, [], targets) for n in names]
+def _tasks(*names: str, targets: frozenset[int] | None = None, small: bool = False) -> list[Placed]:
+    return [Placed(n, [b"head"] if small else [b"head", b"buffer"], targets) for n in names]
 
 
 def test_the_placer_keeps_to_hwm_and_balances() -> None:
@@ -49,6 +53,26 @@ def test_the_placer_keeps_to_hwm_and_balances() -> None:
     assert placer.records["b"][:2] == [1, "ok"]
     assert not placer.done("unknown", "ok")
     assert placer.load() == {0: 2, 1: 2}
+
+
+def test_short_tasks_go_in_batches_long_ones_alone() -> None:
+    engines = _Engines()
+    placer = Placer(engines.send, engines.to_hub, hwm=2)
+    assert placer.batch_size() == 1  # nothing known yet: one by one
+    placer.submit(_tasks("a", "b", small=True), [0, 1])
+    assert engines.batches == [["a"], ["b"]]
+    placer.done("a", "ok", 10.0, 10.0001)  # 100 us: 20 fit in 2 ms
+    assert placer.batch_size() == 20
+    placer.submit(_tasks(*(f"s{i}" for i in range(50)), small=True), [0, 1])
+    # engine 0 has room for 2 x 20 (holding none), engine 1 for 39 (holding b)
+    assert [len(b) for b in engines.batches[2:]] == [20, 20, 10]
+    assert len(placer) == 0
+    placer.submit(_tasks("big", "small", small=False), [0, 1])  # buffers: never batched
+    assert engines.batches[-2:] == [["big"], ["small"]]
+    slow = Placer(engines.send, engines.to_hub, hwm=2)
+    slow.submit(_tasks("x", small=True), [0])
+    slow.done("x", "ok", 10.0, 11.0)  # a second per task: one by one
+    assert slow.batch_size() == 1
 
 
 def test_a_task_whose_engines_are_busy_lets_others_pass() -> None:
@@ -202,3 +226,45 @@ def _wait_for(path: str) -> int:
     while not os.path.exists(path):
         time.sleep(0.01)
     return os.getpid()
+
+
+def test_short_tasks_travel_in_batches(client: Client) -> None:
+    wait_until(lambda: _ways_open(client, 2), timeout=30)
+    lb = client.load_balanced_view()
+    results = [lb.apply_async(lambda i=i: i * i) for i in range(3000)]
+    assert [r.get(60) for r in results] == [i * i for i in range(3000)]
+    assert client._placer.batch_size() > 1  # they ran short: they went many at a time
+    # Output and errors still reach their own task inside a batch.
+    loud = [lb.apply_async(lambda i=i: print(f"task {i}")) for i in range(200)]
+    for i, ar in enumerate(loud):
+        ar.get(30)
+        assert ar.stdout == f"task {i}\n"
+    mixed = [lb.apply_async(lambda i=i: 1 // (i % 7)) for i in range(100)]
+    for i, ar in enumerate(mixed):
+        if i % 7:
+            assert ar.get(30) == 1 // (i % 7)
+        else:
+            with pytest.raises(RemoteError, match="ZeroDivisionError"):
+                ar.get(30)
+
+
+def test_a_malformed_batch_is_dropped_and_the_engine_serves_on(client: Client) -> None:
+    url = client.direct_url(0)
+    assert url is not None
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.linger = 0
+        rogue.connect(url)
+        for frames in (
+            [BATCH, b"\x05\x00\x00\x00", b"x"],  # counts that do not add up
+            [BATCH, b"\x01\x00", b"x"],  # counts not 4 bytes each
+            [BATCH, b"\x00\x00\x00\x00"],  # a message of no frame
+            [BATCH, b"\x01\x00\x00\x00", b"<SHOAL|2>forged"],  # unsigned
+        ):
+            rogue.send_multipart(frames)
+        rogue.close()
+    finally:
+        ctx.term()
+    assert client[0].apply_sync(lambda: 5) == 5
+    assert client.load_balanced_view(targets=[0]).apply_sync(lambda: 6) == 6

@@ -161,6 +161,7 @@ class Client:
         # Load-balanced tasks this client places on engines of this host itself; the
         # hub's limit per engine comes with its connect reply.
         self._placer = Placer(self._place, self._place_through_hub, hwm=2)
+        self._place_wanted = False  # a reply made room: place at the end of the burst
         # Reference count changes of remote objects: booked by proxies (also from
         # __del__), sent in batches by the reader.
         self.references: ReferenceBook[int] = ReferenceBook(self._send_refs)
@@ -177,6 +178,7 @@ class Client:
             on_lost=self._hub_lost,
             on_tick=self._tick,
             on_direct=self._direct_opened,
+            on_burst=self._after_burst,
             outstanding=self._pending.__len__,
         )
         self._transport.start()
@@ -465,14 +467,26 @@ class Client:
         if running:
             meta["placed"] = running
 
-    def _place(self, engine: int, task: Placed) -> bool:
-        """Send a placed task to ``engine``'s own socket (False: it went through the hub,
-        the way having closed meanwhile)."""
+    def _place(self, engine: int, tasks: list[Placed]) -> bool:
+        """Send placed tasks to ``engine``'s own socket: one, or a batch of small ones
+        (False: a lone task went through the hub, the way having closed meanwhile)."""
+        if len(tasks) > 1:
+            self._transport.send_batch(engine_route(engine), [t.frames[0] for t in tasks])
+            for task in tasks:
+                self._sent_to[task.msg_id] = engine
+            return True
+        (task,) = tasks
         sent_to = self._transport.send(engine_route(engine), task.frames)
         if sent_to is None:
             return False
         self._sent_to[task.msg_id] = sent_to
         return True
+
+    def _after_burst(self) -> None:
+        """The reader handled a burst of messages: replies made room on engines."""
+        if self._place_wanted:
+            self._place_wanted = False
+            self._placer.place(self._transport.direct_engines())
 
     def _place_through_hub(self, task: Placed) -> None:
         """A task the placer cannot place here goes to the hub's scheduler."""
@@ -726,8 +740,8 @@ class Client:
         meta = msg.metadata
         if self._placer.done(
             parent.msg_id, str(meta.get("status")), meta.get("started"), meta.get("completed")
-        ):  # room on that engine: the next waiting task goes before this one is delivered
-            self._placer.place(self._transport.direct_engines())
+        ):  # room on that engine: what waits goes once the burst is read (_after_burst)
+            self._place_wanted = True
         if len(self._pending) == self.max_outstanding - 1:
             with self._room:
                 self._room.notify_all()

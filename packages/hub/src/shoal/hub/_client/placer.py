@@ -10,6 +10,12 @@ here in submission order, a task whose engines are all full letting the others p
 and leave when a reply makes room. The hub is not on the way (two hops and a process
 fewer per task); it learns of each task from the engine's history report.
 
+Small tasks leave in batches: when this client's tasks run short (a moving average of
+their run time, from the replies), an engine may hold ``hwm`` times as many as fit in
+``_BATCH_SECONDS`` of work, and the tasks that go to one engine at once travel in one
+message (:data:`shoal.engine.BATCH`), as do their replies: one wake-up of each process
+for many tasks. Long tasks go one by one, ``hwm`` per engine, as through the hub.
+
 When no engine of this host is reachable any more, what waits here goes to the hub,
 which schedules it on the engines it knows. A task whose engine dies fails with
 ``EngineDiedError``, as a task without retries does through the hub.
@@ -26,11 +32,13 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from shoal.engine import EngineDiedError
+from shoal.engine import BATCH_MAX, EngineDiedError
 
 __all__ = ["Placed", "Placer"]
 
 _RECORDS_KEPT = 10_000  # finished tasks remembered, for the hub's dependency checks
+_BATCH_SECONDS = 0.002  # the work one batch may hold: what an engine's queue may delay
+_SMOOTHING = 0.2  # weight of the newest run time in the moving average
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,10 +50,16 @@ class Placed:
     targets: frozenset[int] | None
     submitted: float = dataclasses.field(default_factory=time.time)
 
+    @property
+    def small(self) -> bool:
+        """One frame, no buffers: it may travel in a batch."""
+        return len(self.frames) == 1
 
-#: ``send(engine_id, task) -> bool``: send ``task`` to that engine's own socket; False
-#: when it went through the hub instead (its way closed meanwhile).
-Send = Callable[[int, Placed], bool]
+
+#: ``send(engine_id, tasks) -> bool``: send ``tasks`` (one, or a batch of small ones) to
+#: that engine's own socket; False when a lone task went through the hub instead (its
+#: way closed meanwhile); ``EngineDiedError`` when nothing was sent.
+Send = Callable[[int, list[Placed]], bool]
 
 
 class Placer:
@@ -63,6 +77,7 @@ class Placer:
         #: Finished placed tasks: msg_id -> ``[engine, status, submitted, started,
         #: completed]``, the record the hub keeps (bounded, oldest dropped first).
         self.records: collections.OrderedDict[str, list[object]] = collections.OrderedDict()
+        self._run_time: float | None = None  # moving average of the tasks' run time (s)
 
     def __len__(self) -> int:
         """Tasks waiting here for room on an engine."""
@@ -95,6 +110,10 @@ class Placer:
             engine, submitted = where
             self._load[engine] -= 1
             self.records[msg_id] = [engine, status, submitted, started, completed]
+            if isinstance(started, float) and isinstance(completed, float):
+                ran = max(0.0, completed - started)
+                mean = self._run_time
+                self._run_time = ran if mean is None else mean + _SMOOTHING * (ran - mean)
             if len(self.records) > _RECORDS_KEPT:
                 self.records.popitem(last=False)
         return True
@@ -116,12 +135,21 @@ class Placer:
                 self._queue = collections.deque(t for t in self._queue if t.msg_id not in msg_ids)
         return dropped
 
+    def batch_size(self) -> int:
+        """How many tasks go to an engine in one message: as many as fit in
+        ``_BATCH_SECONDS`` of work at the tasks' mean run time (1 until one finished)."""
+        mean = self._run_time
+        if mean is None:
+            return 1
+        return max(1, min(BATCH_MAX, int(_BATCH_SECONDS / max(mean, 1e-6))))
+
     def place(self, engines: Collection[int]) -> None:
         """Send waiting tasks to the least loaded of ``engines`` with room, in order."""
         if not self._queue:
             return
         with self._lock:
-            queue, load, hwm = self._queue, self._load, self.hwm
+            size = self.batch_size()
+            queue, load, hwm = self._queue, self._load, self.hwm * size
             ways = list(engines)
             skipped: list[Placed] = []
             while queue:
@@ -142,13 +170,23 @@ class Placer:
                         skipped.append(task)  # its engines are busy: let others pass
                     continue
                 engine = min(choices, key=lambda e: load.get(e, 0))
+                batch = [task]
+                room = min(size, hwm - load.get(engine, 0))
+                while task.small and len(batch) < room and queue:
+                    after = queue[0]  # the tasks right behind it, if they may go there
+                    if not after.small or (
+                        after.targets is not None and engine not in after.targets
+                    ):
+                        break
+                    batch.append(queue.popleft())
                 try:
-                    ours = self._send(engine, task)
+                    ours = self._send(engine, batch)
                 except EngineDiedError:  # its way closed after we looked: another one
                     ways.remove(engine)
-                    queue.appendleft(task)
+                    queue.extendleft(reversed(batch))
                     continue
                 if ours:
-                    load[engine] = load.get(engine, 0) + 1
-                    self._where[task.msg_id] = (engine, task.submitted)
+                    load[engine] = load.get(engine, 0) + len(batch)
+                    for placed in batch:
+                        self._where[placed.msg_id] = (engine, placed.submitted)
             queue.extendleft(reversed(skipped))

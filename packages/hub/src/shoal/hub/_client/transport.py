@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from shoal.engine import PING, PONG, EngineDiedError
+from shoal.engine import BATCH, PING, PONG, EngineDiedError, split_batch
 from shoal.wire import Codec, CurveKeys, Session, configure_curve_client
 
 from .._protocol import BEAT, LB, LB_BATCH, RECEIVER, SENDER, engine_route
@@ -75,7 +75,8 @@ class Transport:
     ``on_message`` gets every message; ``on_lost(why)`` is called once when the hub is
     lost; ``on_tick(now)`` runs at each round of reading and returns how many seconds
     may pass before it must run again; ``on_direct(engine_id)`` says that the way to an
-    engine's own socket opened; ``outstanding()`` counts unanswered requests.
+    engine's own socket opened; ``on_burst()`` runs after each burst of messages read;
+    ``outstanding()`` counts unanswered requests.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class Transport:
         on_lost: Callable[[str], None],
         on_tick: Callable[[float], float],
         on_direct: Callable[[int], None],
+        on_burst: Callable[[], None],
         outstanding: Callable[[], int],
         curve: CurveKeys | None = None,
         engine_curve: CurveKeys | None = None,
@@ -106,6 +108,7 @@ class Transport:
         self._on_lost = on_lost
         self._on_tick = on_tick
         self._on_direct_open = on_direct
+        self._on_burst = on_burst
         self._outstanding = outstanding
         self.lost: str | None = None
         self.closed = False
@@ -231,6 +234,16 @@ class Transport:
             return None
         self._send_frames(frames, way[1], route)  # straight to the engine
         return way[0]
+
+    def send_batch(self, route: bytes, heads: list[Any]) -> None:
+        """Send several one-frame messages to an engine's own socket in one multipart
+        (:data:`shoal.engine.BATCH`). Raises ``EngineDiedError`` when that way is closed
+        (nothing was sent)."""
+        way = self._direct_senders.get(route)
+        if way is None:
+            raise EngineDiedError(f"engine {route[1:].decode()} has no open way from here")
+        counts = array.array("I", [1] * len(heads)).tobytes()
+        self._send_frames([BATCH, counts, *heads], way[1], route, heads=len(heads))
 
     def _coalesce(self, head: Any) -> bool:
         """Queue a small load-balanced task to go with others in one message (Nagle's
@@ -417,6 +430,10 @@ class Transport:
                     self._dispatch(sock, frames, session)
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     break  # cheaper than a recv that raises Again
+        try:
+            self._on_burst()
+        except Exception:
+            log.exception("failed after reading a burst of messages")
 
     def _dispatch(self, sock: zmq.Socket[Any], frames: list[Any], session: Session) -> None:
         try:
@@ -461,11 +478,21 @@ class Transport:
 
     def _on_direct(self, receiver: zmq.Socket[Any], frames: list[Any], session: Session) -> None:
         engine_id, sender = self._direct_receivers[receiver]
-        if frames[0].bytes == PONG:
+        first = frames[0].bytes
+        if first == PONG:
             self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
             self._on_direct_open(engine_id)
             return
-        self._on_message(engine_route(engine_id), frames, session)
+        route = engine_route(engine_id)
+        if first != BATCH:
+            self._on_message(route, frames, session)
+            return
+        messages = split_batch(frames, 1)
+        if messages is None:
+            session.refuse(frames[:1], "a malformed batch: its counts do not match its frames")
+            return
+        for message in messages:  # each one verified on its own by the client
+            self._on_message(route, message, session)
 
     def direct_engines(self) -> list[int]:
         """The engines whose own socket takes requests now."""
