@@ -21,6 +21,7 @@ import pytest
 from shoal.hub._cli.cli import main
 from shoal.hub._cli.cluster import Cluster
 from shoal.hub._client.client import Client
+from shoal.hub._server.launchers.local import THREAD_VARIABLES, thread_limits
 from shoal.hub.testing import process_alive, wait_processes_gone, wait_until
 from shoal.wire import ConnectionInfo, generate_key, write_connection_file
 
@@ -422,3 +423,26 @@ def test_the_hub_command_refuses_bad_launcher_options(
     )
     assert done.returncode == 2, done.stderr
     assert said in done.stderr
+
+
+def test_engines_share_the_cores_of_their_host(
+    tmp_path: Path, tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Math libraries on each engine get the cores divided among the engines here, as
+    Dask's workers do; a limit the user set is kept."""
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    cores = len(os.sched_getaffinity(0))
+    with tracker.cluster(2, profile_dir=str(tmp_path / "threads")) as rc:
+        tracker.track_cluster(rc)
+        limits = rc[:].apply_sync(_thread_limits_here)
+    assert limits == [[str(max(1, cores // 2)), "7"]] * 2
+    assert thread_limits(4, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    assert thread_limits(10**6, {})["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def _thread_limits_here() -> list[str | None]:
+    import os  # runs on the engine
+
+    return [os.environ.get(n) for n in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
