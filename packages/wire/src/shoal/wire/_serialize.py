@@ -342,25 +342,21 @@ def _wrap_large(obj: Any, threshold: int, depth: int) -> Any:
     kind = type(obj)
     if kind in _BYTES_LIKE:
         return _OutOfBand(obj) if len(obj) >= threshold else obj
-    if depth == 0:
-        return obj
-    if kind is tuple or kind is list:
-        if len(obj) > _SCAN_WIDTH:
-            return obj
-        items = [_wrap_large(item, threshold, depth - 1) for item in obj]
-        if all(a is b for a, b in zip(items, obj, strict=True)):
-            return obj
-        return kind(items)
+    if kind not in _CONTAINERS or depth == 0 or not obj or len(obj) > _SCAN_WIDTH:
+        return obj  # a leaf, empty, or too deep or wide to look into: as it is
+    depth -= 1
     if kind is dict:
-        if len(obj) > _SCAN_WIDTH:
-            return obj
-        values = {k: _wrap_large(v, threshold, depth - 1) for k, v in obj.items()}
-        if all(values[k] is v for k, v in obj.items()):
-            return obj
-        return values
+        for value in obj.values():
+            if _wrap_large(value, threshold, depth) is not value:  # copy only if needed
+                return {k: _wrap_large(v, threshold, depth) for k, v in obj.items()}
+        return obj
+    for item in obj:
+        if _wrap_large(item, threshold, depth) is not item:
+            return kind(_wrap_large(i, threshold, depth) for i in obj)
     return obj
 
 
+_CONTAINERS: Final = frozenset({tuple, list, dict})
 _ATOMS: Final = frozenset({str, int, float, bool, type(None), complex})
 _PLAIN: Final = frozenset({dict, list, tuple}) | _ATOMS
 
