@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,16 @@ def test_a_malformed_batch_is_dropped_and_the_engine_serves_on(client: Client) -
         ctx.term()
     assert client[0].apply_sync(lambda: 5) == 5
     assert client.load_balanced_view(targets=[0]).apply_sync(lambda: 6) == 6
+
+
+def test_a_callback_fires_while_nobody_waits(client: Client) -> None:
+    """Right after a caller read its own reply the I/O thread stays away for a moment;
+    it still comes back to deliver results nobody waits for."""
+    lb = client.load_balanced_view()
+    for _ in range(3):
+        fired = threading.Event()
+        assert lb.apply_sync(lambda: 1) == 1  # a caller just read
+        ar = lb.apply_async(lambda: 2)
+        ar.add_done_callback(lambda _f, fired=fired: fired.set())
+        assert fired.wait(30)
+        assert ar.result(0) == 2
