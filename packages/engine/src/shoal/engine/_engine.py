@@ -105,6 +105,9 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _SNDMORE = int(zmq.SNDMORE)
 _POLL_MS = 100  # how often the I/O thread looks at its peer
+# While requests arrive on the direct socket, the I/O thread reports them to the hub at
+# least this often (the hub holds tasks that depend on them until it hears).
+_REPORT_MS = 10
 _ABORT = b"abort"  # I/O thread -> main thread: look at the abort list now
 _RELEASE = b"release"  # I/O thread -> main thread: drop the counts of ended leases
 _PEER = b"p"  # the identity prefix of this engine's DEALERs to other engines
@@ -244,6 +247,8 @@ class EngineProcess:
 
     #: The Curve server of the direct socket (its ZAP handler), when there is one.
     _direct_curve: CurveServer | None = None
+    #: When the last direct request was answered (monotonic), for the I/O thread.
+    _direct_at = 0.0
     #: Replies held back for a batch (see ``_batched``); a fresh list on each flush.
     _held: tuple[list[Any], ...] = ()
 
@@ -646,6 +651,7 @@ class EngineProcess:
             self._direct_done.append(
                 [header.msg_id, status, header.date, started, meta["completed"]]
             )
+            self._direct_at = time.monotonic()
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any], *, hold: bool = False) -> None:
         """Send encoded ``frames`` on ``sock``, stamped now by its session's link. With
@@ -739,7 +745,8 @@ class EngineProcess:
         poller.register(pings, zmq.POLLIN)
         last_ping = time.monotonic()
         while True:
-            for sock, _ in poller.poll(_POLL_MS):
+            busy = self._direct_done or time.monotonic() - self._direct_at < 1.0
+            for sock, _ in poller.poll(_REPORT_MS if busy else _POLL_MS):
                 if sock is pings:
                     while pings.poll(0):
                         pings.recv(copy=False)
