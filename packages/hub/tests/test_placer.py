@@ -166,18 +166,11 @@ def test_dependencies_on_placed_tasks(client: Client) -> None:
 def test_abort_placed_tasks(client: Client, tmp_path: Path) -> None:
     """Tasks waiting in the client, and the one queued on the engine, are aborted."""
 
-    def held(path: str) -> None:
-        import os  # runs on the engine, until the test opens the gate
-        import time
-
-        while not os.path.exists(path):
-            time.sleep(0.01)
-
     wait_until(lambda: _ways_open(client, 2), timeout=30)
     gate = tmp_path / "gate"
     lb = client.load_balanced_view(targets=[0])
     try:
-        blocker = lb.apply_async(held, str(gate))
+        blocker = lb.apply_async(_wait_for, str(gate))
         queued = [lb.apply_async(lambda: 1) for _ in range(4)]
         status = client.queue_status()
         assert status["unassigned"] == 3  # hwm 2: one more went to the engine

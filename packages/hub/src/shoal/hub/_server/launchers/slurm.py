@@ -358,14 +358,7 @@ class SlurmEngines(EngineLauncher):
         options = [f"--{k}={v}" for k, v in given.items() if v is not None]
         cmd = [*self.sbatch, "--parsable", *options, script]
         try:
-            done = subprocess.run(  # noqa: S603 - the user's sbatch, our script
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-                env=_env(),
-            )
+            done = _slurm(cmd)
         except subprocess.TimeoutExpired:
             # It may have queued the job anyway: its name is ours alone.
             self._helper(["scancel", f"--name=shoal-{launch.launch_id}"])
@@ -441,14 +434,7 @@ class SlurmEngines(EngineLauncher):
             return {}
         cmd = ["squeue", "-h", "-t", "all", "-o", "%i %T %D %r", "-j", ids]
         try:
-            done = subprocess.run(  # noqa: S603 - Slurm's squeue, our arguments
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-                env=_env(),
-            )
+            done = _slurm(cmd)
         except (OSError, subprocess.TimeoutExpired) as exc:
             self._squeue_failed(str(exc))
             return None
@@ -489,14 +475,7 @@ class SlurmEngines(EngineLauncher):
     def _run(cmd: list[str]) -> None:
         """Run ``cmd``, bounded; off the routing thread only (the tracker, ``stop``)."""
         try:
-            done = subprocess.run(  # noqa: S603 - Slurm's commands, our arguments
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-                env=_env(),
-            )
+            done = _slurm(cmd)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("%s failed: %s", shlex.join(cmd), exc)
             return
@@ -532,6 +511,19 @@ def _line(option: str, value: str | None) -> str:
     if value is None:
         return f"# --{option}: Slurm's default"
     return f"#SBATCH --{option}={shlex.quote(value)}"
+
+
+def _slurm(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run a Slurm command (sbatch, squeue, scancel), its output captured, bounded by
+    ``COMMAND_TIMEOUT``, without the hub's own ``SLURM_*`` variables."""
+    return subprocess.run(  # noqa: S603 - Slurm's commands (the user's sbatch), our arguments
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+        env=_env(),
+    )
 
 
 def _env() -> dict[str, str]:
