@@ -94,10 +94,18 @@ class Placer:
         return None if where is None else where[0]
 
     def submit(self, tasks: Iterable[Placed], engines: Collection[int]) -> None:
-        """Queue ``tasks`` and place what fits on ``engines`` (those with a way open)."""
+        """Queue ``tasks`` and place what fits on ``engines`` (those with a way open).
+
+        When every engine is full the submitting caller leaves the tasks queued: the
+        reply that makes room places them (the reader's :meth:`place` after a burst),
+        and the caller does not contend with the reader for the lock and the GIL. The
+        queue grows before the look at the loads, and a reply frees room before its
+        reader places, so a task is never left waiting with room free."""
         with self._lock:
             self._queue.extend(tasks)
-        self.place(engines)
+        load, hwm = self._load, self.hwm * self.batch_size()
+        if not engines or any(load.get(e, 0) < hwm for e in engines):
+            self.place(engines)
 
     def done(
         self, msg_id: str, status: str, started: object = None, completed: object = None
