@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from shoal.engine import BATCH
+from shoal.engine import BATCH_MAX, MsgType
 from shoal.hub import Client, DependencyError, EngineDiedError, RemoteError, TaskAborted
 from shoal.hub._client.placer import Placed, Placer
 from shoal.hub.testing import ClusterStarter, wait_until
+from shoal.wire import Codec, Message, new_header, read_connection_file
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,7 +40,10 @@ class _Engines:
 
 
 def _tasks(*names: str, targets: frozenset[int] | None = None, small: bool = False) -> list[Placed]:
-    return [Placed(n, [b"head"] if small else [b"head", b"buffer"], targets) for n in names]
+    if small:
+        request = Message(new_header("apply_request", "s", "client"), None, {}, None)
+        return [Placed(n, targets, request=request) for n in names]
+    return [Placed(n, targets, frames=[b"head", b"buffer"]) for n in names]
 
 
 def test_the_placer_keeps_to_hwm_and_balances() -> None:
@@ -65,11 +69,19 @@ def test_short_tasks_go_in_batches_long_ones_alone() -> None:
     placer.done("a", "ok", 10.0, 10.0001)  # 100 us: 20 fit in 2 ms
     assert placer.batch_size() == 20
     placer.submit(_tasks(*(f"s{i}" for i in range(50)), small=True), [0, 1])
-    # engine 0 has room for 2 x 20 (holding none), engine 1 for 39 (holding b)
+    # an engine holds 2 messages: engine 0 none yet, engine 1 one (b)
     assert [len(b) for b in engines.batches[2:]] == [20, 20, 10]
     assert len(placer) == 0
-    placer.submit(_tasks("big", "small", small=False), [0, 1])  # buffers: never batched
-    assert engines.batches[-2:] == [["big"], ["small"]]
+    placer.submit(_tasks("big", "small", small=False), [0, 1])  # no room: they wait
+    assert len(placer) == 2
+    for i in range(20):  # the first batch is answered: room for one message
+        placer.done(f"s{i}", "ok", 10.0, 10.0001)
+    placer.place([0, 1])
+    assert engines.batches[-1] == ["big"]  # buffers: never batched
+    placer.done("b", "ok", 10.0, 10.0001)
+    placer.place([0, 1])
+    assert engines.batches[-1] == ["small"]
+    assert placer.load() == {0: 11, 1: 21}
     slow = Placer(engines.send, engines.to_hub, hwm=2)
     slow.submit(_tasks("x", small=True), [0])
     slow.done("x", "ok", 10.0, 11.0)  # a second per task: one by one
@@ -242,21 +254,32 @@ def test_short_tasks_travel_in_batches(client: Client) -> None:
                 ar.get(30)
 
 
-def test_a_malformed_batch_is_dropped_and_the_engine_serves_on(client: Client) -> None:
+def test_a_malformed_batch_is_refused_and_the_engine_serves_on(client: Client) -> None:
     url = client.direct_url(0)
     assert url is not None
+    key = read_connection_file(client.url_file).key
+    codec = Codec(key)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         rogue = ctx.socket(zmq.DEALER)
         rogue.linger = 0
         rogue.connect(url)
-        for frames in (
-            [BATCH, b"\x05\x00\x00\x00", b"x"],  # counts that do not add up
-            [BATCH, b"\x01\x00", b"x"],  # counts not 4 bytes each
-            [BATCH, b"\x00\x00\x00\x00"],  # a message of no frame
-            [BATCH, b"\x01\x00\x00\x00", b"<SHOAL|2>forged"],  # unsigned
+        rogue.send_multipart([b"<SHOAL|2>forged", b"x"])  # unsigned: dropped unread
+        refused = []
+        for tasks in (
+            "nonsense",
+            [],  # no task
+            [["id", b"x", None]] * (BATCH_MAX + 1),  # too many
+            [["id", "not bytes", None]],
+            [["id", b"x"]],  # no time limit
         ):
-            rogue.send_multipart(frames)
+            header = new_header(MsgType.APPLY_BATCH_REQUEST, "rogue", "client")
+            rogue.send_multipart(codec.encode(Message(header, None, {}, {"tasks": tasks})))
+            assert rogue.poll(30_000), "the engine did not answer a malformed batch"
+            reply = codec.decode(rogue.recv_multipart())
+            assert reply.msg_type == MsgType.APPLY_BATCH_REPLY
+            refused.append((reply.content["status"], reply.content["ename"]))
+        assert refused == [("error", "ValueError")] * 5
         rogue.close()
     finally:
         ctx.term()

@@ -13,7 +13,6 @@ from ._objects import ObjectDescription as ObjectDescription
 from ._objects import ObjectStore as ObjectStore
 from ._objects import Ref as Ref
 from ._objects import RefDict as RefDict
-from ._protocol import BATCH as BATCH
 from ._protocol import BATCH_MAX as BATCH_MAX
 from ._protocol import CONTROL_REQUESTS as CONTROL_REQUESTS
 from ._protocol import HUB_REQUESTS as HUB_REQUESTS
@@ -23,7 +22,6 @@ from ._protocol import SHELL_REQUESTS as SHELL_REQUESTS
 from ._protocol import MsgType as MsgType
 from ._protocol import known_requests as known_requests
 from ._protocol import reply_type as reply_type
-from ._protocol import split_batch as split_batch
 
 if TYPE_CHECKING:
     from ._engine import main as main
@@ -44,7 +42,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "BATCH",
     "BATCH_MAX",
     "CONTROL_REQUESTS",
     "HUB_REQUESTS",
@@ -66,7 +63,6 @@ __all__ = [
     "known_requests",
     "main",
     "reply_type",
-    "split_batch",
 ]
 
 # Tracebacks and pickles show the public path, not the private module.

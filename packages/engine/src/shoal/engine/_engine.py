@@ -31,7 +31,6 @@ identities, so a hub can relay them to the client that asked.
 from __future__ import annotations
 
 import argparse
-import array
 import builtins
 import collections
 import contextlib
@@ -86,14 +85,12 @@ from ._errors import EngineDiedError
 from ._kernel import Kernel
 from ._objects import ObjectStore
 from ._protocol import (
-    BATCH,
     BATCH_MAX,
     CONTROL_REQUESTS,
     PING,
     PONG,
     MsgType,
     reply_type,
-    split_batch,
 )
 from ._replies import error_reply
 
@@ -156,7 +153,7 @@ class EngineProcess:
     (``info.extra["curve_peers"]``).
     """
 
-    def __init__(  # noqa: PLR0915 - one state attribute per statement reads best
+    def __init__(
         self,
         info: ConnectionInfo,
         *,
@@ -201,9 +198,6 @@ class EngineProcess:
         self.running: Message | None = None  # the request user code is running now
         self._running_sock: zmq.Socket[Any] | None = None
         self._direct_done: list[list[Any]] = []  # history of direct requests, for the hub
-        # Requests that came in a batch and are not its last: their replies (encoded and
-        # stamped, in _held) wait to leave with the last one's, in one batch (_send).
-        self._batched: set[str] = set()
         self._in_user_code = False
         self._main_ident = threading.main_thread().ident
         self._abort_ids: set[str] = set()  # filled by the I/O thread
@@ -249,8 +243,6 @@ class EngineProcess:
     _direct_curve: CurveServer | None = None
     #: When the last direct request was answered (monotonic), for the I/O thread.
     _direct_at = 0.0
-    #: Replies held back for a batch (see ``_batched``); a fresh list on each flush.
-    _held: tuple[list[Any], ...] = ()
 
     def _bind_direct(self) -> None:
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
@@ -338,8 +330,6 @@ class EngineProcess:
         while True:
             try:
                 while not self.pending:
-                    if self._held:  # never idle with replies held back
-                        self._flush_held()
                     for sock, _ in poller.poll():
                         if sock is self._pipe_in:
                             self._forward_pipe()
@@ -400,27 +390,7 @@ class EngineProcess:
                 with contextlib.suppress(zmq.ZMQError):  # a client checks the way back
                     sock.send_multipart([frames[0], PONG])
                 continue
-            if direct and len(frames) > 2 and frames[1].bytes == BATCH:
-                self._read_batch(sock, session, frames)
-                continue
             self._accept(sock, session, frames)
-
-    def _read_batch(self, sock: zmq.Socket[Any], session: Session, frames: list[Any]) -> None:
-        """Split a batch ``[peer, BATCH, counts, ...]`` into its messages, each verified
-        on its own; a malformed batch is dropped whole and counted."""
-        messages = split_batch(frames, 2)
-        if messages is None:
-            session.refuse(frames[:1], "a malformed batch: its counts do not match its frames")
-            return
-        peer = frames[0]
-        last: Message | None = None
-        for message in messages:
-            before = len(self.pending)
-            self._accept(sock, session, [peer, *message])
-            if len(self.pending) > before:
-                if last is not None:
-                    self._batched.add(last.header.msg_id)
-                last = self.pending[-1][1]
 
     def _accept(self, sock: zmq.Socket[Any], session: Session, frames: list[Any]) -> None:
         """Verify one request and queue it in ``pending``, its content not loaded."""
@@ -569,7 +539,9 @@ class EngineProcess:
         abort_all, self._abort_all = self._abort_all, False
         for sock, request in self.pending:
             msg_id = request.header.msg_id
-            if abort_all or msg_id in self._abort_ids:
+            if abort_all and request.msg_type == MsgType.APPLY_BATCH_REQUEST:
+                self._serve_batch(sock, request, aborted=True)
+            elif abort_all or msg_id in self._abort_ids:
                 self._abort_ids.discard(msg_id)
                 self._reply(sock, request, {"status": "aborted"}, time.time())
             else:
@@ -581,18 +553,33 @@ class EngineProcess:
             self._abort_ids.discard(request.header.msg_id)
             self._reply(sock, request, {"status": "aborted"}, time.time())
             return
-        reply: dict[str, Any] | None = None
+        if request.msg_type == MsgType.APPLY_BATCH_REQUEST:
+            self._serve_batch(sock, request)
+            return
         started = time.time()
-        limit = request.metadata.get("timeout")
+        assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
+        reply = self._run(sock, request, request.content, request.metadata.get("timeout"))
+        self._forward_pipe()  # other threads' output goes before the reply
+        self._reply(sock, request, reply, started)
+        self._after_request()
+
+    def _run(
+        self, sock: zmq.Socket[Any], request: Message, raw: RawContent | bytes, limit: object
+    ) -> dict[str, Any]:
+        """Load the content of ``request`` and run it: its reply (an error reply when it
+        failed, was interrupted or ran past ``limit`` seconds)."""
+        reply: dict[str, Any] | None = None
         if isinstance(limit, int | float) and limit > 0:
             self._deadline = time.monotonic() + limit  # the I/O thread interrupts after it
         self._timed_out = False
         self.running = request
         self._running_sock = sock
         try:
-            assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
             try:
-                content = request.content.load(self.serializer)
+                if isinstance(raw, RawContent):
+                    content = raw.load(self.serializer)
+                else:
+                    content = self.serializer.loads([raw])
             except Exception as exc:
                 reply = error_reply(exc, engine_id=self.engine_id, serializer=None)
             else:
@@ -607,22 +594,64 @@ class EngineProcess:
             self.running = None
             self._running_sock = None
             self._deadline = None
-        if self._timed_out and reply is not None and reply.get("ename") == "KeyboardInterrupt":
+        if self._timed_out and reply.get("ename") == "KeyboardInterrupt":
             reply = error_reply(
                 TimeoutError(f"{request.msg_type} ran longer than its limit of {limit} s"),
                 engine_id=self.engine_id,
                 serializer=self.serializer,
             )
-        self._forward_pipe()  # other threads' output goes before the reply
-        self._reply(sock, request, reply, started)
+        return reply
+
+    def _after_request(self) -> None:
         for hook in self.after_request:
             try:
                 hook()
             except Exception:
                 log.exception("an after_request hook failed")
 
+    def _serve_batch(self, sock: zmq.Socket[Any], request: Message, aborted: bool = False) -> None:
+        """Run the small ``apply_request`` tasks of an ``apply_batch_request`` one after
+        the other, each as if it had come alone (its own id for its output, its history
+        and its abort, its own time limit), and answer them in one ``apply_batch_reply``.
+        ``aborted``: answer every task aborted, running none."""
+        started = time.time()
+        assert isinstance(request.content, RawContent)  # noqa: S101 - read raw
+        try:
+            tasks = _batch_tasks(request.content.load(self.serializer))
+        except Exception as exc:  # authentic but malformed: the client fails them all
+            failed = error_reply(exc, engine_id=self.engine_id, serializer=None)
+            self._reply(sock, request, failed, started)
+            return
+        replies: list[list[Any]] = []
+        header = request.header
+        for msg_id, raw, limit in tasks:
+            started = time.time()
+            if aborted or msg_id in self._abort_ids:
+                self._abort_ids.discard(msg_id)
+                reply: dict[str, Any] = {"status": "aborted"}
+            else:
+                task = request._replace(
+                    header=header._replace(msg_id=msg_id, msg_type=MsgType.APPLY_REQUEST),
+                    content=None,
+                )
+                reply = self._run(sock, task, raw, limit)
+            completed = time.time()
+            replies.append([msg_id, reply.get("status"), started, completed, reply])
+            if sock is self._direct and self.register:  # the hub did not see it: tell it
+                status = reply.get("status")
+                self._direct_done.append([msg_id, status, header.date, started, completed])
+        self._forward_pipe()  # other threads' output goes before the replies
+        self._reply(sock, request, {"status": "ok", "replies": replies}, started, history=False)
+        self._after_request()
+
     def _reply(
-        self, sock: zmq.Socket[Any], request: Message, reply: dict[str, Any], started: float
+        self,
+        sock: zmq.Socket[Any],
+        request: Message,
+        reply: dict[str, Any],
+        started: float,
+        *,
+        history: bool = True,
     ) -> None:
         meta = {
             "engine_id": self.engine_id,
@@ -637,15 +666,15 @@ class EngineProcess:
                 reply_type(request.msg_type), reply, parent=request, metadata=meta, shm=shm
             )
         except UnpicklableError as exc:  # the result itself cannot travel: say so
-            fallback = error_reply(exc, engine_id=self.engine_id, serializer=None)
+            if "replies" in reply:  # a batch: only the tasks whose results cannot fail
+                reply = {"status": "ok", "replies": [self._travels(r) for r in reply["replies"]]}
+            else:
+                reply = error_reply(exc, engine_id=self.engine_id, serializer=None)
             frames = self._encode(
-                reply_type(request.msg_type), fallback, parent=request, metadata=meta
+                reply_type(request.msg_type), reply, parent=request, metadata=meta, shm=shm
             )
-        hold = request.header.msg_id in self._batched
-        if hold:
-            self._batched.discard(request.header.msg_id)
-        self._send(sock, frames, hold=hold)
-        if sock is self._direct and self.register:  # the hub did not see it: tell it
+        self._send(sock, frames)
+        if history and sock is self._direct and self.register:  # the hub did not see it
             header = request.header
             status = meta["status"]
             self._direct_done.append(
@@ -653,46 +682,24 @@ class EngineProcess:
             )
             self._direct_at = time.monotonic()
 
-    def _send(self, sock: zmq.Socket[Any], frames: list[Any], *, hold: bool = False) -> None:
-        """Send encoded ``frames`` on ``sock``, stamped now by its session's link. With
-        ``hold`` (a reply to a batch's request, not its last) it waits to leave with the
-        next one in a batch; anything else sent on the direct socket takes the held
-        replies along first, so that order is kept."""
+    def _travels(self, entry: list[Any]) -> list[Any]:
+        """A batch reply's entry whose reply can be serialized: as it is, or an error
+        reply saying why its result cannot travel."""
+        try:
+            self.serializer.dumps(entry[4])
+        except UnpicklableError as exc:
+            return [*entry[:4], error_reply(exc, engine_id=self.engine_id, serializer=None)]
+        return entry
+
+    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+        """Send encoded ``frames`` on ``sock``, stamped now by its session's link."""
         at = 0
         while memoryview(frames[at])[: len(DELIMITER)] != DELIMITER:
             at += 1  # past the routing identities
         self._sessions[sock].stamp(frames, at)
-        held = self._held
-        if held and (sock is not self._direct or at != 1 or not _same(held[0][0], frames[0])):
-            self._flush_held()  # another way or another peer: what waits goes first
-            held = ()
-        if sock is self._direct and at == 1 and (hold or held):
-            self._held = (*held, frames)
-            if hold and len(self._held) < BATCH_MAX:
-                return
-            self._flush_held()
-            return
         self._send_now(sock, frames)
 
-    def _flush_held(self) -> None:
-        """Send the held replies to one peer: alone, or as one batch."""
-        held, self._held = self._held, ()
-        assert self._direct is not None  # noqa: S101 - only replies on it are held
-        if len(held) == 1:
-            self._send_now(self._direct, held[0])
-            return
-        counts = array.array("I", [len(f) - 1 for f in held]).tobytes()
-        batch = [held[0][0], BATCH, counts]
-        for frames in held:
-            batch.extend(frames[1:])
-        self._send_now(self._direct, batch, parts=held)
-
-    def _send_now(
-        self,
-        sock: zmq.Socket[Any],
-        frames: list[Any],
-        parts: tuple[list[Any], ...] | None = None,
-    ) -> None:
+    def _send_now(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
             # A loop of send() calls: pyzmq's send_multipart checks every part first and
             # costs a few microseconds more per message.
@@ -702,8 +709,7 @@ class EngineProcess:
             send(frames[-1], 0, copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH on the direct socket: the client left
             log.warning("dropped a reply: its client is gone (%s)", exc)
-            for message in parts or (frames,):
-                self._codec.discard(message)  # its shared memory, which nobody will open
+            self._codec.discard(frames)  # its shared memory, which nobody will open
 
     def _stream(self, name: str, text: str) -> None:
         frames = self._encode(MsgType.STREAM, {"name": name, "text": text}, parent=self.running)
@@ -952,9 +958,29 @@ def _curve_peers(info: ConnectionInfo) -> list[str]:
     return [peers["engine"], peers["client"]]
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two routing identities (bytes or frames) are equal."""
-    return bytes(a) == bytes(b)
+def _batch_tasks(content: object) -> list[tuple[str, bytes, float | None]]:
+    """The tasks of an ``apply_batch_request``'s content, checked: ``{"tasks": [[msg_id,
+    pickled apply_request content, time limit or None], ...]}``."""
+    tasks = content.get("tasks") if isinstance(content, dict) else None
+    if not isinstance(tasks, list) or not 0 < len(tasks) <= BATCH_MAX:
+        raise ValueError(
+            f"apply_batch_request needs content['tasks'] as a list of 1 to {BATCH_MAX} tasks"
+        )
+    checked = []
+    for task in tasks:
+        if not (
+            isinstance(task, list | tuple)
+            and len(task) == 3
+            and isinstance(task[0], str)
+            and isinstance(task[1], bytes)
+            and (task[2] is None or type(task[2]) in (int, float))
+        ):
+            raise ValueError(
+                "each task of an apply_batch_request is [msg_id (str), content (pickled"
+                " bytes), time limit (seconds or None)]"
+            )
+        checked.append((task[0], task[1], None if task[2] is None else float(task[2])))
+    return checked
 
 
 def _exit(code: int) -> None:

@@ -11,22 +11,18 @@ each type's content; a test checks that it names every member here and nothing e
 
 The raw frames that are not messages (never signed, never deserialized, never acted on
 beyond an echo) are :data:`PING` and :data:`PONG`: a peer checking that a route works.
-:data:`BATCH` opens a multipart that carries several messages (each signed on its own)
-on an engine's direct socket, one wake-up for many small tasks or replies.
+
+``apply_batch_request`` carries up to :data:`BATCH_MAX` small ``apply_request`` tasks in
+one signed message, answered by one ``apply_batch_reply``: one wake-up, one signature and
+one pickle for many small tasks each way.
 """
 
 from __future__ import annotations
 
-import array
 import enum
-import sys
-from collections.abc import Sequence
-from typing import Final, TypeVar
-
-_F = TypeVar("_F")
+from typing import Final
 
 __all__ = [
-    "BATCH",
     "CONTROL_REQUESTS",
     "HUB_REQUESTS",
     "BATCH_MAX",
@@ -36,42 +32,14 @@ __all__ = [
     "MsgType",
     "known_requests",
     "reply_type",
-    "split_batch",
 ]
 
 #: A raw frame asking whether a route works, answered :data:`PONG`; not a message.
 PING: Final = b"ping"
 #: The answer to :data:`PING`.
 PONG: Final = b"pong"
-#: ``[BATCH, counts, message 1's frames, message 2's, ...]``: several messages in one
-#: multipart on an engine's direct socket; ``counts`` holds each message's number of
-#: frames (uint32, little-endian). Each message is verified on its own.
-BATCH: Final = b"batch"
-#: Messages one batch may carry at most.
+#: Tasks one ``apply_batch_request`` may carry at most.
 BATCH_MAX: Final = 64
-
-
-def split_batch(frames: Sequence[_F], counts_at: int) -> list[list[_F]] | None:
-    """The messages of a :data:`BATCH` multipart whose counts frame is
-    ``frames[counts_at]`` (after it, the messages' frames); None when it is malformed
-    (counts that do not add up to the frames, a message of no frame, more than
-    :data:`BATCH_MAX`). Nothing is verified here: each message is, on its own."""
-    if len(frames) <= counts_at:
-        return None
-    raw = memoryview(frames[counts_at]).tobytes()  # type: ignore[arg-type]  # a frame
-    if not raw or len(raw) % 4 or len(raw) // 4 > BATCH_MAX:
-        return None
-    counts = array.array("I", raw)
-    if sys.byteorder != "little":
-        counts.byteswap()
-    at = counts_at + 1
-    if min(counts) < 1 or sum(counts) != len(frames) - at:
-        return None
-    messages = []
-    for n in counts:
-        messages.append(list(frames[at : at + n]))
-        at += n
-    return messages
 
 
 class MsgType(str, enum.Enum):
@@ -85,6 +53,8 @@ class MsgType(str, enum.Enum):
     EXECUTE_REPLY = "execute_reply"
     APPLY_REQUEST = "apply_request"
     APPLY_REPLY = "apply_reply"
+    APPLY_BATCH_REQUEST = "apply_batch_request"
+    APPLY_BATCH_REPLY = "apply_batch_reply"
     PUSH_REQUEST = "push_request"
     PUSH_REPLY = "push_reply"
     PULL_REQUEST = "pull_request"
@@ -164,6 +134,7 @@ _REPLIES: Final[dict[str, MsgType]] = {
     for request, reply in (
         (_M.EXECUTE_REQUEST, _M.EXECUTE_REPLY),
         (_M.APPLY_REQUEST, _M.APPLY_REPLY),
+        (_M.APPLY_BATCH_REQUEST, _M.APPLY_BATCH_REPLY),
         (_M.PUSH_REQUEST, _M.PUSH_REPLY),
         (_M.PULL_REQUEST, _M.PULL_REPLY),
         (_M.CLEAR_REQUEST, _M.CLEAR_REPLY),
@@ -199,6 +170,7 @@ SHELL_REQUESTS: Final = frozenset(
     for m in (
         _M.EXECUTE_REQUEST,
         _M.APPLY_REQUEST,
+        _M.APPLY_BATCH_REQUEST,
         _M.PUSH_REQUEST,
         _M.PULL_REQUEST,
         _M.CLEAR_REQUEST,

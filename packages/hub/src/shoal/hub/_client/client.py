@@ -25,7 +25,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from shoal.engine import EngineDiedError, MsgType, RemoteError
 from shoal.util import disambiguate_url
@@ -61,6 +61,8 @@ __all__ = ["Client", "TaskRecord", "current_client"]
 log = logging.getLogger("shoal.hub.client")
 # Load-balanced flags only the hub can judge: tasks with them go through its scheduler.
 _HUB_FLAGS = frozenset({"retries", "after", "follow"})
+# A placed task whose pickled content is smaller than this may travel in a batch.
+_SMALL_TASK = 1 << 16
 R = TypeVar("R", bound="AsyncResult[Any]")
 
 
@@ -158,6 +160,8 @@ class Client:
         #: (``launch_failed`` notices): ``launch_id``, ``n``, ``host``, ``cause``, ``output``.
         self.launch_failures: list[dict[str, object]] = []
         self._sent_to: dict[str, int] = {}  # msg_id -> the engine it went to directly
+        # apply_batch_request ids -> (the engine, the ids of its tasks), until answered.
+        self._batches: dict[str, tuple[int, list[str]]] = {}
         # Load-balanced tasks this client places on engines of this host itself; the
         # hub's limit per engine comes with its connect reply.
         self._placer = Placer(self._place, self._place_through_hub, hwm=2)
@@ -416,13 +420,14 @@ class Client:
             if route == LB and targets is False:
                 self._describe_dependencies(meta)
             msg = Message(header, None, meta, content)
+            msg_id = str(header.msg_id)
+            ids.append(msg_id)
+            if targets is not False:
+                placed.append(self._to_place(msg, targets))
+                continue
             # Stamped by the transport under its send lock, in the order it sends.
             frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
-            ids.append(str(header.msg_id))
-            if targets is not False:
-                placed.append(Placed(str(header.msg_id), frames, targets))
-            else:
-                encoded.append((str(header.msg_id), route, frames))
+            encoded.append((msg_id, route, frames))
         result = make_result(ids)
         for msg_id in ids:  # before sending: a reply can come at once
             self._pending[msg_id] = result
@@ -440,6 +445,19 @@ class Client:
                 self._pending.pop(msg_id, None)
             raise
         return result
+
+    def _to_place(self, msg: Message, targets: frozenset[int] | None) -> Placed:
+        """A task for the placer: pickled now (so that what cannot travel fails here),
+        encoded when it leaves if it is small, now if it holds large buffers."""
+        content = self._codec.serializer.dumps(msg.content)
+        raw = msg._replace(content=RawContent(tuple(content)))
+        msg_id = str(msg.header.msg_id)
+        if len(content) == 1 and memoryview(content[0]).nbytes < _SMALL_TASK:
+            return Placed(msg_id, targets, request=raw)
+        # Large buffers go through shared memory only when every engine is on this host:
+        # the task may yet go through the hub, which may send it to another host.
+        frames = self._codec.encode(raw, shm=self._same_host(LB), stamped=False)
+        return Placed(msg_id, targets, frames=frames)
 
     def _placeable(
         self, route: bytes, meta: dict[str, Any], ways: list[int]
@@ -468,19 +486,47 @@ class Client:
             meta["placed"] = running
 
     def _place(self, engine: int, tasks: list[Placed]) -> bool:
-        """Send placed tasks to ``engine``'s own socket: one, or a batch of small ones
-        (False: a lone task went through the hub, the way having closed meanwhile)."""
+        """Send placed tasks to ``engine``'s own socket: one, or small ones in one
+        ``apply_batch_request`` (False: a lone task went through the hub, the way having
+        closed meanwhile)."""
         if len(tasks) > 1:
-            self._transport.send_batch(engine_route(engine), [t.frames[0] for t in tasks])
-            for task in tasks:
-                self._sent_to[task.msg_id] = engine
+            self._send_batch(engine, tasks)
             return True
         (task,) = tasks
-        sent_to = self._transport.send(engine_route(engine), task.frames)
+        sent_to = self._transport.send(engine_route(engine), self._frames_of(task))
         if sent_to is None:
             return False
         self._sent_to[task.msg_id] = sent_to
         return True
+
+    def _send_batch(self, engine: int, tasks: list[Placed]) -> None:
+        """Send small tasks to ``engine`` in one message, answered by one reply."""
+        batch = []
+        for task in tasks:
+            request = task.request
+            assert request is not None  # noqa: S101 - a small task keeps its request
+            stream = cast("RawContent", request.content).frames[0]
+            batch.append([task.msg_id, stream, request.metadata.get("timeout")])
+        header = new_header(MsgType.APPLY_BATCH_REQUEST, self._session, "client")
+        meta = {"host": self.host, "reply_to": self._reply_to}
+        frames = self._codec.encode(Message(header, None, meta, {"tasks": batch}), stamped=False)
+        batch_id = str(header.msg_id)
+        ids = [task.msg_id for task in tasks]
+        self._batches[batch_id] = (engine, ids)  # before sending: the reply can come at once
+        try:
+            self._transport.send_direct(engine_route(engine), frames)
+        except BaseException:
+            del self._batches[batch_id]
+            raise
+        for msg_id in ids:
+            self._sent_to[msg_id] = engine
+
+    def _frames_of(self, task: Placed) -> list[Any]:
+        """A placed task's message, encoded (unstamped) to go alone."""
+        if task.frames is None:
+            assert task.request is not None  # noqa: S101 - a small task keeps its request
+            task.frames = self._codec.encode(task.request, shm=self._same_host(LB), stamped=False)
+        return task.frames
 
     def _after_burst(self) -> None:
         """The reader handled a burst of messages: replies made room on engines."""
@@ -491,7 +537,7 @@ class Client:
     def _place_through_hub(self, task: Placed) -> None:
         """A task the placer cannot place here goes to the hub's scheduler."""
         if task.msg_id in self._pending:
-            self._transport.send(LB, task.frames)
+            self._transport.send(LB, self._frames_of(task))
 
     def _direct_opened(self, engine_id: int) -> None:
         """A way to an engine opened: tasks waiting for room may go there."""
@@ -697,6 +743,9 @@ class Client:
         """The engine is gone: fail what was sent to it directly, close its sockets."""
         self._transport.close_direct(engine_id)
         self._placer.engine_lost(engine_id)
+        for batch_id, (eid, _) in list(self._batches.items()):
+            if eid == engine_id:  # its tasks are failed below, one by one
+                self._batches.pop(batch_id, None)
         why = f"engine {engine_id} died while this request was outstanding: {cause}"
         for msg_id, eid in list(self._sent_to.items()):
             if eid == engine_id:
@@ -729,24 +778,59 @@ class Client:
         if kind == MsgType.CONNECT_REPLY:
             for engine in msg.content.get("engines", ()):
                 self._open_direct(engine)
+        elif kind == MsgType.APPLY_BATCH_REPLY:
+            self._on_batch_reply(route, msg)
+            return
         result = self._pending.get(parent.msg_id)
         if result is None:
             return
         if kind == MsgType.STREAM:
             result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
             return
-        del self._pending[parent.msg_id]
-        self._sent_to.pop(parent.msg_id, None)
-        meta = msg.metadata
+        self._resolve(route, parent.msg_id, msg.content, msg.metadata)
+
+    def _on_batch_reply(self, route: bytes, msg: Message) -> None:
+        """Resolve the tasks of an ``apply_batch_request`` from its one reply."""
+        assert msg.parent_header is not None  # noqa: S101 - checked by the caller
+        engine_id, ids = self._batches.pop(msg.parent_header.msg_id, (None, []))
+        content = msg.content
+        if not ids:
+            return  # not ours, or its engine was declared dead meanwhile
+        if not isinstance(content, dict) or content.get("status") != "ok":
+            for msg_id in ids:  # the engine refused the batch whole: say why, for each
+                self._resolve(route, msg_id, content, msg.metadata)
+            return
+        expected = set(ids)
+        try:
+            for msg_id, status, started, completed, reply in content["replies"]:
+                if msg_id in expected:
+                    expected.discard(msg_id)
+                    meta = {
+                        "engine_id": engine_id,
+                        "status": status,
+                        "started": started,
+                        "completed": completed,
+                    }
+                    self._resolve(route, msg_id, reply, meta)
+        except (KeyError, TypeError, ValueError):
+            log.warning("engine %s sent a malformed apply_batch_reply", engine_id)
+        for msg_id in expected:  # left unanswered: never left waiting
+            self._fail(msg_id, RemoteError("ProtocolError", "the engine's batch reply left it out"))
+
+    def _resolve(self, route: bytes, msg_id: str, content: object, meta: Mapping[str, Any]) -> None:
+        """Resolve request ``msg_id`` from its reply's ``content`` and ``meta``."""
+        result = self._pending.pop(msg_id, None)
+        if result is None:
+            return
+        self._sent_to.pop(msg_id, None)
         if self._placer.done(
-            parent.msg_id, str(meta.get("status")), meta.get("started"), meta.get("completed")
+            msg_id, str(meta.get("status")), meta.get("started"), meta.get("completed")
         ):  # room on that engine: what waits goes once the burst is read (_after_burst)
             self._place_wanted = True
         if len(self._pending) == self.max_outstanding - 1:
             with self._room:
                 self._room.notify_all()
-        content = msg.content
-        metadata = dict(msg.metadata)
+        metadata = dict(meta)
         metadata["submitted"] = result.submitted
         if not isinstance(content, dict):
             error: BaseException | None = RemoteError("ProtocolError", f"bad reply {content!r}")
@@ -758,7 +842,7 @@ class Client:
             error, value = None, content if whole else content.get("result")
         else:
             error, value = error_from_reply(content, original=result._object), None
-        result._deliver(parent.msg_id, value, error, metadata)
+        result._deliver(msg_id, value, error, metadata)
 
     def _notice(self, kind: str, content: Any) -> None:
         if kind == MsgType.ENGINE_REGISTERED:

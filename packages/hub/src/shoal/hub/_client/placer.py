@@ -10,11 +10,13 @@ here in submission order, a task whose engines are all full letting the others p
 and leave when a reply makes room. The hub is not on the way (two hops and a process
 fewer per task); it learns of each task from the engine's history report.
 
-Small tasks leave in batches: when this client's tasks run short (a moving average of
-their run time, from the replies), an engine may hold ``hwm`` times as many as fit in
-``_BATCH_SECONDS`` of work, and the tasks that go to one engine at once travel in one
-message (:data:`shoal.engine.BATCH`), as do their replies: one wake-up of each process
-for many tasks. Long tasks go one by one, ``hwm`` per engine, as through the hub.
+An engine holds at most ``hwm`` of this client's messages at once. Small tasks leave in
+batches: when this client's tasks run short (a moving average of their run time, from
+the replies), one message may carry as many as fit in ``_BATCH_SECONDS`` of work, in
+one ``apply_batch_request`` answered by one reply: one wake-up of each process, one
+signature and one pickle for many tasks. While an engine's messages are out, the tasks
+for it gather here, so that a burst of submissions leaves in full batches. Long tasks
+go one by one, ``hwm`` per engine, as through the hub.
 
 When no engine of this host is reachable any more, what waits here goes to the hub,
 which schedules it on the engines it knows. A task whose engine dies fails with
@@ -33,6 +35,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from shoal.engine import BATCH_MAX, EngineDiedError
+from shoal.wire import Message
 
 __all__ = ["Placed", "Placer"]
 
@@ -43,17 +46,21 @@ _SMOOTHING = 0.2  # weight of the newest run time in the moving average
 
 @dataclasses.dataclass(slots=True)
 class Placed:
-    """One task the client places: its id, its encoded frames, the engines it may use."""
+    """One task the client places: its id and the engines it may use, and either its
+    request with the content pickled (a small task: encoded when it leaves, alone or in
+    an ``apply_batch_request`` with others) or its message encoded (a task with large
+    buffers, encoded when submitted, so that later changes to them do not travel)."""
 
     msg_id: str
-    frames: list[Any]
     targets: frozenset[int] | None
+    request: Message | None = None
+    frames: list[Any] | None = None
     submitted: float = dataclasses.field(default_factory=time.time)
 
     @property
     def small(self) -> bool:
-        """One frame, no buffers: it may travel in a batch."""
-        return len(self.frames) == 1
+        """No large buffer: it may travel in a batch."""
+        return self.frames is None
 
 
 #: ``send(engine_id, tasks) -> bool``: send ``tasks`` (one, or a batch of small ones) to
@@ -72,8 +79,13 @@ class Placer:
         # Held by whoever places: a submitting caller or the reader (after a reply).
         self._lock = threading.Lock()
         self._queue: collections.deque[Placed] = collections.deque()
+        # Submitted tasks not yet in the queue: appended without the lock (a deque's
+        # append is atomic), moved into the queue by whoever places.
+        self._inbox: collections.deque[Placed] = collections.deque()
         self._load: dict[int, int] = {}  # engine -> this client's tasks outstanding there
-        self._where: dict[str, tuple[int, float]] = {}  # msg_id -> (engine, submitted)
+        self._sent: dict[int, int] = {}  # engine -> this client's messages outstanding there
+        # msg_id -> (engine, submitted, the tasks of its message still out: one shared list)
+        self._where: dict[str, tuple[int, float, list[int]]] = {}
         #: Finished placed tasks: msg_id -> ``[engine, status, submitted, started,
         #: completed]``, the record the hub keeps (bounded, oldest dropped first).
         self.records: collections.OrderedDict[str, list[object]] = collections.OrderedDict()
@@ -81,7 +93,7 @@ class Placer:
 
     def __len__(self) -> int:
         """Tasks waiting here for room on an engine."""
-        return len(self._queue)
+        return len(self._queue) + len(self._inbox)
 
     def load(self) -> dict[int, int]:
         """This client's placed tasks outstanding per engine."""
@@ -101,10 +113,9 @@ class Placer:
         and the caller does not contend with the reader for the lock and the GIL. The
         queue grows before the look at the loads, and a reply frees room before its
         reader places, so a task is never left waiting with room free."""
-        with self._lock:
-            self._queue.extend(tasks)
-        load, hwm = self._load, self.hwm * self.batch_size()
-        if not engines or any(load.get(e, 0) < hwm for e in engines):
+        self._inbox.extend(tasks)
+        sent, hwm = self._sent, self.hwm
+        if not engines or any(sent.get(e, 0) < hwm for e in engines):
             self.place(engines)
 
     def done(
@@ -115,8 +126,11 @@ class Placer:
             where = self._where.pop(msg_id, None)
             if where is None:
                 return False
-            engine, submitted = where
+            engine, submitted, left = where
             self._load[engine] -= 1
+            left[0] -= 1
+            if not left[0]:  # the last task of its message: room for another message
+                self._sent[engine] -= 1
             self.records[msg_id] = [engine, status, submitted, started, completed]
             if isinstance(started, float) and isinstance(completed, float):
                 ran = max(0.0, completed - started)
@@ -130,7 +144,8 @@ class Placer:
         """Engine ``engine_id`` is gone: forget its tasks (the client fails them)."""
         with self._lock:
             self._load.pop(engine_id, None)
-            lost = [m for m, (e, _) in self._where.items() if e == engine_id]
+            self._sent.pop(engine_id, None)
+            lost = [m for m, (e, _, _) in self._where.items() if e == engine_id]
             for msg_id in lost:
                 del self._where[msg_id]
         return lost
@@ -138,10 +153,17 @@ class Placer:
     def abort(self, msg_ids: Collection[str]) -> list[str]:
         """Drop the waiting tasks among ``msg_ids``; their ids."""
         with self._lock:
+            self._take_inbox()
             dropped = [t.msg_id for t in self._queue if t.msg_id in msg_ids]
             if dropped:
                 self._queue = collections.deque(t for t in self._queue if t.msg_id not in msg_ids)
         return dropped
+
+    def _take_inbox(self) -> None:
+        """Move the submitted tasks into the queue, in order (the lock held)."""
+        inbox, queue = self._inbox, self._queue
+        while inbox:
+            queue.append(inbox.popleft())
 
     def batch_size(self) -> int:
         """How many tasks go to an engine in one message: as many as fit in
@@ -153,11 +175,12 @@ class Placer:
 
     def place(self, engines: Collection[int]) -> None:
         """Send waiting tasks to the least loaded of ``engines`` with room, in order."""
-        if not self._queue:
+        if not self._queue and not self._inbox:
             return
         with self._lock:
+            self._take_inbox()
             size = self.batch_size()
-            queue, load, hwm = self._queue, self._load, self.hwm * size
+            queue, load, sent, hwm = self._queue, self._load, self._sent, self.hwm
             ways = list(engines)
             skipped: list[Placed] = []
             while queue:
@@ -165,7 +188,7 @@ class Placer:
                     while queue:
                         self._to_hub(queue.popleft())
                     break
-                free = [e for e in ways if load.get(e, 0) < hwm]
+                free = [e for e in ways if sent.get(e, 0) < hwm]
                 if not free:
                     break
                 task = queue.popleft()
@@ -179,8 +202,7 @@ class Placer:
                     continue
                 engine = min(choices, key=lambda e: load.get(e, 0))
                 batch = [task]
-                room = min(size, hwm - load.get(engine, 0))
-                while task.small and len(batch) < room and queue:
+                while task.small and len(batch) < size and queue:
                     after = queue[0]  # the tasks right behind it, if they may go there
                     if not after.small or (
                         after.targets is not None and engine not in after.targets
@@ -195,6 +217,8 @@ class Placer:
                     continue
                 if ours:
                     load[engine] = load.get(engine, 0) + len(batch)
+                    sent[engine] = sent.get(engine, 0) + 1
+                    left = [len(batch)]
                     for placed in batch:
-                        self._where[placed.msg_id] = (engine, placed.submitted)
+                        self._where[placed.msg_id] = (engine, placed.submitted, left)
             queue.extendleft(reversed(skipped))

@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from shoal.engine import BATCH, PING, PONG, EngineDiedError, split_batch
+from shoal.engine import PING, PONG, EngineDiedError
 from shoal.wire import Codec, CurveKeys, Session, configure_curve_client
 
 from .._protocol import BEAT, LB, LB_BATCH, RECEIVER, SENDER, engine_route
@@ -238,15 +238,13 @@ class Transport:
         self._send_frames(frames, way[1], route)  # straight to the engine
         return way[0]
 
-    def send_batch(self, route: bytes, heads: list[Any]) -> None:
-        """Send several one-frame messages to an engine's own socket in one multipart
-        (:data:`shoal.engine.BATCH`). Raises ``EngineDiedError`` when that way is closed
-        (nothing was sent)."""
+    def send_direct(self, route: bytes, frames: list[Any]) -> None:
+        """Send one encoded (unstamped) message to an engine's own socket only. Raises
+        ``EngineDiedError`` when that way is closed (nothing was sent)."""
         way = self._direct_senders.get(route)
         if way is None:
             raise EngineDiedError(f"engine {route[1:].decode()} has no open way from here")
-        counts = array.array("I", [1] * len(heads)).tobytes()
-        self._send_frames([BATCH, counts, *heads], way[1], route, heads=len(heads))
+        self._send_frames(frames, way[1], route)
 
     def _coalesce(self, head: Any) -> bool:
         """Queue a small load-balanced task to go with others in one message (Nagle's
@@ -486,16 +484,7 @@ class Transport:
             self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
             self._on_direct_open(engine_id)
             return
-        route = engine_route(engine_id)
-        if first != BATCH:
-            self._on_message(route, frames, session)
-            return
-        messages = split_batch(frames, 1)
-        if messages is None:
-            session.refuse(frames[:1], "a malformed batch: its counts do not match its frames")
-            return
-        for message in messages:  # each one verified on its own by the client
-            self._on_message(route, message, session)
+        self._on_message(engine_route(engine_id), frames, session)
 
     def direct_engines(self) -> list[int]:
         """The engines whose own socket takes requests now."""
