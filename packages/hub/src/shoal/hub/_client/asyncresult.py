@@ -67,7 +67,7 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         self._results: list[object] = [_MISSING] * len(self.msg_ids)
         self._errors: list[BaseException | None] = [None] * len(self.msg_ids)
         self._meta: list[dict[str, Any]] = [{} for _ in self.msg_ids]
-        self._out: list[dict[str, list[str]]] = [{"stdout": [], "stderr": []} for _ in self.msg_ids]
+        self._out: list[dict[str, list[str]]] = [{} for _ in self.msg_ids]  # name -> texts
         self._combine = combine
         self._single = single
         self._label = label

@@ -140,6 +140,9 @@ class Transport:
         # Direct ways to engines on this host: route -> (engine id, sending socket), and
         # receiving socket -> (engine id, sending socket).
         self._direct_senders: dict[bytes, tuple[int, zmq.Socket[Any]]] = {}
+        # Their engine ids, made anew (never changed in place) when a way opens or closes:
+        # read per request without a lock.
+        self._direct_ids: tuple[int, ...] = ()
         self._direct_receivers: dict[zmq.Socket[Any], tuple[int, zmq.Socket[Any]]] = {}
         # Small load-balanced tasks waiting to go together (see _coalesce).
         self._outbox: list[Any] = []
@@ -482,19 +485,21 @@ class Transport:
         first = frames[0].bytes
         if first == PONG:
             self._direct_senders[engine_route(engine_id)] = (engine_id, sender)
+            self._direct_ids = (*self._direct_ids, engine_id)
             self._on_direct_open(engine_id)
             return
         self._on_message(engine_route(engine_id), frames, session)
 
     def direct_engines(self) -> list[int]:
         """The engines whose own socket takes requests now."""
-        return [engine_id for engine_id, _ in list(self._direct_senders.values())]
+        return list(self._direct_ids)
 
     def close_direct(self, engine_id: int) -> None:
         """The engine is gone: close the sockets to it."""
         route = engine_route(engine_id)
         with self._send_lock:  # no thread is sending on it while it closes
             self._direct_senders.pop(route, None)
+            self._direct_ids = tuple(e for e in self._direct_ids if e != engine_id)
         for receiver, (eid, sender) in list(self._direct_receivers.items()):
             if eid == engine_id:
                 del self._direct_receivers[receiver]
