@@ -9,9 +9,13 @@ memoryview objects at or above ``threshold`` bytes.
 
 The rules that make it fast and complete:
 
-1. Plain data (dict, list, tuple, str, int, float, bytes, ...) goes through the C pickler
-   and never touches Python code: the C pickler calls ``reducer_override`` only for
-   objects that are not of a builtin container or atomic type.
+1. Small contents of plain data (dict, list, tuple, str, int, float, small bytes, ...)
+   and of what plain pickle writes by reference (importable functions and classes,
+   module-level builtins), as apply requests usually are, skip the Python-level pickler:
+   a bounded scan (``_FastScan``) vets them and ``pickle.dumps`` writes the bytes the full
+   path would. Modules and by-value functions (rule 2) get stand-ins whose reduction is
+   the only Python call; a function's stand-in carries the state rule 2 sends, read at
+   each ``dumps``, and needs no ``state_setter`` as the scan refuses cycles.
 2. ``reducer_override`` pickles *by value* what plain pickle could only pickle by
    reference and the receiver could not resolve: functions defined in ``__main__``, in
    a function body, or as lambdas. Their code travels as ``marshal`` bytes (same Python
@@ -61,8 +65,9 @@ _SCAN_WIDTH: Final = 16
 Reducer: TypeAlias = Callable[[Any], "str | tuple[Any, ...]"]
 
 
-def _needs_value(func: types.FunctionType) -> bool:
-    """True when the receiver could not import ``func`` by module and qualified name."""
+def _needs_value(func: Any) -> bool:
+    """True when the receiver could not import ``func`` (a function, builtin or class) by
+    module and qualified name."""
     module_name = func.__module__
     if module_name in (None, "__main__", "__mp_main__"):
         return True
@@ -101,14 +106,20 @@ def _code_facts_of(code: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
     return facts
 
 
+def _load_code(code_bytes: bytes) -> types.CodeType:
+    if len(_loaded_code) >= _CACHE_SIZE:
+        _loaded_code.clear()
+    code: types.CodeType = marshal.loads(code_bytes)
+    _loaded_code[code_bytes] = code
+    return code
+
+
 def _make_function(
     code_bytes: bytes, globals_: dict[str, Any], name: str, ncells: int
 ) -> types.FunctionType:
     code = _loaded_code.get(code_bytes)
     if code is None:
-        if len(_loaded_code) >= _CACHE_SIZE:
-            _loaded_code.clear()
-        code = _loaded_code[code_bytes] = marshal.loads(code_bytes)
+        code = _load_code(code_bytes)
     globals_.setdefault("__builtins__", builtins)
     closure = tuple(types.CellType() for _ in range(ncells)) or None
     return types.FunctionType(code, globals_, name, None, closure)
@@ -126,6 +137,43 @@ def _set_function_state(func: types.FunctionType, state: dict[str, Any]) -> None
     func.__doc__ = state["doc"]
     func.__dict__.update(state["dict"])
     func.__annotations__ = state["annotations"]
+
+
+def _build_function(  # noqa: PLR0917 - called by the unpickler, positionally
+    code_bytes: bytes,
+    globals_: dict[str, Any],
+    name: str,
+    used: dict[str, Any],
+    cells: tuple[Any, ...],
+    defaults: tuple[Any, ...] | None,
+    kwdefaults: dict[str, Any] | None,
+    qualname: str,
+    module: str,
+    doc: Any,
+    attributes: dict[str, Any],
+    annotations: dict[str, Any],
+) -> types.FunctionType:
+    """Rebuild a function sent by ``_FastScan``: what ``_make_function`` then
+    ``_set_function_state`` do, in one call, as the function cannot refer to itself."""
+    code = _loaded_code.get(code_bytes)
+    if code is None:
+        code = _load_code(code_bytes)
+    globals_.setdefault("__builtins__", builtins)
+    globals_.update(used)
+    closure = None
+    if cells:
+        closure = tuple(
+            [types.CellType() if v is _EMPTY_CELL else types.CellType(v) for v in cells]
+        )
+    func = types.FunctionType(code, globals_, name, defaults, closure)
+    func.__kwdefaults__ = kwdefaults
+    func.__qualname__ = qualname
+    func.__module__ = module
+    func.__doc__ = doc
+    if attributes:
+        func.__dict__.update(attributes)
+    func.__annotations__ = annotations
+    return func
 
 
 class _EmptyCell:
@@ -303,8 +351,10 @@ class Serializer:
             names that part's type and its path inside ``obj``.
         """
         threshold = self.threshold
-        if type(obj) in _PLAIN and _is_plain(obj, threshold, _SCAN_DEPTH) and not self._reducers:
-            return [pickle.dumps(obj, _PROTOCOL)]  # nothing for us to do: plain C pickle
+        if not self._reducers:  # a registered reducer needs the dispatch table: full path
+            target = _FastScan(threshold).value(obj, _SCAN_DEPTH)
+            if target is not _SLOW:
+                return [pickle.dumps(target, _PROTOCOL)]
         buffers: list[Buffer] = []
 
         def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -358,25 +408,176 @@ def _wrap_large(obj: Any, threshold: int, depth: int) -> Any:
 
 _CONTAINERS: Final = frozenset({tuple, list, dict})
 _ATOMS: Final = frozenset({str, int, float, bool, type(None), complex})
-_PLAIN: Final = frozenset({dict, list, tuple}) | _ATOMS
+_MAIN_NAMES: Final = ("__main__", "__mp_main__")
+#: What ``_FastScan.value`` returns for a part that needs the full path.
+_SLOW: Final[Any] = object()
 
 
-def _is_plain(obj: Any, threshold: int, depth: int) -> bool:
-    """True for small trees of builtin data, which plain pickle handles exactly right."""
-    kind = type(obj)
-    if kind in _ATOMS:
-        return True
-    if kind is bytes:
-        return len(obj) < threshold
-    if depth == 0:
-        return False
-    if kind is dict:
-        return len(obj) <= _SCAN_WIDTH and all(
-            type(k) in _ATOMS and _is_plain(v, threshold, depth - 1) for k, v in obj.items()
-        )
-    if kind is list or kind is tuple:
-        return len(obj) <= _SCAN_WIDTH and all(_is_plain(v, threshold, depth - 1) for v in obj)
-    return False
+class _FunctionByValue:
+    """Stands in for a by-value function on the fast path; ``_build_function`` rebuilds it."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return _build_function, self.args
+
+
+class _ModuleByName:
+    """Stands in for an imported module on the fast path (plain pickle refuses modules)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return _import_module, (self.name,)
+
+
+class _FastScan:
+    """One ``dumps`` call's check that plain ``pickle.dumps`` can write the object.
+
+    ``value`` returns the object itself when plain pickle writes it exactly as ``_Pickler``
+    would; a copy with stand-ins where it holds modules or by-value functions (the copies
+    are memoized, so what the object shares stays shared); or ``_SLOW``. Each scan is
+    bounded (``_SCAN_DEPTH`` x ``_SCAN_WIDTH``) and each function is scanned once, so big
+    data ends in ``_SLOW``, and so do cycles: a function's stand-in is built from its
+    state (rule 2's ``state_setter`` is what lets a function reach itself).
+    """
+
+    __slots__ = ("_shared", "_stand_ins", "_threshold")
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+        self._stand_ins: dict[int, Any] = {}  # by id of the original, alive during dumps
+        # One globals dict per source module, shared by the functions of this message.
+        self._shared: dict[int, dict[str, Any]] = {}
+
+    def value(self, obj: Any, depth: int) -> Any:
+        """``obj``, or its stand-in, or ``_SLOW``."""
+        kind = type(obj)
+        if kind in _ATOMS:
+            return obj
+        if kind is bytes:  # large ones go out of band, on the full path
+            return obj if len(obj) < self._threshold else _SLOW
+        if kind is types.FunctionType:
+            return self._function(obj) if _needs_value(obj) else obj
+        if kind in _CONTAINERS:
+            if not obj:
+                return obj
+            if depth == 0 or len(obj) > _SCAN_WIDTH:
+                return _SLOW
+            stand_in = self._stand_ins.get(id(obj))
+            if stand_in is not None:
+                return stand_in
+            return self._container(obj, kind, depth - 1)
+        if kind is types.BuiltinFunctionType:
+            owner = obj.__self__  # a bound method pickles its owner: full path
+            if owner is None or type(owner) is types.ModuleType:
+                return _SLOW if _needs_value(obj) else obj
+            return _SLOW
+        if kind is type:  # __main__ classes go by value through dill: full path
+            return _SLOW if _needs_value(obj) else obj
+        if kind is types.ModuleType:
+            name = obj.__name__
+            if name in _MAIN_NAMES or sys.modules.get(name) is not obj:
+                return _SLOW
+            return _ModuleByName(name)
+        return _SLOW
+
+    def _container(self, obj: Any, kind: type, depth: int) -> Any:
+        # Most containers hold only what plain pickle writes as it is: check without
+        # allocating, and copy only when something needs a stand-in.
+        atoms = _ATOMS
+        if kind is dict:
+            for key, item in obj.items():
+                if type(key) not in atoms:
+                    return _SLOW
+                if type(item) not in atoms and self.value(item, depth) is not item:
+                    return self._copy(obj, kind, depth)
+            return obj
+        for item in obj:
+            if type(item) not in atoms and self.value(item, depth) is not item:
+                return self._copy(obj, kind, depth)
+        return obj
+
+    def _copy(self, obj: Any, kind: type, depth: int) -> Any:
+        """``obj`` with stand-ins (memoized, so that scanning again is cheap), or ``_SLOW``."""
+        copy: Any
+        if kind is dict:
+            copy = {}
+            for key, item in obj.items():
+                new = copy[key] = self.value(item, depth)
+                if new is _SLOW:
+                    return _SLOW
+        else:
+            copy = []
+            for item in obj:
+                new = self.value(item, depth)
+                if new is _SLOW:
+                    return _SLOW
+                copy.append(new)
+            if kind is tuple:
+                copy = tuple(copy)
+        self._stand_ins[id(obj)] = copy
+        return copy
+
+    def _function(self, func: types.FunctionType) -> Any:
+        """The function's stand-in, carrying what ``_Pickler._reduce_function`` sends."""
+        stand_in = self._stand_ins.get(id(func))
+        if stand_in is not None:
+            return stand_in  # _SLOW while the function's state is being scanned
+        self._stand_ins[id(func)] = _SLOW
+        atoms = _ATOMS
+        source_globals = func.__globals__
+        code_bytes, names = _code_facts_of(func.__code__)
+        used: dict[str, Any] = {}
+        for name in names:
+            if name in source_globals and name != "__builtins__":
+                value = source_globals[name]
+                if type(value) not in atoms:
+                    value = self.value(value, _SCAN_DEPTH)
+                    if value is _SLOW:
+                        return _SLOW
+                used[name] = value
+        cells: list[Any] = []
+        for cell in func.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                value = _EMPTY_CELL
+            else:
+                if type(value) not in atoms:
+                    value = self.value(value, _SCAN_DEPTH)
+                    if value is _SLOW:
+                        return _SLOW
+            cells.append(value)
+        args: list[Any] = [code_bytes, None, func.__name__, used, tuple(cells)]
+        for part in (
+            func.__defaults__,
+            func.__kwdefaults__,
+            func.__qualname__,
+            func.__module__,
+            func.__doc__,
+            func.__dict__,
+            func.__annotations__,
+        ):
+            value = part if type(part) in atoms else self.value(part, _SCAN_DEPTH)
+            if value is _SLOW:
+                return _SLOW
+            args.append(value)
+        shared = self._shared.get(id(source_globals))
+        if shared is None:
+            module_name = source_globals.get("__name__", "__main__")
+            if type(module_name) is not str:
+                return _SLOW
+            shared = self._shared[id(source_globals)] = {"__name__": module_name}
+        args[1] = shared
+        stand_in = self._stand_ins[id(func)] = _FunctionByValue(tuple(args))
+        return stand_in
 
 
 def _children(obj: Any) -> Iterator[tuple[str, Any]]:
