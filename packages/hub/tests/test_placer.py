@@ -41,8 +41,8 @@ class _Engines:
 
 def _tasks(*names: str, targets: frozenset[int] | None = None, small: bool = False) -> list[Placed]:
     if small:
-        request = Message(new_header("apply_request", "s", "client"), None, {}, None)
-        return [Placed(n, targets, request=request) for n in names]
+        header = new_header("apply_request", "s", "client")
+        return [Placed(n, targets, header, {}, b"content") for n in names]
     return [Placed(n, targets, frames=[b"head", b"buffer"]) for n in names]
 
 

@@ -25,7 +25,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from shoal.engine import EngineDiedError, MsgType, RemoteError
 from shoal.util import disambiguate_url
@@ -33,6 +33,7 @@ from shoal.wire import (
     Codec,
     ConnectionInfo,
     CurveKeys,
+    Header,
     Message,
     RawContent,
     Session,
@@ -419,12 +420,12 @@ class Client:
                 meta["reply_to"] = self._reply_to
             if route == LB and targets is False:
                 self._describe_dependencies(meta)
-            msg = Message(header, None, meta, content)
             msg_id = str(header.msg_id)
             ids.append(msg_id)
             if targets is not False:
-                placed.append(self._to_place(msg, targets))
+                placed.append(self._to_place(header, meta, content, targets))
                 continue
+            msg = Message(header, None, meta, content)
             # Stamped by the transport under its send lock, in the order it sends.
             frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
             encoded.append((msg_id, route, frames))
@@ -446,18 +447,21 @@ class Client:
             raise
         return result
 
-    def _to_place(self, msg: Message, targets: frozenset[int] | None) -> Placed:
+    def _to_place(
+        self, header: Header, meta: dict[str, Any], content: Any, targets: frozenset[int] | None
+    ) -> Placed:
         """A task for the placer: pickled now (so that what cannot travel fails here),
         encoded when it leaves if it is small, now if it holds large buffers."""
-        content = self._codec.serializer.dumps(msg.content)
-        raw = msg._replace(content=RawContent(tuple(content)))
-        msg_id = str(msg.header.msg_id)
-        if len(content) == 1 and memoryview(content[0]).nbytes < _SMALL_TASK:
-            return Placed(msg_id, targets, request=raw)
+        frames = self._codec.serializer.dumps(content)
+        msg_id = str(header.msg_id)
+        stream = frames[0]
+        if len(frames) == 1 and type(stream) is bytes and len(stream) < _SMALL_TASK:
+            return Placed(msg_id, targets, header, meta, stream)
+        raw = Message(header, None, meta, RawContent(tuple(frames)))
         # Large buffers go through shared memory only when every engine is on this host:
         # the task may yet go through the hub, which may send it to another host.
-        frames = self._codec.encode(raw, shm=self._same_host(LB), stamped=False)
-        return Placed(msg_id, targets, frames=frames)
+        encoded = self._codec.encode(raw, shm=self._same_host(LB), stamped=False)
+        return Placed(msg_id, targets, frames=encoded)
 
     def _placeable(
         self, route: bytes, meta: dict[str, Any], ways: list[int]
@@ -501,12 +505,7 @@ class Client:
 
     def _send_batch(self, engine: int, tasks: list[Placed]) -> None:
         """Send small tasks to ``engine`` in one message, answered by one reply."""
-        batch = []
-        for task in tasks:
-            request = task.request
-            assert request is not None  # noqa: S101 - a small task keeps its request
-            stream = cast("RawContent", request.content).frames[0]
-            batch.append([task.msg_id, stream, request.metadata.get("timeout")])
+        batch = [[t.msg_id, t.stream, (t.metadata or {}).get("timeout")] for t in tasks]
         header = new_header(MsgType.APPLY_BATCH_REQUEST, self._session, "client")
         meta = {"host": self.host, "reply_to": self._reply_to}
         frames = self._codec.encode(Message(header, None, meta, {"tasks": batch}), stamped=False)
@@ -524,8 +523,8 @@ class Client:
     def _frames_of(self, task: Placed) -> list[Any]:
         """A placed task's message, encoded (unstamped) to go alone."""
         if task.frames is None:
-            assert task.request is not None  # noqa: S101 - a small task keeps its request
-            task.frames = self._codec.encode(task.request, shm=self._same_host(LB), stamped=False)
+            request = task.request()
+            task.frames = self._codec.encode(request, shm=self._same_host(LB), stamped=False)
         return task.frames
 
     def _after_burst(self) -> None:

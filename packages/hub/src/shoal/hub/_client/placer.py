@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from shoal.engine import BATCH_MAX, EngineDiedError
-from shoal.wire import Message
+from shoal.wire import Header, Message, RawContent
 
 __all__ = ["Placed", "Placer"]
 
@@ -47,15 +47,25 @@ _SMOOTHING = 0.2  # weight of the newest run time in the moving average
 @dataclasses.dataclass(slots=True)
 class Placed:
     """One task the client places: its id and the engines it may use, and either its
-    request with the content pickled (a small task: encoded when it leaves, alone or in
-    an ``apply_batch_request`` with others) or its message encoded (a task with large
-    buffers, encoded when submitted, so that later changes to them do not travel)."""
+    request's header, metadata and pickled content (a small task: encoded when it
+    leaves, alone or in an ``apply_batch_request`` with others) or its message encoded
+    (a task with large buffers, encoded when submitted, so that later changes to them
+    do not travel). Kept flat: a client may hold many thousands, and each object the
+    garbage collector tracks costs on each of its passes."""
 
     msg_id: str
     targets: frozenset[int] | None
-    request: Message | None = None
+    header: Header | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bytes | None = None
     frames: list[Any] | None = None
     submitted: float = dataclasses.field(default_factory=time.time)
+
+    def request(self) -> Message:
+        """A small task's request, its content left pickled."""
+        if self.header is None or self.metadata is None or self.stream is None:
+            raise ValueError("a task placed with its message encoded has no request to build")
+        return Message(self.header, None, self.metadata, RawContent((self.stream,)))
 
     @property
     def small(self) -> bool:
