@@ -254,6 +254,24 @@ def test_short_tasks_travel_in_batches(client: Client) -> None:
                 ar.get(30)
 
 
+def test_a_task_in_a_batch_keeps_its_own_time_limit_and_abort(client: Client) -> None:
+    wait_until(lambda: _ways_open(client, 2), timeout=30)
+    lb = client.load_balanced_view(targets=[0])
+    assert [ar.get(30) for ar in [lb.apply_async(lambda: 1) for _ in range(500)]] == [1] * 500
+    assert client._placer.batch_size() > 1  # short tasks: what follows goes in batches
+    lb.set_flags(timeout=1.0)
+    results = [lb.apply_async(lambda i=i: i) for i in range(30)]
+    slow = lb.apply_async(_nap, 60)  # behind them, in a batch with the tasks after it
+    after = [lb.apply_async(lambda i=i: -i) for i in range(30)]
+    client.abort(after[-1].msg_ids)
+    with pytest.raises(RemoteError, match="TimeoutError"):
+        slow.get(30)
+    assert [ar.get(30) for ar in results] == list(range(30))
+    assert [ar.get(30) for ar in after[:-1]] == [-i for i in range(29)]
+    with pytest.raises(TaskAborted):
+        after[-1].get(30)
+
+
 def test_a_malformed_batch_is_refused_and_the_engine_serves_on(client: Client) -> None:
     url = client.direct_url(0)
     assert url is not None
