@@ -9,6 +9,7 @@ these for ``__array_function__``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,25 @@ def _partial_sum(client: Any, plan: _Plan, tickets: list[Any], head: int, cls: t
     return _wrap(client, plan.run()(t), cls)
 
 
+def _whole_on(x: _Array, engines: Sequence[int]) -> tuple[dict[int, Any], list[Any]]:
+    """A piece naming all of ``x`` for each of ``engines``, and the blocks to keep alive
+    while they are used. Where several engines lack blocks of ``x``, each first fetches
+    them into a block of its own, all at once, before any computes: fetched as part of
+    the product instead, an engine that has started multiplying (its main thread in the
+    product) serves the others' fetches only when it is done, and the products run one
+    after the other."""
+    piece = whole(x)
+    held = set(x.engines)
+    fetching = sorted({e for e in engines if held - {e}})
+    if len(fetching) < 2:
+        return dict.fromkeys(engines, piece), []
+    plan = _Plan(x._client)
+    tickets = {e: plan.add(e, K.call, np.array, piece) for e in fetching}  # a fresh copy
+    result = plan.run()
+    blocks = {e: result(t)[0] for e, t in tickets.items()}
+    return {e: _piece(blocks[e]) if e in blocks else piece for e in engines}, list(blocks.values())
+
+
 def matmul(a: Any, b: Any, out: Any = None, **kwargs: Any) -> Any:
     result = _matmul(a, b, kwargs)
     return result if out is None else into(out, result)
@@ -63,10 +83,10 @@ def _matmul(a: Any, b: Any, kwargs: dict[str, Any]) -> Any:
     cls = result_class([a, b])
     if a_ours and a.ndim == 2 and a._axis == 0 and b.ndim <= 2:
         # rows of a: each block times all of b
-        other = whole(b) if b_ours else b
+        others, _fetched = _whole_on(b, a.engines) if b_ours else ({}, [])
         plan = _Plan(a._client)
         tickets = [
-            plan.add(e, K.call, np.matmul, _piece(blk), other)
+            plan.add(e, K.call, np.matmul, _piece(blk), others.get(e, b))
             for blk, e in zip(a._blocks, a.engines, strict=True)
         ]
         result = plan.run()
