@@ -55,7 +55,7 @@ def test_the_placer_keeps_to_hwm_and_balances() -> None:
     assert placer.done("b", "ok", 1.0, 2.0)
     placer.place([0, 1])
     assert engines.sent[-1] == (1, "e")
-    assert placer.records["b"][:2] == [1, "ok"]
+    assert placer.records["b"][:2] == (1, "ok")
     assert not placer.done("unknown", "ok")
     assert placer.load() == {0: 2, 1: 2}
 

@@ -96,9 +96,9 @@ class Placer:
         self._sent: dict[int, int] = {}  # engine -> this client's messages outstanding there
         # msg_id -> (engine, submitted, the tasks of its message still out: one shared list)
         self._where: dict[str, tuple[int, float, list[int]]] = {}
-        #: Finished placed tasks: msg_id -> ``[engine, status, submitted, started,
-        #: completed]``, the record the hub keeps (bounded, oldest dropped first).
-        self.records: collections.OrderedDict[str, list[object]] = collections.OrderedDict()
+        #: Finished placed tasks: msg_id -> ``(engine, status, submitted, started,
+        #: completed)``, the record the hub keeps (bounded, oldest dropped first).
+        self.records: collections.OrderedDict[str, tuple[object, ...]] = collections.OrderedDict()
         self._run_time: float | None = None  # moving average of the tasks' run time (s)
 
     def __len__(self) -> int:
@@ -125,8 +125,13 @@ class Placer:
         reader places, so a task is never left waiting with room free."""
         self._inbox.extend(tasks)
         sent, hwm = self._sent, self.hwm
-        if not engines or any(sent.get(e, 0) < hwm for e in engines):
-            self.place(engines)
+        for engine in engines:
+            if sent.get(engine, 0) < hwm:
+                break
+        else:
+            if engines:
+                return  # every engine is full: a reply will place them
+        self.place(engines)
 
     def done(
         self, msg_id: str, status: str, started: object = None, completed: object = None
@@ -141,7 +146,8 @@ class Placer:
             left[0] -= 1
             if not left[0]:  # the last task of its message: room for another message
                 self._sent[engine] -= 1
-            self.records[msg_id] = [engine, status, submitted, started, completed]
+            # A tuple: the garbage collector stops tracking it, a list it tracks forever.
+            self.records[msg_id] = (engine, status, submitted, started, completed)
             if isinstance(started, float) and isinstance(completed, float):
                 ran = max(0.0, completed - started)
                 mean = self._run_time
