@@ -53,7 +53,9 @@ def _whole_on(x: _Array, engines: Sequence[int]) -> tuple[dict[int, Any], list[A
     if len(fetching) < 2:
         return dict.fromkeys(engines, piece), []
     plan = _Plan(x._client)
-    tickets = {e: plan.add(e, K.call, np.array, piece) for e in fetching}  # a fresh copy
+    # Each fetching engine lacks a block, so its piece materializes as a fresh array
+    # (fetched, or joined from its blocks and fetched ones), never one of x's own blocks.
+    tickets = {e: plan.add(e, K.call, np.asarray, piece) for e in fetching}
     result = plan.run()
     blocks = {e: result(t)[0] for e, t in tickets.items()}
     return {e: _piece(blocks[e]) if e in blocks else piece for e in engines}, list(blocks.values())
