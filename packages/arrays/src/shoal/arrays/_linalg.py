@@ -21,13 +21,11 @@ from ._core import (
     _assemble,
     _axis_key,
     _check_axis,
-    _per_block,
     _piece,
     _Plan,
     region,
     whole,
 )
-from ._kernels import BLOCK
 
 __all__ = ["dot", "matmul", "tensordot"]
 
@@ -159,17 +157,21 @@ def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
     cls = result_class([a, b])
     if isinstance(a, _Array) and a._axis not in a_axes:
         free = [i for i in range(a.ndim) if i not in a_axes]
-        other = whole(b) if isinstance(b, _Array) else b
-        return _per_block(
-            a, K.call, np.tensordot, BLOCK, other, axes=spec, out_axis=free.index(a._axis), cls=cls
-        )
+        others, _fetched = _whole_on(b, a.engines) if isinstance(b, _Array) else ({}, [])
+        plan = _Plan(a._client)
+        tickets = [
+            plan.add(e, K.call, np.tensordot, _piece(blk), others.get(e, b), axes=spec)
+            for blk, e in zip(a._blocks, a.engines, strict=True)
+        ]
+        result = plan.run()
+        return _assemble(a._client, [result(t) for t in tickets], free.index(a._axis), cls)
     if isinstance(b, _Array) and b._axis not in b_axes:
         free = [i for i in range(b.ndim) if i not in b_axes]
-        other = whole(a) if isinstance(a, _Array) else a
+        others, _fetched = _whole_on(a, b.engines) if isinstance(a, _Array) else ({}, [])
         axis = a.ndim - len(a_axes) + free.index(b._axis)
         plan = _Plan(b._client)
         tickets = [
-            plan.add(e, K.call, np.tensordot, other, _piece(blk), axes=spec)
+            plan.add(e, K.call, np.tensordot, others.get(e, a), _piece(blk), axes=spec)
             for blk, e in zip(b._blocks, b.engines, strict=True)
         ]
         result = plan.run()
