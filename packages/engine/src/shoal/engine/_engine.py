@@ -625,7 +625,7 @@ class EngineProcess:
         replies: list[list[Any]] = []
         header = request.header
         for msg_id, raw, limit in tasks:
-            started = time.time()
+            begun = time.time()
             if aborted or msg_id in self._abort_ids:
                 self._abort_ids.discard(msg_id)
                 reply: dict[str, Any] = {"status": "aborted"}
@@ -636,10 +636,10 @@ class EngineProcess:
                 )
                 reply = self._run(sock, task, raw, limit)
             completed = time.time()
-            replies.append([msg_id, reply.get("status"), started, completed, reply])
+            replies.append([msg_id, reply.get("status"), begun, completed, reply])
             if sock is self._direct and self.register:  # the hub did not see it: tell it
                 status = reply.get("status")
-                self._direct_done.append([msg_id, status, header.date, started, completed])
+                self._direct_done.append([msg_id, status, header.date, begun, completed])
         self._forward_pipe()  # other threads' output goes before the replies
         self._reply(sock, request, {"status": "ok", "replies": replies}, started, history=False)
         self._after_request()
