@@ -127,11 +127,11 @@ def attempt(fn: Callable[[], Any]) -> Any:
 
 def error_names(exc: BaseException) -> set[str]:
     """The names an error answers to: its classes, and when it came from an engine (its
-    cause a RemoteError) the type raised there, which may not pickle (numpy's
+    also a RemoteError) the type raised there, which may not pickle (numpy's
     UFuncTypeError arrives as the TypeError it derives from)."""
     names = {c.__name__ for c in type(exc).__mro__}
-    if isinstance(exc.__cause__, RemoteError):
-        names.add(exc.__cause__.ename)
+    if isinstance(exc, RemoteError):
+        names.add(exc.ename)
     return names
 
 

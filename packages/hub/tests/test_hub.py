@@ -101,6 +101,7 @@ def test_remote_errors(client: Client) -> None:
     with pytest.raises(RemoteError) as one:
         client[0].apply_sync(lambda: 1 / 0)
     assert one.value.ename == "ZeroDivisionError"
+    assert isinstance(one.value, ZeroDivisionError)
     assert one.value.engine_id == 0
     assert "1 / 0" in one.value.traceback
     with pytest.raises(CompositeError) as many:

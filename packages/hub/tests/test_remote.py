@@ -367,7 +367,7 @@ def test_remote_exceptions_keep_their_type_when_it_imports(rc: Client) -> None:
     lst = scatter([1], split=False, client=rc)
     with pytest.raises(ValueError, match="is not in list") as err:
         lst.index(5)
-    cause = err.value.__cause__
+    cause = err.value  # also a RemoteError: the engine's traceback
     assert isinstance(cause, RemoteError)
     assert "index" not in cause.ename
     assert "ValueError" in cause.traceback

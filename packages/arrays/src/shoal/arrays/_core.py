@@ -153,9 +153,11 @@ def _dispatch(client: Client, jobs: Jobs) -> dict[int, list[Any]]:
             error = error or exc
             continue
         if isinstance(value, K.Failed):
-            failed = value.exception
-            failed.__cause__ = RemoteError(value.ename, str(failed), value.traceback, e)
-            error = error or failed
+            # The block's own exception type, which is also a RemoteError (engine id,
+            # remote traceback), as every remote failure reaches a shoal client.
+            reply: dict[str, object] = {"ename": value.ename, "evalue": str(value.exception)}
+            reply |= {"traceback": value.traceback, "engine_id": e, "exception": value.exception}
+            error = error or RemoteError.from_reply(reply)
         else:
             results[e] = value
     if error is not None:

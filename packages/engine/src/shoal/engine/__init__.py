@@ -7,6 +7,7 @@ from ._errors import EngineDiedError as EngineDiedError
 from ._errors import EngineError as EngineError
 from ._errors import NoSuchObjectError as NoSuchObjectError
 from ._errors import RemoteError as RemoteError
+from ._errors import RemoteTraceback as RemoteTraceback
 from ._kernel import Kernel as Kernel
 from ._manager import KernelManager as KernelManager
 from ._objects import ObjectDescription as ObjectDescription
@@ -59,6 +60,7 @@ __all__ = [
     "Ref",
     "RefDict",
     "RemoteError",
+    "RemoteTraceback",
     "current_engine",
     "known_requests",
     "main",

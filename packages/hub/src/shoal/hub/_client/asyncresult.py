@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from shoal.engine import RemoteError
+
 from .errors import CompositeError
 
 if TYPE_CHECKING:
@@ -129,7 +131,7 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         self._arrived = self._condition  # the future's own: one lock per result
         self.submitted = time.time()
         self._completed: float | None = None
-        self._object = False  # an object-store request: the whole reply, original errors
+        self._object = False  # an object-store request: the whole reply is the value
         if not self.msg_ids:
             self._finish()
 
@@ -209,7 +211,9 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         """
         try:
             return self.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError as exc:
+            if isinstance(exc, RemoteError):  # the task's own TimeoutError
+                raise
             raise TimeoutError(
                 f"{self._label}: {self.progress} of {len(self.msg_ids)} replies after {timeout} s"
             ) from None

@@ -840,7 +840,7 @@ class Client:
             whole = route == HUB or route[:1] == b"c" or result._object
             error, value = None, content if whole else content.get("result")
         else:
-            error, value = error_from_reply(content, original=result._object), None
+            error, value = error_from_reply(content, task_id=msg_id), None
         result._deliver(msg_id, value, error, metadata)
 
     def _notice(self, kind: str, content: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.engine import EngineDiedError, RemoteError
+from shoal.engine import EngineDiedError, RemoteError, RemoteTraceback
 
 __all__ = [
     "CompositeError",
@@ -20,6 +20,9 @@ __all__ = [
     "TaskAborted",
     "error_from_reply",
 ]
+
+# The note a map's failing input gets on its engine: "map input 7: 'abc'".
+MAP_INPUT_NOTE = "map input"
 
 
 class HubLost(ConnectionError):
@@ -59,6 +62,9 @@ class KilledEngineError(EngineDiedError):
 class CompositeError(RuntimeError):
     """Several remote errors at once, e.g. one per engine of a view.
 
+    Each error of a ``map`` names the input that failed (its index and a short repr),
+    and so does the message.
+
     Attributes
     ----------
     elist : list of Exception
@@ -69,11 +75,19 @@ class CompositeError(RuntimeError):
         super().__init__(message, list(elist))
         self.message = message
         self.elist = list(elist)
+        if any(isinstance(e, RemoteError) for e in self.elist):
+            # Printed above an uncaught error's local traceback: where each one happened.
+            self.__cause__ = RemoteTraceback(self.render_traceback())
 
     def __str__(self) -> str:
         lines = [f"{self.message}: {len(self.elist)} error(s)"]
-        lines += [f"  {type(e).__name__}: {e}" for e in self.elist]
+        for e in self.elist:
+            where = failed_input(e)
+            lines.append(f"  {type(e).__name__}: {e}" + (f" ({where})" if where else ""))
         return "\n".join(lines)
+
+    def _render_traceback_(self) -> list[str]:
+        return self.render_traceback().splitlines()
 
     def render_traceback(self) -> str:
         """Every remote traceback, one after the other."""
@@ -88,16 +102,23 @@ class CompositeError(RuntimeError):
         raise self.elist[index]
 
 
-def error_from_reply(content: dict[str, Any], *, original: bool = False) -> BaseException:
+def failed_input(error: BaseException) -> str | None:
+    """ "map input 7: 'abc'" when ``error`` came from a map's input, else None: from the
+    error's notes, or from the remote traceback when the exception itself did not
+    travel."""
+    notes = getattr(error, "__notes__", None) or []
+    text = getattr(error, "traceback", "")
+    lines = [*notes, *(text.splitlines() if isinstance(text, str) else ())]
+    return next((line for line in lines if line.startswith(MAP_INPUT_NOTE + " ")), None)
+
+
+def error_from_reply(content: dict[str, Any], *, task_id: str | None = None) -> BaseException:
     """The exception for an error or aborted reply's content.
 
-    With ``original``, the remote exception itself when it reached the client (its type
-    imports here), chained to a :class:`RemoteError` carrying the remote traceback.
+    A task's own exception keeps its type (see :meth:`RemoteError.from_reply`): the error
+    is an instance of that type and of :class:`RemoteError`, carrying the remote traceback,
+    the engine id and ``task_id``.
     """
-    if original and isinstance(content.get("exception"), BaseException):
-        exc: BaseException = content["exception"]
-        exc.__cause__ = RemoteError.from_reply(content)
-        return exc
     if content.get("status") == "aborted":
         return TaskAborted("the task was aborted before it ran")
     ename = str(content.get("ename", "Exception"))
@@ -109,4 +130,4 @@ def error_from_reply(content: dict[str, Any], *, original: bool = False) -> Base
         return KilledEngineError(evalue, ids if isinstance(ids, list) else ())
     if ename == "DependencyError":
         return DependencyError(evalue)
-    return RemoteError.from_reply(content)
+    return RemoteError.from_reply(content, task_id=task_id)

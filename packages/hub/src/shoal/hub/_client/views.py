@@ -49,6 +49,7 @@ from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from .._protocol import LB, engine_route
 from .asyncresult import AsyncMapResult, AsyncResult
+from .errors import MAP_INPUT_NOTE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,9 +80,25 @@ def _apply_content(
     return {"f": f, "args": args, "kwargs": kwargs}
 
 
-def _map_chunk(f: Callable[..., T], *columns: Iterable[object]) -> list[T]:
-    """Runs on an engine: ``f`` over one chunk of the zipped sequences."""
-    return list(map(f, *columns))
+def _map_chunk(f: Callable[..., T], offset: int, *columns: Sequence[object]) -> list[T]:
+    """Runs on an engine: ``f`` over one chunk of the zipped sequences, whose first item
+    is input number ``offset``. An input that fails gets a note naming it."""
+    out: list[T] = []
+    try:
+        out.extend(map(f, *columns))  # what came before a failure stays in ``out``
+    except Exception as exc:
+        row = tuple(c[len(out)] for c in columns)
+        exc.add_note(f"{MAP_INPUT_NOTE} {offset + len(out)}: {_short_repr(row)}")
+        raise
+    return out
+
+
+def _short_repr(row: tuple[object, ...]) -> str:
+    try:
+        text = repr(row[0] if len(row) == 1 else row)
+    except Exception:  # a user __repr__ may fail
+        return "<repr() failed>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _lengths(seqs: Sequence[Any]) -> int:
@@ -476,11 +493,12 @@ class DirectView(View[TargetsT]):
         chunks = {
             t: [s[a:b] for s in sequences] for t, (a, b) in zip(self._ids, bounds, strict=True)
         }
+        starts = {t: a for t, (a, _) in zip(self._ids, bounds, strict=True)}
         requests = [
             (
                 engine_route(t),
                 MsgType.APPLY_REQUEST,
-                {"f": _map_chunk, "args": (f, *chunks[t]), "kwargs": {}},
+                {"f": _map_chunk, "args": (f, starts[t], *chunks[t]), "kwargs": {}},
                 None,
             )
             for t in self._ids
@@ -732,7 +750,7 @@ class LoadBalancedView(View[int]):
                 MsgType.APPLY_REQUEST,
                 {
                     "f": _map_chunk,
-                    "args": (f, *[s[a : a + chunksize] for s in sequences]),
+                    "args": (f, a, *[s[a : a + chunksize] for s in sequences]),
                     "kwargs": {},
                 },
                 meta,
@@ -778,13 +796,16 @@ def _imap(
     outstanding: list[AsyncResult[list[T]]] = []
     exhausted = False
     meta = view._metadata()
+    submitted = 0
 
     def submit() -> bool:
+        nonlocal submitted
         chunk = [row for _, row in zip(range(chunksize), rows, strict=False)]
         if not chunk:
             return False
         columns = [list(c) for c in zip(*chunk, strict=True)]
-        content = {"f": _map_chunk, "args": (f, *columns), "kwargs": {}}
+        content = {"f": _map_chunk, "args": (f, submitted, *columns), "kwargs": {}}
+        submitted += len(chunk)
         outstanding.append(
             view.client._submit(
                 [(LB, MsgType.APPLY_REQUEST, content, meta)],

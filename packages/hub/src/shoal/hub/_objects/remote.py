@@ -549,7 +549,7 @@ def _peer(
     if reply.get("status") == "ok":
         future.set_result(reply)
     else:
-        future.set_exception(error_from_reply(reply, original=True))
+        future.set_exception(error_from_reply(reply))
     return future
 
 
