@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 import json
 import math
 import operator
@@ -15,12 +16,13 @@ import os
 import pickle
 import textwrap
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from shoal.wire import Serializer, _serialize
+from shoal.wire import Serializer, _identity, _serialize
 
 # What a script run as ``python script.py`` defines: its functions travel by value.
 MAIN_SOURCE = '''
@@ -112,11 +114,27 @@ def main_namespace() -> dict[str, Any]:
     return namespace
 
 
+@contextlib.contextmanager
+def as_receiver() -> Iterator[None]:
+    """Load as another process does: with a tracker that made none of the ids.
+
+    In the process that sent them, by-value functions come back as themselves.
+    """
+    saved = _identity._TRACKER
+    _identity._TRACKER = _identity._Tracker()
+    try:
+        yield
+    finally:
+        _identity._TRACKER = saved
+
+
 def roundtrip(obj: Any, serializer: Serializer | None = None) -> tuple[Any, list[Any]]:
+    """``dumps`` here, ``loads`` as a receiver (another process) would."""
     s = serializer or Serializer()
     frames = s.dumps(obj)
     received = [frames[0], *(bytearray(memoryview(f)) for f in frames[1:])]
-    return s.loads(received), frames
+    with as_receiver():
+        return s.loads(received), frames
 
 
 @pytest.fixture
@@ -259,11 +277,12 @@ def test_receiver_sees_globals_as_they_are_at_each_dumps() -> None:
     total_after = s.dumps(apply(namespace["total"]))
     namespace["math"] = types.SimpleNamespace(sqrt=lambda x: -1.0)  # not plain: full path
     patched = s.dumps(apply(namespace["use_globals"], 4))
-    assert s.loads(before)["f"](4) == 12.0
-    assert s.loads(after)["f"](4) == 22.0
-    assert s.loads(total_before)["f"]() == 3
-    assert s.loads(total_after)["f"]() == 6
-    assert s.loads(patched)["f"](4) == 19.0
+    with as_receiver():
+        assert s.loads(before)["f"](4) == 12.0
+        assert s.loads(after)["f"](4) == 22.0
+        assert s.loads(total_before)["f"]() == 3
+        assert s.loads(total_after)["f"]() == 6
+        assert s.loads(patched)["f"](4) == 19.0
 
 
 def test_each_message_gets_fresh_globals() -> None:
@@ -271,7 +290,8 @@ def test_each_message_gets_fresh_globals() -> None:
     bump = main_namespace()["bump"]
     s = Serializer()
     frames = s.dumps(apply(bump))
-    first, second = s.loads(frames)["f"], s.loads(frames)["f"]
+    with as_receiver():
+        first, second = s.loads(frames)["f"], s.loads(frames)["f"]
     assert (first(), first(), second()) == (1, 2, 1)
     assert first.__globals__ is not second.__globals__
     assert bump.__globals__["COUNTER"] == 0
@@ -368,7 +388,7 @@ def test_bound_builtin_method_takes_full_path() -> None:
 
 
 def test_main_class_takes_full_path() -> None:
-    """A class defined in __main__ travels by value (dill), not by a name the peer lacks."""
+    """A class defined in __main__ travels by value, not by a name the peer lacks."""
     point = main_namespace()["Point"]
     out, _ = roundtrip(apply(point, 3))
     assert out["f"](*out["args"]).x == 3

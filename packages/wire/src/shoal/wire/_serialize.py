@@ -48,7 +48,9 @@ from typing import Any, Final, TypeAlias
 
 import dill
 
+from . import _identity
 from ._errors import UnpicklableError
+from ._identity import PART_REDUCERS, class_by_value, reduce_class
 
 __all__ = ["Buffer", "Serializer"]
 
@@ -125,7 +127,22 @@ def _make_function(
     return types.FunctionType(code, globals_, name, None, closure)
 
 
+def _make_tracked_function(
+    tracker_id: str, code_bytes: bytes, globals_: dict[str, Any], name: str, ncells: int
+) -> types.FunctionType:
+    """The origin's own function (``_identity`` rule 2), else a fresh one, its id kept."""
+    tracker = _identity._TRACKER
+    own = tracker.own(tracker_id)
+    if own is not None:
+        return own  # type: ignore[no-any-return]
+    func = _make_function(code_bytes, globals_, name, ncells)
+    tracker.remember(func, tracker_id)
+    return func
+
+
 def _set_function_state(func: types.FunctionType, state: dict[str, Any]) -> None:
+    if _identity._TRACKER.owns(func):
+        return  # the origin's own function: what the message says about it is dropped
     func.__globals__.update(state["globals"])
     for cell, value in zip(func.__closure__ or (), state["cells"], strict=True):
         if value is not _EMPTY_CELL:
@@ -176,6 +193,17 @@ def _build_function(  # noqa: PLR0917 - called by the unpickler, positionally
     return func
 
 
+def _build_tracked_function(tracker_id: str, *args: Any) -> types.FunctionType:
+    """``_build_function`` behind the tracker, as ``_make_tracked_function``."""
+    tracker = _identity._TRACKER
+    own = tracker.own(tracker_id)
+    if own is not None:
+        return own  # type: ignore[no-any-return]
+    func = _build_function(*args)
+    tracker.remember(func, tracker_id)
+    return func
+
+
 class _EmptyCell:
     """Marks a closure cell that had no value yet (a name assigned later)."""
 
@@ -219,6 +247,7 @@ class _Pickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, serializer: Serializer, buffer_callback: Any) -> None:
         super().__init__(file, protocol=_PROTOCOL, buffer_callback=buffer_callback)
         self.dispatch_table = serializer._dispatch_table
+        self._registered = serializer._reducers
         # One globals dict per source module, shared by the functions of this message.
         self._globals_by_id: dict[int, dict[str, Any]] = {}
 
@@ -235,10 +264,13 @@ class _Pickler(pickle.Pickler):
             return _import_module, (name,)
         if kind is memoryview:
             return _reduce_memoryview(obj)
-        if kind is type and obj.__module__ in ("__main__", "__mp_main__"):
+        if isinstance(obj, type):
             # A class defined interactively does not exist on the other side under its
-            # name: dill sends it by value.
-            raise pickle.PicklingError(f"{obj.__qualname__} is defined in __main__")
+            # name: it travels by value, under its tracker id (rule 3).
+            return reduce_class(obj) if class_by_value(obj, _needs_value) else NotImplemented
+        reducer = PART_REDUCERS.get(kind)  # what class attributes hold (rule 3)
+        if reducer is not None and kind not in self._registered:
+            return reducer(obj)
         return NotImplemented
 
     def _reduce_function(self, func: types.FunctionType) -> tuple[Any, ...]:
@@ -269,8 +301,8 @@ class _Pickler(pickle.Pickler):
             "dict": func.__dict__,
             "annotations": func.__annotations__,
         }
-        args = (code_bytes, shared, func.__name__, len(cells))
-        return (_make_function, args, state, None, None, _set_function_state)
+        args = (_identity._TRACKER.id_of(func), code_bytes, shared, func.__name__, len(cells))
+        return (_make_tracked_function, args, state, None, None, _set_function_state)
 
 
 class _DillPickler(dill.Pickler):  # type: ignore[misc]
@@ -280,6 +312,15 @@ class _DillPickler(dill.Pickler):  # type: ignore[misc]
         super().__init__(file, protocol=_PROTOCOL, buffer_callback=buffer_callback, recurse=True)
         self._shoal = _Pickler(io.BytesIO(), serializer, None)
         self.dispatch_table = serializer._dispatch_table
+
+    def reducer_override(self, obj: Any) -> Any:
+        # By-value functions and classes as on the C path: they keep their tracker ids.
+        kind = type(obj)
+        if kind is types.FunctionType:
+            return self._shoal._reduce_function(obj) if _needs_value(obj) else NotImplemented
+        if isinstance(obj, type) and class_by_value(obj, _needs_value):
+            return reduce_class(obj)
+        return NotImplemented
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         kind = type(obj)
@@ -422,7 +463,7 @@ class _FunctionByValue:
         self.args = args
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return _build_function, self.args
+        return _build_tracked_function, self.args
 
 
 class _ModuleByName:
@@ -555,7 +596,8 @@ class _FastScan:
                     if value is _SLOW:
                         return _SLOW
             cells.append(value)
-        args: list[Any] = [code_bytes, None, func.__name__, used, tuple(cells)]
+        tracker_id = _identity._TRACKER.id_of(func)
+        args: list[Any] = [tracker_id, code_bytes, None, func.__name__, used, tuple(cells)]
         for part in (
             func.__defaults__,
             func.__kwdefaults__,
@@ -575,7 +617,7 @@ class _FastScan:
             if type(module_name) is not str:
                 return _SLOW
             shared = self._shared[id(source_globals)] = {"__name__": module_name}
-        args[1] = shared
+        args[2] = shared
         stand_in = self._stand_ins[id(func)] = _FunctionByValue(tuple(args))
         return stand_in
 
