@@ -1,5 +1,6 @@
 """shoal.hub: the hub process, the Client, views, AsyncResult, Pool, Executor, Cluster,
-remote objects (scatter, gather, proxies) and managers.
+remote objects (scatter, gather, proxies), managers and a multiprocess context
+(:func:`get_context`).
 
 Layers above build on its public seam: :meth:`Client.object_request` (an engine's object
 store), :attr:`Client.references` (a :class:`ReferenceBook` of reference count changes),
@@ -45,6 +46,8 @@ from ._objects.remote import vectorize as vectorize
 from ._protocol import SocketStatistics as SocketStatistics
 
 if TYPE_CHECKING:
+    from ._compat.context import ClusterContext as ClusterContext
+    from ._compat.context import get_context as get_context
     from ._compat.managers import BaseManager as BaseManager
     from ._compat.managers import BaseProxy as BaseProxy
     from ._compat.managers import Manager as Manager
@@ -53,9 +56,11 @@ if TYPE_CHECKING:
     from ._server.hub import Hub as Hub
 
 # Loaded on first use: a client never needs the server (the hub process), and the
-# managers bring multiprocessing.managers.
+# managers (and the multiprocess context built on them) bring multiprocessing.managers.
 _LAZY = {
     "Hub": "shoal.hub._server.hub",
+    "ClusterContext": "shoal.hub._compat.context",
+    "get_context": "shoal.hub._compat.context",
     "BaseManager": "shoal.hub._compat.managers",
     "BaseProxy": "shoal.hub._compat.managers",
     "Manager": "shoal.hub._compat.managers",
@@ -95,6 +100,7 @@ __all__ = [
     "BaseProxy",
     "Client",
     "Cluster",
+    "ClusterContext",
     "CompositeError",
     "DependencyError",
     "DirectView",
@@ -125,6 +131,7 @@ __all__ = [
     "current_client",
     "empty_shared",
     "gather",
+    "get_context",
     "proxy_methods",
     "scatter",
     "vectorize",
