@@ -209,3 +209,55 @@ def test_a_request_that_waited_long_still_runs_and_a_replay_does_not(hub: FakeHu
     if shell.poll(1500):
         _, again = hub.recv("shell")
         pytest.fail(f"a replayed request was answered: {again.msg_type} {again.content}")
+
+
+def _control(hub: FakeHub, ident: bytes, msg_type: str, content: Any) -> dict[str, Any]:
+    """Send a control request; its reply's content (other messages on control skipped)."""
+    request = hub.send("control", ident, msg_type, content)
+    while True:
+        _, reply = hub.recv("control")
+        if reply.parent_header is not None and reply.parent_header.msg_id == request.header.msg_id:
+            return dict(reply.content)
+
+
+def test_targeted_interrupt_stops_only_the_requests_named(hub: FakeHub) -> None:
+    """interrupt_request with msg_ids interrupts the running request only when it is one
+    of them; without msg_ids, whatever runs."""
+    hub.start_engine("--engine-id", "0")
+    ident, _ = hub.recv("control")  # the hello on control
+    hub.recv("shell")
+    shell = hub.sockets["shell"]
+
+    def start_sleep() -> Message:
+        msg = Message(
+            new_header("apply_request", "c"),
+            None,
+            {},
+            {"f": time.sleep, "args": (60,), "kwargs": {}},
+        )
+        shell.send_multipart([ident, *hub.codec.encode(msg)])
+        end = time.monotonic() + 20
+        while not _control(hub, ident, "status_request", {})["busy"]:
+            assert time.monotonic() < end, "the engine did not start the request"
+            time.sleep(0.02)
+        return msg
+
+    assert _control(hub, ident, "interrupt_request", {"msg_ids": ["x"]})["interrupted"] is False
+    running = start_sleep()
+    other = _control(hub, ident, "interrupt_request", {"msg_ids": ["not-this-one"]})
+    assert other == {"status": "ok", "interrupted": False}
+    assert not shell.poll(300), "a targeted interrupt for another request stopped this one"
+    assert _control(hub, ident, "status_request", {})["busy"] is True
+    hit = _control(hub, ident, "interrupt_request", {"msg_ids": ["a", running.header.msg_id]})
+    assert hit == {"status": "ok", "interrupted": True}
+    _, reply = hub.recv("shell")
+    assert reply.parent_header is not None
+    assert reply.parent_header.msg_id == running.header.msg_id
+    assert reply.content["ename"] == "KeyboardInterrupt"
+    start_sleep()  # untargeted: as before
+    assert _control(hub, ident, "interrupt_request", {})["interrupted"] is True
+    _, reply = hub.recv("shell")
+    assert reply.content["ename"] == "KeyboardInterrupt"
+    bad = _control(hub, ident, "interrupt_request", {"msg_ids": "abc"})
+    assert bad["status"] == "error"
+    assert "msg_ids" in bad["evalue"]

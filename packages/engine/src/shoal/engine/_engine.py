@@ -21,7 +21,10 @@ Two threads, so that an engine busy in user code still answers control requests:
 
 An interrupt is SIGINT sent to the main thread, but only while user code runs: the
 SIGINT handler raises ``KeyboardInterrupt`` only then, so an interrupt that arrives
-between requests cannot break the engine's own loop.
+between requests cannot break the engine's own loop. A targeted interrupt (``msg_ids``)
+is sent only while one of those requests runs, and the handler checks again, on the main
+thread, that one of them still runs: the request that follows it on the engine (perhaps
+another client's) is never the one interrupted.
 
 A hub-connected engine first registers: ``register_request`` on control, answered with
 its engine id and the hub's heartbeat period. Replies carry the request's routing
@@ -243,6 +246,10 @@ class EngineProcess:
     _direct_curve: CurveServer | None = None
     #: When the last direct request was answered (monotonic), for the I/O thread.
     _direct_at = 0.0
+    # The requests a targeted interrupt is for (made in run()), and whether an untargeted
+    # one is due: set by the I/O thread before its SIGINT, read by the handler.
+    _interrupt_ids: set[str]
+    _interrupt_any = False
 
     def _bind_direct(self) -> None:
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
@@ -291,6 +298,7 @@ class EngineProcess:
     def run(self) -> int:
         """Serve requests until shutdown; returns the exit code."""
         set_current_engine(self)
+        self._interrupt_ids = set()
         signal.signal(signal.SIGINT, self._on_sigint)
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
         # The control socket is the I/O thread's: a codec of its own (no shared state).
@@ -572,6 +580,7 @@ class EngineProcess:
         if isinstance(limit, int | float) and limit > 0:
             self._deadline = time.monotonic() + limit  # the I/O thread interrupts after it
         self._timed_out = False
+        self._interrupt_any = False  # one meant for an earlier request came too late
         self.running = request
         self._running_sock = sock
         try:
@@ -594,6 +603,7 @@ class EngineProcess:
             self.running = None
             self._running_sock = None
             self._deadline = None
+            self._interrupt_ids.discard(request.header.msg_id)
         if self._timed_out and reply.get("ename") == "KeyboardInterrupt":
             reply = error_reply(
                 TimeoutError(f"{request.msg_type} ran longer than its limit of {limit} s"),
@@ -739,8 +749,14 @@ class EngineProcess:
         return self._codec.encode(msg, shm=shm, stamped=False)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self._in_user_code:
-            raise KeyboardInterrupt
+        if not self._in_user_code:
+            return
+        if self._interrupt_ids and not self._interrupt_any:  # only targeted ones are due
+            running = self.running
+            if running is None or running.header.msg_id not in self._interrupt_ids:
+                return  # its request ended before the signal landed: spare the next one
+        self._interrupt_any = False
+        raise KeyboardInterrupt
 
     # -- I/O thread -----------------------------------------------------------------------
     def _io_loop(self, control: zmq.Socket[Any], pings: zmq.Socket[Any]) -> None:
@@ -776,6 +792,7 @@ class EngineProcess:
             if deadline is not None and time.monotonic() > deadline and self._in_user_code:
                 self._deadline = None
                 self._timed_out = True
+                self._interrupt_any = True
                 if self._main_ident is not None:
                     signal.pthread_kill(self._main_ident, signal.SIGINT)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -792,10 +809,16 @@ class EngineProcess:
         content: dict[str, Any] = {"status": "ok"}
         kind = msg.msg_type
         if kind == MsgType.INTERRUPT_REQUEST:
-            running = self.running is not None
-            if running and self._main_ident is not None:
-                signal.pthread_kill(self._main_ident, signal.SIGINT)
-            content["interrupted"] = running
+            msg_ids = msg.content.get("msg_ids") if isinstance(msg.content, dict) else None
+            if msg_ids is None or (
+                isinstance(msg_ids, list) and all(isinstance(m, str) for m in msg_ids)
+            ):
+                content["interrupted"] = self._interrupt(msg_ids)
+            else:
+                problem = ValueError(
+                    f"interrupt_request: msg_ids must be a list of str or None, not {msg_ids!r}"
+                )
+                content = error_reply(problem, engine_id=self.engine_id, serializer=None)
         elif kind == MsgType.ABORT_REQUEST:
             msg_ids = msg.content.get("msg_ids") if isinstance(msg.content, dict) else None
             if msg_ids is None:
@@ -827,6 +850,21 @@ class EngineProcess:
             if tracker is not None:
                 tracker.wait(1.0)  # the reply is on its way; the peer waits for it
         _exit(0)
+
+    def _interrupt(self, msg_ids: list[str] | None) -> bool:
+        """Interrupt the running request (I/O thread): any, or only one of ``msg_ids``.
+        Whether a signal was sent."""
+        running = self.running
+        if running is None or self._main_ident is None:
+            return False
+        if msg_ids is None:
+            self._interrupt_any = True
+        else:
+            if running.header.msg_id not in msg_ids:
+                return False  # not running one of them: nothing to do
+            self._interrupt_ids.add(running.header.msg_id)
+        signal.pthread_kill(self._main_ident, signal.SIGINT)
+        return True
 
     def status(self) -> dict[str, Any]:
         """What ``status_request`` answers: who and where this engine is, how loaded."""
