@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # the standard library's are typed; multiprocess's are the sa
         Event,
         JoinableQueue,
         Lock,
+        Manager,
         Namespace,
         Pipe,
         Pool,
@@ -93,6 +94,7 @@ else:
     Event = _dummy.Event
     JoinableQueue = _dummy.JoinableQueue
     Lock = _dummy.Lock
+    Manager = _dummy.Manager
     Namespace = _dummy.Namespace
     Pipe = _dummy.Pipe
     Pool = _dummy.Pool
@@ -106,10 +108,3 @@ else:
     freeze_support = _dummy.freeze_support
     shutdown = _dummy.shutdown
     ThreadPool = _pool.ThreadPool
-
-
-def Manager() -> ModuleType:
-    """The dummy module itself, as multiprocess's: a "manager" of threads is no more than
-    the shared objects (``Manager().dict()``, ``.list()``, ``.Queue()``, ...)."""
-    manager: ModuleType = _dummy.Manager()
-    return manager
