@@ -34,6 +34,8 @@ What differs from multiprocess, and why:
 * :class:`SharedMemoryManager` runs no server process: it lives in the process that made
   it and remembers the segments made through it, which :meth:`~SharedMemoryManager.shutdown`
   unlinks. So it takes no ``address``/``authkey``, and has no ``get_server``/``connect``.
+  Misuse (starting twice, using it before ``start`` or after ``shutdown``) raises the
+  standard library's ``ProcessError``, as shoal's managers do.
 * :class:`ShareableList` refuses an item of a type it cannot store with a ``TypeError``
   naming the item (the standard library raises a bare ``KeyError``).
 * Linux (and other systems with ``/dev/shm``) only, like the rest of shoal's shared memory.
@@ -49,9 +51,9 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from multiprocessing import ProcessError
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from shoal.wire import this_host
 
@@ -70,6 +72,7 @@ __all__ = [
 _SHM_DIR: Final = "/dev/shm"  # noqa: S108 - the host's shared memory; files made 0600
 _PREFIX: Final = "psm_"  # as multiprocess names its segments
 _MODE: Final = 0o600
+_T = TypeVar("_T", int, float, bool, str, bytes, None)  # as typeshed says of the stdlib's
 
 
 class SharedMemoryHostError(OSError):
@@ -281,7 +284,7 @@ def _attach(cls: type[SharedMemory], name: str, host: str) -> SharedMemory:
     return cls(name)
 
 
-class ShareableList(_std.ShareableList):  # type: ignore[type-arg]
+class ShareableList(_std.ShareableList[_T], Generic[_T]):
     """A fixed-length list of ``int``, ``float``, ``bool``, ``str``, ``bytes`` and ``None``
     in one :class:`SharedMemory` segment, as ``multiprocessing``'s (same layout: either
     attaches to the other's by name).
@@ -301,9 +304,7 @@ class ShareableList(_std.ShareableList):  # type: ignore[type-arg]
 
     shm: SharedMemory  # type: ignore[assignment]
 
-    def __init__(
-        self, sequence: Iterable[object] | None = None, *, name: str | None = None
-    ) -> None:
+    def __init__(self, sequence: Iterable[_T] | None = None, *, name: str | None = None) -> None:
         # The layout's helpers are the standard library's, which typeshed does not declare.
         me: Any = self
         if name is not None and sequence is None:
@@ -343,6 +344,11 @@ class ShareableList(_std.ShareableList):  # type: ignore[type-arg]
             me._format_back_transform_codes, buf, me._offset_back_transform_codes, *codes
         )
 
+    def __iter__(self) -> Iterator[_T]:
+        # The standard library's iterates through __getitem__; typeshed cannot see that.
+        for i in range(len(self)):
+            yield self[i]
+
     def _format_of(self, index: int, item: object) -> str:
         """The struct format of one item: 8 bytes, or a str/bytes padded to 8."""
         me: Any = self
@@ -364,7 +370,7 @@ class ShareableList(_std.ShareableList):  # type: ignore[type-arg]
         return (_attach_list, (type(self), self.shm.name, self.shm.host))
 
 
-def _attach_list(cls: type[ShareableList], name: str, host: str) -> ShareableList:
+def _attach_list(cls: type[ShareableList[_T]], name: str, host: str) -> ShareableList[_T]:
     """Unpickling: attach to the list's segment by name, on its own host only."""
     here = this_host()
     if host != here:
@@ -421,7 +427,7 @@ class SharedMemoryManager:
         self._keep(shm)
         return shm
 
-    def ShareableList(self, sequence: Iterable[object]) -> ShareableList:
+    def ShareableList(self, sequence: Iterable[_T]) -> ShareableList[_T]:
         """A new ShareableList of ``sequence``'s items, unlinked at :meth:`shutdown`."""
         sl = ShareableList(sequence)
         self._keep(sl.shm)
