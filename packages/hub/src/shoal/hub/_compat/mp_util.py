@@ -11,7 +11,10 @@ logging.INFO)``); their stderr reaches the client with each task's output.
 What differs from multiprocess, and why:
 
 * :func:`get_logger` returns the logger named ``"multiprocess"``, like multiprocess's (the
-  same object when multiprocess is imported too), without needing multiprocess.
+  same object when multiprocess is imported too), without needing multiprocess; once it
+  was called, the exit of the process is logged as multiprocess logs it.
+* :func:`log_to_stderr` adds its stderr handler once per process (multiprocess adds one
+  more at each call, and each record is then printed that many times).
 * :class:`Finalize`, :func:`is_exiting`, :func:`get_temp_dir`,
   :class:`ForkAwareThreadLock` and :class:`ForkAwareLocal` are the standard library's
   (``multiprocessing.util``): they behave right in any process, engines included (a
@@ -25,6 +28,7 @@ What differs from multiprocess, and why:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing.util as _std
 import sys
@@ -82,11 +86,20 @@ def get_logger() -> logging.Logger:
         if _logger is None:
             logger = logging.getLogger(LOGGER_NAME)
             logger.propagate = False
-            for level, name in ((SUBDEBUG, "SUBDEBUG"), (SUBWARNING, "SUBWARNING")):
-                if logging.getLevelName(level) == f"Level {level}":
-                    logging.addLevelName(level, name)
             _logger = logger
+            # Registered after logging's own hook, so it runs before logging shuts down.
+            atexit.register(_exit_function)
         return _logger
+
+
+def _exit_function() -> None:
+    """What multiprocess does at exit, said as it says it: the finalizers with an
+    ``exitpriority`` run (the standard library's, which would run them a moment later)."""
+    info("process shutting down")
+    debug('running all "atexit" finalizers with priority >= 0')
+    _std._run_finalizers(0)  # type: ignore[attr-defined]
+    debug('running the remaining "atexit" finalizers')
+    _std._run_finalizers()  # type: ignore[attr-defined]
 
 
 def log_to_stderr(level: int | str | None = None) -> logging.Logger:
