@@ -10,8 +10,9 @@ pair here and applies it
 
 * to this process's :class:`ForkingPickler` (what :func:`dump` and
   ``ForkingPickler.dumps`` use),
-* to the serializer of every client it is applied to: those passed to :func:`attach`
-  (``client.context()`` does it) and the connected :func:`~shoal.hub.current_client`,
+* to the serializer of every client it is applied to: those passed to :func:`attach`,
+  and the connected :func:`~shoal.hub.current_client` (the one ``mp.reduction`` of
+  ``mp = client.context()`` means, unless another Client connected since),
 * and to the serializer of each of those clients' engines, by a registration task run on
   every engine through ``client[:]``; engines that were already given a pair are not
   given it again.
@@ -20,13 +21,12 @@ Engines that join a cluster later get the pairs recorded so far when :func:`sync
 :func:`attach`, or another :func:`register`) next runs for their client: the Client
 offers no hook that announces a new engine, so nothing runs at the moment one registers.
 
+A type defined in ``__main__`` or inside a function works too: shoal's serializer sends
+such a class by value with an id, and an engine keeps the one class it built for that
+id, so the registration task and the later tasks name the same class there.
+
 What differs from multiprocess, and why:
 
-* The type must be importable on the engines (defined in a module, not in ``__main__``
-  nor inside a function) for their serializers to use the reducer: a class defined
-  interactively travels by value, and each task gets a copy of its own that a
-  registration cannot name. Such a type is registered on the client only, with a
-  ``RuntimeWarning`` saying so.
 * ``reduce`` is used for instances of exactly ``type``, not of its subclasses (as in
   multiprocess, whose pickler looks types up in a dispatch table too).
 * Registering any reducer on a client takes its serializer off the fast path it uses
@@ -43,7 +43,6 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import IO, ClassVar, Final, TypeAlias
@@ -83,16 +82,6 @@ def _check(kind: object, reduce: object) -> None:
         raise TypeError(f"reduce must be callable, got {reduce!r}")
 
 
-def _importable(kind: type) -> bool:
-    """Whether engines can import ``kind`` by module and qualified name."""
-    if kind.__module__ in ("__main__", "__mp_main__") or "<locals>" in kind.__qualname__:
-        return False
-    obj: object = sys.modules.get(kind.__module__)
-    for part in kind.__qualname__.split("."):
-        obj = getattr(obj, part, None)
-    return obj is kind
-
-
 def register(type: type, reduce: Reducer) -> None:
     """Pickle instances of ``type`` with ``reduce(obj)``, here and on the engines.
 
@@ -111,13 +100,6 @@ def register(type: type, reduce: Reducer) -> None:
         _registry[type] = reduce
         _local.register(type, reduce)
         ForkingPickler._extra_reducers[type] = reduce
-    if not _importable(type):
-        warnings.warn(
-            f"{type.__module__}.{type.__qualname__} is defined in __main__ or in a function:"
-            " the engines cannot import it, so its reducer is used on the client only",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     for client in _targets():
         _apply(client)
 
@@ -182,9 +164,7 @@ def _apply(client: Client) -> list[int]:
     if not behind:
         return []
     # Engines with fewer pairs get all of them again (registering twice is harmless).
-    remote = [(k, r) for k, r in pairs if _importable(k)]
-    if remote:
-        client.direct_view(behind).apply_sync(_install, remote)
+    client.direct_view(behind).apply_sync(_install, pairs)
     with _lock:
         for e in behind:
             given[e] = max(given.get(e, 0), len(pairs))
