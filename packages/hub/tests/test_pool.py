@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import gc
 import itertools
 import logging
 import math
@@ -21,10 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import multiprocess
 import pytest
 
-from shoal.hub import Client, RemoteError, TaskAborted
+from shoal.hub import Client, CompositeError, RemoteError, TaskAborted
 from shoal.hub._compat.pool import Executor, Pool
+from shoal.hub.testing import wait_until
 
 # -- functions the engines run -----------------------------------------------------------
 
@@ -141,6 +144,8 @@ def test_result_not_ready(pool: Pool) -> None:
     with pytest.raises(multiprocessing.TimeoutError):
         r.get(timeout=0.01)
     with pytest.raises(TimeoutError):  # also the builtin one
+        r.get(timeout=0.01)
+    with pytest.raises(multiprocess.TimeoutError):  # and multiprocess's
         r.get(timeout=0.01)
     r.wait(0.01)
     assert r.get(60) == 0.5
@@ -292,7 +297,11 @@ def test_map_error(pool: Pool) -> None:
     assert not r.successful()
     assert ok == []
     assert len(errors) == 1
-    assert isinstance(errors[0], RemoteError)
+    assert isinstance(errors[0], RemoteError)  # the task's own error, as get() raises it
+    assert not isinstance(errors[0], CompositeError)
+    with pytest.raises(RemoteError) as again:
+        r.get(0)
+    assert again.value is errors[0]
     with pytest.raises(RemoteError, match="three"):
         pool.starmap(fail_on_3, [(1,), (3,)])
 
@@ -396,11 +405,75 @@ def test_initializer_runs_on_each_engine(client: Client) -> None:
         Pool(initializer=fail, initargs=("init",), client=client)
 
 
-def test_maxtasksperchild_accepted(client: Client) -> None:
-    with Pool(maxtasksperchild=1, client=client) as p:
+def test_maxtasksperchild_refused(client: Client) -> None:
+    """Engines are not replaced after n tasks: any value but None is refused, not ignored."""
+    for value in (1, 10, 0, -1, 0.5, "12"):
+        with pytest.raises(ValueError, match="maxtasksperchild"):
+            Pool(maxtasksperchild=value, client=client)  # type: ignore[arg-type]
+    with Pool(maxtasksperchild=None, client=client) as p:
         assert p.map(square, range(5)) == [0, 1, 4, 9, 16]
-    with pytest.raises(ValueError, match="maxtasksperchild"):
-        Pool(maxtasksperchild=0, client=client)
+
+
+def test_context_refused(client: Client) -> None:
+    """A multiprocessing context has nothing to choose on running engines: refused."""
+    for context in (multiprocess.get_context("spawn"), multiprocessing.get_context("fork")):
+        with pytest.raises(ValueError, match="context"):
+            Pool(context=context, client=client)
+    with Pool(context=None, client=client) as p:
+        assert p.apply(square, (3,)) == 9
+
+
+def test_workers_are_the_engines(client: Client) -> None:
+    """``_pool`` (multiprocessing's list of workers) holds one entry per engine used."""
+    with Pool(1, client=client) as p:
+        assert p._pool == client.ids[:1]
+    with Pool(client=client) as p:
+        assert len(p._pool) == len(client.ids)
+
+
+def _busy(client: Client, engine_id: int) -> bool:
+    return bool(client[engine_id].status()["busy"])
+
+
+def test_terminate_interrupts_the_pools_running_tasks_only(client: Client) -> None:
+    """terminate() stops the pool's task running on an engine at once; another client's
+    task queued behind it on that engine runs and succeeds."""
+    other = Client(url_file=client.url_file)
+    try:
+        p = Pool(1, client=client)  # engine 0 only
+        running = p.apply_async(nap, (60,))
+        wait_until(lambda: _busy(client, 0), message="the pool's task to start")
+        theirs = other[0].apply_async(nap, 1.0)  # queued on engine 0 behind the pool's
+        queued = p.apply_async(nap, (60,))
+        start = time.monotonic()
+        p.terminate()
+        assert time.monotonic() - start < 30  # not 60 s: the task was interrupted
+        p.join()
+        for result in (running, queued):
+            with pytest.raises(TaskAborted):
+                result.get(0)
+        assert theirs.get(60) == 1.0  # never interrupted: not the pool's
+        wait_until(lambda: not _busy(client, 0), message="engine 0 to be idle")
+    finally:
+        other.close()
+
+
+def test_unclosed_running_pool_warns_when_collected(client: Client) -> None:
+    """A running pool collected without close/terminate gives a ResourceWarning."""
+    pools = [Pool(1, client=client)]
+    assert pools[0].apply(square, (2,)) == 4
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        _drop(pools)
+    pools = [Pool(1, client=client)]
+    pools[0].close()
+    pools[0].join()
+    _drop(pools)  # no warning: filterwarnings = error would fail the test
+
+
+def _drop(pools: list[Pool]) -> None:
+    """Forget the pools and collect them now."""
+    pools.clear()
+    gc.collect()
 
 
 def test_pool_from_profile_owns_its_client(

@@ -18,9 +18,23 @@ hub's scheduler, which runs it on whichever engine (among the pool's) is free.
   :class:`IMapIterator` hands out results as they arrive (``next(timeout)`` too). The
   input is read eagerly and results are kept until consumed, as in multiprocessing;
   ``LoadBalancedView.imap`` with ``max_outstanding`` streams in bounded memory instead.
-* ``close`` then ``join`` waits for every task and callback; ``terminate`` (and leaving a
-  ``with`` block) drops the tasks not started and fails every unfinished result with
-  :class:`~shoal.hub.TaskAborted` (multiprocessing's would never be ready).
+* ``close`` then ``join`` waits for every task and callback. ``terminate`` (and leaving a
+  ``with`` block) stops the pool's own tasks, as multiprocessing's kills its workers: the
+  hub and the engines drop the ones not started, and each engine of the pool gets a
+  targeted ``interrupt_request`` (``msg_ids``: the pool's unfinished tasks), which raises
+  ``KeyboardInterrupt`` in the task it runs only when that task is one of them -- another
+  client's work on a shared engine is never touched. ``terminate`` returns once those
+  tasks ended (re-interrupting, at most ``_STOP_WAIT`` seconds), and every unfinished
+  result fails with :class:`~shoal.hub.TaskAborted` (multiprocessing's would never be
+  ready).
+* Errors: a task's exception is what its :class:`~shoal.hub.AsyncResult` raises (the
+  remote exception); where multiprocessing raises one error for a map, a
+  :class:`~shoal.hub.CompositeError` gives its first one. Timeouts raise an error that is
+  ``multiprocess.TimeoutError`` (when multiprocess is installed),
+  ``multiprocessing.TimeoutError`` and the builtin ``TimeoutError`` at once.
+* Engines are long-lived and may serve other clients: what multiprocessing does by
+  starting processes has no equivalent, and is refused rather than ignored
+  (``maxtasksperchild``, ``context``).
 
 :class:`Executor` is a :class:`concurrent.futures.Executor` whose futures are the
 cluster's own :class:`~shoal.hub.AsyncResult`.
@@ -32,6 +46,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import importlib
 import itertools
 import logging
 import multiprocessing
@@ -39,9 +54,12 @@ import queue
 import threading
 import time
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, cast
+
+from shoal.engine import MsgType
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client
@@ -57,13 +75,34 @@ _S = TypeVar("_S")
 _P = ParamSpec("_P")
 _F = TypeVar("_F", bound="AsyncResult[Any]")
 
-_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's values
 _NO_KWDS: Mapping[str, object] = types.MappingProxyType({})
+#: Seconds ``terminate`` waits for the pool's running tasks to stop once interrupted.
+_STOP_WAIT = 10.0
 
 
-class _PoolTimeoutError(multiprocessing.TimeoutError, TimeoutError):
-    """A result not ready in time: both ``multiprocessing.TimeoutError`` (what code written
-    for multiprocessing catches) and the builtin ``TimeoutError``."""
+def _timeout_bases() -> tuple[type[Exception], ...]:
+    """The timeout errors code written for a Pool catches: multiprocess's when it is
+    installed (not a dependency of shoal-hub), multiprocessing's, the builtin."""
+    bases: tuple[type[Exception], ...] = (multiprocessing.TimeoutError, TimeoutError)
+    try:
+        multiprocess = importlib.import_module("multiprocess")
+    except ImportError:
+        return bases
+    theirs = getattr(multiprocess, "TimeoutError", None)
+    if isinstance(theirs, type) and issubclass(theirs, Exception) and theirs not in bases:
+        bases = (theirs, *bases)
+    return bases
+
+
+# A class statement cannot take computed bases and stay typed: built here, named below.
+_PoolTimeoutError = cast(
+    "type[TimeoutError]", types.new_class("_PoolTimeoutError", _timeout_bases())
+)
+_PoolTimeoutError.__module__ = __name__
+_PoolTimeoutError.__doc__ = """A result not ready in time: ``multiprocess.TimeoutError``
+(when multiprocess is installed), ``multiprocessing.TimeoutError`` and the builtin
+``TimeoutError``, so whichever code written for a Pool catches, it catches this."""
 
 
 def _run_chunk(func: Callable[..., Any], rows: Sequence[Any], star: bool) -> list[Any]:
@@ -211,9 +250,13 @@ class ApplyResult(Generic[_T]):
         Raises
         ------
         multiprocessing.TimeoutError
-            When not ready within ``timeout`` (it is also a builtin ``TimeoutError``).
-        shoal.engine.RemoteError
-            What the task raised on its engine (not the original exception type).
+            When not ready within ``timeout`` (it is also ``multiprocess.TimeoutError``
+            and the builtin ``TimeoutError``).
+        Exception
+            What the task raised on its engine, as its :class:`~shoal.hub.AsyncResult`
+            raises it; for a map, the first failing chunk's error.
+        TaskAborted
+            The pool was terminated before the task finished.
         """
         if not self._event.wait(timeout):
             raise _PoolTimeoutError(f"the result was not ready within {timeout} s")
@@ -261,6 +304,8 @@ class IMapIterator(Generic[_T]):
     # -- fed by the pool -----------------------------------------------------------------
     def _put(self, index: int, value: Any, error: BaseException | None) -> None:
         with self._cond:
+            if self._final is not None:  # terminated: what comes now was stopped by it
+                return
             self._arrived[index] = (value, error)
             if not self._ordered:
                 self._order.append(index)
@@ -351,11 +396,14 @@ class Pool(_Tracking):
         long-lived and may be shared: what it sets stays after the pool.
     initargs : tuple
         Arguments of ``initializer``.
-    maxtasksperchild : int, optional
-        Accepted for compatibility and ignored: engines are long-lived processes that are
-        not replaced after a number of tasks.
-    context : object, optional
-        Accepted for compatibility and ignored (engines are already running).
+    maxtasksperchild : None
+        Only None. multiprocessing replaces a worker process after that many tasks;
+        engines are long-lived, may hold other clients' state and are not replaced, so
+        any other value raises ``ValueError`` rather than being ignored.
+    context : None
+        Only None. A multiprocessing context says how to start worker processes; the
+        engines run already, so any other value raises ``ValueError`` (to choose the
+        cluster, pass ``client`` or ``profile``).
     client : Client, optional
         The cluster to use. Default: a new ``Client(profile=profile)``, closed when the
         pool is joined or terminated.
@@ -364,10 +412,15 @@ class Pool(_Tracking):
 
     Notes
     -----
-    A task's exception is raised by ``get()`` as :class:`shoal.engine.RemoteError`
-    (``ename``, ``evalue``, ``traceback``), not as the original exception type.
-    ``terminate()`` drops the tasks not started yet and fails every unfinished result
-    with :class:`~shoal.hub.TaskAborted`; it does not interrupt running tasks.
+    A task's exception is raised by ``get()`` (and given to ``error_callback``) as its
+    :class:`~shoal.hub.AsyncResult` raises it; a map's is its first failing chunk's, as
+    in multiprocessing, never a :class:`~shoal.hub.CompositeError`.
+    ``terminate()`` drops the tasks not started yet, interrupts (``KeyboardInterrupt``)
+    the pool's tasks running on its engines -- only those, never another client's --
+    and fails every unfinished result with :class:`~shoal.hub.TaskAborted`. A task that
+    catches ``KeyboardInterrupt`` and goes on is not killed: the engine is not the
+    pool's to kill. A pool collected while still running warns (``ResourceWarning``),
+    as multiprocessing's does.
 
     Examples
     --------
@@ -393,6 +446,18 @@ class Pool(_Tracking):
             not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
+        if maxtasksperchild is not None:
+            raise ValueError(
+                f"maxtasksperchild={maxtasksperchild!r}: shoal's Pool runs tasks on"
+                " long-lived engines, which it does not replace after a number of tasks"
+                " (they may hold other clients' state); pass maxtasksperchild=None"
+            )
+        if context is not None:
+            raise ValueError(
+                f"context={context!r}: shoal's Pool starts no processes (its tasks run on"
+                " the cluster's engines), so a multiprocessing context has nothing to"
+                " choose; pass context=None, and client= or profile= to choose the cluster"
+            )
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         owned = client is None
@@ -426,6 +491,12 @@ class Pool(_Tracking):
             self._state = _TERMINATE
             self._finalizer()
             raise
+
+    @property
+    def _pool(self) -> list[int]:
+        """The engine ids that are this pool's workers (multiprocessing's private
+        ``_pool`` lists its worker processes: code that counts them still can)."""
+        return list(self._targets)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _check_running(self) -> None:
@@ -592,8 +663,10 @@ class Pool(_Tracking):
                 self._state = _CLOSE
 
     def terminate(self) -> None:
-        """Stop now: drop the tasks not started and fail every unfinished result with
-        :class:`~shoal.hub.TaskAborted`; running tasks finish on their engines."""
+        """Stop now: drop the tasks not started, interrupt the pool's tasks running on
+        its engines (only those), and fail every unfinished result with
+        :class:`~shoal.hub.TaskAborted`. Returns once the pool's tasks stopped (at most
+        about ``_STOP_WAIT`` seconds for tasks that ignore ``KeyboardInterrupt``)."""
         with self._lock:
             if self._state == _TERMINATE and not self._finalizer.alive:
                 return
@@ -601,16 +674,47 @@ class Pool(_Tracking):
             futures = list(self._futures)
             results = list(self._results)
             iterators = list(self._iterators)
-        ids = [m for f in futures if not f.done() for m in f.msg_ids]
-        if ids:
-            with contextlib.suppress(HubLost, RuntimeError, TimeoutError):
-                self._client.abort(ids)
+        pending = [f for f in futures if not f.done()]
+        # First the results: what the stopped tasks answer (aborted, interrupted) is not
+        # what the caller sees, and no callback runs for them.
         why = "the pool was terminated before the task finished"
         for result in results:
             result._settle(None, TaskAborted(why), callbacks=False)
         for iterator in iterators:
             iterator._abandon(TaskAborted(why))
+        if pending:
+            with contextlib.suppress(HubLost, RuntimeError, TimeoutError):
+                self._client.abort([m for f in pending for m in f.msg_ids])
+                self._stop_running(pending)
         self._finalizer()
+
+    def _stop_running(self, pending: list[AsyncResult[Any]]) -> None:
+        """Interrupt, on each engine of the pool, whichever of ``pending``'s tasks it
+        runs, until they are all done (aborted, interrupted or finished) or
+        ``_STOP_WAIT`` seconds passed; again every half second, for a task that started
+        after the abort was sent or that swallowed one interrupt."""
+        deadline = time.monotonic() + _STOP_WAIT
+        while True:
+            left = [f for f in pending if not f.done()]
+            if not left:
+                return
+            # The engine checks the id of what it runs: another client's task is spared.
+            content = {"msg_ids": [m for f in left for m in f.msg_ids]}
+            replies = [
+                self._client._control(t, MsgType.INTERRUPT_REQUEST, content) for t in self._targets
+            ]
+            for reply in replies:
+                reply.result(max(0.1, deadline - time.monotonic()))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "terminate(): %d of the pool's tasks still run after %s s: they ignore"
+                    " KeyboardInterrupt",
+                    sum(not f.done() for f in left),
+                    _STOP_WAIT,
+                )
+                return
+            concurrent.futures.wait(left, timeout=min(0.5, remaining))
 
     def join(self) -> None:
         """Wait for every task and callback; call ``close`` or ``terminate`` first."""
@@ -641,6 +745,11 @@ class Pool(_Tracking):
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # As multiprocessing's Pool: collected while running, its tasks may be lost.
+        if getattr(self, "_state", None) == _RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
 
     def __reduce__(self) -> NoReturn:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
