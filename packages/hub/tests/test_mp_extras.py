@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from shoal.hub._compat.mp_shared_memory import (
     SharedMemoryManager,
 )
 from shoal.hub.testing import ClusterStarter
+from shoal.wire import Serializer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -463,6 +465,17 @@ def where_is(p):
 '''
 
 
+@pytest.fixture
+def fresh_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's registrations start empty and are forgotten after the test: later
+    tests' clients must not be sent types their engines cannot import."""
+    monkeypatch.setattr(mp_reduction, "_registry", {})
+    monkeypatch.setattr(mp_reduction, "_local", Serializer(threshold=sys.maxsize))
+    monkeypatch.setattr(mp_reduction, "_clients", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(mp_reduction.ForkingPickler, "_extra_reducers", {})
+
+
+@pytest.mark.usefixtures("fresh_reductions")
 def test_register_on_client_and_engines(
     tmp_path: Path, hub: ClusterStarter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
