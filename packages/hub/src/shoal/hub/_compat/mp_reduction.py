@@ -86,7 +86,8 @@ def register(type: type, reduce: Reducer) -> None:
     """Pickle instances of ``type`` with ``reduce(obj)``, here and on the engines.
 
     ``reduce`` returns what ``__reduce__`` would: ``(callable, args[, state, ...])``. See
-    the module docstring for where it applies.
+    the module docstring for where it applies. It returns once every engine ran the
+    registration task (behind the tasks queued there before it).
 
     Raises
     ------
