@@ -261,3 +261,22 @@ def test_skips_name_real_tests() -> None:
         assert name in _tests(classes[owner]), key
         assert getattr(getattr(classes[owner], name), "__unittest_skip__", False), key
         assert reason.strip()
+
+
+def test_copied_tests_see_the_flavours_pool(pool_cluster: Client) -> None:
+    """The copies of tests that call ``multiprocessing.Pool`` get the flavour's Pool."""
+    shoal_test = TestShoalPoolWorkerErrors.test_async_error_callback
+    mine_test = TestMultiprocessPoolWorkerErrors.test_async_error_callback
+    assert shoal_test.__globals__["multiprocessing"].Pool is _shoal_pool
+    assert mine_test.__globals__["multiprocessing"].Pool == _SPAWN.Pool
+    assert (
+        cpython._TestPoolWorkerErrors.test_async_error_callback.__globals__["multiprocessing"]
+        is multiprocess
+    )  # multiprocess's own module is left as it is
+    _ShoalMixin.client = pool_cluster
+    try:
+        pool = _shoal_pool(1)
+        assert isinstance(pool, Pool)
+        pool.terminate()
+    finally:
+        del _ShoalMixin.client
