@@ -405,9 +405,9 @@ class SharedMemoryManager:
         """Start tracking (``ProcessError`` if started already, or shut down)."""
         with self._lock:
             if self._state == "started":
-                raise ProcessError("Already started SharedMemoryManager")
+                raise ProcessError("Already started server")
             if self._state == "shutdown":
-                raise ProcessError("SharedMemoryManager has shut down")
+                raise ProcessError("Manager has shut down")
             self._state = "started"
 
     def _keep(self, shm: SharedMemory) -> None:
@@ -449,7 +449,7 @@ class SharedMemoryManager:
         if self._state == "initial":
             self.start()
         elif self._state == "shutdown":
-            raise ProcessError("SharedMemoryManager has shut down")
+            raise ProcessError("Manager has shut down")
         return self
 
     def __exit__(
