@@ -233,8 +233,8 @@ class Process:
         *,
         daemon: bool | None = None,
     ) -> None:
-        if group is not None:
-            raise ValueError(f"group must be None (as in multiprocess), got {group!r}")
+        if group is not None:  # multiprocess's assertion, for code that expects it
+            raise AssertionError(f"group argument must be None for now, got {group!r}")
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable or None, got {target!r}")
         if name is not None and not isinstance(name, str):
@@ -862,6 +862,11 @@ class PipeConnection:
         self._closed = False
         self._eof = False
         self._held: list[object] = []  # what poll() took from the inbox
+        # Sent to another process and not used here: that copy is the live end, so
+        # closing this one must not end the peer's stream (as closing a copy of a
+        # multiprocess end does not).
+        self._handed_off = False
+        self._used = False
 
     @property
     def closed(self) -> bool:
@@ -890,6 +895,7 @@ class PipeConnection:
             raise OSError("handle is closed")
         if self._outbox is None:
             raise OSError("connection is read-only")
+        self._used = True
         return self._outbox
 
     def _in(self) -> QueueProxy:
@@ -897,6 +903,7 @@ class PipeConnection:
             raise OSError("handle is closed")
         if self._inbox is None:
             raise OSError("connection is write-only")
+        self._used = True
         return self._inbox
 
     def send(self, obj: object) -> None:
@@ -982,10 +989,14 @@ class PipeConnection:
         return True
 
     def close(self) -> None:
-        """Close this end; the peer's ``recv`` raises ``EOFError`` after what was sent."""
+        """Close this end; the peer's ``recv`` raises ``EOFError`` after what was sent.
+
+        Closing an end that was passed to another process and not used here signals
+        nothing: the other process's copy is the live end.
+        """
         if self._closed:
             return
-        if self._outbox is not None:
+        if self._outbox is not None and (self._used or not self._handed_off):
             with contextlib.suppress(Exception):  # the manager may be gone at exit
                 self._outbox.put(_EOF_MARK)
         self._closed = True
@@ -999,7 +1010,8 @@ class PipeConnection:
     def __getstate__(self) -> dict[str, object]:
         if self._closed:
             raise OSError("a closed Pipe end cannot be sent")
-        return dict(self.__dict__)
+        self._handed_off = True
+        return {**self.__dict__, "_handed_off": False, "_used": False}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
