@@ -38,6 +38,10 @@ hub's scheduler, which runs it on whichever engine (among the pool's) is free.
 
 :class:`Executor` is a :class:`concurrent.futures.Executor` whose futures are the
 cluster's own :class:`~shoal.hub.AsyncResult`.
+
+CPython's own Pool tests (shipped in multiprocess as ``multiprocess.tests``) run against
+:class:`Pool` in ``packages/hub/tests/test_pool_cpython.py``, which names the few it
+cannot pass and why.
 """
 
 from __future__ import annotations
@@ -700,11 +704,21 @@ class Pool(_Tracking):
                 return
             # The engine checks the id of what it runs: another client's task is spared.
             content = {"msg_ids": [m for f in left for m in f.msg_ids]}
-            replies = [
-                self._client._control(t, MsgType.INTERRUPT_REQUEST, content) for t in self._targets
-            ]
+            replies = []
+            for engine_id in self._targets:
+                try:
+                    replies.append(
+                        self._client._control(engine_id, MsgType.INTERRUPT_REQUEST, content)
+                    )
+                except (KeyError, ValueError, RuntimeError):  # gone: it runs nothing of ours
+                    log.debug("terminate(): engine %s is gone", engine_id, exc_info=True)
             for reply in replies:
-                reply.result(max(0.1, deadline - time.monotonic()))
+                try:
+                    reply.result(max(0.1, deadline - time.monotonic()))
+                except (HubLost, TimeoutError):
+                    raise
+                except Exception:  # an engine that died or left runs nothing of ours
+                    log.debug("terminate(): an interrupt failed", exc_info=True)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning(
@@ -763,7 +777,8 @@ class Executor(_Tracking, concurrent.futures.Executor):
 
     Its futures are :class:`~shoal.hub.AsyncResult` objects, usable with
     ``concurrent.futures.wait``/``as_completed`` and ``await``. A task's exception is
-    raised as :class:`shoal.engine.RemoteError`, not as the original type.
+    raised as the future raises it: its own type, which is also a
+    :class:`shoal.engine.RemoteError` when the type could travel.
 
     Parameters
     ----------
