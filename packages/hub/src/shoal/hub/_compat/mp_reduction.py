@@ -45,7 +45,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import IO, ClassVar, Final, TypeAlias
+from typing import IO, ClassVar, Final, TypeAlias, TypeVar, cast
 
 from shoal.engine import current_engine
 from shoal.wire import Serializer
@@ -65,6 +65,7 @@ __all__ = [
 #: A reducer: what ``__reduce__`` returns for an object, ``(callable, args[, state...])``.
 Reducer: TypeAlias = Callable[[object], "str | tuple[object, ...]"]
 
+_T = TypeVar("_T")
 _NO_BUFFERS_OUT_OF_BAND: Final = sys.maxsize  # ForkingPickler writes one stream
 
 _lock = threading.RLock()
@@ -82,7 +83,7 @@ def _check(kind: object, reduce: object) -> None:
         raise TypeError(f"reduce must be callable, got {reduce!r}")
 
 
-def register(type: type, reduce: Reducer) -> None:
+def register(type: type[_T], reduce: Callable[[_T], str | tuple[object, ...]]) -> None:
     """Pickle instances of ``type`` with ``reduce(obj)``, here and on the engines.
 
     ``reduce`` returns what ``__reduce__`` would: ``(callable, args[, state, ...])``. See
@@ -97,10 +98,11 @@ def register(type: type, reduce: Reducer) -> None:
         The registration failed on an engine (it could not import ``type``'s module).
     """
     _check(type, reduce)
+    reducer = cast(Reducer, reduce)  # it is only ever given instances of ``type``
     with _lock:
-        _registry[type] = reduce
-        _local.register(type, reduce)
-        ForkingPickler._extra_reducers[type] = reduce
+        _registry[type] = reducer
+        _local.register(type, reducer)
+        ForkingPickler._extra_reducers[type] = reducer
     for client in _targets():
         _apply(client)
 
