@@ -30,6 +30,19 @@ TESTS = Path(__file__).parent
 MAIN_SOURCE = '''
 import dataclasses
 import enum
+import typing
+
+T = typing.TypeVar("T", bound=int)
+
+
+class Box(typing.Generic[T]):
+    def __init__(self, value: T):
+        self.value = value
+
+
+class Pair(typing.NamedTuple):
+    a: int
+    b: str = "b"
 
 
 class Counter:
@@ -143,6 +156,11 @@ def observe(memory, counter, child, error, color, point, slotted, func):
 
 def echo(memory, *objs):
     return objs
+
+
+def typing_facts(memory, box, pair):
+    """Runs on the peer: generic and named tuple classes work there."""
+    return box, pair, Box[int], type(box).__parameters__[0].__bound__, pair._replace(a=2)
 '''
 
 
@@ -360,6 +378,34 @@ def test_dill_path_keeps_identity_too(tmp_path: Path) -> None:
     (echoed,) = peer(tmp_path, [{"run": ns["echo"], "args": (lock, ns["Counter"](1), ns["scale"])}])
     assert type(echoed[1]) is ns["Counter"]
     assert echoed[2] is ns["scale"]
+
+
+def test_generic_and_named_tuple_classes(tmp_path: Path) -> None:
+    """A Generic over a ``__main__`` TypeVar and a NamedTuple travel, and come back."""
+    ns = main_namespace()
+    box, pair = ns["Box"](1), ns["Pair"](1)
+    (reply,) = peer(tmp_path, [{"run": ns["typing_facts"], "args": (box, pair)}])
+    back_box, back_pair, alias, bound, replaced = reply
+    assert type(back_box) is ns["Box"]
+    assert back_box.value == 1
+    assert type(back_pair) is ns["Pair"]
+    assert back_pair == pair
+    assert alias.__origin__ is ns["Box"]
+    assert bound is int
+    assert replaced == ns["Pair"](2, "b")
+
+
+def test_subclass_sent_after_its_base_reuses_the_base() -> None:
+    """A receiver that built a base from one message builds the subclass on it."""
+    ns = main_namespace()
+    s = Serializer()
+    base, child = s.dumps(ns["Base"]), s.dumps(ns["Child"]())
+    with as_receiver():
+        received_base = s.loads(base)
+        received_child = s.loads(child)
+    assert isinstance(received_base, type)
+    assert isinstance(received_child, received_base)
+    assert received_base is not ns["Base"]
 
 
 def test_tracker_keeps_nothing_alive() -> None:

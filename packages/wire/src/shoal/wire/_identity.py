@@ -44,6 +44,7 @@ import dataclasses
 import enum
 import threading
 import types
+import typing
 import uuid
 import weakref
 from collections.abc import Callable
@@ -155,6 +156,7 @@ def _class_state(cls: type) -> dict[str, Any]:
         if isinstance(value, _AUTOMATIC) and value.__objclass__ is cls:
             del state[name]
     state.pop("__slots__", None)
+    state.pop("__orig_bases__", None)
     if isinstance(cls, abc.ABCMeta):  # the registry, not the caches (_abc_data refuses)
         state.pop("_abc_impl", None)
         registry, *_ = _abc_dump(cls)
@@ -179,9 +181,9 @@ def reduce_class(cls: type) -> tuple[Any, ...]:
             state.pop(name, None)
         args: tuple[Any, ...] = (tracker_id, type(cls), cls.__name__, cls.__bases__, namespace)
         return (_make_enum, (*args, members), state, None, None, _set_class_state)
-    slots = cls.__dict__.get("__slots__")
-    if slots is not None:
-        namespace["__slots__"] = slots
+    for name in ("__slots__", "__orig_bases__"):  # needed by type() / Generic at creation
+        if name in cls.__dict__:
+            namespace[name] = cls.__dict__[name]
     args = (tracker_id, type(cls), cls.__name__, cls.__bases__, namespace)
     return (_make_class, args, state, None, None, _set_class_state)
 
@@ -254,6 +256,27 @@ def _reduce_mappingproxy(obj: types.MappingProxyType[str, Any]) -> tuple[Any, ..
     return _mappingproxy, (dict(obj),)  # e.g. a dataclass field's metadata
 
 
+def _make_typevar(name: str, bound: Any, constraints: tuple[Any, ...], variance: str) -> Any:
+    make: Callable[..., Any] = typing.TypeVar  # mypy wants a literal name
+    typevar = make(
+        name,
+        *constraints,
+        bound=bound,
+        covariant=variance == "+",
+        contravariant=variance == "-",
+    )
+    typevar.__module__ = "__main__"
+    return typevar
+
+
+def _reduce_typevar(obj: Any) -> Any:
+    """A TypeVar of ``__main__`` by value (pickle would look it up there by name)."""
+    if getattr(obj, "__module__", None) not in _MAIN_NAMES:
+        return NotImplemented
+    variance = "+" if obj.__covariant__ else "-" if obj.__contravariant__ else ""
+    return _make_typevar, (obj.__name__, obj.__bound__, obj.__constraints__, variance)
+
+
 def _sentinel_reducer(name: str) -> Callable[[Any], tuple[Any, ...]]:
     return lambda obj: (_dataclasses_sentinel, (name,))
 
@@ -263,13 +286,14 @@ def _field_marker(obj: Any) -> tuple[Any, ...]:
 
 
 #: Reducers for the types above (exact types), for the C pickler's ``reducer_override``.
-PART_REDUCERS: Final[dict[type, Callable[[Any], tuple[Any, ...]]]] = {
+PART_REDUCERS: Final[dict[type, Callable[[Any], Any]]] = {
     classmethod: _reduce_wrapper,
     staticmethod: _reduce_wrapper,
     abc.abstractclassmethod: _reduce_wrapper,
     abc.abstractstaticmethod: _reduce_wrapper,
     property: _reduce_property,
     types.MappingProxyType: _reduce_mappingproxy,
+    typing.TypeVar: _reduce_typevar,
     abc.abstractproperty: _reduce_property,
     type(dataclasses.MISSING): _sentinel_reducer("MISSING"),
     type(dataclasses.KW_ONLY): _sentinel_reducer("KW_ONLY"),

@@ -318,8 +318,11 @@ class _DillPickler(dill.Pickler):  # type: ignore[misc]
         kind = type(obj)
         if kind is types.FunctionType:
             return self._shoal._reduce_function(obj) if _needs_value(obj) else NotImplemented
-        if isinstance(obj, type) and class_by_value(obj, _needs_value):
-            return reduce_class(obj)
+        if isinstance(obj, type):
+            return reduce_class(obj) if class_by_value(obj, _needs_value) else NotImplemented
+        reducer = PART_REDUCERS.get(kind)
+        if reducer is not None and kind not in self._shoal._registered:
+            return reducer(obj)
         return NotImplemented
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
