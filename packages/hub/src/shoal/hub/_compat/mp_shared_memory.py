@@ -28,7 +28,7 @@ nature, so data for other hosts travels as the data itself.
 What differs from multiprocess, and why:
 
 * No resource-tracker process. The process that *created* a segment unlinks it when it
-  exits if nobody did (multiprocess's tracker does the same, with a warning); a process
+  exits normally (``atexit``; a killed process leaves it) if nobody did (multiprocess's tracker does the same, with a warning); a process
   that only attached never unlinks it (on Python 3.11 multiprocess's tracker does, which
   breaks segments shared with longer-lived processes: an engine outlives its tasks).
 * :class:`SharedMemoryManager` runs no server process: it lives in the process that made
@@ -38,6 +38,8 @@ What differs from multiprocess, and why:
   standard library's ``ProcessError``, as shoal's managers do.
 * :class:`ShareableList` refuses an item of a type it cannot store with a ``TypeError``
   naming the item (the standard library raises a bare ``KeyError``).
+* ``buf`` of a closed segment raises ``ValueError`` naming it (the standard library's
+  is ``None``, which fails later, far from the cause).
 * Linux (and other systems with ``/dev/shm``) only, like the rest of shoal's shared memory.
 """
 
