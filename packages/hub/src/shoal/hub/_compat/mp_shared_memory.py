@@ -28,9 +28,11 @@ nature, so data for other hosts travels as the data itself.
 What differs from multiprocess, and why:
 
 * No resource-tracker process. The process that *created* a segment unlinks it when it
-  exits normally (``atexit``; a killed process leaves it) if nobody did (multiprocess's tracker does the same, with a warning); a process
-  that only attached never unlinks it (on Python 3.11 multiprocess's tracker does, which
-  breaks segments shared with longer-lived processes: an engine outlives its tasks).
+  exits normally, if nobody did (multiprocess's tracker does the same, with a warning,
+  and also after a creator was killed: here a killed creator leaves its segments). A
+  process that only attached never unlinks it (on Python 3.11 multiprocess's tracker
+  does, which breaks segments shared with longer-lived processes: an engine outlives
+  its tasks).
 * :class:`SharedMemoryManager` runs no server process: it lives in the process that made
   it and remembers the segments made through it, which :meth:`~SharedMemoryManager.shutdown`
   unlinks. So it takes no ``address``/``authkey``, and has no ``get_server``/``connect``.
