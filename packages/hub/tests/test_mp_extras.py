@@ -444,6 +444,23 @@ def test_dummy_as_multiprocess() -> None:
         assert all(name != "MainThread" for _, name in pool.map(work, range(5)))
 
 
+def test_dummy_without_multiprocess() -> None:
+    """Without multiprocess, dummy is the standard library's, with the same names."""
+    out = run_python(
+        """
+        import sys
+        sys.modules["multiprocess"] = None  # as if it were not installed
+        import multiprocessing.dummy, multiprocessing.pool
+        from shoal.hub._compat import mp_dummy
+        assert mp_dummy.Pool is multiprocessing.dummy.Pool
+        assert mp_dummy.ThreadPool is multiprocessing.pool.ThreadPool
+        with mp_dummy.Pool(2) as pool:
+            print(mp_dummy.implementation, pool.map(abs, [-1, -2]))
+        """
+    )
+    assert out.stdout == "multiprocessing [1, 2]\n"
+
+
 def test_thread_pool_as_multiprocess() -> None:
     """ThreadPool is multiprocess's: same results, on threads of this process."""
     assert mp_dummy.ThreadPool is multiprocess.pool.ThreadPool
