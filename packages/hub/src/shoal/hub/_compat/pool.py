@@ -99,14 +99,20 @@ def _timeout_bases() -> tuple[type[Exception], ...]:
     return bases
 
 
-# A class statement cannot take computed bases and stay typed: built here, named below.
-_PoolTimeoutError = cast(
-    "type[TimeoutError]", types.new_class("_PoolTimeoutError", _timeout_bases())
-)
-_PoolTimeoutError.__module__ = __name__
-_PoolTimeoutError.__doc__ = """A result not ready in time: ``multiprocess.TimeoutError``
-(when multiprocess is installed), ``multiprocessing.TimeoutError`` and the builtin
-``TimeoutError``, so whichever code written for a Pool catches, it catches this."""
+@functools.cache
+def _timeout_class() -> type[TimeoutError]:
+    """Made on first need: importing multiprocess costs ~10 ms, and every engine imports
+    this module. A class statement cannot take computed bases and stay typed."""
+    made = cast("type[TimeoutError]", types.new_class("PoolTimeoutError", _timeout_bases()))
+    made.__module__ = __name__
+    made.__doc__ = """A result not ready in time: ``multiprocess.TimeoutError`` (when
+    multiprocess is installed), ``multiprocessing.TimeoutError`` and the builtin
+    ``TimeoutError``, so whichever code written for a Pool catches, it catches this."""
+    return made
+
+
+def _pool_timeout(message: str) -> TimeoutError:
+    return _timeout_class()(message)
 
 
 def _run_chunk(func: Callable[..., Any], rows: Sequence[Any], star: bool) -> list[Any]:
@@ -263,7 +269,7 @@ class ApplyResult(Generic[_T]):
             The pool was terminated before the task finished.
         """
         if not self._event.wait(timeout):
-            raise _PoolTimeoutError(f"the result was not ready within {timeout} s")
+            raise _pool_timeout(f"the result was not ready within {timeout} s")
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[no-any-return]
@@ -361,7 +367,7 @@ class IMapIterator(Generic[_T]):
                     raise self._final
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise _PoolTimeoutError(f"no result within {timeout} s")
+                    raise _pool_timeout(f"no result within {timeout} s")
                 self._cond.wait(remaining)
 
 
