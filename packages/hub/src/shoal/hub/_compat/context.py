@@ -20,13 +20,12 @@ Theory of operation
   task prints comes back with its reply and is written to the client's stdout/stderr then.
 * **terminate()/kill() interrupt the task, never the engine.** The request is dropped if
   it has not started (``abort``), and the engine is asked to raise ``KeyboardInterrupt``
-  in it, with the task's msg_id so an engine that supports targeted interrupts touches
-  nothing else; the request is repeated every :data:`_INTERRUPT_EVERY` seconds until the
-  task ends. ``exitcode`` is then ``-SIGTERM`` / ``-SIGKILL``. Unlike a signal, code
-  that catches ``KeyboardInterrupt`` (or sits in a C call that ignores it) can delay or
-  refuse its end, and SIGKILL is no stronger than SIGTERM here. An engine that only knows
-  untargeted interrupts interrupts whatever it runs: when other clients share the
-  engines, a terminate that races with the task's end can hit the next task there.
+  in it with a targeted ``interrupt_request`` (the task's msg_id: an engine running
+  anything else, e.g. another client's task, ignores it), repeated every
+  :data:`_INTERRUPT_EVERY` seconds until the task ends. ``exitcode`` is then
+  ``-SIGTERM`` / ``-SIGKILL``. Unlike a signal, code that catches ``KeyboardInterrupt``
+  (or sits in a C call that ignores it) can delay or refuse its end, and SIGKILL is no
+  stronger than SIGTERM here.
 * **Shared objects live in one manager server**, a :class:`~shoal.hub.SyncManager` that
   the context starts on first use (``Queue``, locks, ``Value``, ``Array``, ``Pipe``) and
   stops at :meth:`ClusterContext.shutdown` or at exit. Its proxies pickle with their key
