@@ -155,3 +155,15 @@ def test_an_uncaught_remote_error_prints_where_it_happened(client: Client, tmp_p
     err = done.stderr
     assert "return {'a': 1}[x] / 2" in err, err
     assert err.index("RemoteTraceback") < err.index("direct cause") < err.rindex("KeyError: 'c'")
+
+
+def test_pool_errors_name_the_input_that_failed(client: Client) -> None:
+    """Pool.map and imap raise the failing input's own exception, noted with its index."""
+    words = ["1", "2", "three", "4", "5", "six"]
+    with client.pool(2) as pool:
+        with pytest.raises(ValueError, match=r"three|six") as err:
+            pool.map(parse_int, words, chunksize=2)
+        assert any(n.startswith("map input ") for n in err.value.__notes__)
+        with pytest.raises(ValueError, match="three") as err:
+            list(pool.imap(parse_int, words, chunksize=2))
+        assert "map input 2: 'three'" in err.value.__notes__

@@ -102,6 +102,15 @@ class CompositeError(RuntimeError):
         raise self.elist[index]
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters; never raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a user __repr__ may fail
+        return "<repr() failed>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def failed_input(error: BaseException) -> str | None:
     """ "map input 7: 'abc'" when ``error`` came from a map's input, else None: from the
     error's notes, or from the remote traceback when the exception itself did not

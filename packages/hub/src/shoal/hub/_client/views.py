@@ -49,7 +49,7 @@ from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from .._protocol import LB, engine_route
 from .asyncresult import AsyncMapResult, AsyncResult
-from .errors import MAP_INPUT_NOTE
+from .errors import MAP_INPUT_NOTE, short_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,17 +88,11 @@ def _map_chunk(f: Callable[..., T], offset: int, *columns: Sequence[object]) -> 
         out.extend(map(f, *columns))  # what came before a failure stays in ``out``
     except Exception as exc:
         row = tuple(c[len(out)] for c in columns)
-        exc.add_note(f"{MAP_INPUT_NOTE} {offset + len(out)}: {_short_repr(row)}")
+        exc.add_note(
+            f"{MAP_INPUT_NOTE} {offset + len(out)}: {short_repr(row[0] if len(row) == 1 else row)}"
+        )
         raise
     return out
-
-
-def _short_repr(row: tuple[object, ...]) -> str:
-    try:
-        text = repr(row[0] if len(row) == 1 else row)
-    except Exception:  # a user __repr__ may fail
-        return "<repr() failed>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _lengths(seqs: Sequence[Any]) -> int:

@@ -67,7 +67,7 @@ from shoal.engine import MsgType
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client
-from .._client.errors import CompositeError, HubLost, TaskAborted
+from .._client.errors import MAP_INPUT_NOTE, CompositeError, HubLost, TaskAborted, short_repr
 from .._client.views import LoadBalancedView
 
 __all__ = ["Executor", "Pool"]
@@ -115,11 +115,18 @@ def _pool_timeout(message: str) -> TimeoutError:
     return _timeout_class()(message)
 
 
-def _run_chunk(func: Callable[..., Any], rows: Sequence[Any], star: bool) -> list[Any]:
-    """Runs on an engine: ``func`` over one chunk of inputs (``func(*row)`` if ``star``)."""
-    if star:
-        return [func(*row) for row in rows]
-    return [func(row) for row in rows]
+def _run_chunk(
+    func: Callable[..., Any], rows: Sequence[Any], star: bool, offset: int = 0
+) -> list[Any]:
+    """Runs on an engine: ``func`` over one chunk of inputs (``func(*row)`` if ``star``),
+    whose first is input number ``offset``. An input that fails gets a note naming it."""
+    out: list[Any] = []
+    try:
+        out.extend(itertools.starmap(func, rows) if star else map(func, rows))
+    except Exception as exc:
+        exc.add_note(f"{MAP_INPUT_NOTE} {offset + len(out)}: {short_repr(rows[len(out)])}")
+        raise
+    return out
 
 
 class _Star(Generic[_T]):
@@ -655,7 +662,9 @@ class Pool(_Tracking):
                 chunk = list(itertools.islice(rows, n))
                 if not chunk:
                     break
-                future = self._track(self._view.apply_async(_run_chunk, func, chunk, False))
+                future = self._track(
+                    self._view.apply_async(_run_chunk, func, chunk, False, index * n)
+                )
                 future.add_done_callback(functools.partial(results._chunk_done, index))
                 index += 1
         except Exception as exc:  # the input or the submission failed: raised in its place
