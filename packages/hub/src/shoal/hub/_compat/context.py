@@ -151,14 +151,14 @@ class _Run:
     """A started Process's state on the client (never pickled)."""
 
     __slots__ = (
+        "__weakref__",
         "changed",
         "engine",
         "exitcode",
+        "fds",
         "lock",
         "pid",
         "result",
-        "sentinel_r",
-        "sentinel_w",
         "signal",
         "state",
     )
@@ -172,12 +172,19 @@ class _Run:
         self.signal: int | None = None
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)  # launched or done
-        self.sentinel_r, self.sentinel_w = os.pipe()
+        # The sentinel pipe: [read end, write end], -1 once closed. The write end closes
+        # when the task ends; both close when the Run is collected (as multiprocess's
+        # Popen closes its sentinel), never twice (a reused fd number is someone else's).
+        self.fds = list(os.pipe())
+        weakref.finalize(self, _close_fds, self.fds, (0, 1))
 
 
-def _close_fd(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
+def _close_fds(fds: list[int], which: tuple[int, ...]) -> None:
+    for i in which:
+        fd, fds[i] = fds[i], -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Process:
@@ -394,7 +401,7 @@ class Process:
                     "Cannot close a process while it is still running. You should first"
                     " call join() or terminate()."
                 )
-            _close_fd(run.sentinel_r)
+            _close_fds(run.fds, (0,))
             ctx = type(self)._context
             if ctx is not None:
                 ctx._forget(self)
@@ -415,7 +422,7 @@ class Process:
             run.exitcode = self._exitcode_of(result, run.signal)
             run.state = "done"
             run.changed.notify_all()
-        _close_fd(run.sentinel_w)
+        _close_fds(run.fds, (1,))
         if run.engine is not None:
             ctx._release(run.engine, self)
 
@@ -503,7 +510,7 @@ class Process:
         run = self._local
         if run is None:
             raise ValueError("process not started")
-        return run.sentinel_r
+        return run.fds[0]
 
     @property
     def engine_id(self) -> int | None:
@@ -1144,6 +1151,8 @@ class ClusterContext:
             raise RuntimeError("the context was shut down: it starts no more processes")
         run = _Run()
         with self._lock:
+            # Reap the ended ones, as multiprocess does at each start.
+            self._children = {c for c in self._children if not _ended(c)}
             process._local = run
             self._children.add(process)
             engine = self._free_engine(client)
@@ -1161,8 +1170,7 @@ class ClusterContext:
                 self._children.discard(process)
                 process._local = None
                 self._freed.notify_all()
-            _close_fd(run.sentinel_r)
-            _close_fd(run.sentinel_w)
+            _close_fds(run.fds, (0, 1))
             raise
 
     def _launch(self, client: Client, process: _BaseProcess, engine: int) -> None:
@@ -1212,7 +1220,7 @@ class ClusterContext:
                 with run.lock:
                     run.exitcode, run.state = 1, "done"
                     run.changed.notify_all()
-                _close_fd(run.sentinel_w)
+                _close_fds(run.fds, (1,))
                 self._release(engine, process)
 
     def _unqueue(self, process: _BaseProcess) -> bool:
@@ -1533,6 +1541,11 @@ class ClusterContext:
         if manager is not None:
             with contextlib.suppress(Exception):
                 manager.shutdown()
+
+
+def _ended(process: Process) -> bool:
+    run = process._local
+    return process._closed or run is None or run.state == "done"
 
 
 def _check_maxsize(maxsize: int) -> int:
