@@ -645,3 +645,20 @@ def test_threads_do_not_share_an_engine(cmp: ClusterContext) -> None:
         p.join(WAIT)
     assert [p.exitcode for p in ps] == [0, 0]
     assert os.getpid() not in {p.pid for p in ps}
+
+
+def test_process_avoids_an_engine_busy_with_other_work(cmp: ClusterContext) -> None:
+    """With engine 0 running a load-balanced task (a Pool's), a Process goes to engine 1."""
+    client = cmp._need_client("")
+    event = cmp.Event()
+    other = client.load_balanced_view([0]).apply_async(wait_for, event)
+    try:
+        wait_until(lambda: client.queue_status()[0]["outstanding"], timeout=WAIT)  # type: ignore[index]
+        p = cmp.Process(target=wait_for, args=(event,))
+        p.start()
+        assert p.engine_id == 1
+    finally:
+        event.set()
+    other.get(WAIT)
+    p.join(WAIT)
+    assert p.exitcode == 0

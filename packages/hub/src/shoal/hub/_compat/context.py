@@ -9,10 +9,12 @@ Theory of operation
 * **A Process is one task on one engine.** ``start()`` pickles the Process object (as
   multiprocess's *spawn* does: a subclass with ``run()`` overridden travels whole, with
   shoal's serializer) and sends ``_bootstrap(process)`` to an engine through a
-  DirectView. The engine is one that none of this context's live processes occupies;
-  when every engine has one, the Process waits (``pid`` is ``None`` meanwhile) and a
-  launcher thread starts it when an engine frees. So at most as many Processes run at
-  once as there are engines: more wait, they never share an engine.
+  DirectView. The engine is one that none of this context's live processes occupies,
+  the least loaded by load-balanced tasks (a Pool's, any client's: the hub's
+  ``queue_status``, which does not count direct requests). When every engine
+  has one, the Process waits (``pid`` is ``None`` meanwhile) and a launcher thread
+  starts it when an engine frees. So at most as many Processes run at once as there
+  are engines: more wait, they never share an engine.
 * **The engine's pid is the Process's pid** (engines are long-lived, so two Processes can
   show the same pid one after the other). ``exitcode`` follows multiprocess: 0 after a
   return, ``n`` after ``sys.exit(n)`` (modulo 256, as the OS would), 1 after an exception,
@@ -1139,23 +1141,39 @@ class ClusterContext:
                 pid = self._pids[engine] = raw
         return pid
 
-    def _free_engine(self, client: Client) -> int | None:
-        for engine in client.ids:
-            if engine not in self._busy:
-                return engine
-        return None
+    def _loads(self, client: Client) -> dict[int, int]:
+        """Each engine's outstanding tasks (any client's), when there is a choice to make:
+        a Process should not queue behind a Pool's tasks while another engine idles."""
+        if len(client.ids) - len(self._busy) < 2:
+            return {}
+        try:
+            status = client.queue_status()
+        except Exception:  # a slow or lost hub: any free engine will do
+            return {}
+        return {
+            e: int(s.get("outstanding", 0))
+            for e, s in status.items()
+            if isinstance(e, int) and isinstance(s, dict)
+        }
+
+    def _free_engine(self, client: Client, loads: Mapping[int, int]) -> int | None:
+        """The least loaded engine none of this context's processes occupies (lowest id
+        among equals); call with the lock held."""
+        free = [engine for engine in client.ids if engine not in self._busy]
+        return min(free, key=lambda e: loads.get(e, 0)) if free else None
 
     def _start(self, process: _BaseProcess) -> None:
         client = self._need_client("start a process")
         if self._closing:
             raise RuntimeError("the context was shut down: it starts no more processes")
         run = _Run()
+        loads = self._loads(client)  # a hub round trip: outside the lock
         with self._lock:
             # Reap the ended ones, as multiprocess does at each start.
             self._children = {c for c in self._children if not _ended(c)}
             process._local = run
             self._children.add(process)
-            engine = self._free_engine(client)
+            engine = self._free_engine(client, loads)
             if engine is None:
                 self._waiting.append(process)
                 self._ensure_launcher()
@@ -1205,7 +1223,7 @@ class ClusterContext:
                     if not self._waiting:
                         self._launcher = None
                         return
-                    engine = self._free_engine(client)
+                    engine = self._free_engine(client, {})  # one freed: no choice
                     if engine is not None:
                         break
                     self._freed.wait(1.0)  # also notices engines added meanwhile
