@@ -23,7 +23,7 @@ import pytest
 import shoal.hub
 from shoal.hub import Client
 from shoal.hub._compat.context import ClusterContext, get_context
-from shoal.hub.testing import RunningCluster, wait_until
+from shoal.hub.testing import RunningCluster, engine_pids, wait_until
 from shoal.wire import UnpicklableError
 
 pytestmark = pytest.mark.timeout(120)
@@ -662,3 +662,16 @@ def test_process_avoids_an_engine_busy_with_other_work(cmp: ClusterContext) -> N
     other.get(WAIT)
     p.join(WAIT)
     assert p.exitcode == 0
+
+
+def test_client_context_is_the_clusters(client: Client) -> None:
+    """``client.context()`` is the cluster context of that client: its processes run on
+    the client's engines."""
+    mp = client.context()
+    assert isinstance(mp, shoal.hub.ClusterContext)
+    assert mp.cpu_count() == len(client.ids)
+    proc = mp.Process(target=os.getpid)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert proc.pid in engine_pids(client).values()

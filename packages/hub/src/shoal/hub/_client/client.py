@@ -55,6 +55,7 @@ from .transport import Transport
 from .views import DirectView, LoadBalancedView
 
 if TYPE_CHECKING:
+    from .._compat.context import ClusterContext
     from .._compat.pool import Executor, Pool
 
 __all__ = ["Client", "TaskRecord", "current_client"]
@@ -318,6 +319,13 @@ class Client:
         from .._compat.pool import Pool  # noqa: PLC0415 - see executor()
 
         return Pool(processes, client=self)
+
+    def context(self) -> ClusterContext:
+        """multiprocess's API with its processes on this cluster's engines:
+        ``mp = client.context()`` stands in for ``import multiprocess as mp``."""
+        from .._compat.context import get_context  # noqa: PLC0415 - see executor()
+
+        return get_context(self)
 
     # -- hub requests -------------------------------------------------------------------
     def queue_status(self) -> dict[int | str, object]:
