@@ -1502,12 +1502,12 @@ class ClusterContext:
         """Nothing to do: Pipe ends and proxies always pickle."""
 
     def get_logger(self) -> object:
-        """multiprocessing's logger (``multiprocessing.get_logger()``)."""
-        return multiprocessing.util.get_logger()
+        """multiprocess's logger (``multiprocess.get_logger()``), as ``util`` has it."""
+        return self.util.get_logger()
 
     def log_to_stderr(self, level: int | str | None = None) -> object:
-        """multiprocessing's logger, writing to stderr."""
-        return multiprocessing.util.log_to_stderr(level)
+        """multiprocess's logger, writing to stderr, as ``util`` has it."""
+        return self.util.log_to_stderr(level)
 
     @property
     def dummy(self) -> types.ModuleType:
@@ -1531,8 +1531,12 @@ class ClusterContext:
 
     @property
     def reduction(self) -> types.ModuleType:
-        """``multiprocess.reduction``'s API (reducers registered on client and engines)."""
-        return importlib.import_module(_LAZY_MODULES["reduction"])
+        """``multiprocess.reduction``'s API (reducers registered on client and engines,
+        this context's client among them)."""
+        module = importlib.import_module(_LAZY_MODULES["reduction"])
+        if self._client is not None:  # inside a task: registers on that engine only
+            module.attach(self._client)
+        return module
 
     # -- ending ---------------------------------------------------------------------
     def shutdown(self, join: bool = False, timeout: float = _SHUTDOWN_WAIT) -> None:
