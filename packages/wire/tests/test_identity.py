@@ -395,6 +395,49 @@ def test_generic_and_named_tuple_classes(tmp_path: Path) -> None:
     assert replaced == ns["Pair"](2, "b")
 
 
+ABC_SOURCE = """
+import abc
+
+
+class Shape(abc.ABC):
+    @abc.abstractmethod
+    def area(self): ...
+
+
+class Square(Shape):
+    def __init__(self, side):
+        self.side = side
+
+    def area(self):
+        return self.side**2
+
+
+class Registered:
+    pass
+
+
+Shape.register(Registered)
+"""
+
+
+def test_abstract_base_class_keeps_its_rules_and_registry() -> None:
+    """An ABC arrives abstract, with its abstract methods and registered classes."""
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(ABC_SOURCE, "<main>", "exec"), ns)  # noqa: S102
+    s = Serializer()
+    frames = s.dumps([ns["Square"](3), ns["Shape"], ns["Registered"]()])
+    with as_receiver():
+        out = s.loads(frames)
+    assert isinstance(out, list)
+    square, shape, registered = out
+    assert square.area() == 9
+    assert isinstance(square, shape)
+    assert isinstance(registered, shape)
+    assert shape.__abstractmethods__ == frozenset({"area"})
+    with pytest.raises(TypeError, match="abstract"):
+        shape()
+
+
 def test_subclass_sent_after_its_base_reuses_the_base() -> None:
     """A receiver that built a base from one message builds the subclass on it."""
     ns = main_namespace()

@@ -22,15 +22,27 @@ The rules that make it fast and complete:
    minor version on both ends, as for every pickle of code), their closure values and
    the globals they use travel by value, modules by name. A function that refers to
    itself works because its state is restored after it is memoized (``state_setter``).
-3. What the C pickler still refuses (classes defined in ``__main__``, locks, generators'
-   relatives, ...) is retried whole with dill's pickler, which knows them; buffers keep
-   going out of band there too (dill's own ndarray reducer is bypassed).
-4. What dill refuses raises :class:`UnpicklableError` (a ``TypeError``) naming the type
+   Each travels under a *tracker id* (``_identity``): the process that sent it gets
+   its own function back, a receiver builds it afresh from every message (its globals
+   may have changed) and sends it back under the same id.
+3. Classes defined in ``__main__`` (or not importable by name) travel by value too, on
+   the C pickler: a skeleton (name, bases, metaclass, ``__slots__``, an enum's members)
+   made or found through its tracker id, then its attributes. The sender gets its own
+   class back, untouched, so an object sent away and back is an instance of the
+   sender's class; a receiver keeps one class per id, brought up to date by each
+   message (``_identity`` says how). Instances of such classes stay on this path.
+4. What the C pickler still refuses (locks, generators' relatives, ...) is retried
+   whole with dill's pickler, which knows them; by-value functions and classes go as in
+   rules 2 and 3 there too, under the same ids, and buffers keep going out of band
+   (dill's own ndarray reducer is bypassed).
+5. What dill refuses raises :class:`UnpicklableError` (a ``TypeError``) naming the type
    and the place inside the object, e.g. ``obj['conn'].sock``.
-5. Loading is always the C unpickler; received buffers are handed to it as they are, so
+6. Loading is always the C unpickler; received buffers are handed to it as they are, so
    an array arrives backed by the receive buffer, writable when that buffer is.
 
-A serializer holds no global state: custom reducers are registered on an instance.
+A serializer holds no global state: custom reducers are registered on an instance. The
+one process-wide table is ``_identity``'s map of tracker ids, because identity is a
+fact about the process (what class an id names here), not about a serializer.
 """
 
 from __future__ import annotations
