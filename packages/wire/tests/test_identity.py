@@ -7,11 +7,16 @@ process of its own (``identity_peer.py``), given the frames in a file.
 
 from __future__ import annotations
 
+import collections
+import collections.abc
 import contextlib
 import dataclasses
+import decimal
+import enum
 import gc
 import io
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -500,10 +505,17 @@ def test_local_class_is_tracked() -> None:
     assert dataclasses.fields(other)[0].name == "x"
 
 
-def test_plain_data_frames_unchanged() -> None:
-    """Plain data pickles to the very bytes plain pickle writes, on both paths."""
-    content = {"a": [1, 2.5, "x", None, (True, b"y")], "b": {"c": Serializer}}
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"a": [1, 2.5, "x", None, (True, b"y")], "b": {"c": Serializer}},
+        [signal.SIGINT, signal.Signals, enum.Enum],  # importable enums: by reference
+        [collections.abc.Mapping, collections.OrderedDict(a=1), decimal.Decimal("1.5")],
+    ],
+    ids=["plain", "enums", "abc"],
+)
+def test_importable_content_frames_unchanged(content: Any) -> None:
+    """Plain data and importable classes pickle to plain pickle's very bytes, both paths."""
     full = Serializer()
     full.register(complex, lambda z: (complex, (z.real, z.imag)))
-    assert Serializer().dumps(content) == [pickle.dumps(content, 5)]
-    assert full.dumps(content) == [pickle.dumps(content, 5)]
+    assert full.dumps(content) == Serializer().dumps(content) == [pickle.dumps(content, 5)]
