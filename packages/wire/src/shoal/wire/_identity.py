@@ -105,8 +105,8 @@ class _Tracker:
 
     def remember(self, obj: Any, tracker_id: str) -> None:
         """Record ``tracker_id`` for a received function (rule 4)."""
-        with self._lock:
-            self._ids[obj] = tracker_id
+        # One store, atomic under the GIL, with nothing to check first: no lock.
+        self._ids[obj] = tracker_id
 
 
 #: The process's tracker (module state on purpose: identity is per process).
