@@ -10,8 +10,8 @@ the receiver, and a sender would get back instances of a class that is not its o
 1. The first time this process pickles such a class or function it gives it a *tracker
    id* (uuid4 hex), recorded both ways: object -> id (a ``WeakKeyDictionary``) and
    id -> object ("own", a ``WeakValueDictionary``). The tables are process-wide, as
-   they describe this process's objects (like ``sys.modules``); a lock guards every
-   change, and they keep nothing alive.
+   they describe this process's objects (like ``sys.modules``); a lock makes giving an
+   id and keeping a received class atomic, and they keep nothing alive.
 2. Loading an id this process made (the *origin*) returns its own object, untouched:
    what the message says about it is read and dropped.
 3. A class received under an id seen for the first time is built and kept under that
@@ -26,15 +26,18 @@ the receiver, and a sender would get back instances of a class that is not its o
    changed at the sender since the last one); only its id is recorded, so that sending
    it back resolves to the original at its origin.
 5. A class travels as a skeleton (metaclass, name, bases, module, qualified name,
-   ``__slots__``; an enum's members), made or found through the tracker, then its
-   attributes as the pickle's *state*. The pickle memo holds the class before its
-   attributes load, so a class that reaches itself (methods naming it, ``super()``'s
-   ``__class__`` cells, a base whose methods name a subclass) needs nothing more: every
-   such reference is the class that the tracker returned.
+   ``__slots__``, ``__orig_bases__``; an enum's members), made or found through the
+   tracker, then its attributes as the pickle's *state*. The pickle memo holds the
+   class before its attributes load, so a class that reaches itself (methods naming it,
+   ``super()``'s ``__class__`` cells, a base whose methods name a subclass) needs
+   nothing more: every such reference is the class that the tracker returned. As with
+   cloudpickle, a metaclass (and ``__init_subclass__``) sees the skeleton's namespace,
+   not the attributes set afterwards, and enum members are made from their values
+   (a custom ``__new__`` of the members is not replayed).
 6. Descriptors and sentinels that a class's attributes hold and plain pickle refuses or
-   copies get reducers here (classmethod, staticmethod, property; dataclasses' field
-   markers and ``MISSING``), so that ``__main__`` classes (and their instances) stay on
-   the C pickler's path.
+   copies get reducers here (classmethod, staticmethod, property, mappingproxy, TypeVars
+   of ``__main__``; dataclasses' field markers and ``MISSING``), so that ``__main__``
+   classes (and their instances) stay on the C pickler's path.
 """
 
 from __future__ import annotations
