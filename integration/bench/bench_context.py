@@ -35,6 +35,11 @@ def echo_queue(inbox: Any, outbox: Any) -> None:
         outbox.put(item)
 
 
+# Run through run.py this module is not importable on the engines: the functions travel
+# by value, as a script's would.
+noop.__module__ = echo_queue.__module__ = "__main__"
+
+
 def _ping_pong(inbox: Any, outbox: Any, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
@@ -74,10 +79,12 @@ class _Echo:
             self.process.join(30)
 
 
-def bench_context(repeats: int, quick: bool) -> list[Row]:
-    """The context's queue round trip and process start+join, shoal vs multiprocess."""
+def bench_context(cfg: Any) -> list[Row]:
+    """The context's queue round trip and process start+join, shoal vs multiprocess
+    (``cfg``: run.py's Config; its ``repeats`` and ``quick`` are read)."""
     import multiprocess
 
+    repeats, quick = cfg.repeats, cfg.quick
     version = multiprocess.__version__
     fork = multiprocess.get_context("fork")
     pairs = 200 if quick else 1000
@@ -87,7 +94,7 @@ def bench_context(repeats: int, quick: bool) -> list[Row]:
         tempfile.TemporaryDirectory(prefix="shoal-bench-context-") as folder,
         running_cluster(folder, ENGINES) as (_, client),
     ):
-        ctx = client.context() if hasattr(client, "context") else _get_context(client)
+        ctx = client.context()
         try:
             note(f"Queue ping-pong: {repeats} x {pairs} round trips each")
             with _Echo(ctx) as shoal_echo, _Echo(fork) as mp_echo:
@@ -127,19 +134,13 @@ def bench_context(repeats: int, quick: bool) -> list[Row]:
     return rows
 
 
-def _get_context(client: Any) -> Any:
-    from shoal.hub import get_context  # before Client.context() exists
-
-    return get_context(client)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--repeats", type=int, default=None, help="samples per side")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
-    rows = bench_context(repeats, args.quick)
+    rows = bench_context(argparse.Namespace(repeats=repeats, quick=args.quick))
     print(format_table(rows, "shoal cluster context vs multiprocess"))
 
 

@@ -5,7 +5,7 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub, remote, data, managers, arrays, multihost. These are measurements,
+connection, engine, hub, remote, data, managers, context, arrays, multihost. These are measurements,
 not tests: nothing fails when a target is missed; the ``met`` column says so.
 """
 
@@ -29,6 +29,7 @@ import zmq
 from _common import Row, Skipped, format_table
 from bench_arrays import bench_arrays
 from bench_connection import bench_connection
+from bench_context import bench_context
 from bench_data import bench_data
 from bench_engine import bench_engine
 from bench_hub import bench_hub
@@ -91,6 +92,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "engine": bench_engine,
     "hub": bench_hub,
     "managers": bench_managers,
+    "context": bench_context,
     "remote": bench_remote,
     "data": bench_data,
     "arrays": bench_arrays,
