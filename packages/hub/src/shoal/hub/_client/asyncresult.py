@@ -286,19 +286,36 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         texts = ["".join(o.get("stderr", ())) for o in self._outs()]
         return texts[0] if self._single else texts
 
-    def display_outputs(self) -> None:
-        """Print every request's output, headed by the engine it came from."""
-        for meta, out in zip(self._metas(), self._outs(), strict=True):
-            engine = meta.get("engine_id", "?")
-            for name in ("stdout", "stderr"):
-                text = "".join(out.get(name, ()))
-                if text:
-                    stream = sys.stderr if name == "stderr" else sys.stdout
-                    print(
-                        f"[{name}:{engine}] {text}",
-                        end="" if text.endswith("\n") else "\n",
-                        file=stream,
-                    )
+    def display_outputs(self, groupby: str = "engine") -> None:
+        """Print every request's output, each piece headed by its engine: ``[stdout:0]``.
+
+        Parameters
+        ----------
+        groupby : {"engine", "type", "order"}
+            ``"engine"``: each engine's stdout then stderr, engine after engine.
+            ``"type"``: every engine's stdout, then every engine's stderr. ``"order"``:
+            as ``"type"`` (it differs from it only for rich output, taken in turn from
+            each engine).
+        """
+        if groupby not in ("engine", "type", "order"):
+            raise ValueError(
+                f"display_outputs(groupby=...) takes 'engine', 'type' or 'order', got {groupby!r}"
+            )
+        pieces = [
+            (meta.get("engine_id", "?"), name, "".join(out.get(name, ())))
+            for meta, out in zip(self._metas(), self._outs(), strict=True)
+            for name in ("stdout", "stderr")
+        ]
+        if groupby != "engine":  # stable: engines keep their order within a stream
+            pieces.sort(key=lambda piece: piece[1] != "stdout")
+        for engine, name, text in pieces:
+            if text:
+                stream = sys.stderr if name == "stderr" else sys.stdout
+                print(
+                    f"[{name}:{engine}] {text}",
+                    end="" if text.endswith("\n") else "\n",
+                    file=stream,
+                )
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> None:
         """Wait with a progress bar (tqdm when installed, else a text line)."""
