@@ -8,6 +8,7 @@ store), :attr:`Client.references` (a :class:`ReferenceBook` of reference count c
 :func:`concatenate_shared`.
 """
 
+import sys
 from typing import TYPE_CHECKING
 
 from shoal.engine import EngineDiedError as EngineDiedError
@@ -48,6 +49,7 @@ from ._protocol import SocketStatistics as SocketStatistics
 if TYPE_CHECKING:
     from ._compat.context import ClusterContext as ClusterContext
     from ._compat.context import get_context as get_context
+    from ._compat.joblib_backend import register_joblib_backend as register_joblib_backend
     from ._compat.managers import BaseManager as BaseManager
     from ._compat.managers import BaseProxy as BaseProxy
     from ._compat.managers import Manager as Manager
@@ -61,6 +63,7 @@ _LAZY = {
     "Hub": "shoal.hub._server.hub",
     "ClusterContext": "shoal.hub._compat.context",
     "get_context": "shoal.hub._compat.context",
+    "register_joblib_backend": "shoal.hub._compat.joblib_backend",  # imports joblib
     "BaseManager": "shoal.hub._compat.managers",
     "BaseProxy": "shoal.hub._compat.managers",
     "Manager": "shoal.hub._compat.managers",
@@ -133,6 +136,7 @@ __all__ = [
     "gather",
     "get_context",
     "proxy_methods",
+    "register_joblib_backend",
     "scatter",
     "vectorize",
 ]
@@ -145,3 +149,11 @@ for _name in __all__:
     if getattr(_obj, "__module__", "").startswith("shoal.hub._"):
         _obj.__module__ = "shoal.hub"
 del _name, _obj
+
+# joblib imported first: offer it the "shoal" backend now, at no import cost. Else
+# shoal.hub.register_joblib_backend() does (importing joblib costs ~100 ms).
+if "joblib.parallel" in sys.modules:
+    from ._compat import joblib_backend as _joblib
+
+    _joblib.register_joblib_backend()
+    del _joblib
