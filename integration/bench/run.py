@@ -5,8 +5,9 @@
     hatch run bench -- --only roundtrip
 
 Benchmarks (``--only`` names): roundtrip, serialize-array, serialize-small, transfer,
-connection, engine, hub, remote, data, managers, context, arrays, multihost. These are measurements,
-not tests: nothing fails when a target is missed; the ``met`` column says so.
+connection, engine, hub, remote, data, managers, context, joblib, arrays, multihost.
+These are measurements, not tests: nothing fails when a target is missed; the ``met``
+column says so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench_context import bench_context
 from bench_data import bench_data
 from bench_engine import bench_engine
 from bench_hub import bench_hub
+from bench_joblib import bench_joblib
 from bench_managers import bench_managers
 from bench_multihost import bench_multihost
 from bench_remote import bench_remote
@@ -93,6 +95,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Row]]] = {
     "hub": bench_hub,
     "managers": bench_managers,
     "context": bench_context,
+    "joblib": bench_joblib,
     "remote": bench_remote,
     "data": bench_data,
     "arrays": bench_arrays,
