@@ -1,0 +1,417 @@
+"""The %px magics in a real IPython shell (in this process) on a real cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("IPython")
+
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
+from traitlets.config import Config
+
+from shoal.hub import AsyncResult, Client, CompositeError, RemoteError
+from shoal.hub._cli.magics import ParallelMagics, parse_targets, split_options
+from shoal.hub.testing import engine_pids, running_cluster, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def ip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: Client
+) -> Iterator[InteractiveShell]:
+    """An IPython shell with the magics loaded, on the shared cluster through ``client``
+    (``rc`` in its namespace); its history in memory, its folder in tmp_path."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    try:
+        shell.user_ns["rc"] = client
+        _ok(shell, "%load_ext shoal.hub")
+        _ok(shell, "%pxconfig --client rc")
+        yield shell
+    finally:
+        InteractiveShell.clear_instance()
+        client[:].clear(block=True)  # the next test's engines start empty
+
+
+def _ok(ip: InteractiveShell, cell: str) -> ExecutionResult:
+    """Run a cell that must succeed."""
+    result = ip.run_cell(cell)
+    result.raise_error()
+    return result
+
+
+@contextlib.contextmanager
+def _one_stream() -> Iterator[io.StringIO]:
+    """stdout and stderr into one buffer, in the order they were written."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+# -- the line as written ------------------------------------------------------------------
+def test_string_literals_reach_the_engines_as_written(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Quotes, doubled spaces, $ and {} in %px code arrive untouched (no shlex, no
+    variable expansion)."""
+    _ok(ip, "%px s = 'a  b'")
+    assert client[:]["s"] == ["a  b", "a  b"]
+    ip.user_ns["x"] = "local"
+    _ok(ip, "%px x = 'remote'")
+    _ok(ip, """%px print(s, "it's", f"{x}", '$x')""")
+    out = capsys.readouterr().out
+    assert "[stdout:0] a  b it's remote $x\n" in out
+    assert "[stdout:1] a  b it's remote $x\n" in out
+    _ok(ip, "%px --targets 1 t = '--targets 0'")
+    assert client[1]["t"] == "--targets 0"
+    _ok(ip, "%px -- -1")  # code that starts with a dash, after --
+    assert "Out[0]: -1" in capsys.readouterr().out
+
+
+def test_cell_magic_runs_the_cell_and_shows_values(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """%%px runs its cell on every engine and shows each engine's final value."""
+    _ok(ip, "%%px\nimport os\nword = 'x y'\nos.getpid()")
+    out = capsys.readouterr().out
+    for engine, pid in engine_pids(client).items():
+        assert f"Out[{engine}]: {pid}" in out
+    assert client[:]["word"] == ["x y", "x y"]
+
+
+def test_split_options_keeps_the_code_verbatim() -> None:
+    """Leading known options are taken; the first other word starts the code."""
+    assert split_options("--targets 0,1 --noblock print('a  b')") == (
+        ["--targets", "0,1", "--noblock"],
+        "print('a  b')",
+    )
+    assert split_options("--targets=::2 -x") == (["--targets=::2"], "-x")
+    assert split_options("-- --noblock") == ([], "--noblock")
+    with pytest.raises(UsageError, match="needs a value"):
+        split_options("--targets")
+    with pytest.raises(UsageError, match="no option --bogus"):
+        split_options("--bogus 1")
+
+
+@pytest.mark.parametrize(
+    ("spec", "key"),
+    [
+        ("all", None),
+        ("1", 1),
+        ("0,2", [0, 2]),
+        ("[0, 2]", [0, 2]),
+        ("0,", [0]),
+        ("[1]", [1]),
+        ("::2", slice(None, None, 2)),
+        ("1:", slice(1, None)),
+        ("-2:", slice(-2, None)),
+    ],
+)
+def test_parse_targets(spec: str, key: object) -> None:
+    """Each form of --targets becomes the matching client[...] key."""
+    assert parse_targets(spec) == key
+
+
+@pytest.mark.parametrize("spec", ["x", "0;1", "1:2:3:4", "", "0.5"])
+def test_parse_targets_refuses_nonsense(spec: str) -> None:
+    """A bad --targets is a UsageError that names the option."""
+    with pytest.raises(UsageError, match="--targets"):
+        parse_targets(spec)
+
+
+# -- errors fail the cell -----------------------------------------------------------------
+def test_an_error_on_the_engines_fails_the_cell(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raising %px/%%px sets error_in_exec (so Run All stops) and shows each engine's
+    traceback."""
+    result = ip.run_cell("%px print('before'); 1 / 0")
+    assert isinstance(result.error_in_exec, CompositeError)
+    assert all(isinstance(e, ZeroDivisionError) for e in result.error_in_exec.elist)
+    out = capsys.readouterr().out
+    assert "[stdout:0] before" in out
+    assert "[engine 0] ZeroDivisionError" in out
+    assert "[engine 1] ZeroDivisionError" in out
+    with pytest.raises(CompositeError):
+        result.raise_error()
+    result = ip.run_cell("%%px --targets 1\nraise KeyError('k')")
+    assert isinstance(result.error_in_exec, KeyError)
+    assert isinstance(result.error_in_exec, RemoteError)
+    assert result.error_in_exec.engine_id == 1
+    assert "KeyError" in capsys.readouterr().out
+    assert not ip.run_cell("%px import no_such_module_here").success
+
+
+def test_a_bad_option_fails_the_cell(ip: InteractiveShell) -> None:
+    """Unknown options, bad values and missing code are UsageErrors."""
+    for cell in [
+        "%px --bogus 1",
+        "%px --group-outputs=nowhere 1",
+        "%px --targets 9 1",
+        "%px",
+        "%%px --targets\n1",
+        "%%px\n",
+        "%px --save-name 'no good' 1",
+        "%pxconfig --targets",
+        "%pxconfig --client nothing_by_that_name",
+        "%pxconfig --client ip_not_a_client",
+        "%autopx now",
+    ]:
+        ip.user_ns["ip_not_a_client"] = 1
+        result = ip.run_cell(cell)
+        assert isinstance(result.error_in_exec, UsageError), cell
+
+
+# -- options ------------------------------------------------------------------------------
+def test_targets(ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    """--targets/-t picks engines by id, list, slice or all, for the line and the cell."""
+    _ok(ip, "%px --targets 1 print('one')")
+    out = capsys.readouterr().out
+    assert "[stdout:1] one" in out
+    assert "[stdout:0]" not in out
+    _ok(ip, "%px -t ::2 print('even')")
+    out = capsys.readouterr().out
+    assert "[stdout:0] even" in out
+    assert "[stdout:1]" not in out
+    _ok(ip, "%%px --targets=[0,1]\nprint('both')")
+    out = capsys.readouterr().out
+    assert "[stdout:0] both" in out
+    assert "[stdout:1] both" in out
+    _ok(ip, "%px --targets all where = 'all'")
+    assert client[:]["where"] == ["all", "all"]
+
+
+def test_noblock_returns_the_result_and_pxresult_shows_it(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--noblock returns an AsyncResult at once; %pxresult waits, shows, and raises."""
+    result = _ok(ip, "%px --noblock import os; print('late'); os.getpid()")
+    assert isinstance(result.result, AsyncResult)
+    result.result.wait(30)
+    capsys.readouterr()
+    _ok(ip, "%pxresult")
+    out = capsys.readouterr().out
+    assert "[stdout:0] late" in out
+    assert "Out[1]: " in out
+    _ok(ip, "%%px --noblock\n1 / 0")  # submitting does not fail
+    failed = ip.run_cell("%pxresult")
+    assert isinstance(failed.error_in_exec, CompositeError)
+    failed = ip.run_cell("%pxresult --out saved")  # stores it, and still fails
+    assert isinstance(failed.error_in_exec, CompositeError)
+    assert isinstance(ip.user_ns["saved"], AsyncResult)
+
+
+def test_pxresult_before_any_px_is_a_usage_error(ip: InteractiveShell, client: Client) -> None:
+    """%pxresult with nothing to show says so."""
+    magics = ParallelMagics(ip, client[:], suffix="_fresh")
+    ip.register_magics(magics)
+    assert isinstance(ip.run_cell("%pxresult_fresh").error_in_exec, UsageError)
+
+
+def test_group_outputs(ip: InteractiveShell) -> None:
+    """--group-outputs=engine keeps each engine's streams together; type puts every
+    stdout before every stderr."""
+    code = "import sys; print('out', flush=True); print('err', file=sys.stderr, flush=True)"
+    with _one_stream() as both:
+        _ok(ip, f"%px --group-outputs=engine {code}")
+    assert [line for line in both.getvalue().splitlines() if line.startswith("[")] == [
+        "[stdout:0] out",
+        "[stderr:0] err",
+        "[stdout:1] out",
+        "[stderr:1] err",
+    ]
+    with _one_stream() as both:
+        _ok(ip, f"%%px --group-outputs type\n{code}")
+    assert [line for line in both.getvalue().splitlines() if line.startswith("[")] == [
+        "[stdout:0] out",
+        "[stdout:1] out",
+        "[stderr:0] err",
+        "[stderr:1] err",
+    ]
+
+
+def test_stream_prints_output_while_the_code_runs(ip: InteractiveShell, tmp_path: Path) -> None:
+    """--stream shows a line as soon as it arrives: the code waits for a file that the
+    test writes only once the line was shown."""
+    flag = tmp_path / "shown"
+    cell = textwrap.dedent(
+        f"""\
+        %%px --targets 1 --stream
+        import os, time
+        print('first', flush=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print('second' if os.path.exists({str(flag)!r}) else 'not streamed')
+        print('', 'third', sep='\\n', end='')
+        """
+    )
+    buffer = io.StringIO()
+
+    def release() -> None:
+        wait_until(lambda: "[stdout:1] first" in buffer.getvalue(), timeout=30)
+        flag.touch()
+
+    helper = threading.Thread(target=release, daemon=True)
+    helper.start()
+    with contextlib.redirect_stdout(buffer):
+        _ok(ip, cell)
+    helper.join(30)
+    assert "[stdout:1] second\n[stdout:1] \n[stdout:1] third\n" in buffer.getvalue()
+    assert buffer.getvalue().count("[stdout:1] first") == 1  # not shown again at the end
+
+
+def test_verbose(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """--verbose says where the code runs; --no-verbose does not."""
+    _ok(ip, "%px --verbose --targets 1 pass")
+    assert "Parallel execution on engine(s): 1" in capsys.readouterr().out
+    _ok(ip, "%px --no-verbose pass")
+    assert "execution on engine" not in capsys.readouterr().out
+
+
+def test_local_runs_the_cell_here_too(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """%%px --local runs the cell here and on the engines; failing here fails it."""
+    _ok(ip, "%%px --local\nboth = 'x' * 2\nprint('ran', both)")
+    assert ip.user_ns["both"] == "xx"
+    assert client[:]["both"] == ["xx", "xx"]
+    out = capsys.readouterr().out
+    assert "ran xx" in out.replace("[stdout:0] ran xx", "").replace("[stdout:1] ran xx", "")
+    client[:]["only_there"] = 1
+    failed = ip.run_cell("%%px --local\nonly_there + 1")  # fine there, NameError here
+    assert isinstance(failed.error_in_exec, UsageError)
+    assert "failed here" in str(failed.error_in_exec)
+    assert "NameError" in capsys.readouterr().out
+
+
+def test_save_name_stores_the_result(ip: InteractiveShell) -> None:
+    """--save-name/-o/--out stores the AsyncResult in the user's namespace."""
+    _ok(ip, "%px --save-name first 6 * 7")
+    assert ip.user_ns["first"].get(10) == [42, 42]
+    _ok(ip, "%%px -o second --noblock\n7")
+    assert ip.user_ns["second"].get(10) == [7, 7]
+
+
+def test_pxconfig_sets_the_defaults(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """%pxconfig sets targets, block, verbose and grouping for the next %px; alone, it
+    prints them."""
+    _ok(ip, "%pxconfig --targets 1 --noblock --verbose --group-outputs type")
+    result = _ok(ip, "%px print('config')")
+    assert isinstance(result.result, AsyncResult)
+    assert result.result.get(10) is None  # one engine: its own value, not a list
+    assert "Async parallel execution on engine(s): 1" in capsys.readouterr().out
+    _ok(ip, "%pxconfig")
+    settings = capsys.readouterr().out
+    assert "targets 1" in settings
+    assert "block False" in settings
+    assert "group-outputs type" in settings
+    assert client.url_file in settings
+    _ok(ip, "%pxconfig --targets all --block --no-verbose")
+    _ok(ip, "%px print('all again')")
+    out = capsys.readouterr().out
+    assert "[stdout:0] all again" in out
+    assert "[stdout:1] all again" in out
+    ip.user_ns["first_only"] = client[[0]]
+    _ok(ip, "%pxconfig --client first_only")
+    _ok(ip, "%px print('first only')")
+    out = capsys.readouterr().out
+    assert "[stdout:0] first only" in out
+    assert "[stdout:1]" not in out
+
+
+def test_a_suffix_gives_a_second_set_of_magics(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ParallelMagics(shell, view, suffix) adds %px_one etc. on that view only."""
+    ip.register_magics(ParallelMagics(ip, client[1], suffix="_one"))
+    _ok(ip, "%px_one print('from one')")
+    _ok(ip, "%%px_one\nprint('cell one')")
+    out = capsys.readouterr().out
+    assert "[stdout:1] from one" in out
+    assert "[stdout:1] cell one" in out
+    assert "[stdout:0]" not in out
+    with pytest.raises(ValueError, match="suffix"):
+        ParallelMagics(ip, suffix="bad suffix")
+
+
+# -- %autopx ------------------------------------------------------------------------------
+def test_autopx_runs_cells_on_the_engines_until_toggled(
+    ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After %autopx each cell runs on the engines as typed, errors fail it, and a
+    second %autopx brings cells back here."""
+    transformers = (len(ip.input_transformers_cleanup), len(ip.input_transformers_post))
+    _ok(ip, "%autopx")
+    assert "%autopx enabled" in capsys.readouterr().out
+    _ok(ip, "b = 'x  y'\nfor i in range(2):\n    print('loop', i)")
+    assert client[:]["b"] == ["x  y", "x  y"]
+    assert "b" not in ip.user_ns
+    assert "[stdout:1] loop 0\nloop 1\n" in capsys.readouterr().out
+    failed = ip.run_cell("1 / 0")
+    assert isinstance(failed.error_in_exec, CompositeError)
+    _ok(ip, "%autopx")
+    assert "%autopx disabled" in capsys.readouterr().out
+    _ok(ip, "b = 'here'")
+    assert ip.user_ns["b"] == "here"
+    assert client[:]["b"] == ["x  y", "x  y"]
+    # The shell is as it was.
+    assert (len(ip.input_transformers_cleanup), len(ip.input_transformers_post)) == transformers
+
+
+# -- %load_ext finds the cluster ----------------------------------------------------------
+_SESSION = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+config = Config()
+config.HistoryManager.hist_file = ":memory:"
+ip = InteractiveShell.instance(config=config)
+ip.run_cell("%load_ext shoal.hub").raise_error()
+result = ip.run_cell("%px import os; os.getpid()")
+sys.exit(0 if result.success else 3)
+"""
+
+
+def _ipython_session(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run _SESSION in a fresh process (no Client of this process's tests to find) whose
+    default profile lives in tmp_path."""
+    env = {**os.environ, "SHOAL_DIR": str(tmp_path), "IPYTHONDIR": str(tmp_path / "ipython")}
+    return subprocess.run(
+        [sys.executable, "-c", _SESSION],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_load_ext_finds_the_running_default_cluster(tmp_path: Path) -> None:
+    """%load_ext shoal.hub connects to the default profile's cluster by itself, and says
+    clearly when none runs."""
+    none = _ipython_session(tmp_path)
+    assert none.returncode == 3, none.stderr
+    assert "no cluster to run on" in none.stderr
+    assert "shoal cluster start" in none.stderr
+    with running_cluster(tmp_path / "profile_default", 1) as (_, rc):
+        found = _ipython_session(tmp_path)
+        assert found.returncode == 0, found.stdout + found.stderr
+        assert "runs on 1 engine(s)" in found.stdout
+        assert f"Out[0]: {engine_pids(rc)[0]}" in found.stdout
