@@ -202,6 +202,16 @@ def test_bad_backend_arguments_are_refused(client: Client) -> None:
         register_joblib_backend(make_default="yes")  # type: ignore[arg-type]
 
 
+def test_a_profile_without_a_cluster_says_so(client: Client) -> None:
+    """profile= names the cluster to connect to; none there: FileNotFoundError."""
+    register_joblib_backend()
+    with (
+        parallel_config(backend="shoal", profile="joblib-test-no-such-profile"),
+        pytest.raises(FileNotFoundError, match="no cluster found"),
+    ):
+        Parallel(n_jobs=2)(delayed(square)(i) for i in range(5))
+
+
 def test_register_under_another_name(client: Client) -> None:
     """register_joblib_backend(name) registers the backend under that name."""
     register_joblib_backend("shoal-other-name")

@@ -57,6 +57,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,6 +190,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         self._profile = profile
         self._client: Client | None = None
         self._owned: Client | None = None  # the Client this backend opened (and closes)
+        self._closer: weakref.finalize[[], ShoalBackend] | None = None  # closes it (or GC)
         self._view: LoadBalancedView | None = None
         self._lock = threading.Lock()
         self._futures: set[AsyncResult[Any]] = set()
@@ -205,6 +207,8 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             self._client = found
         else:
             self._owned = self._client = Client(profile=self._profile or "default")
+            # joblib.effective_n_jobs() alone opens it too, and never calls terminate()
+            self._closer = weakref.finalize(self, self._owned.close)
         return self._client
 
     def _engines(self) -> list[int]:
@@ -283,11 +287,13 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         ``with`` block: close the Client this backend opened, if any."""
         self._stop_callbacks()
         owned, self._owned = self._owned, None
+        closer, self._closer = self._closer, None
         if owned is not None:
             if self._client is owned:
                 self._client = None
             self._view = None
-            owned.close()
+        if closer is not None:
+            closer()
 
     def _stop_callbacks(self) -> None:
         callbacks, self._callbacks = self._callbacks, None
@@ -302,19 +308,17 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         view = self._view
         if view is None:
             raise RuntimeError("the shoal joblib backend was not configured for a call")
+        if self._callbacks is None:  # joblib calls start_call first; a direct caller may not
+            self._callbacks = _CallbackThread()
+        jobs = self._callbacks.jobs
         future: AsyncResult[Any] = view.apply_async(func)
         with self._lock:
             self._futures.add(future)
-        jobs = None if self._callbacks is None else self._callbacks.jobs
 
         def done(f: concurrent.futures.Future[Any]) -> None:
             with self._lock:
                 self._futures.discard(future)
-            if callback is None:
-                return
-            if jobs is None:  # called outside start_call/stop_call: joblib's thread-free use
-                callback(future)
-            else:
+            if callback is not None:
                 jobs.put((callback, future))
 
         future.add_done_callback(done)
