@@ -21,7 +21,8 @@ Theory of operation
   engines that joined since.
 - **Failure fails the cell.** A blocking ``%px`` shows the engines' output (stdout
   and stderr, prefixed ``[stdout:ENGINE]``), then the values of final expressions
-  (``Out[ENGINE]: ...``), then raises the error: a :class:`CompositeError` for a
+  (``Out[ENGINE:COUNT]: ...`` when the engines send them as rich output, else
+  ``Out[ENGINE]: ...``), then raises the error: a :class:`CompositeError` for a
   view of several engines, the task's own exception type (also a
   :class:`shoal.engine.RemoteError`) for one engine. Both render the remote
   tracebacks in IPython, and ``run_cell(...).error_in_exec`` is set, so "Run All"
@@ -297,6 +298,20 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _results_shown(result: AsyncResult[Any]) -> list[bool]:
+    """Per request, whether ``display_outputs`` showed its value (an ``execute_result``
+    among its rich outputs, where the engines send them)."""
+    outputs = getattr(result, "outputs", None)  # rich outputs: engines of 0.7 and later
+    if not isinstance(outputs, list):
+        return [False] * len(result.msg_ids)
+    per_request = outputs if isinstance(result.engine_id, list) else [outputs]
+    return [
+        isinstance(outs, list)
+        and any(isinstance(o, dict) and o.get("msg_type") == "execute_result" for o in outs)
+        for outs in per_request
+    ]
+
+
 # -- the magics ---------------------------------------------------------------------------
 class ParallelMagics(Magics):
     """The ``%px`` family, bound to one IPython shell.
@@ -474,12 +489,14 @@ class ParallelMagics(Magics):
         except KeyboardInterrupt:
             result.cancel()  # stop what has not run; the engines keep their namespaces
             raise
+        shown = [False] * len(result.msg_ids)
         if not stream:
             result.display_outputs(groupby)
+            shown = _results_shown(result)
         value = result.get()  # the engines' error, if any, fails the cell here
         engines = _as_list(result.engine_id)
-        for engine, v in zip(engines, _as_list(value), strict=False):
-            if v is not None:
+        for engine, v, seen in zip(engines, _as_list(value), shown, strict=False):
+            if v is not None and not seen:
                 print(f"Out[{engine}]: {v!r}")
 
     @staticmethod
