@@ -85,6 +85,7 @@ from shoal.wire import (
 
 from ._current import set_current_engine
 from ._errors import EngineDiedError
+from ._jupyter import WAKE, JupyterGateway, open_gateway
 from ._kernel import Kernel
 from ._objects import ObjectStore
 from ._protocol import (
@@ -250,6 +251,8 @@ class EngineProcess:
     # one is due: set by the I/O thread before its SIGINT, read by the handler.
     _interrupt_ids: set[str]
     _interrupt_any = False
+    #: The Jupyter gateway an attached console talks to (_jupyter.py), once opened.
+    _jupyter: JupyterGateway | None = None
 
     def _bind_direct(self) -> None:
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
@@ -338,6 +341,9 @@ class EngineProcess:
         while True:
             try:
                 while not self.pending:
+                    if self._jupyter is not None and self._jupyter.serve_next():
+                        self._read_all()  # the cluster's requests waiting go next
+                        continue
                     for sock, _ in poller.poll():
                         if sock is self._pipe_in:
                             self._forward_pipe()
@@ -438,6 +444,8 @@ class EngineProcess:
                 self._apply_aborts()
             elif len(frames) == 1 and frames[0].bytes == _RELEASE:
                 self._apply_releases()
+            elif len(frames) == 1 and frames[0].bytes == WAKE:
+                pass  # the Jupyter gateway queued a request: the main loop serves it
             else:
                 sock = self._direct if frames[0].bytes == b"d" else self._shell
                 if sock is not None:
@@ -829,6 +837,8 @@ class EngineProcess:
                 self._pipe_out.send(_ABORT)
         elif kind == MsgType.STATUS_REQUEST:
             content.update(self.status())
+        elif kind == MsgType.JUPYTER_GATEWAY_REQUEST:  # a console attaches (_jupyter.py)
+            content = open_gateway(self, msg.content)
         elif kind == MsgType.RELEASE_REQUEST:  # a client's lease ended: the main thread frees
             owner = msg.content.get("owner") if isinstance(msg.content, dict) else None
             if isinstance(owner, str):

@@ -96,6 +96,8 @@ class MsgType(str, enum.Enum):
     STATUS_REPLY = "status_reply"
     SHUTDOWN_REQUEST = "shutdown_request"
     SHUTDOWN_REPLY = "shutdown_reply"
+    JUPYTER_GATEWAY_REQUEST = "jupyter_gateway_request"
+    JUPYTER_GATEWAY_REPLY = "jupyter_gateway_reply"
     # engine -> hub
     REGISTER_REQUEST = "register_request"
     REGISTER_REPLY = "register_reply"
@@ -154,6 +156,7 @@ _REPLIES: Final[dict[str, MsgType]] = {
         (_M.ABORT_REQUEST, _M.ABORT_REPLY),
         (_M.STATUS_REQUEST, _M.STATUS_REPLY),
         (_M.SHUTDOWN_REQUEST, _M.SHUTDOWN_REPLY),
+        (_M.JUPYTER_GATEWAY_REQUEST, _M.JUPYTER_GATEWAY_REPLY),
         (_M.REGISTER_REQUEST, _M.REGISTER_REPLY),
         (_M.CONNECT_REQUEST, _M.CONNECT_REPLY),
         (_M.QUEUE_STATUS_REQUEST, _M.QUEUE_STATUS_REPLY),
@@ -197,6 +200,7 @@ CONTROL_REQUESTS: Final = frozenset(
         _M.STATUS_REQUEST,
         _M.SHUTDOWN_REQUEST,
         _M.RELEASE_REQUEST,
+        _M.JUPYTER_GATEWAY_REQUEST,
     )
 )
 #: Requests a hub serves itself (a client's ``hub`` route).

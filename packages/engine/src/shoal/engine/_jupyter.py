@@ -1,0 +1,635 @@
+"""The Jupyter gateway: a running engine seen as a Jupyter kernel, for a console to attach.
+
+Theory of operation
+-------------------
+A :class:`JupyterGateway` binds the five sockets of a Jupyter kernel (shell, iopub,
+stdin, control: ROUTER/PUB; heartbeat: a ROUTER echoed in C) beside an engine's own
+connection to its hub, and speaks the Jupyter wire format (messaging spec 5.3) on them:
+routing identities, ``<IDS|MSG>``, an HMAC-SHA256 signature over the four JSON frames
+(header, parent header, metadata, content), then the buffers. It uses pyzmq, ``json``
+and ``hmac`` only: an engine never needs jupyter_client.
+
+Its rules:
+
+* **Opened on demand, with a key of its own.** The engine's I/O thread opens it when a
+  ``jupyter_gateway_request`` arrives on control (from a client of the cluster: only
+  holders of the cluster's key can ask), with a fresh random key that the reply carries
+  with the ports. It binds loopback unless asked for another address, and an address
+  other hosts can reach only with ``insecure`` (the Jupyter wire is signed, never
+  encrypted). A second request gets the same gateway while it is open.
+* **Nothing unverified is acted on.** Every message is checked before it is parsed:
+  frame count and size caps, the signature (``hmac.compare_digest``), a replay history
+  of signatures. A message that fails is dropped, counted by reason, and logged at most
+  once per :data:`_LOG_EVERY` seconds per reason; it is never answered.
+* **One thread owns the sockets.** The gateway's thread receives on shell, control and
+  stdin, and sends everything: what the engine's main thread has to send (replies,
+  iopub messages, input requests) comes to it signed over an inproc pipe.
+* **Requests run in turn with the cluster's.** A verified shell request is queued for
+  the engine's main thread, which is woken through its pipe and runs it between cluster
+  requests (:meth:`JupyterGateway.serve_next`), through the same ``Kernel.handle``, in
+  the same namespace. While it runs, its output (``stream``), rich output and result go
+  to iopub with ``status`` busy/idle around it, and ``input()`` asks on stdin.
+* **Control answers at once.** ``interrupt_request`` interrupts the running gateway
+  request (the engine's targeted interrupt: never a cluster task), ``shutdown_request``
+  detaches the gateway and never stops the engine; with ``restart`` it is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import zmq
+
+from shoal.util import outbound_ip, split_url
+from shoal.wire import Message, bind, new_header
+
+from ._replies import error_reply
+
+if TYPE_CHECKING:
+    from ._engine import EngineProcess
+
+__all__ = ["WAKE", "JupyterGateway", "open_gateway"]
+
+log = logging.getLogger("shoal.engine.jupyter")
+
+#: What the gateway writes on the engine's pipe: "a request waits for the main thread".
+WAKE: Final = b"jupyter"
+DELIMITER: Final = b"<IDS|MSG>"
+PROTOCOL_VERSION: Final = "5.3"
+_MAX_FRAMES: Final = 64  # identities, delimiter, signature, four JSON frames, buffers
+_MAX_BYTES: Final = 64 * 1024 * 1024  # per message; zmq drops (and disconnects) beyond
+_REPLAY_HISTORY: Final = 1 << 16  # signatures remembered against replays
+_LOG_EVERY: Final = 10.0  # seconds between two log lines about drops of one reason
+_POLL_MS: Final = 200  # how often a wait for input looks whether the gateway detached
+
+#: Shell requests of the Jupyter protocol and their replies (the others are refused).
+SHELL_REPLIES: Final = {
+    "execute_request": "execute_reply",
+    "kernel_info_request": "kernel_info_reply",
+    "complete_request": "complete_reply",
+    "inspect_request": "inspect_reply",
+    "is_complete_request": "is_complete_reply",
+    "history_request": "history_reply",
+    "comm_info_request": "comm_info_reply",
+}
+#: Comm messages need no reply; no comm target is known here, so they are ignored.
+_COMMS: Final = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+class _Drops:
+    """Dropped messages counted by reason, logged at most once per period per reason."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._logged: dict[str, float] = {}
+
+    def drop(self, reason: str) -> None:
+        self.counts[reason] += 1
+        now = time.monotonic()
+        if now - self._logged.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[reason] = now
+            log.warning(
+                "jupyter gateway: dropped a message (%s; %d so far)", reason, self.counts[reason]
+            )
+
+
+class JupyterGateway:
+    """The Jupyter-wire face of one engine: see the module's theory of operation.
+
+    Parameters
+    ----------
+    engine : EngineProcess
+        The engine whose main thread runs the requests.
+    ip : str
+        The address to bind (loopback by default).
+    insecure : bool
+        Allow an address other hosts can reach.
+
+    .. versionadded:: 0.7
+    """
+
+    def __init__(
+        self, engine: EngineProcess, ip: str = "127.0.0.1", insecure: bool = False
+    ) -> None:
+        self._engine = engine
+        self.key = secrets.token_hex(32).encode("ascii")
+        self.session = uuid.uuid4().hex
+        self.ip = ip
+        self.drops = _Drops()
+        self._detached = threading.Event()
+        ctx = engine.context
+        self._socks: dict[str, zmq.Socket[Any]] = {}
+        ports: dict[str, int] = {}
+        try:
+            for name, kind in (
+                ("shell", zmq.ROUTER),
+                ("iopub", zmq.PUB),
+                ("stdin", zmq.ROUTER),
+                ("control", zmq.ROUTER),
+                ("hb", zmq.ROUTER),
+            ):
+                sock: zmq.Socket[Any] = ctx.socket(kind)
+                sock.linger = 1000
+                if kind == zmq.ROUTER:
+                    sock.maxmsgsize = _MAX_BYTES  # the first cap, before any Python work
+                self._socks[name] = sock
+                url = bind(sock, f"tcp://{ip}:*", insecure=insecure)
+                ports[name] = int(url.rsplit(":", 1)[1])
+        except BaseException:
+            for sock in self._socks.values():
+                sock.close(linger=0)
+            raise
+        self.ports = ports
+        # The main thread's way to the sockets: an inproc pipe, used under a lock (output
+        # may come from any thread of user code).
+        self._out_lock = threading.Lock()
+        self._pull: zmq.Socket[Any] = ctx.socket(zmq.PULL)
+        self._pull.bind(f"inproc://shoal-jupyter-{id(self)}")
+        self._push: zmq.Socket[Any] | None = ctx.socket(zmq.PUSH)
+        self._push.linger = 0
+        self._push.connect(f"inproc://shoal-jupyter-{id(self)}")
+        self._hb_stop: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
+        self._hb_stop.bind(f"inproc://shoal-jupyter-hb-{id(self)}")
+        hb_ctrl: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
+        hb_ctrl.connect(f"inproc://shoal-jupyter-hb-{id(self)}")
+        self._inbox: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
+        self._input_replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._signatures: collections.deque[bytes] = collections.deque()
+        self._seen: set[bytes] = set()
+        self._running: str | None = None  # msg_id of the gateway request running now
+        self._saw_result = False
+        threading.Thread(
+            target=_echo,
+            args=(self._socks.pop("hb"), hb_ctrl),
+            name="shoal-jupyter-hb",
+            daemon=True,
+        ).start()
+        threading.Thread(target=self._loop, name="shoal-jupyter", daemon=True).start()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the gateway detached (its sockets are closed or closing)."""
+        return self._detached.is_set()
+
+    # -- what the connection file says ------------------------------------------------------
+    def connection_info(self) -> dict[str, object]:
+        """The fields of a Jupyter connection file for this gateway."""
+        return {
+            "transport": "tcp",
+            "ip": self.ip,
+            "shell_port": self.ports["shell"],
+            "iopub_port": self.ports["iopub"],
+            "stdin_port": self.ports["stdin"],
+            "control_port": self.ports["control"],
+            "hb_port": self.ports["hb"],
+            "key": self.key.decode("ascii"),
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "shoal",
+        }
+
+    # -- the wire format --------------------------------------------------------------------
+    def _sign(self, parts: list[bytes]) -> bytes:
+        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode("ascii")
+
+    def _encode(
+        self,
+        msg_type: str,
+        content: Mapping[str, Any],
+        parent: Mapping[str, Any] | None,
+        identities: list[bytes] | None = None,
+    ) -> list[bytes]:
+        header = {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "username": "shoal",
+            "session": self.session,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "version": PROTOCOL_VERSION,
+        }
+        parts = [
+            _dumps(header),
+            _dumps(dict(parent) if parent else {}),
+            _dumps({}),
+            _dumps(content),
+        ]
+        return [*(identities or []), DELIMITER, self._sign(parts), *parts]
+
+    def _decode(self, frames: list[bytes]) -> tuple[list[bytes], dict[str, Any]] | None:
+        """A verified message's identities and its parts; None when it was dropped."""
+        if len(frames) > _MAX_FRAMES:
+            self.drops.drop("too many frames")
+            return None
+        try:
+            at = frames.index(DELIMITER)
+        except ValueError:
+            self.drops.drop("no <IDS|MSG> delimiter")
+            return None
+        identities, rest = frames[:at], frames[at + 1 :]
+        if len(rest) < 5:
+            self.drops.drop("too few frames")
+            return None
+        signature, parts = rest[0], rest[1:5]
+        if not hmac.compare_digest(signature, self._sign(parts)):
+            self.drops.drop("bad signature")
+            return None
+        if signature in self._seen:
+            self.drops.drop("replayed signature")
+            return None
+        self._seen.add(signature)
+        self._signatures.append(signature)
+        if len(self._signatures) > _REPLAY_HISTORY:
+            self._seen.discard(self._signatures.popleft())
+        try:
+            header, parent, metadata, content = (json.loads(p) for p in parts)
+        except ValueError:
+            self.drops.drop("JSON that does not parse")
+            return None
+        if not (
+            isinstance(header, dict)
+            and isinstance(header.get("msg_id"), str)
+            and isinstance(header.get("msg_type"), str)
+            and isinstance(content, dict)
+        ):
+            self.drops.drop("a header without msg_id and msg_type, or content not a dict")
+            return None
+        msg = {
+            "header": header,
+            "parent_header": parent,
+            "metadata": metadata,
+            "content": content,
+            "buffers": rest[5:],
+        }
+        return identities, msg
+
+    # -- the gateway's thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        shell, control, stdin = self._socks["shell"], self._socks["control"], self._socks["stdin"]
+        poller = zmq.Poller()
+        for sock in (shell, control, stdin, self._pull):
+            poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._detached.is_set():
+                for sock, _ in poller.poll():
+                    if sock is self._pull:
+                        self._forward()
+                        continue
+                    while sock.poll(0):
+                        frames = sock.recv_multipart()
+                        received = self._decode(frames)
+                        if received is None:
+                            continue
+                        if sock is shell:
+                            self._inbox.append(received)
+                            self._wake()
+                        elif sock is stdin:
+                            if received[1]["header"]["msg_type"] == "input_reply":
+                                self._input_replies.put(received[1]["content"])
+                        else:
+                            self._on_control(*received)
+                        if self._detached.is_set():
+                            break
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("the jupyter gateway failed; it is detached")
+        finally:
+            self._close()
+
+    def _forward(self) -> None:
+        """Send what the main thread queued: ``[channel, *frames]``."""
+        while self._pull.poll(0):
+            channel, *frames = self._pull.recv_multipart()
+            sock = self._socks.get(channel.decode())
+            if sock is not None:
+                with contextlib.suppress(zmq.ZMQError):  # a client that left
+                    sock.send_multipart(frames)
+
+    def _wake(self) -> None:
+        engine = self._engine
+        with engine._pipe_lock:
+            engine._pipe_out.send(WAKE)
+
+    def _on_control(self, identities: list[bytes], msg: dict[str, Any]) -> None:
+        header = msg["header"]
+        kind = header["msg_type"]
+        reply: dict[str, Any] = {"status": "ok"}
+        detach = False
+        if kind == "interrupt_request":
+            running = self._running
+            if running is not None:
+                self._engine._interrupt([running])  # this request only, never a task
+        elif kind == "shutdown_request":
+            restart = bool(msg["content"].get("restart", False))
+            reply["restart"] = restart
+            if restart:
+                reply = _error(
+                    "NotImplementedError",
+                    "an attached console cannot restart a shoal engine: its cluster owns"
+                    " it (client[i].restart() or the cluster's tools); shutdown without"
+                    " restart detaches the console and leaves the engine running",
+                )
+                reply["restart"] = True
+            else:
+                detach = True
+                reply["detached"] = True
+                reply["engine_running"] = True
+        elif kind == "kernel_info_request":
+            reply = _kernel_info_fallback()
+        else:
+            reply = _error("ValueError", f"unknown control request {kind!r}")
+        reply_type = kind.removesuffix("_request") + "_reply"
+        self._socks["control"].send_multipart(self._encode(reply_type, reply, header, identities))
+        if detach:
+            self._socks["iopub"].send_multipart(self._encode("shutdown_reply", reply, header))
+            log.info("jupyter gateway: detached by shutdown_request; the engine runs on")
+            self._detached.set()
+
+    def _close(self) -> None:
+        self._detached.set()
+        with self._out_lock:
+            if self._push is not None:
+                self._push.close(linger=0)
+                self._push = None
+        with contextlib.suppress(zmq.ZMQError):
+            self._hb_stop.send(b"TERMINATE")
+        self._hb_stop.close(linger=1000)
+        self._pull.close(linger=0)
+        for sock in self._socks.values():
+            sock.close(linger=1000)  # a last reply (shutdown_reply) still goes out
+        self._wake()  # a main thread waiting for input sees it
+
+    # -- the engine's main thread -----------------------------------------------------------
+    def _send(self, channel: str, frames: list[bytes]) -> None:
+        with self._out_lock:
+            if self._push is None:
+                return  # detached: nobody listens
+            try:
+                self._push.send_multipart([channel.encode(), *frames], zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("jupyter gateway: dropped a %s message (the pipe is full)", channel)
+
+    def publish(self, msg_type: str, content: Mapping[str, Any], parent: Mapping[str, Any]) -> None:
+        """Send one message on iopub (any thread)."""
+        self._send("iopub", self._encode(msg_type, content, parent))
+
+    def serve_next(self) -> bool:
+        """Run the oldest waiting shell request (main thread); whether there was one."""
+        try:
+            identities, msg = self._inbox.popleft()
+        except IndexError:
+            return False
+        header = msg["header"]
+        kind = header["msg_type"]
+        if kind in _COMMS:
+            return True
+        self.publish("status", {"execution_state": "busy"}, header)
+        try:
+            if kind == "execute_request":
+                reply = self._execute(identities, header, msg["content"])
+            elif kind in SHELL_REPLIES:
+                reply = self._reply_of(kind, self._run(kind, msg["content"], header))
+            else:
+                known = ", ".join(sorted(SHELL_REPLIES))
+                reply = _error("ValueError", f"unknown shell request {kind!r}; known: {known}")
+            reply_type = SHELL_REPLIES.get(kind, kind.removesuffix("_request") + "_reply")
+            self._send("shell", self._encode(reply_type, reply, header, identities))
+        finally:
+            self.publish("status", {"execution_state": "idle"}, header)
+        return True
+
+    def _run(
+        self,
+        kind: str,
+        content: dict[str, Any],
+        header: dict[str, Any],
+        identities: list[bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Run one request through the engine's Kernel, interruptible, its output on iopub."""
+        engine = self._engine
+        kernel = engine.kernel
+        msg_id = str(header["msg_id"])
+        shoal_header = new_header(kind, engine.identity.decode())._replace(msg_id=msg_id)
+        allow_stdin = bool(content.get("allow_stdin", False)) and identities is not None
+
+        def stream(name: str, text: str) -> None:
+            self.publish("stream", {"name": name, "text": text}, header)
+
+        def display(msg_type: str, content: dict[str, Any]) -> None:
+            if msg_type == "execute_result":
+                self._saw_result = True
+            self.publish(msg_type, content, header)
+
+        def ask(prompt: str, password: bool) -> str:
+            return self._ask(prompt, password, header, identities or [])
+
+        engine._interrupt_any = False  # an interrupt meant for an earlier request is late
+        engine.running = Message(shoal_header, None, {}, None)
+        self._running = msg_id
+        self._saw_result = False
+        # Output, rich output and input() of this request are the console's, not the
+        # cluster client's: the Kernel's callbacks point here while it runs.
+        mine: dict[str, object] = {
+            "on_stream": stream,
+            "on_display": display,
+            "on_input": ask,
+            "allow_stdin": allow_stdin,
+        }
+        saved = {name: getattr(kernel, name) for name in mine if hasattr(kernel, name)}
+        for name in saved:
+            setattr(kernel, name, mine[name])
+        try:
+            try:
+                engine._in_user_code = True
+                reply = kernel.handle(kind, content)
+                engine._in_user_code = False
+            except KeyboardInterrupt as exc:  # landed just outside Kernel.handle
+                engine._in_user_code = False
+                reply = error_reply(exc, engine_id=engine.engine_id, serializer=None)
+        finally:
+            engine._in_user_code = False
+            self._running = None
+            engine.running = None
+            engine._interrupt_ids.discard(msg_id)
+            for name, value in saved.items():
+                setattr(kernel, name, value)
+        return reply
+
+    def _ask(
+        self, prompt: str, password: bool, parent: dict[str, Any], identities: list[bytes]
+    ) -> str:
+        """Send ``input_request`` on stdin and wait (interruptibly) for the reply."""
+        while not self._input_replies.empty():  # answers to an earlier, interrupted ask
+            self._input_replies.get_nowait()
+        request = {"prompt": prompt, "password": password}
+        self._send("stdin", self._encode("input_request", request, parent, identities))
+        while True:
+            if self.closed:
+                raise EOFError("the Jupyter console detached while input() waited")
+            try:
+                answer = self._input_replies.get(timeout=_POLL_MS / 1000)
+            except queue.Empty:
+                continue
+            value = answer.get("value")
+            if not isinstance(value, str):
+                raise EOFError(  # noqa: TRY004 - input() callers expect EOFError
+                    f"the console's input_reply has no str 'value': {answer!r}"
+                )
+            return value
+
+    def _execute(
+        self, identities: list[bytes], header: dict[str, Any], content: dict[str, Any]
+    ) -> dict[str, Any]:
+        kernel = self._engine.kernel
+        code = content.get("code")
+        silent = bool(content.get("silent", False))
+        if not silent and isinstance(code, str):
+            count = kernel.execution_count + 1  # the count this cell will have
+            self.publish("execute_input", {"code": code, "execution_count": count}, header)
+        reply = self._run("execute_request", content, header, identities)
+        if reply.get("status") == "ok":
+            result = reply.pop("result", None)
+            if result is not None and not silent and not self._saw_result:
+                data = {"text/plain": _repr(result)}
+                out = {"execution_count": kernel.execution_count, "data": data, "metadata": {}}
+                self.publish("execute_result", out, header)
+            reply.setdefault("user_expressions", {})
+            reply.setdefault("payload", [])
+        reply["execution_count"] = kernel.execution_count
+        reply = self._reply_of("execute_request", reply)
+        if reply.get("status") == "error" and not silent:
+            error = {k: reply[k] for k in ("ename", "evalue", "traceback")}
+            self.publish("error", error, header)
+        return reply
+
+    def _reply_of(self, kind: str, reply: dict[str, Any]) -> dict[str, Any]:
+        """The Kernel's reply in Jupyter's shape: JSON data only, a traceback as lines;
+        kernel_info answered here while the Kernel does not know it."""
+        if kind == "kernel_info_request" and _unknown(reply):
+            return _kernel_info_fallback()
+        reply = {k: v for k, v in reply.items() if k not in ("exception", "result")}
+        if reply.get("status") == "error":
+            tb = reply.get("traceback")
+            if isinstance(tb, str):
+                reply["traceback"] = tb.rstrip("\n").splitlines()
+            elif not isinstance(tb, list):
+                reply["traceback"] = []
+            reply["ename"] = str(reply.get("ename", "Error"))
+            reply["evalue"] = str(reply.get("evalue", ""))
+        cleaned: dict[str, Any] = json.loads(_dumps(reply))
+        return cleaned
+
+
+def open_gateway(engine: EngineProcess, content: object) -> dict[str, Any]:
+    """Answer a ``jupyter_gateway_request`` (I/O thread): the connection info of the
+    engine's gateway, opened now if none is open; an error reply for bad content."""
+    try:
+        if not isinstance(content, Mapping):
+            raise TypeError(f"jupyter_gateway_request needs a dict content, got {content!r}")
+        unknown = set(content) - {"ip", "insecure"}
+        if unknown:
+            raise ValueError(
+                f"jupyter_gateway_request: unknown fields {sorted(unknown)}; known: ip, insecure"
+            )
+        ip = content.get("ip", "127.0.0.1")
+        insecure = content.get("insecure", False)
+        if not isinstance(ip, str) or not ip:
+            raise TypeError(f"jupyter_gateway_request: 'ip' must be a non-empty str, got {ip!r}")
+        if not isinstance(insecure, bool):
+            raise TypeError(f"jupyter_gateway_request: 'insecure' must be a bool, got {insecure!r}")
+        if ip == "outbound":  # the interface that routes to the hub: for a remote console
+            ip = outbound_ip(split_url(engine.urls["shell"])[1])
+        current: JupyterGateway | None = engine._jupyter
+        if current is not None and not current.closed:
+            if current.ip != ip:
+                raise ValueError(
+                    f"jupyter_gateway_request: a gateway is open on {current.ip}, not {ip};"
+                    " detach it first (shutdown without restart from the console)"
+                )
+        else:
+            current = JupyterGateway(engine, ip, insecure)
+            engine._jupyter = current
+            log.info("jupyter gateway open on %s: %s", ip, current.ports)
+        return {"status": "ok", "engine_id": engine.engine_id, **current.connection_info()}
+    except Exception as exc:
+        return error_reply(exc, engine_id=engine.engine_id, serializer=None)
+
+
+def _kernel_info_fallback() -> dict[str, Any]:
+    """kernel_info for a Kernel that does not answer it itself."""
+    from importlib.metadata import version  # noqa: PLC0415 - only when asked
+
+    v = sys.version_info
+    return {
+        "status": "ok",
+        "protocol_version": PROTOCOL_VERSION,
+        "implementation": "shoal",
+        "implementation_version": version("shoal-engine"),
+        "language_info": {
+            "name": "python",
+            "version": f"{v.major}.{v.minor}.{v.micro}",
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "ipython3",
+            "codemirror_mode": {"name": "ipython", "version": 3},
+            "nbconvert_exporter": "python",
+        },
+        "banner": f"shoal engine (pid {os.getpid()}), Python {sys.version.split()[0]}",
+        "help_links": [],
+    }
+
+
+def _unknown(reply: Mapping[str, Any]) -> bool:
+    """Whether ``reply`` is the Kernel's error for a request type it does not know."""
+    return reply.get("status") == "error" and "unknown msg_type" in str(reply.get("evalue"))
+
+
+def _error(ename: str, evalue: str) -> dict[str, Any]:
+    return {"status": "error", "ename": ename, "evalue": evalue, "traceback": []}
+
+
+def _repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:  # a broken __repr__ must not lose the reply
+        return f"<repr() of a {type(value).__name__} failed: {exc}>"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return _repr(value)
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False).encode("utf-8")
+
+
+def _echo(sock: zmq.Socket[Any], control: zmq.Socket[Any]) -> None:
+    """Echo heartbeat pings back, in C and without the GIL, until told to stop."""
+    try:
+        zmq.proxy_steerable(sock, sock, None, control)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        sock.close(linger=0)
+        control.close(linger=0)
