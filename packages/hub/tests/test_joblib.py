@@ -3,6 +3,7 @@ engines), through the "shoal" joblib backend."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -80,6 +81,17 @@ def nested(n: int) -> tuple[int, list[int], str]:
 
     inner = Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(n))
     return os.getpid(), inner, type(get_active_backend()[0]).__name__
+
+
+def _wait_free(client: Client) -> None:
+    """Wait (10 s at most) until the engines run and queue nothing."""
+
+    def idle() -> bool:
+        status: dict[object, object] = client.queue_status()
+        busy = [s["outstanding"] for e, s in status.items() if isinstance(s, dict)]
+        return not any(busy) and not status["unassigned"]
+
+    wait_until(idle, timeout=10, message=lambda: f"engines free: {client.queue_status()}")
 
 
 # -- fixtures ----------------------------------------------------------------------------
@@ -170,17 +182,20 @@ def test_abort_on_error_stops_other_tasks(shoal_backend: Client, tmp_path: Path)
     with pytest.raises(ValueError, match="failed on purpose"):
         Parallel(n_jobs=2, batch_size=1)(calls)
     assert time.monotonic() - t0 < 30  # not the minute a spin call runs
-    client = shoal_backend
-
-    def idle() -> bool:
-        status: dict[object, object] = client.queue_status()
-        busy = [s["outstanding"] for e, s in status.items() if isinstance(s, dict)]
-        return not any(busy) and not status["unassigned"]
-
-    wait_until(idle, timeout=10, message=lambda: f"engines free: {client.queue_status()}")
+    _wait_free(shoal_backend)
     started = [p for p in tmp_path.iterdir() if p.name.startswith("started.")]
     assert len(started) < 12  # the calls still queued never ran
     assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
+def test_timeout_stops_the_calls(shoal_backend: Client, tmp_path: Path) -> None:
+    """Parallel(timeout=) raises joblib's TimeoutError for calls that run too long, and
+    stops them on their engines."""
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=2, batch_size=1, timeout=1)(
+            delayed(spin)(str(tmp_path), i) for i in range(4)
+        )
+    _wait_free(shoal_backend)
 
 
 def test_bad_backend_arguments_are_refused(client: Client) -> None:
