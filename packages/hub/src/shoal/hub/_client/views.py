@@ -645,6 +645,24 @@ class DirectView(View[TargetsT]):
         replies: list[dict[str, object]] = [dict(r.get(10)) for r in results]
         return replies[0] if self._single else replies
 
+    def activate(self, suffix: str = "") -> None:
+        """Make IPython's ``%px`` magics run on this view (its client and targets).
+
+        With ``suffix``, e.g. ``"_odd"``, a set of its own beside the first: ``%px_odd``,
+        ``%%px_odd``, ``%pxresult_odd``, ``%pxconfig_odd``, ``%autopx_odd``.
+
+        Raises
+        ------
+        RuntimeError
+            Outside an IPython session.
+        ValueError
+            When ``suffix`` is not letters, digits and ``_``.
+        """
+        # Up a floor to the magics, which need IPython: imported only when asked for.
+        from .._cli.magics import activate  # noqa: PLC0415
+
+        activate(self, suffix)
+
 
 class LoadBalancedView(View[int]):
     """Tasks go to whichever engine is free; ipyparallel's LoadBalancedView.
