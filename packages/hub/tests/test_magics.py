@@ -349,8 +349,8 @@ def test_pxconfig_sets_the_defaults(
 def test_a_suffix_gives_a_second_set_of_magics(
     ip: InteractiveShell, client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """ParallelMagics(shell, view, suffix) adds %px_one etc. on that view only."""
-    ip.register_magics(ParallelMagics(ip, client[1], suffix="_one"))
+    """view.activate(suffix) adds %px_one etc. on that view only."""
+    client[1].activate("_one")
     _ok(ip, "%px_one print('from one')")
     _ok(ip, "%%px_one\nprint('cell one')")
     out = capsys.readouterr().out
@@ -358,7 +358,19 @@ def test_a_suffix_gives_a_second_set_of_magics(
     assert "[stdout:1] cell one" in out
     assert "[stdout:0]" not in out
     with pytest.raises(ValueError, match="suffix"):
-        ParallelMagics(ip, suffix="bad suffix")
+        client[1].activate("bad suffix")
+    client[0].activate()  # the plain %px now runs on engine 0 only
+    _ok(ip, "%px print('zero')")
+    out = capsys.readouterr().out
+    assert "[stdout:0] zero" in out
+    assert "[stdout:1]" not in out
+
+
+def test_activate_outside_ipython_says_so(client: Client) -> None:
+    """view.activate() with no IPython session is a RuntimeError."""
+    assert not InteractiveShell.initialized()
+    with pytest.raises(RuntimeError, match="IPython"):
+        client[:].activate()
 
 
 # -- %autopx ------------------------------------------------------------------------------

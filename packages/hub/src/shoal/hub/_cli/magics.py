@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
+from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, no_var_expand
 
@@ -54,7 +55,7 @@ from .._client.asyncresult import AsyncResult
 from .._client.client import Client, current_client
 from .._client.views import DirectView
 
-__all__ = ["ParallelMagics", "load_ipython_extension", "parse_targets"]
+__all__ = ["ParallelMagics", "activate", "load_ipython_extension", "parse_targets"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -659,16 +660,9 @@ def load_ipython_extension(ip: object) -> None:
     print(f"shoal.hub: %px runs on {len(client.ids)} engine(s) of {client.url_file}")
 
 
-def activate(
-    view: DirectView[Any], suffix: str = "", shell: InteractiveShell | None = None
-) -> ParallelMagics:
-    """Register magics that run on ``view``, named with ``suffix`` (``%px_odd``, ...)."""
+def activate(view: DirectView[Any], suffix: str = "") -> None:
+    """Register magics on ``view`` in the running IPython (``DirectView.activate``)."""
+    shell = get_ipython()
     if shell is None:
-        from IPython.core.getipython import get_ipython  # noqa: PLC0415
-
-        shell = get_ipython()
-        if shell is None:
-            raise RuntimeError("activate() needs an IPython shell: run it inside IPython")
-    magics = ParallelMagics(shell, view, suffix)
-    shell.register_magics(magics)
-    return magics
+        raise RuntimeError("activate() needs IPython: call it inside an IPython session")
+    shell.register_magics(ParallelMagics(shell, view, suffix))
