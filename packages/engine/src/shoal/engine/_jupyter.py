@@ -36,9 +36,11 @@ Its rules:
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import datetime
+import getpass
 import hashlib
 import hmac
 import json
@@ -455,6 +457,24 @@ class JupyterGateway:
         saved = {name: getattr(kernel, name) for name in mine if hasattr(kernel, name)}
         for name in saved:
             setattr(kernel, name, mine[name])
+        plain_input = builtins.input, getpass.getpass
+        if "on_input" not in saved:  # a Kernel that does not ask on_input: ask here
+
+            def ask_input(prompt: object = "") -> str:
+                return ask_plain(str(prompt), False)
+
+            def ask_password(prompt: str = "Password: ", stream: object = None) -> str:
+                return ask_plain(prompt, True)
+
+            def ask_plain(prompt: str, password: bool) -> str:
+                if not allow_stdin:
+                    raise EOFError(
+                        "input() has no front end to answer it: the Jupyter client did not"
+                        " allow stdin (allow_stdin)"
+                    )
+                return ask(prompt, password)
+
+            builtins.input, getpass.getpass = ask_input, ask_password
         try:
             try:
                 engine._in_user_code = True
@@ -470,6 +490,7 @@ class JupyterGateway:
             engine._interrupt_ids.discard(msg_id)
             for name, value in saved.items():
                 setattr(kernel, name, value)
+            builtins.input, getpass.getpass = plain_input
         return reply
 
     def _ask(
