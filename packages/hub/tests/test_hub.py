@@ -364,31 +364,6 @@ def test_sqlite_history_survives_a_hub_restart(tmp_path: Path, hub: ClusterStart
         assert len(rc.history()) == 7
 
 
-def test_ipython_magics(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
-    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
-    ip = interactiveshell.InteractiveShell.instance()
-    try:
-        ip.run_line_magic("load_ext", "shoal.hub")
-        ip.run_cell("%px a = 6")
-        ip.run_cell("%%px --targets 1\nprint('only one', a * 7)")
-        out = capsys.readouterr().out
-        assert "[stdout:1] only one 42" in out
-        assert "[stdout:0]" not in out
-        ip.run_cell("%px --noblock import os; os.getpid()")
-        ip.run_cell("%pxresult")
-        out = capsys.readouterr().out
-        for pid in client[:].apply_sync(os.getpid):
-            assert repr(pid) in out
-        ip.run_cell("%px 1 / 0")
-        assert "ZeroDivisionError" in capsys.readouterr().out
-        ip.run_cell("%autopx")
-        ip.run_cell("b = a + 1")
-        ip.run_cell("%autopx")
-        assert client[:]["b"] == [7, 7]
-    finally:
-        interactiveshell.InteractiveShell.clear_instance()
-
-
 def test_engine_status_interrupt_and_removal(tmp_path: Path, hub: ClusterStarter) -> None:
     with hub(tmp_path) as (_, rc):
         status = rc[0].status()
