@@ -7,6 +7,7 @@
     shoal cluster list
     shoal status [--profile P]
     shoal logs [--profile P] [-n LINES] [-f] [--hub]
+    shoal engine connect-info ID [--profile P] [--file PATH]   # for jupyter console
     shoal hub ...                  # the hub process itself (python -m shoal.hub)
 
 Exit status: 0 on success, 1 when the work failed (no cluster there, the hub did not
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -25,7 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shoal.wire import this_host
+from shoal.engine import MsgType
+from shoal.wire import this_host, write_private_file
 
 from .._client.client import Client
 from .._profile import CLIENT_FILE, ENGINES_LOG, profile_dir, shoal_dir
@@ -313,6 +316,50 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
         _say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+# -- shoal engine connect-info -------------------------------------------------------------
+#: The fields of a Jupyter connection file, as the engine's gateway reports them.
+_KERNEL_FIELDS = (
+    "transport",
+    "ip",
+    "shell_port",
+    "iopub_port",
+    "stdin_port",
+    "control_port",
+    "hb_port",
+    "key",
+    "signature_scheme",
+    "kernel_name",
+)
+
+
+def _connect_info(args: argparse.Namespace) -> int:
+    name, folder, option = _folder(args)
+    content: dict[str, Any] = {"ip": args.ip}
+    if args.insecure:
+        content["insecure"] = True
+    with _connect(folder, name, option, args.timeout) as client:
+        if args.id not in client.ids:
+            raise CommandError(
+                f"engine {args.id} is not in the cluster on profile {name}; its engines:"
+                f" {client.ids}"
+            )
+        try:
+            reply = dict(
+                client._control(args.id, MsgType.JUPYTER_GATEWAY_REQUEST, content).get(args.timeout)
+            )
+        except Exception as exc:
+            raise CommandError(f"engine {args.id} opened no Jupyter gateway: {exc}") from exc
+    info = {k: reply[k] for k in _KERNEL_FIELDS if k in reply}
+    missing = set(_KERNEL_FIELDS) - set(info)
+    if missing:
+        raise CommandError(f"engine {args.id}'s gateway reply lacks {sorted(missing)}: {reply}")
+    path = args.file or os.path.join(folder, f"kernel-engine-{args.id}.json")
+    # The key in it lets whoever reads the file run code on the engine: mode 0600.
+    written = write_private_file(path, json.dumps(info, indent=1).encode() + b"\n")
+    _say(os.path.abspath(written))
+    return 0
+
+
 # -- shoal logs -----------------------------------------------------------------------------
 _FOLLOW_POLL_S = 0.2
 
@@ -478,6 +525,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     logs.add_argument("--hub", action="store_true", help=f"the hub's log ({LOG_FILE}) instead")
     logs.set_defaults(run=_logs)
+
+    engine = commands.add_parser("engine", help="one engine of a running cluster")
+    engine_actions = engine.add_subparsers(dest="action", metavar="ACTION", required=True)
+    connect = engine_actions.add_parser(
+        "connect-info",
+        help="write a Jupyter connection file for an engine and print its path",
+        description=(
+            "Open a Jupyter gateway on a running engine (a kernel's five sockets, with a"
+            " key of its own) and write its Jupyter connection file (mode 0600), so that"
+            " `jupyter console --existing FILE` or jupyter_client attach to the engine"
+            " while the cluster goes on using it. Shutting the console down (without"
+            " restart) detaches it; the engine runs on."
+        ),
+    )
+    connect.add_argument("id", type=int, metavar="ID", help="the engine's id")
+    _add_profile(connect)
+    connect.add_argument(
+        "--file",
+        default=None,
+        help="where to write it (default: kernel-engine-ID.json in the cluster's folder)",
+    )
+    connect.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="the address the gateway binds: loopback (default), an address, or 'outbound'"
+        " (the engine's interface towards the hub, for a console on another host)",
+    )
+    connect.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow an address other hosts reach: Jupyter's wire is signed, not encrypted",
+    )
+    connect.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    connect.set_defaults(run=_connect_info)
 
     commands.add_parser(
         "hub", help="run the hub process itself (see `shoal hub --help`)", add_help=False
