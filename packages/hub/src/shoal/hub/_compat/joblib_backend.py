@@ -217,7 +217,8 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         ids = client.ids
         view = self._given_view
         if view is not None and view.targets is not None:
-            ids = [i for i in view.targets if i in set(ids)]
+            registered = set(ids)
+            ids = [i for i in view.targets if i in registered]
         if not ids:
             raise RuntimeError(
                 f"the shoal joblib backend has no engine to run on (cluster at"
