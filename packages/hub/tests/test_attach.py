@@ -128,6 +128,9 @@ def test_gateway_refuses_bad_requests(attached: RunningCluster) -> None:
         attached.client._control(0, "jupyter_gateway_request", {"port": 5}).get(_TIMEOUT)
     with pytest.raises(Exception, match="'ip' must be a non-empty str"):
         attached.client._control(0, "jupyter_gateway_request", {"ip": 5}).get(_TIMEOUT)
+    wide = {"ip": "0.0.0.0"}  # noqa: S104 - what must be refused
+    with pytest.raises(Exception, match="reachable from other hosts"):
+        attached.client._control(0, "jupyter_gateway_request", wide).get(_TIMEOUT)
 
 
 def test_kernel_info_and_execution_counts(kc: Any) -> None:
@@ -336,6 +339,9 @@ def test_forged_and_replayed_messages_are_dropped(
         rc = attached.client
         assert rc[0].pull(counter, block=True) == 1
         assert rc[0].apply_sync(lambda n: n in globals(), name) is False
+        dropped = rc[0].status()["messages"]["jupyter"]["dropped"]
+        assert dropped["bad signature"] >= 1
+        assert dropped["replayed signature"] >= 1
     finally:
         sock.close(linger=0)
 

@@ -914,6 +914,8 @@ class EngineProcess:
             mine["received"] += stats.received
             for reason, n in stats.dropped.items():
                 mine["dropped"][reason] = mine["dropped"].get(reason, 0) + n
+        if self._jupyter is not None:  # an attached console's gateway (_jupyter.py)
+            out["jupyter"] = self._jupyter.statistics()
         return out
 
 

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 import zmq
 
 from shoal.util import outbound_ip, split_url
-from shoal.wire import Message, bind, new_header
+from shoal.wire import Message, bind, is_loopback_url, new_header
 
 from ._replies import error_reply
 
@@ -133,6 +133,8 @@ class JupyterGateway:
         self.session = uuid.uuid4().hex
         self.ip = ip
         self.drops = _Drops()
+        self.received = 0  # verified messages
+        self.sent = 0
         self._detached = threading.Event()
         ctx = engine.context
         self._socks: dict[str, zmq.Socket[Any]] = {}
@@ -187,6 +189,11 @@ class JupyterGateway:
     def closed(self) -> bool:
         """Whether the gateway detached (its sockets are closed or closing)."""
         return self._detached.is_set()
+
+    def statistics(self) -> dict[str, Any]:
+        """Messages sent, received (verified) and dropped by reason, like the engine's
+        sockets' (``status_request``'s ``messages``)."""
+        return {"sent": self.sent, "received": self.received, "dropped": dict(self.drops.counts)}
 
     # -- what the connection file says ------------------------------------------------------
     def connection_info(self) -> dict[str, object]:
@@ -298,6 +305,7 @@ class JupyterGateway:
                         received = self._decode(frames)
                         if received is None:
                             continue
+                        self.received += 1
                         if sock is shell:
                             self._inbox.append(received)
                             self._wake()
@@ -323,6 +331,7 @@ class JupyterGateway:
             if sock is not None:
                 with contextlib.suppress(zmq.ZMQError):  # a client that left
                     sock.send_multipart(frames)
+                    self.sent += 1
 
     def _wake(self) -> None:
         engine = self._engine
@@ -359,6 +368,7 @@ class JupyterGateway:
             reply = _error("ValueError", f"unknown control request {kind!r}")
         reply_type = kind.removesuffix("_request") + "_reply"
         self._socks["control"].send_multipart(self._encode(reply_type, reply, header, identities))
+        self.sent += 1
         if detach:
             self._socks["iopub"].send_multipart(self._encode("shutdown_reply", reply, header))
             log.info("jupyter gateway: detached by shutdown_request; the engine runs on")
@@ -404,13 +414,19 @@ class JupyterGateway:
             return True
         self.publish("status", {"execution_state": "busy"}, header)
         try:
-            if kind == "execute_request":
-                reply = self._execute(identities, header, msg["content"])
-            elif kind in SHELL_REPLIES:
-                reply = self._reply_of(kind, self._run(kind, msg["content"], header))
-            else:
-                known = ", ".join(sorted(SHELL_REPLIES))
-                reply = _error("ValueError", f"unknown shell request {kind!r}; known: {known}")
+            try:
+                if kind == "execute_request":
+                    reply = self._execute(identities, header, msg["content"])
+                elif kind in SHELL_REPLIES:
+                    reply = self._reply_of(kind, self._run(kind, msg["content"], header))
+                else:
+                    known = ", ".join(sorted(SHELL_REPLIES))
+                    reply = _error("ValueError", f"unknown shell request {kind!r}; known: {known}")
+            except Exception as exc:  # the gateway's own failure must not end the engine
+                log.exception("jupyter gateway: %s failed", kind)
+                reply = _error(type(exc).__name__, f"the engine's Jupyter gateway failed: {exc}")
+                if kind == "execute_request":
+                    reply["execution_count"] = self._engine.kernel.execution_count
             reply_type = SHELL_REPLIES.get(kind, kind.removesuffix("_request") + "_reply")
             self._send("shell", self._encode(reply_type, reply, header, identities))
         finally:
@@ -577,6 +593,12 @@ def open_gateway(engine: EngineProcess, content: object) -> dict[str, Any]:
             raise TypeError(f"jupyter_gateway_request: 'insecure' must be a bool, got {insecure!r}")
         if ip == "outbound":  # the interface that routes to the hub: for a remote console
             ip = outbound_ip(split_url(engine.urls["shell"])[1])
+        if not insecure and not is_loopback_url(f"tcp://{ip}:1"):
+            raise ValueError(
+                f"jupyter_gateway_request: {ip!r} is reachable from other hosts, and Jupyter's"
+                " wire is signed but not encrypted; ask with insecure=True (`shoal engine"
+                " connect-info --insecure`) on a trusted network only, or tunnel to loopback"
+            )
         current: JupyterGateway | None = engine._jupyter
         if current is not None and not current.closed:
             if current.ip != ip:
