@@ -6,10 +6,12 @@ import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,6 +285,35 @@ def test_stream_prints_output_while_the_code_runs(ip: InteractiveShell, tmp_path
     helper.join(30)
     assert "[stdout:1] second\n[stdout:1] \n[stdout:1] third\n" in buffer.getvalue()
     assert buffer.getvalue().count("[stdout:1] first") == 1  # not shown again at the end
+
+
+def test_ctrl_c_stops_the_engines_and_shows_what_they_printed(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C while %px waits fails the cell, shows the output so far, and frees the
+    engine."""
+    main = threading.get_ident()
+
+    def started() -> bool:
+        running = ip.user_ns.get("running")
+        return isinstance(running, AsyncResult) and "started" in str(running.stdout)
+
+    def interrupt() -> None:
+        wait_until(started, timeout=30)
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C does
+
+    helper = threading.Thread(target=interrupt, daemon=True)
+    helper.start()
+    began = time.monotonic()
+    result = ip.run_cell(
+        "%px -t 0 -o running import time; print('started', flush=True); time.sleep(60)"
+    )
+    helper.join(30)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert "[stdout:0] started" in capsys.readouterr().out
+    _ok(ip, "%px -t 0 print('free')")
+    assert "[stdout:0] free" in capsys.readouterr().out
+    assert time.monotonic() - began < 50  # neither waited for the 60 s sleep
 
 
 def test_verbose(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:

@@ -488,7 +488,9 @@ class ParallelMagics(Magics):
             else:
                 result.wait()
         except KeyboardInterrupt:
-            result.cancel()  # stop what has not run; the engines keep their namespaces
+            result.cancel()  # stop the engines' work; they keep their namespaces
+            if not stream:  # what it printed before it was stopped
+                result.display_outputs(groupby)
             raise
         shown = [False] * len(result.msg_ids)
         if not stream:
