@@ -188,6 +188,17 @@ def test_abort_on_error_stops_other_tasks(shoal_backend: Client, tmp_path: Path)
     assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+def test_closing_a_generator_stops_its_calls(shoal_backend: Client, tmp_path: Path) -> None:
+    """A return_as="generator" closed early stops the calls still running or queued."""
+    calls = [delayed(square)(3)] + [delayed(spin)(str(tmp_path), i) for i in range(6)]
+    gen = Parallel(n_jobs=2, batch_size=1, return_as="generator")(calls)
+    assert next(gen) == 9
+    wait_until(lambda: list(tmp_path.iterdir()), message="a spin call to start")
+    with pytest.warns(UserWarning, match="have been cancelled"):  # joblib's own note
+        gen.close()
+    _wait_free(shoal_backend)
+
+
 def test_timeout_stops_the_calls(shoal_backend: Client, tmp_path: Path) -> None:
     """Parallel(timeout=) raises joblib's TimeoutError for calls that run too long, and
     stops them on their engines."""
