@@ -379,7 +379,8 @@ def test_shutdown_detaches_and_the_engine_runs_on(
 def test_jupyter_console_attaches(
     attached: RunningCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``jupyter console --existing FILE`` under a pseudo-terminal: ``1+1`` shows ``2``."""
+    """``jupyter console --existing FILE`` under a pseudo-terminal: ``1+1`` shows ``2``,
+    and ``shoal engine interrupt`` stops its ``while True``."""
     pexpect = pytest.importorskip("pexpect")
     path = _connect_info(attached, capsys)
     env = {**os.environ, "TERM": "dumb", "JUPYTER_PLATFORM_DIRS": "1"}
@@ -397,6 +398,14 @@ def test_jupyter_console_attaches(
         child.expect(r"In \[\d+\]: ")
         child.sendline("print('from ' + 'the console')")
         child.expect("from the console")
+        child.expect(r"In \[\d+\]: ")
+        child.sendline("print('spin' + 'ning'); exec('while True: pass')")
+        child.expect("spinning")
+        folder = str(attached.folder)
+        assert main(["engine", "interrupt", "0", "--profile-dir", folder]) == 0
+        assert "interrupted what it ran" in capsys.readouterr().out
+        child.expect("KeyboardInterrupt")
+        child.expect(r"In \[\d+\]: ")
         child.sendeof()
         child.expect(r"really want to exit")
         child.sendline("y")

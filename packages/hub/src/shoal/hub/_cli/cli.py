@@ -8,6 +8,7 @@
     shoal status [--profile P]
     shoal logs [--profile P] [-n LINES] [-f] [--hub]
     shoal engine connect-info ID [--profile P] [--file PATH]   # for jupyter console
+    shoal engine interrupt ID [--profile P]
     shoal hub ...                  # the hub process itself (python -m shoal.hub)
 
 Exit status: 0 on success, 1 when the work failed (no cluster there, the hub did not
@@ -360,6 +361,23 @@ def _connect_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(args: argparse.Namespace) -> int:
+    name, folder, option = _folder(args)
+    with _connect(folder, name, option, args.timeout) as client:
+        if args.id not in client.ids:
+            raise CommandError(
+                f"engine {args.id} is not in the cluster on profile {name}; its engines:"
+                f" {client.ids}"
+            )
+        try:
+            reply = client._control(args.id, MsgType.INTERRUPT_REQUEST, {}).get(args.timeout)
+        except Exception as exc:
+            raise CommandError(f"engine {args.id} did not answer the interrupt: {exc}") from exc
+    done = "interrupted what it ran" if reply.get("interrupted") else "ran nothing to interrupt"
+    _say(f"engine {args.id} {done}")
+    return 0
+
+
 # -- shoal logs -----------------------------------------------------------------------------
 _FOLLOW_POLL_S = 0.2
 
@@ -559,6 +577,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
     connect.set_defaults(run=_connect_info)
+    interrupt = engine_actions.add_parser(
+        "interrupt",
+        help="interrupt what an engine runs (an attached console's cell, or a task)",
+        description=(
+            "Raise KeyboardInterrupt in whatever the engine runs now: a cell of an attached"
+            " Jupyter console (`jupyter console --existing` cannot interrupt a kernel it"
+            " did not start) or a cluster task, as client[ID].interrupt() does."
+        ),
+    )
+    interrupt.add_argument("id", type=int, metavar="ID", help="the engine's id")
+    _add_profile(interrupt)
+    interrupt.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    interrupt.set_defaults(run=_interrupt)
 
     commands.add_parser(
         "hub", help="run the hub process itself (see `shoal hub --help`)", add_help=False
