@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -375,6 +376,39 @@ def test_pxconfig_sets_the_defaults(
     out = capsys.readouterr().out
     assert "[stdout:0] first only" in out
     assert "[stdout:1]" not in out
+
+
+def test_pxconfig_picks_the_cluster(
+    ip: InteractiveShell,
+    client: Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """%pxconfig --url-file and --profile connect to that cluster (closing the client
+    the magics opened before); a missing one is a UsageError naming the option."""
+    magics = ip.magics_manager.registry["ParallelMagics"]
+    _ok(ip, f"%pxconfig --url-file {client.url_file}")
+    opened = magics.client
+    assert opened is not client
+    _ok(ip, "%px print('by url file')")
+    assert "[stdout:1] by url file" in capsys.readouterr().out
+    monkeypatch.setenv("SHOAL_DIR", str(tmp_path))
+    missing = ip.run_cell("%pxconfig --profile elsewhere")
+    assert isinstance(missing.error_in_exec, UsageError)
+    assert "--profile" in str(missing.error_in_exec)
+    assert magics.client is opened  # unchanged by the failure
+    (tmp_path / "profile_shared").mkdir()
+    shutil.copy(client.url_file, tmp_path / "profile_shared" / "hub-client.json")
+    _ok(ip, "%pxconfig --profile shared")
+    try:
+        assert opened._closed
+        _ok(ip, "%px print('by profile')")
+        assert "[stdout:0] by profile" in capsys.readouterr().out
+        both = ip.run_cell("%pxconfig --client rc --profile shared")
+        assert isinstance(both.error_in_exec, UsageError)
+    finally:
+        magics.client.close()
 
 
 def test_a_suffix_gives_a_second_set_of_magics(

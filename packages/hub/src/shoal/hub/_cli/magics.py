@@ -131,7 +131,8 @@ _OUTPUT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
             "dest": "groupby",
             "choices": GROUPINGS,
             "help": "engine: each engine's output together; type: all stdout, then all"
-            " stderr; order: as type",
+            " stderr, then rich output; order: as type, the rich output taken in turn"
+            " from each engine",
         },
     ),
     (
@@ -367,6 +368,7 @@ class ParallelMagics(Magics):
         }
         super().__init__(shell)
         self._client: Client | None = view.client if view is not None else None
+        self._owned: Client | None = None  # a client the magics opened: theirs to close
         self.targets: Targets = None
         if view is not None:
             targets = view.targets
@@ -392,14 +394,22 @@ class ParallelMagics(Magics):
         except RuntimeError:
             pass
         try:
-            self._client = Client()
-        except (OSError, TimeoutError) as err:
+            client = Client()
+        except OSError as err:  # no connection file, or no hub answering it
             raise UsageError(
                 f"%px has no cluster to run on: {err}. Start one (`shoal cluster start -n 4"
                 " --daemonize`), or point the magics at one with %pxconfig --profile NAME,"
                 " --url-file PATH or --client VARIABLE"
             ) from None
-        return self._client
+        self._use(client, owned=True)
+        return client
+
+    def _use(self, client: Client, *, owned: bool) -> None:
+        """Run on ``client`` from now on; close the client the magics opened before."""
+        if self._owned is not None and self._owned is not client:
+            self._owned.close()
+        self._client = client
+        self._owned = client if owned else None
 
     def _view(self, targets: str | None) -> DirectView[Any]:
         key = self.targets if targets is None else parse_targets(targets)
@@ -562,10 +572,11 @@ class ParallelMagics(Magics):
             self._choose_variable(args.client)
         elif args.profile is not None or args.url_file is not None:
             try:
-                self._client = Client(url_file=args.url_file, profile=args.profile or "default")
+                client = Client(url_file=args.url_file, profile=args.profile or "default")
             except (OSError, ValueError) as err:
                 option = "--profile" if args.profile is not None else "--url-file"
                 raise UsageError(f"%pxconfig {option}: {err}") from None
+            self._use(client, owned=True)
             self.targets = None
         if args.targets is not None:
             self.targets = parse_targets(args.targets)
@@ -583,9 +594,10 @@ class ParallelMagics(Magics):
             raise UsageError(f"%pxconfig --client: no variable {name!r} here")
         obj = ns[name]
         if isinstance(obj, Client):
-            self._client, self.targets = obj, None
+            self._use(obj, owned=False)
+            self.targets = None
         elif isinstance(obj, DirectView):
-            self._client = obj.client
+            self._use(obj.client, owned=False)
             targets = obj.targets
             self.targets = targets if isinstance(targets, int) else list(targets)
         else:
