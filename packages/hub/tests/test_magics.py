@@ -453,6 +453,10 @@ def test_autopx_runs_cells_on_the_engines_until_toggled(
     assert "[stdout:1] loop 0\nloop 1\n" in capsys.readouterr().out
     failed = ip.run_cell("1 / 0")
     assert isinstance(failed.error_in_exec, CompositeError)
+    _ok(ip, "%%px --targets 1\nprint('cell magic')")  # the magics still run here
+    out = capsys.readouterr().out
+    assert "[stdout:1] cell magic" in out
+    assert "[stdout:0]" not in out
     _ok(ip, "%autopx")
     assert "%autopx disabled" in capsys.readouterr().out
     _ok(ip, "b = 'here'")

@@ -32,9 +32,9 @@ Theory of operation
   (after IPython's prompt clean-up, before its magic and ``!`` translation) and
   keeps it; the other replaces the translated cell with one call of ``%%px`` on that
   raw text. So the engines get what the user typed (magics included, which an engine
-  running IPython understands), and a cell starting with ``%autopx`` runs here and
-  turns the mode off. Nothing of IPython is patched: removing the two transformers
-  restores the shell.
+  running IPython understands). A cell starting with one of these magics runs here:
+  ``%autopx`` turns the mode off, ``%pxconfig`` and the others do what they say.
+  Nothing of IPython is patched: removing the two transformers restores the shell.
 """
 
 from __future__ import annotations
@@ -644,7 +644,8 @@ class ParallelMagics(Magics):
         raw = self._raw_cell
         if self._running_here or not raw.strip():
             return lines
-        if re.match(rf"\s*%autopx{re.escape(self.suffix)}\b", raw):
+        own = rf"\s*%%?(?:autopx|px|pxresult|pxconfig){re.escape(self.suffix)}\b"
+        if re.match(own, raw):  # the magics themselves run here, not on the engines
             return lines
         return [f"get_ipython().run_cell_magic({'px' + self.suffix!r}, '', {raw!r})\n"]
 
