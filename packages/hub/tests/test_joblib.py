@@ -125,6 +125,30 @@ def test_runs_on_the_engines_of_the_current_client(client: Client) -> None:
     assert set(pids) <= set(engine_pids(client).values())
 
 
+def test_a_view_runs_the_batches(client: Client, tmp_path: Path) -> None:
+    """view= sends every batch through that view (its timeout applies); a view of another
+    client than client= is refused."""
+    register_joblib_backend()
+    view = client.load_balanced_view()
+    view.set_flags(timeout=0.5)
+    with (
+        parallel_config(backend="shoal", view=view),
+        pytest.raises(TimeoutError) as info,  # the engine's, not joblib's own
+    ):
+        Parallel(n_jobs=2, batch_size=1)(delayed(spin)(str(tmp_path), i) for i in range(2))
+    assert isinstance(info.value, RemoteError)
+    _wait_free(client)
+    other = Client(url_file=client.url_file)
+    try:
+        with (
+            pytest.raises(ValueError, match="another Client"),
+            parallel_config(backend="shoal", client=client, view=other.load_balanced_view()),
+        ):
+            pass
+    finally:
+        other.close()
+
+
 def test_n_jobs_minus_one_uses_every_engine(shoal_backend: Client, tmp_path: Path) -> None:
     """n_jobs=-1 runs one call on each engine at once; -2 leaves one engine, which joblib
     runs in the calling process; more than the engines is cut to their number."""
