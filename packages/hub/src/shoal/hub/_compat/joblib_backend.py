@@ -12,9 +12,10 @@ joblib's contract:
   the view given), ``-2`` all but one, and so on; a positive ``n_jobs`` beyond the
   engines is cut to their number (more cannot run at once). Fewer than all of them: the
   batches go to the first ``n_jobs`` engine ids, so that no more than ``n_jobs`` run at
-  once. joblib runs ``n_jobs == 1`` in the calling process itself, as it does for every
-  backend. Without ``n_jobs`` (scikit-learn's ``n_jobs=None``) the backend uses every
-  engine: choosing the cluster means using it.
+  once. joblib runs a call with one worker in the calling process itself, as it does for
+  every backend: ``n_jobs == 1``, and a cluster (or view) of a single engine. Without
+  ``n_jobs`` (scikit-learn's ``n_jobs=None``) the backend uses every engine: choosing
+  the cluster means using it.
 * **Batching.** joblib's auto-batching (``AutoBatchingMixin``): ``batch_completed``
   records how long each batch took from dispatch to its callback, and
   ``compute_batch_size`` grows the batches of tiny calls until one takes about 0.2 s, so
