@@ -348,8 +348,17 @@ def _connect_info(args: argparse.Namespace) -> int:
             reply = dict(
                 client._control(args.id, MsgType.JUPYTER_GATEWAY_REQUEST, content).get(args.timeout)
             )
+            queues: dict[Any, Any] = dict(client.queue_status())
+            host = queues.get(args.id, {}).get("hostname")
         except Exception as exc:
             raise CommandError(f"engine {args.id} opened no Jupyter gateway: {exc}") from exc
+    if host not in (None, this_host()) and reply.get("ip") == "127.0.0.1":
+        print(  # the file works there, or through a tunnel: say so rather than fail later
+            f"shoal: engine {args.id} runs on {host}: its gateway listens on that host's"
+            " loopback; use the file there, tunnel its ports (ssh -L), or ask again with"
+            " --ip outbound --insecure on a trusted network",
+            file=sys.stderr,
+        )
     info = {k: reply[k] for k in _KERNEL_FIELDS if k in reply}
     missing = set(_KERNEL_FIELDS) - set(info)
     if missing:
