@@ -432,10 +432,23 @@ def test_a_suffix_gives_a_second_set_of_magics(
 
 
 def test_activate_outside_ipython_says_so(client: Client) -> None:
-    """view.activate() with no IPython session is a RuntimeError."""
-    assert not InteractiveShell.initialized()
-    with pytest.raises(RuntimeError, match="IPython"):
-        client[:].activate()
+    """view.activate() with no IPython session is a RuntimeError (in a fresh process:
+    this one may hold a shell of another test)."""
+    code = textwrap.dedent(
+        f"""\
+        from shoal.hub import Client
+        with Client(url_file={client.url_file!r}) as rc:
+            try:
+                rc[:].activate()
+            except RuntimeError as err:
+                print("refused:", err)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: activate() needs IPython" in done.stdout
 
 
 # -- %autopx ------------------------------------------------------------------------------
