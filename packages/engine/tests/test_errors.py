@@ -147,4 +147,6 @@ def test_protocol_page_names_every_message_type_and_no_other() -> None:
         assert reply_type(request) in types
         assert reply_type(request).endswith("_reply")
     assert reply_type("bogus_request") == "error_reply"
-    assert SHELL_REQUESTS | CONTROL_REQUESTS | HUB_REQUESTS | {"register_request"} == requests
+    # register_request: engine -> hub; input_request: engine -> client, in a running task
+    others = {"register_request", "input_request"}
+    assert SHELL_REQUESTS | CONTROL_REQUESTS | HUB_REQUESTS | others == requests

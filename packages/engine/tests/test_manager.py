@@ -119,9 +119,18 @@ def test_interrupt(km: KernelManager, code: str) -> None:
 
 def test_ignored_interrupt_escalates(km: KernelManager) -> None:
     """Code that ignores SIGINT is terminated after the grace period; restart works."""
-    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
-    timer = threading.Timer(0.5, km.interrupt)
-    timer.start()
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ignoring', flush=True)\ntime.sleep(60)"
+    )
+
+    def interrupt_once_ignored(name: str, text: str) -> None:
+        # Only once SIGINT is ignored: before it (the first execute makes the IPython
+        # shell) the interrupt would simply stop the code.
+        if "ignoring" in text:
+            threading.Thread(target=km.interrupt).start()
+
+    km.on_stream = interrupt_once_ignored
     with pytest.raises(EngineDiedError, match="SIGTERM"):
         km.execute(code)
     km.restart()

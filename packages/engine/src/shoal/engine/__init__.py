@@ -17,6 +17,7 @@ from ._objects import RefDict as RefDict
 from ._protocol import BATCH_MAX as BATCH_MAX
 from ._protocol import CONTROL_REQUESTS as CONTROL_REQUESTS
 from ._protocol import HUB_REQUESTS as HUB_REQUESTS
+from ._protocol import OUTPUT_NOTICES as OUTPUT_NOTICES
 from ._protocol import PING as PING
 from ._protocol import PONG as PONG
 from ._protocol import SHELL_REQUESTS as SHELL_REQUESTS
@@ -46,6 +47,7 @@ __all__ = [
     "BATCH_MAX",
     "CONTROL_REQUESTS",
     "HUB_REQUESTS",
+    "OUTPUT_NOTICES",
     "PING",
     "PONG",
     "SHELL_REQUESTS",

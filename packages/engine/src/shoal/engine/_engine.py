@@ -39,6 +39,7 @@ import collections
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -219,6 +220,10 @@ class EngineProcess:
             engine_id=engine_id,
             on_stream=self._stream,
             objects=ObjectStore(self.serializer, engine_id=engine_id),
+            on_display=self._display,
+            on_input=self._input,
+            # SHOAL_ENGINE_IPYTHON=0: plain Python even where IPython is installed
+            ipython=None if os.environ.get("SHOAL_ENGINE_IPYTHON", "1") != "0" else False,
         )
         self.context: zmq.Context[Any] = zmq.Context()
         # Replay protection is per link (shoal.wire): a request that waited long in a
@@ -251,6 +256,8 @@ class EngineProcess:
     # one is due: set by the I/O thread before its SIGINT, read by the handler.
     _interrupt_ids: set[str]
     _interrupt_any = False
+    # input_reply contents from the I/O thread, (the task's msg_id, content): made in run()
+    _input_replies: queue.SimpleQueue[tuple[str | None, Any]]
     #: The Jupyter gateway an attached console talks to (_jupyter.py), once opened.
     _jupyter: JupyterGateway | None = None
 
@@ -302,6 +309,7 @@ class EngineProcess:
         """Serve requests until shutdown; returns the exit code."""
         set_current_engine(self)
         self._interrupt_ids = set()
+        self._input_replies = queue.SimpleQueue()
         signal.signal(signal.SIGINT, self._on_sigint)
         control, heartbeat = self._dealer("control"), self._dealer("heartbeat")
         # The control socket is the I/O thread's: a codec of its own (no shared state).
@@ -601,6 +609,7 @@ class EngineProcess:
                 reply = error_reply(exc, engine_id=self.engine_id, serializer=None)
             else:
                 self._in_user_code = True
+                self.kernel.allow_stdin = request.metadata.get("allow_stdin") is True
                 reply = self.kernel.handle(request.msg_type, content)
                 self._in_user_code = False
         except KeyboardInterrupt as exc:  # landed just outside Kernel.handle
@@ -739,6 +748,44 @@ class EngineProcess:
             with self._pipe_lock:
                 self._pipe_out.send_multipart([tag, *frames], copy=False)
 
+    def _display(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Rich output (``display_data`` and its kin) goes where ``stream`` goes."""
+        frames = self._encode(msg_type, content, parent=self.running)
+        sock = self._running_sock or self._shell
+        if threading.get_ident() == self._main_ident:
+            self._send(sock, frames)
+        else:  # zmq sockets are not thread-safe: the main thread sends it
+            tag = b"d" if sock is self._direct else b"s"
+            with self._pipe_lock:
+                self._pipe_out.send_multipart([tag, *frames], copy=False)
+
+    def _input(self, prompt: str, password: bool) -> str:
+        """``input()`` in user code: ask the client that sent the running request
+        (``input_request``) and wait for its ``input_reply``, which the I/O thread
+        hands over. An interrupt ends the wait (it raises in user code)."""
+        request, sock = self.running, self._running_sock
+        if request is None or sock is None or threading.get_ident() != self._main_ident:
+            raise EOFError("input() is answered only for the request the engine runs")
+        while not self._input_replies.empty():  # left by an input that was interrupted
+            self._input_replies.get_nowait()
+        meta = {"engine_id": self.engine_id}
+        content = {"prompt": prompt, "password": password}
+        frames = self._encode(MsgType.INPUT_REQUEST, content, parent=request, metadata=meta)
+        self._send(sock, frames)
+        while True:
+            try:
+                parent, answer = self._input_replies.get(timeout=_POLL_MS / 1000)
+            except queue.Empty:
+                self._forward_pipe()  # other threads' output still flows
+                continue
+            if parent != request.header.msg_id:
+                continue  # an answer to an earlier request's input
+            if not isinstance(answer, dict):
+                answer = {"status": "error", "evalue": f"the client answered {answer!r}"}
+            if answer.get("status", "ok") != "ok":  # the client could not ask its user
+                raise EOFError(str(answer.get("evalue") or "the client could not answer input()"))
+            return str(answer.get("value", ""))
+
     def _encode(
         self,
         msg_type: str,
@@ -816,6 +863,10 @@ class EngineProcess:
     def _control(self, control: zmq.Socket[Any], codec: Codec, msg: Message) -> None:
         content: dict[str, Any] = {"status": "ok"}
         kind = msg.msg_type
+        if kind == MsgType.INPUT_REPLY:  # the answer to input() in user code: no reply
+            task = msg.metadata.get("msg_id")  # the request whose input it answers
+            self._input_replies.put((task if isinstance(task, str) else None, msg.content))
+            return
         if kind == MsgType.INTERRUPT_REQUEST:
             msg_ids = msg.content.get("msg_ids") if isinstance(msg.content, dict) else None
             if msg_ids is None or (

@@ -22,15 +22,34 @@ returns. Its rules:
   ``handle`` returns, whatever happened. Without ``on_stream`` nothing is redirected.
 * Object-store requests are forwarded to ``objects.handle(msg_type, content)`` under the
   same output capture and the same error net.
+* Jupyter's shell requests (``kernel_info``, ``complete``, ``inspect``, ``is_complete``,
+  ``history``, ``comm_info``) are answered with the content of the Jupyter messaging
+  protocol 5.3, plus ``status``. With ``ipython`` (``None``: when IPython is importable)
+  code runs through an in-process IPython shell (:mod:`._ipython`), made on the first
+  request that needs it, whose user namespace is this Kernel's: magics, ``!cmd``,
+  ``x?`` and rich display work, and every other request sees the same names.
+* Rich output (``display()``, an execute's result) goes to ``on_display(msg_type,
+  content)`` as Jupyter's ``display_data``, ``update_display_data``, ``execute_result``
+  and ``clear_output`` contents.
+* While a request runs with ``on_input`` set, ``input()`` and ``getpass.getpass()`` call
+  ``on_input(prompt, password)`` when stdin is allowed (``allow_stdin``, set per request
+  by the engine, or an ``execute_request``'s own ``allow_stdin``), and raise a clear
+  ``EOFError`` when it is not: no front end can answer, and nothing may hang.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import fnmatch
+import getpass
+import importlib.util
 import io
 import linecache
+import platform
+import signal
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -38,10 +57,12 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from shoal.wire import Serializer
 
+from . import _introspect
 from ._current import current_engine
 from ._replies import error_reply
 
 if TYPE_CHECKING:
+    from ._ipython import ShoalShell
     from ._objects import ObjectStore
 
 __all__ = ["Kernel"]
@@ -56,7 +77,15 @@ SHELL_REQUESTS = (
     "pull_request",
     "clear_request",
     "relay_request",
+    "kernel_info_request",
+    "complete_request",
+    "inspect_request",
+    "is_complete_request",
+    "history_request",
+    "comm_info_request",
 )
+#: The Jupyter messaging protocol version whose shell requests a Kernel answers.
+PROTOCOL_VERSION = "5.3"
 #: Request types forwarded to the object store.
 OBJECT_REQUESTS = (
     "store_request",
@@ -110,6 +139,16 @@ class _StreamWriter(io.TextIOBase):
         )
 
 
+def _ipython_importable() -> bool:
+    """Whether ``import IPython`` would work here, without importing it."""
+    if "IPython" in sys.modules:
+        return sys.modules["IPython"] is not None
+    try:
+        return importlib.util.find_spec("IPython") is not None
+    except (ImportError, ValueError):  # blocked by a finder, or a broken install
+        return False
+
+
 class Kernel:
     """Answers the code and namespace requests of the engine protocol, in process.
 
@@ -133,13 +172,31 @@ class Kernel:
     objects : ObjectStore, optional
         Answers the object-store requests through its ``handle(msg_type, content)``.
         Without it those requests get an error reply.
+    on_display : callable, optional
+        ``on_display(msg_type, content)`` is called for rich output: ``display_data``,
+        ``update_display_data``, ``execute_result`` and ``clear_output`` with Jupyter's
+        content (``data`` mime bundle, ``metadata``, ``transient``). Default: results
+        are only in the reply, and ``display()`` prints plain text.
+    on_input : callable, optional
+        ``on_input(prompt, password) -> str`` answers ``input()`` and
+        ``getpass.getpass()`` in user code while stdin is allowed (``allow_stdin``);
+        while it is not, they raise ``EOFError`` saying why. Default: user code reads
+        the process's own stdin.
+    ipython : bool or None
+        Run code through an in-process IPython shell (magics, ``!cmd``, ``x?``, rich
+        display). ``None``: when IPython is importable (what an engine does); ``True``
+        without IPython fails the first request that needs it. Default ``False``.
 
     Attributes
     ----------
     namespace : dict
         The user namespace.
     execution_count : int
-        How many non-silent ``execute_request`` have run.
+        How many ``execute_request`` stored in history have run (Jupyter's
+        ``execution_count``: not the silent ones, nor ``store_history=False``).
+    allow_stdin : bool
+        Whether ``input()`` in the next requests may ask ``on_input``; an engine sets it
+        from each request's metadata.
 
     Examples
     --------
@@ -156,6 +213,8 @@ class Kernel:
     ('error', 'ZeroDivisionError', 'division by zero')
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.7
+       Jupyter's shell requests, IPython, ``on_display``, ``on_input``.
     """
 
     def __init__(
@@ -165,13 +224,27 @@ class Kernel:
         engine_id: int | None = None,
         on_stream: Callable[[str, str], None] | None = None,
         objects: ObjectStore | None = None,
+        on_display: Callable[[str, dict[str, Any]], None] | None = None,
+        on_input: Callable[[str, bool], str] | None = None,
+        ipython: bool | None = False,
     ) -> None:
+        if ipython not in (True, False, None):
+            raise TypeError(f"Kernel(ipython=...) takes True, False or None, got {ipython!r}")
         if namespace is None:
             namespace = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace = namespace
         self.engine_id = engine_id
         self.on_stream = on_stream
         self.objects = objects
+        self.on_display = on_display
+        self.on_input = on_input
+        self.allow_stdin = False
+        self._stdin_allowed = False  # for the request running now
+        #: Whether code runs through IPython (resolved now; the shell is made on first use).
+        self.ipython = _ipython_importable() if ipython is None else ipython
+        self._shell: ShoalShell | None = None
+        self._history: list[tuple[int, str, object]] = []  # (execution_count, code, result)
+        self._kernel_info: dict[str, Any] | None = None
         self.execution_count = 0
         self._cells = 0  # numbers the cell file names, silent cells included
         self._serializer = Serializer()
@@ -183,6 +256,12 @@ class Kernel:
             "pull_request": self._pull,
             "clear_request": self._clear,
             "relay_request": self._relay,
+            "kernel_info_request": self._kernel_info_request,
+            "complete_request": self._complete,
+            "inspect_request": self._inspect,
+            "is_complete_request": self._is_complete,
+            "history_request": self._history_request,
+            "comm_info_request": self._comm_info,
         }
         # Pushes this engine relays to others of its host: token -> [names, readers left]
         self._relays: dict[str, list[Any]] = {}
@@ -210,20 +289,28 @@ class Kernel:
                 raise TypeError(
                     f"{msg_type} needs its content as a dict, got {type(content).__name__}"
                 )
-            if self.on_stream is None:
-                return handler(content)
-            if self._writers is None or self._writers[2] is not self.on_stream:
-                self._writers = (
-                    cast(TextIO, _StreamWriter("stdout", self.on_stream)),
-                    cast(TextIO, _StreamWriter("stderr", self.on_stream)),
-                    self.on_stream,
-                )
-            saved = sys.stdout, sys.stderr
-            sys.stdout, sys.stderr = self._writers[0], self._writers[1]
+            self._stdin_allowed = self.allow_stdin
+            if self.on_input is not None:
+                saved_input = builtins.input, getpass.getpass
+                builtins.input, getpass.getpass = self._input, self._getpass
             try:
-                return handler(content)
+                if self.on_stream is None:
+                    return handler(content)
+                if self._writers is None or self._writers[2] is not self.on_stream:
+                    self._writers = (
+                        cast(TextIO, _StreamWriter("stdout", self.on_stream)),
+                        cast(TextIO, _StreamWriter("stderr", self.on_stream)),
+                        self.on_stream,
+                    )
+                saved = sys.stdout, sys.stderr
+                sys.stdout, sys.stderr = self._writers[0], self._writers[1]
+                try:
+                    return handler(content)
+                finally:
+                    sys.stdout, sys.stderr = saved
             finally:
-                sys.stdout, sys.stderr = saved
+                if self.on_input is not None:
+                    builtins.input, getpass.getpass = saved_input
         except BaseException as exc:  # every failure becomes a reply
             return error_reply(exc, engine_id=self.engine_id, serializer=self._serializer)
 
@@ -251,9 +338,38 @@ class Kernel:
     def _execute(self, content: Mapping[str, Any]) -> dict[str, Any]:
         code = _field(content, "execute_request", "code", str, "str")
         silent = _field(content, "execute_request", "silent", bool, "bool", default=False)
-        if not silent:
+        store = _field(
+            content, "execute_request", "store_history", bool, "bool", default=not silent
+        )
+        store = store and not silent  # Jupyter: silent forces store_history off
+        expressions = _field(
+            content, "execute_request", "user_expressions", Mapping, "dict", default={}
+        )
+        stdin = _field(content, "execute_request", "allow_stdin", bool, "bool", default=None)
+        if stdin is not None:  # a Jupyter front end says it itself
+            self._stdin_allowed = stdin and self.on_input is not None
+        if store:
             self.execution_count += 1
         self._cells += 1
+        if self.ipython:
+            result = self._run_ipython(code, silent=silent, store=store)
+        else:
+            result = self._run_plain(code)
+            if result is not None and not silent and self.on_display is not None:
+                self._publish_result(result)
+        if store:
+            self._history.append((self.execution_count, code, result))
+        reply: dict[str, Any] = {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "result": result,
+        }
+        if expressions:
+            reply["user_expressions"] = self._user_expressions(expressions)
+        return reply
+
+    def _run_plain(self, code: str) -> object:
+        """Run ``code`` as plain Python; the value of its final expression statement."""
         filename = f"<shoal-input-{self._cells}>"
         # mtime None: linecache.checkcache() never drops the entry.
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
@@ -268,11 +384,250 @@ class Kernel:
             tree.body.pop()
             last = ast.Expression(final.value)
         exec(compile(tree, filename, "exec", dont_inherit=True), self.namespace)  # noqa: S102
-        result = None
-        if last is not None:
-            expr = compile(last, filename, "eval", dont_inherit=True)
-            result = eval(expr, self.namespace)  # noqa: S307 -- running user code is the job
-        return {"status": "ok", "execution_count": self.execution_count, "result": result}
+        if last is None:
+            return None
+        expr = compile(last, filename, "eval", dont_inherit=True)
+        return eval(expr, self.namespace)  # noqa: S307 -- running user code is the job
+
+    def _run_ipython(self, code: str, *, silent: bool, store: bool) -> object:
+        """Run ``code`` through the IPython shell; its result, or raise its error."""
+        shell: Any = self._ipython_shell()  # first: it imports IPython, shielded
+        from ._ipython import trim_ipython_frames  # noqa: PLC0415 - IPython on demand
+
+        if store:
+            shell.execution_count = self.execution_count  # In[n] / Out[n] / the hook's n
+        ran = shell.run_cell(code, store_history=store, silent=silent)
+        error = ran.error_before_exec or ran.error_in_exec
+        if error is not None:
+            trim_ipython_frames(error)
+            raise error
+        return ran.result
+
+    def _ipython_shell(self) -> ShoalShell:
+        if not self.ipython:
+            raise RuntimeError("this Kernel runs plain Python: Kernel(ipython=None or True)")
+        if self._shell is None:
+            # An interrupt must not leave IPython's singleton half made: it waits until
+            # the shell is whole, then interrupts the request as usual.
+            defer = hasattr(signal, "pthread_sigmask") and (
+                threading.current_thread() is threading.main_thread()
+            )
+            if defer:
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                from ._ipython import make_shell  # noqa: PLC0415 - IPython on demand
+
+                self._shell = make_shell(self.namespace, self._display)
+            finally:
+                if defer:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return self._shell
+
+    def _display(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Rich output from the IPython shell, to ``on_display`` when there is one."""
+        if self.on_display is not None:
+            self.on_display(msg_type, content)
+
+    def _publish_result(self, result: object) -> None:
+        """An execute's result as ``execute_result`` (plain Python: its repr)."""
+        assert self.on_display is not None  # noqa: S101 - checked by the caller
+        try:
+            text = repr(result)
+        except Exception:  # a broken __repr__ must not fail a cell that ran
+            return
+        data = {"text/plain": text}
+        content = {"execution_count": self.execution_count, "data": data, "metadata": {}}
+        self.on_display("execute_result", content)
+
+    def _user_expressions(self, expressions: Mapping[str, Any]) -> dict[str, Any]:
+        """Jupyter's ``user_expressions``: each one's mime bundle, or its error."""
+        out: dict[str, Any] = {}
+        for name, expression in expressions.items():
+            if not isinstance(expression, str):
+                raise TypeError(
+                    f"execute_request needs content['user_expressions'] as a dict of str,"
+                    f" got {_kind(expression)} for {name!r}"
+                )
+            try:
+                value = self._evaluate(expression)
+                formatter: Any = None if self._shell is None else self._shell.display_formatter
+                if formatter is not None:
+                    data, metadata = formatter.format(value)
+                else:
+                    data, metadata = {"text/plain": repr(value)}, {}
+                out[str(name)] = {"status": "ok", "data": data, "metadata": metadata}
+            except Exception as exc:  # each expression answers on its own
+                error = error_reply(exc, engine_id=self.engine_id, serializer=None)
+                error.pop("exception")
+                out[str(name)] = error
+        return out
+
+    # -- Jupyter's shell requests -------------------------------------------------------
+
+    def _kernel_info_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        if self._kernel_info is None:
+            from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+            try:
+                mine = version("shoal-engine")
+            except PackageNotFoundError:  # run from a source tree
+                mine = "unknown"
+            ipython_version = None
+            if self.ipython:
+                self._ipython_shell()  # it imports IPython, shielded from interrupts
+                import IPython  # noqa: PLC0415 - imported by now
+
+                ipython_version = IPython.__version__
+            python = platform.python_version()
+            lexer = "ipython3" if self.ipython else "python3"
+            engine = "IPython " + ipython_version if ipython_version else "plain Python"
+            self._kernel_info = {
+                "status": "ok",
+                "protocol_version": PROTOCOL_VERSION,
+                "implementation": "shoal",
+                "implementation_version": mine,
+                "language_info": {
+                    "name": "python",
+                    "version": python,
+                    "mimetype": "text/x-python",
+                    "codemirror_mode": {
+                        "name": "ipython" if self.ipython else "python",
+                        "version": sys.version_info[0],
+                    },
+                    "pygments_lexer": lexer,
+                    "nbconvert_exporter": "python",
+                    "file_extension": ".py",
+                },
+                "banner": f"shoal engine {mine}: Python {python}, running code through {engine}",
+                "help_links": [
+                    {"text": "Python", "url": "https://docs.python.org/3/"},
+                    {"text": "shoal", "url": "https://pypi.org/project/shoal/"},
+                ],
+                "debugger": False,
+                "ipython": bool(self.ipython),
+                "ipython_version": ipython_version,
+                "engine_id": self.engine_id,
+            }
+        return {**self._kernel_info, "engine_id": self.engine_id}
+
+    def _cursor(self, content: Mapping[str, Any], request: str) -> tuple[str, int]:
+        code = _field(content, request, "code", str, "str")
+        cursor = _field(content, request, "cursor_pos", int, "int", default=len(code))
+        if cursor is None:
+            cursor = len(code)
+        if isinstance(cursor, bool) or not 0 <= cursor <= len(code):
+            raise ValueError(
+                f"{request} needs content['cursor_pos'] between 0 and len(code) = {len(code)},"
+                f" got {cursor!r}"
+            )
+        return code, cursor
+
+    def _complete(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        code, cursor = self._cursor(content, "complete_request")
+        if not self.ipython:
+            return _introspect.complete(self.namespace, code, cursor)
+        shell = self._ipython_shell()  # first: it imports IPython, shielded
+        from ._ipython import complete  # noqa: PLC0415 - IPython on demand
+
+        return complete(shell, code, cursor)
+
+    def _inspect(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        code, cursor = self._cursor(content, "inspect_request")
+        level = _field(content, "inspect_request", "detail_level", int, "0 or 1", default=0)
+        if level not in (0, 1):
+            raise ValueError(f"inspect_request needs content['detail_level'] 0 or 1, got {level!r}")
+        if not self.ipython:
+            return _introspect.inspect_name(self.namespace, code, cursor, level)
+        shell: Any = self._ipython_shell()  # first: it imports IPython, shielded
+        from IPython.utils.tokenutil import token_at_cursor  # noqa: PLC0415
+
+        name = token_at_cursor(code, cursor)
+        try:
+            data = shell.object_inspect_mime(name, detail_level=level)
+        except KeyError:  # IPython's word for "no such object"
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        if not shell.enable_html_pager:
+            data.pop("text/html", None)
+        return {"status": "ok", "found": True, "data": data, "metadata": {}}
+
+    def _is_complete(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        code = _field(content, "is_complete_request", "code", str, "str")
+        if not self.ipython:
+            return _introspect.is_complete(code)
+        shell = self._ipython_shell()
+        status, indent = shell.input_transformer_manager.check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    def _history_request(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        """This Kernel's executed cells (one session, number 1; 0 means the current)."""
+        request = "history_request"
+        output = _field(content, request, "output", bool, "bool", default=False)
+        access = _field(content, request, "hist_access_type", str, "str", default="tail")
+        entries = self._history
+        if access == "tail":
+            n = _field(content, request, "n", int, "int", default=10)
+            entries = entries[-n:] if n > 0 else []
+        elif access == "range":
+            session = _field(content, request, "session", int, "int", default=0)
+            start = _field(content, request, "start", int, "int", default=1)
+            stop = _field(content, request, "stop", (int, type(None)), "int or None", default=None)
+            if session not in (0, 1):
+                entries = []  # an engine has one session: no other has lines
+            else:
+                entries = [e for e in entries if e[0] >= start and (stop is None or e[0] < stop)]
+        elif access == "search":
+            pattern = _field(content, request, "pattern", str, "str", default="*")
+            unique = _field(content, request, "unique", bool, "bool", default=False)
+            entries = [e for e in entries if fnmatch.fnmatchcase(e[1], pattern)]
+            if unique:
+                seen: dict[str, tuple[int, str, object]] = {}
+                for e in entries:
+                    seen.pop(e[1], None)
+                    seen[e[1]] = e  # the latest of each
+                entries = list(seen.values())
+            n = content.get("n")
+            if isinstance(n, int) and n > 0:
+                entries = entries[-n:]
+        else:
+            raise ValueError(
+                f"history_request needs content['hist_access_type'] as 'tail', 'range' or"
+                f" 'search', got {access!r}"
+            )
+        history: list[tuple[Any, ...]] = []
+        for count, code, result in entries:
+            if output:
+                shown = None if result is None else _safe_repr(result)
+                history.append((1, count, (code, shown)))
+            else:
+                history.append((1, count, code))
+        return {"status": "ok", "history": history}
+
+    def _comm_info(self, content: Mapping[str, Any]) -> dict[str, Any]:
+        _field(content, "comm_info_request", "target_name", (str, type(None)), "str", default=None)
+        return {"status": "ok", "comms": {}}  # engines open no comms
+
+    # -- stdin ------------------------------------------------------------------------
+
+    def _input(self, prompt: object = "") -> str:
+        return self._ask(str(prompt), password=False)
+
+    def _getpass(self, prompt: str = "Password: ", stream: object = None) -> str:
+        return self._ask(str(prompt), password=True)
+
+    def _ask(self, prompt: str, *, password: bool) -> str:
+        what = "getpass()" if password else "input()"
+        if not self._stdin_allowed or self.on_input is None:
+            raise EOFError(
+                f"{what} has no front end to answer it: the client that sent this request "
+                "did not allow stdin (create it with Client(allow_stdin=True) to be asked, "
+                "or give the input as an argument)"
+            )
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        return self.on_input(prompt, password)
 
     def _apply(self, content: Mapping[str, Any]) -> dict[str, Any]:
         f = _field(content, "apply_request", "f", object, "a callable")
@@ -352,6 +707,8 @@ class Kernel:
         keep = {name: self.namespace[name] for name in _KEEP_ON_CLEAR if name in self.namespace}
         self.namespace.clear()
         self.namespace.update(keep)
+        if self._shell is not None:  # In, Out, get_ipython, exit: the shell's own names
+            cast(Any, self._shell).init_user_ns()
         return {"status": "ok"}
 
     def _evaluate(self, expression: str) -> Any:
@@ -407,6 +764,13 @@ def _str_keys(mapping: Mapping[Any, Any], request: str, key: str) -> dict[str, A
                 f"({type(name).__name__})"
             )
     return dict(mapping)
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__
+        return f"<{type(value).__name__} object>"
 
 
 def _kind(value: object) -> str:

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import zmq
 
@@ -51,6 +51,7 @@ from shoal.wire import (
 )
 
 from ._errors import EngineDiedError, RemoteError
+from ._protocol import OUTPUT_NOTICES
 
 __all__ = ["KernelManager"]
 
@@ -67,6 +68,14 @@ def _print_stream(name: str, text: str) -> None:
     stream.flush()
 
 
+def _print_display(msg_type: str, content: dict[str, Any]) -> None:
+    """``display()`` on the engine, as its plain text here; results are returned."""
+    if msg_type in ("display_data", "update_display_data"):
+        text = content.get("data", {}).get("text/plain")
+        if text is not None:
+            _print_stream("stdout", f"{text}\n")
+
+
 class KernelManager:
     """Start one engine subprocess and run code in it, with no hub at all.
 
@@ -76,6 +85,12 @@ class KernelManager:
         ``on_stream(name, text)`` receives the engine's stdout/stderr as it is written
         (``name`` is ``"stdout"`` or ``"stderr"``). Default: write it to this process's
         own streams.
+    on_display : callable, optional
+        ``on_display(msg_type, content)`` receives the engine's rich output
+        (``display_data``, ``update_display_data``, ``execute_result``,
+        ``clear_output``; PROTOCOL.md). Default: print what ``display()`` shows as text.
+
+        .. versionadded:: 0.7
     startup_timeout : float
         Seconds to wait for a new engine to say it is ready.
     interrupt_grace : float
@@ -96,10 +111,12 @@ class KernelManager:
         self,
         *,
         on_stream: Callable[[str, str], None] | None = None,
+        on_display: Callable[[str, dict[str, Any]], None] | None = None,
         startup_timeout: float = 30.0,
         interrupt_grace: float = 1.0,
     ) -> None:
         self.on_stream = on_stream or _print_stream
+        self.on_display = on_display or _print_display
         self.startup_timeout = startup_timeout
         self.interrupt_grace = interrupt_grace
         self.process: subprocess.Popen[bytes] | None = None
@@ -363,6 +380,9 @@ class KernelManager:
             return  # dropped (counted in the session's statistics): never answered
         if msg.msg_type == "stream":
             self.on_stream(str(msg.content["name"]), str(msg.content["text"]))
+        elif msg.msg_type in OUTPUT_NOTICES:  # rich output (input_request needs allow_stdin)
+            if isinstance(msg.content, dict):
+                self.on_display(msg.msg_type, msg.content)
         elif msg.msg_type == "engine_ready":
             self._ready.add("shell" if sock is self._sockets["shell"] else "control")
         elif msg.parent_header is not None:

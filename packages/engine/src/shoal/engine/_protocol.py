@@ -24,6 +24,7 @@ from typing import Final
 
 __all__ = [
     "CONTROL_REQUESTS",
+    "OUTPUT_NOTICES",
     "HUB_REQUESTS",
     "BATCH_MAX",
     "PING",
@@ -63,6 +64,20 @@ class MsgType(str, enum.Enum):
     CLEAR_REPLY = "clear_reply"
     RELAY_REQUEST = "relay_request"
     RELAY_REPLY = "relay_reply"
+    # shell: Jupyter's requests (history_request is also the hub's, below)
+    KERNEL_INFO_REQUEST = "kernel_info_request"
+    KERNEL_INFO_REPLY = "kernel_info_reply"
+    COMPLETE_REQUEST = "complete_request"
+    COMPLETE_REPLY = "complete_reply"
+    INSPECT_REQUEST = "inspect_request"
+    INSPECT_REPLY = "inspect_reply"
+    IS_COMPLETE_REQUEST = "is_complete_request"
+    IS_COMPLETE_REPLY = "is_complete_reply"
+    COMM_INFO_REQUEST = "comm_info_request"
+    COMM_INFO_REPLY = "comm_info_reply"
+    # engine -> client while a request runs: stdin (answered on control by input_reply)
+    INPUT_REQUEST = "input_request"
+    INPUT_REPLY = "input_reply"
     # shell: the object store
     STORE_REQUEST = "store_request"
     STORE_REPLY = "store_reply"
@@ -116,6 +131,10 @@ class MsgType(str, enum.Enum):
     STATISTICS_REPLY = "statistics_reply"
     # notices: no reply
     STREAM = "stream"
+    DISPLAY_DATA = "display_data"
+    UPDATE_DISPLAY_DATA = "update_display_data"
+    EXECUTE_RESULT = "execute_result"
+    CLEAR_OUTPUT = "clear_output"
     ENGINE_READY = "engine_ready"
     HISTORY_REPORT = "history_report"
     ENGINE_REGISTERED = "engine_registered"
@@ -141,6 +160,12 @@ _REPLIES: Final[dict[str, MsgType]] = {
         (_M.PULL_REQUEST, _M.PULL_REPLY),
         (_M.CLEAR_REQUEST, _M.CLEAR_REPLY),
         (_M.RELAY_REQUEST, _M.RELAY_REPLY),
+        (_M.KERNEL_INFO_REQUEST, _M.KERNEL_INFO_REPLY),
+        (_M.COMPLETE_REQUEST, _M.COMPLETE_REPLY),
+        (_M.INSPECT_REQUEST, _M.INSPECT_REPLY),
+        (_M.IS_COMPLETE_REQUEST, _M.IS_COMPLETE_REPLY),
+        (_M.COMM_INFO_REQUEST, _M.COMM_INFO_REPLY),
+        (_M.INPUT_REQUEST, _M.INPUT_REPLY),
         (_M.STORE_REQUEST, _M.STORE_REPLY),
         (_M.CALL_METHOD_REQUEST, _M.CALL_METHOD_REPLY),
         (_M.GETATTR_REQUEST, _M.GETATTR_REPLY),
@@ -178,6 +203,12 @@ SHELL_REQUESTS: Final = frozenset(
         _M.PULL_REQUEST,
         _M.CLEAR_REQUEST,
         _M.RELAY_REQUEST,
+        _M.KERNEL_INFO_REQUEST,
+        _M.COMPLETE_REQUEST,
+        _M.INSPECT_REQUEST,
+        _M.IS_COMPLETE_REQUEST,
+        _M.HISTORY_REQUEST,
+        _M.COMM_INFO_REQUEST,
         _M.STORE_REQUEST,
         _M.CALL_METHOD_REQUEST,
         _M.GETATTR_REQUEST,
@@ -201,6 +232,20 @@ CONTROL_REQUESTS: Final = frozenset(
         _M.SHUTDOWN_REQUEST,
         _M.RELEASE_REQUEST,
         _M.JUPYTER_GATEWAY_REQUEST,
+    )
+)
+#: What an engine sends while a request runs, before its reply, addressed like the
+#: reply (the request's header as parent): output, and ``input_request``, which the
+#: client answers with ``input_reply`` on control. None of them ends the request.
+OUTPUT_NOTICES: Final = frozenset(
+    str(m.value)
+    for m in (
+        _M.STREAM,
+        _M.DISPLAY_DATA,
+        _M.UPDATE_DISPLAY_DATA,
+        _M.EXECUTE_RESULT,
+        _M.CLEAR_OUTPUT,
+        _M.INPUT_REQUEST,
     )
 )
 #: Requests a hub serves itself (a client's ``hub`` route).
