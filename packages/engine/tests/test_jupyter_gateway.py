@@ -21,6 +21,7 @@ from jupyter_client import BlockingKernelClient  # noqa: E402
 from jupyter_client.session import Session  # noqa: E402
 
 from shoal.engine import KernelManager  # noqa: E402
+from shoal.hub.testing import wait_until  # noqa: E402
 
 _TIMEOUT = 30.0
 
@@ -182,3 +183,46 @@ def test_interrupt_from_control_spares_the_engine(km: KernelManager, info: dict[
         assert km.apply(lambda: "served") == "served"
     finally:
         kc.stop_channels()
+
+
+def test_a_failed_execute_aborts_those_queued_behind_it(
+    km: KernelManager, info: dict[str, Any], tmp_path: Any
+) -> None:
+    """Jupyter's stop_on_error: execute requests queued behind a failing one are
+    answered ``aborted`` and never run; one sent after it runs."""
+    gate = tmp_path / "gate"
+    cell = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n1 / 0"
+    stats: Any = km.status()["messages"]
+    base = stats["jupyter"]["received"]
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{info['shell_port']}")
+    honest = Session(key=info["key"].encode())
+    try:
+        failing = honest.msg("execute_request", {"code": cell})
+        queued = honest.msg("execute_request", {"code": "ran_after = 1"})
+        honest.send(sock, failing)
+        honest.send(sock, queued)
+
+        def both_received() -> bool:
+            now: Any = km.status()["messages"]
+            return bool(now["jupyter"]["received"] >= base + 2)
+
+        wait_until(both_received, timeout=_TIMEOUT)
+        gate.touch()
+        replies = {}
+        while len(replies) < 2:
+            assert sock.poll(int(_TIMEOUT * 1000)), "no reply from the gateway"
+            _, frames = honest.feed_identities(sock.recv_multipart())
+            msg = honest.deserialize(frames)
+            replies[msg["parent_header"]["msg_id"]] = msg["content"]["status"]
+        assert replies[failing["header"]["msg_id"]] == "error"
+        assert replies[queued["header"]["msg_id"]] == "aborted"
+        after = honest.msg("execute_request", {"code": "ran_later = 1"})
+        honest.send(sock, after)
+        assert sock.poll(int(_TIMEOUT * 1000))
+        _, frames = honest.feed_identities(sock.recv_multipart())
+        assert honest.deserialize(frames)["content"]["status"] == "ok"
+    finally:
+        sock.close(linger=0)
+    assert km.pull(["'ran_after' in globals()", "ran_later"]) == [False, 1]

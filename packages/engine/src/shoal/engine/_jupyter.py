@@ -28,7 +28,8 @@ Its rules:
   the engine's main thread, which is woken through its pipe and runs it between cluster
   requests (:meth:`JupyterGateway.serve_next`), through the same ``Kernel.handle``, in
   the same namespace. While it runs, its output (``stream``), rich output and result go
-  to iopub with ``status`` busy/idle around it, and ``input()`` asks on stdin.
+  to iopub with ``status`` busy/idle around it, and ``input()`` asks on stdin. A failed
+  execute aborts the execute requests queued behind it (Jupyter's ``stop_on_error``).
 * **Control answers at once.** ``interrupt_request`` interrupts the running gateway
   request (the engine's targeted interrupt: never a cluster task), ``shutdown_request``
   detaches the gateway and never stops the engine; with ``restart`` it is refused.
@@ -176,6 +177,9 @@ class JupyterGateway:
         self._signatures: collections.deque[bytes] = collections.deque()
         self._seen: set[bytes] = set()
         self._running: str | None = None  # msg_id of the gateway request running now
+        # A wake-up is in the engine's pipe and serve_next has not run since: a busy main
+        # thread gets one, not one per request (the pipe would fill and block).
+        self._woken = False
         self._saw_result = False
         threading.Thread(
             target=_echo,
@@ -308,7 +312,9 @@ class JupyterGateway:
                         self.received += 1
                         if sock is shell:
                             self._inbox.append(received)
-                            self._wake()
+                            if not self._woken:  # one wake-up in the pipe at most
+                                self._woken = True
+                                self._wake()
                         elif sock is stdin:
                             if received[1]["header"]["msg_type"] == "input_reply":
                                 self._input_replies.put(received[1]["content"])
@@ -404,6 +410,7 @@ class JupyterGateway:
 
     def serve_next(self) -> bool:
         """Run the oldest waiting shell request (main thread); whether there was one."""
+        self._woken = False  # before the pop: a request queued after it wakes again
         try:
             identities, msg = self._inbox.popleft()
         except IndexError:
@@ -554,7 +561,25 @@ class JupyterGateway:
         if reply.get("status") == "error" and not silent:
             error = {k: reply[k] for k in ("ename", "evalue", "traceback")}
             self.publish("error", error, header)
+        if reply.get("status") == "error" and content.get("stop_on_error", True):
+            self._abort_queued()
         return reply
+
+    def _abort_queued(self) -> None:
+        """Jupyter's ``stop_on_error``: the execute requests queued behind a failed one
+        are answered ``aborted``, not run (the rest of a "Run All" stops)."""
+        keep: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
+        while self._inbox:
+            identities, msg = self._inbox.popleft()
+            header = msg["header"]
+            if header["msg_type"] != "execute_request":
+                keep.append((identities, msg))
+                continue
+            self.publish("status", {"execution_state": "busy"}, header)
+            aborted = {"status": "aborted", "execution_count": self._engine.kernel.execution_count}
+            self._send("shell", self._encode("execute_reply", aborted, header, identities))
+            self.publish("status", {"execution_state": "idle"}, header)
+        self._inbox.extendleft(reversed(keep))
 
     def _reply_of(self, kind: str, reply: dict[str, Any]) -> dict[str, Any]:
         """The Kernel's reply in Jupyter's shape: JSON data only, a traceback as lines;
