@@ -411,6 +411,9 @@ class JupyterGateway:
     def serve_next(self) -> bool:
         """Run the oldest waiting shell request (main thread); whether there was one."""
         self._woken = False  # before the pop: a request queued after it wakes again
+        if self.closed:  # detached: what it queued has nobody to answer to
+            self._inbox.clear()
+            return False
         try:
             identities, msg = self._inbox.popleft()
         except IndexError:
