@@ -40,6 +40,7 @@ Theory of operation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from collections.abc import Callable
@@ -50,6 +51,8 @@ from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, no_var_expand
+
+from shoal.engine import MsgType
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client, current_client
@@ -66,6 +69,8 @@ GROUPINGS = ("engine", "type", "order")
 
 #: How often a streaming %px looks for new output while it waits, in seconds.
 _STREAM_EVERY = 0.05
+#: Seconds a Ctrl-C waits for the interrupted requests' replies (their output's end).
+_STOP_WAIT = 2.0
 
 
 # -- options ------------------------------------------------------------------------------
@@ -300,6 +305,19 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _stop(result: AsyncResult[Any], engines: list[int]) -> None:
+    """Stop ``result``'s requests after a Ctrl-C: interrupt them on ``engines`` (the
+    engine interrupts only a request of these ids, never another client's), wait a
+    little for their replies, and drop those that had not started."""
+    content = {"msg_ids": list(result.msg_ids)}
+    for engine in sorted(set(engines)):
+        with contextlib.suppress(Exception):  # a lost engine or hub runs none of them
+            result._client._control(engine, MsgType.INTERRUPT_REQUEST, content)
+    with contextlib.suppress(Exception):  # a lost hub: nothing more to stop or wait for
+        result.wait(_STOP_WAIT)
+    result.cancel()
+
+
 def _results_shown(result: AsyncResult[Any]) -> list[bool]:
     """Per request, whether ``display_outputs`` showed its value (an ``execute_result``
     among its rich outputs, where the engines send them)."""
@@ -378,6 +396,7 @@ class ParallelMagics(Magics):
         self.verbose = False
         self.group_outputs = "engine"
         self.last_result: AsyncResult[Any] | None = None
+        self._engines: dict[int, list[int]] = {}  # id(last_result) -> its engines
         self._autopx = False
         self._raw_cell = ""
         self._running_here = False  # --local runs a cell here: autopx must let it be
@@ -457,6 +476,7 @@ class ParallelMagics(Magics):
             print(f"{how} execution on engine(s): {view.targets}")
         result = view.execute(code, block=False)
         self.last_result = result
+        self._engines = {id(result): _as_list(view.targets)}  # the last result's only
         if args.save_name is not None:
             self._user_ns()[args.save_name] = result
         local_error = self._run_here(code) if args.local else None
@@ -464,7 +484,7 @@ class ParallelMagics(Magics):
             if local_error is not None:
                 raise local_error
             return result
-        self._wait_and_show(result, groupby, stream=stream, engines=_as_list(view.targets))
+        self._wait_and_show(result, groupby, stream=stream)
         if local_error is not None:
             raise local_error
         return None
@@ -488,17 +508,17 @@ class ParallelMagics(Magics):
         groupby: str,
         *,
         stream: bool = False,
-        engines: list[int] | None = None,
     ) -> None:
-        """Wait for ``result`` (streaming the output of ``engines``, in the order of the
-        requests), show its output and values, and raise its error."""
+        """Wait for ``result`` (streaming its output), show its output and values, and
+        raise its error. A Ctrl-C stops the requests on their engines."""
+        engines = self._engines.get(id(result), [])
         try:
-            if stream and engines is not None:
+            if stream:
                 self._stream_until_done(result, engines)
             else:
                 result.wait()
         except KeyboardInterrupt:
-            result.cancel()  # stop the engines' work; they keep their namespaces
+            _stop(result, engines)
             if not stream:  # what it printed before it was stopped
                 result.display_outputs(groupby)
             raise
@@ -534,7 +554,8 @@ class ParallelMagics(Magics):
                     pending[key] = "" if final else rest
                     file = sys.stderr if name == "stderr" else sys.stdout
                     for text_line in lines:
-                        print(f"[{name}:{engines[i]}] {text_line}", file=file, flush=True)
+                        engine = engines[i] if i < len(engines) else "?"
+                        print(f"[{name}:{engine}] {text_line}", file=file, flush=True)
 
         while not result.wait(_STREAM_EVERY):
             flush(final=False)
