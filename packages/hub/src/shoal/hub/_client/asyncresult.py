@@ -166,6 +166,17 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
     def _stream(self, msg_id: str, name: str, text: str) -> None:
         self._out.setdefault(self._index[msg_id], {}).setdefault(name, []).append(text)
 
+    #: Rich output by request index: ``{"msg_type", "data", "metadata", "transient"}``
+    #: dicts (``clear_output``: ``{"msg_type", "wait"}``); made on the first one.
+    _rich: dict[int, list[dict[str, Any]]] | None = None
+
+    def _display(self, msg_id: str, msg_type: str, content: object) -> None:
+        if not isinstance(content, dict):
+            return
+        if self._rich is None:
+            self._rich = {}
+        self._rich.setdefault(self._index[msg_id], []).append({"msg_type": msg_type, **content})
+
     def _finish(self) -> None:
         self._completed = time.time()
         with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
@@ -286,33 +297,69 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         texts = ["".join(o.get("stderr", ())) for o in self._outs()]
         return texts[0] if self._single else texts
 
+    @property
+    def outputs(self) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """The rich output of the request(s), in the order it came: ``display()``
+        (``display_data``, ``update_display_data``), ``clear_output`` and an execute's
+        result (``execute_result``), each a dict with ``msg_type`` and the message's
+        content (``data``: a mime bundle such as ``{"text/plain": ..., "text/html":
+        ...}``, ``metadata``, ``transient``). A list, or one list per request.
+
+        .. versionadded:: 0.6
+        """
+        rich = self._rich or {}
+        lists = [list(rich.get(i, ())) for i in range(len(self.msg_ids))]
+        return lists[0] if self._single else lists
+
     def display_outputs(self, groupby: str = "engine") -> None:
-        """Print every request's output, each piece headed by its engine: ``[stdout:0]``.
+        """Show every request's output, each piece headed by its engine: ``[stdout:0]``.
+
+        Streams are printed; rich output (``display()`` on the engines, an execute's
+        result) is shown as rich output in IPython (a notebook renders its HTML or
+        images, through :func:`IPython.display.publish_display_data`), and as its plain
+        text elsewhere, headed ``[output:0]`` or ``Out[0:3]:``.
 
         Parameters
         ----------
         groupby : {"engine", "type", "order"}
-            ``"engine"``: each engine's stdout then stderr, engine after engine.
-            ``"type"``: every engine's stdout, then every engine's stderr. ``"order"``:
-            as ``"type"`` (it differs from it only for rich output, taken in turn from
-            each engine).
+            ``"engine"``: each engine's stdout, stderr then rich output, engine after
+            engine. ``"type"``: every engine's stdout, then every engine's stderr, then
+            every engine's rich output. ``"order"``: as ``"type"``, but the rich output
+            taken in turn from each engine (its first output of each, then its second...).
         """
         if groupby not in ("engine", "type", "order"):
             raise ValueError(
                 f"display_outputs(groupby=...) takes 'engine', 'type' or 'order', got {groupby!r}"
             )
-        pieces = [
-            (meta.get("engine_id", "?"), name, "".join(out.get(name, ())))
-            for meta, out in zip(self._metas(), self._outs(), strict=True)
-            for name in ("stdout", "stderr")
-        ]
-        if groupby != "engine":  # stable: engines keep their order within a stream
-            pieces.sort(key=lambda piece: piece[1] != "stdout")
-        for engine, name, text in pieces:
-            if text:
-                stream = sys.stderr if name == "stderr" else sys.stdout
+        metas, outs = self._metas(), self._outs()
+        rich = self._rich or {}
+        engines = [meta.get("engine_id", "?") for meta in metas]
+        pieces: list[tuple[int, str, object]] = []  # (request index, kind, text or output)
+        for i, out in enumerate(outs):
+            pieces += [(i, name, "".join(out.get(name, ()))) for name in ("stdout", "stderr")]
+            pieces += [(i, "output", output) for output in rich.get(i, ())]
+        if groupby == "type":  # stable: engines keep their order within a kind
+            kinds = ("stdout", "stderr", "output")
+            pieces.sort(key=lambda piece: kinds.index(piece[1]))
+        elif groupby == "order":
+            rank: dict[int, int] = {}
+            keyed = []
+            for piece in pieces:
+                n = 0
+                if piece[1] == "output":
+                    n = rank[piece[0]] = rank.get(piece[0], -1) + 1
+                keyed.append(((("stdout", "stderr", "output").index(piece[1]), n), piece))
+            pieces = [piece for _, piece in sorted(keyed, key=lambda kp: kp[0])]
+        publish = _ipython_publisher()
+        for i, kind, what in pieces:
+            engine = engines[i]
+            if kind == "output":
+                _show_output(engine, cast("dict[str, Any]", what), publish)
+            elif what:
+                text = cast("str", what)
+                stream = sys.stderr if kind == "stderr" else sys.stdout
                 print(
-                    f"[{name}:{engine}] {text}",
+                    f"[{kind}:{engine}] {text}",
                     end="" if text.endswith("\n") else "\n",
                     file=stream,
                 )
@@ -422,6 +469,46 @@ class AsyncMapResult(AsyncResult[list[T]]):
             if error is not None:
                 raise error
             yield from cast("list[T]", self._results[i])  # an engine's chunk: a list of T
+
+
+_Publish = Callable[..., None]
+
+
+def _ipython_publisher() -> tuple[_Publish, _Publish] | None:
+    """IPython's ``publish_display_data`` and ``clear_output`` when this process runs
+    IPython (a notebook, a terminal): rich output is shown rich there."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or getattr(ipython, "get_ipython", lambda: None)() is None:
+        return None
+    from IPython.display import clear_output, publish_display_data  # noqa: PLC0415
+
+    return publish_display_data, clear_output
+
+
+def _show_output(
+    engine: object, output: dict[str, Any], publish: tuple[_Publish, _Publish] | None
+) -> None:
+    """One rich output of ``engine``: published to IPython, or its text printed."""
+    kind = output.get("msg_type")
+    if kind == "clear_output":
+        if publish is not None:
+            publish[1](wait=bool(output.get("wait")))
+        return
+    data = output.get("data") or {}
+    metadata = output.get("metadata") or {}
+    if kind == "execute_result":
+        head = f"Out[{engine}:{output.get('execution_count')}]: "
+    else:
+        head = f"[output:{engine}] "
+    if publish is not None:
+        if kind == "execute_result" and "text/plain" in data:  # ipyparallel's Out[e:n]
+            data = {**data, "text/plain": head + str(data["text/plain"])}
+        transient = output.get("transient") or {}
+        update = kind == "update_display_data"
+        publish[0](data, metadata, transient=transient, update=update)
+        return
+    text = str(data.get("text/plain", ""))
+    print(head + text, end="" if text.endswith("\n") else "\n")
 
 
 def _left(timeout: float | None, start: float) -> float | None:

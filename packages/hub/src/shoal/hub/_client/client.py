@@ -16,11 +16,15 @@ notices) and the book of reference count changes of remote objects
 from __future__ import annotations
 
 import atexit
+import builtins
 import collections
 import contextlib
+import contextvars
+import getpass
 import logging
 import math
 import os
+import sys
 import threading
 import uuid
 import weakref
@@ -104,6 +108,18 @@ class Client:
         Send requests for one engine straight to engines on this host (their own
         loopback socket) instead of through the hub; the hub still tells when an engine
         dies. ``False``: everything goes through the hub.
+    allow_stdin : bool, optional
+        Answer ``input()`` and ``getpass.getpass()`` called by this client's tasks on the
+        engines by asking this process's user (``input_handler``). Default: when this
+        process runs interactively (a terminal on stdin, or inside IPython). Without it,
+        ``input()`` on an engine raises ``EOFError`` saying that no front end can answer.
+    input_handler : callable, optional
+        ``input_handler(prompt, password) -> str`` gives the answer, in a thread of its
+        own (so replies keep flowing while the user types). Default:
+        :func:`builtins.input`, or :func:`getpass.getpass` when ``password`` is true.
+        What it raises is raised by the task's ``input()`` as an ``EOFError``.
+
+        .. versionadded:: 0.6
 
     Examples
     --------
@@ -124,7 +140,11 @@ class Client:
         max_outstanding: int = 100_000,
         direct: bool = True,
         shm: bool | None = None,
+        allow_stdin: bool | None = None,
+        input_handler: Callable[[str, bool], str] | None = None,
     ) -> None:
+        #: Whether tasks' ``input()`` asks this process's user, and how.
+        self.allow_stdin, self.input_handler = _stdin_options(allow_stdin, input_handler)
         path = url_file or os.path.join(profile_dir(profile), CLIENT_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -421,7 +441,11 @@ class Client:
         ways = self._transport.direct_engines() if self.direct else []
         for route, msg_type, content, metadata in requests:
             header = new_header(msg_type, self._session, "client")
-            meta = {**metadata, "host": self.host} if metadata else {"host": self.host}
+            meta: dict[str, Any] = (
+                {**metadata, "host": self.host} if metadata else {"host": self.host}
+            )
+            if self.allow_stdin:  # input() on the engine may ask this client
+                meta["allow_stdin"] = True
             targets = self._placeable(route, meta, ways)
             if route[:1] == b"e" or targets is not False:
                 # an engine's direct socket answers where this names
@@ -438,6 +462,8 @@ class Client:
             frames = self._codec.encode(msg, shm=self._same_host(route), stamped=False)
             encoded.append((msg_id, route, frames))
         result = make_result(ids)
+        if self.allow_stdin:
+            self._input_context = contextvars.copy_context()
         for msg_id in ids:  # before sending: a reply can come at once
             self._pending[msg_id] = result
         if placed:
@@ -515,7 +541,9 @@ class Client:
         """Send small tasks to ``engine`` in one message, answered by one reply."""
         batch = [[t.msg_id, t.stream, (t.metadata or {}).get("timeout")] for t in tasks]
         header = new_header(MsgType.APPLY_BATCH_REQUEST, self._session, "client")
-        meta = {"host": self.host, "reply_to": self._reply_to}
+        meta: dict[str, Any] = {"host": self.host, "reply_to": self._reply_to}
+        if self.allow_stdin:
+            meta["allow_stdin"] = True
         frames = self._codec.encode(Message(header, None, meta, {"tasks": batch}), stamped=False)
         batch_id = str(header.msg_id)
         ids = [task.msg_id for task in tasks]
@@ -794,7 +822,48 @@ class Client:
         if kind == MsgType.STREAM:
             result._stream(parent.msg_id, str(msg.content["name"]), str(msg.content["text"]))
             return
+        if kind in _RICH_OUTPUT:
+            result._display(parent.msg_id, kind, msg.content)
+            return
+        if kind == MsgType.INPUT_REQUEST:
+            self._answer_input(msg)
+            return
         self._resolve(route, parent.msg_id, msg.content, msg.metadata)
+
+    # The context of the latest submission while allow_stdin: an answer is asked in it
+    # (in a notebook it names the cell that asks).
+    _input_context: contextvars.Context | None = None
+
+    def _answer_input(self, request: Message) -> None:
+        """An engine's task called ``input()``: ask ``input_handler`` in a thread of its
+        own (the reader goes on), then send ``input_reply`` on the engine's control."""
+        engine = request.metadata.get("engine_id")
+        parent = request.parent_header
+        if not isinstance(engine, int) or parent is None:
+            log.warning("an input_request came without its engine id: not answered")
+            return
+        content = request.content if isinstance(request.content, dict) else {}
+        prompt, password = str(content.get("prompt", "")), bool(content.get("password"))
+
+        def answer() -> None:
+            try:
+                reply: dict[str, Any] = {"status": "ok", "value": str(ask(prompt, password))}
+            except BaseException as exc:  # the task's input() raises it as EOFError
+                why = f"the client could not answer input(): {type(exc).__name__}: {exc}"
+                reply = {"status": "error", "value": "", "evalue": why}
+            header = new_header(MsgType.INPUT_REPLY, self._session, "client")
+            meta = {"msg_id": parent.msg_id}  # the task whose input it answers
+            msg = Message(header, request.header, meta, reply)
+            with contextlib.suppress(HubLost, RuntimeError):  # lost or closed: nobody waits
+                frames = self._codec.encode(msg, stamped=False)
+                self._transport.send(control_route(engine), frames)
+
+        context = self._input_context or contextvars.copy_context()
+
+        def ask(prompt: str, password: bool) -> str:
+            return context.copy().run(self.input_handler, prompt, password)
+
+        threading.Thread(target=answer, name="shoal-client-input", daemon=True).start()
 
     def _on_batch_reply(self, route: bytes, msg: Message) -> None:
         """Resolve the tasks of an ``apply_batch_request`` from its one reply."""
@@ -902,6 +971,49 @@ class Client:
 
 
 _clients: list[weakref.ref[Client]] = []
+
+
+_RICH_OUTPUT = frozenset(
+    str(m.value)
+    for m in (
+        MsgType.DISPLAY_DATA,
+        MsgType.UPDATE_DISPLAY_DATA,
+        MsgType.EXECUTE_RESULT,
+        MsgType.CLEAR_OUTPUT,
+    )
+)
+
+
+def _stdin_options(
+    allow_stdin: object, input_handler: Callable[[str, bool], str] | None
+) -> tuple[bool, Callable[[str, bool], str]]:
+    """``Client(allow_stdin=..., input_handler=...)`` checked, with their defaults."""
+    if input_handler is not None and not callable(input_handler):
+        raise TypeError(
+            f"Client(input_handler=...) takes a callable(prompt, password) -> str, got"
+            f" {type(input_handler).__name__}"
+        )
+    if allow_stdin not in (None, True, False):
+        raise TypeError(f"Client(allow_stdin=...) takes a bool or None, got {allow_stdin!r}")
+    allowed = _interactive() if allow_stdin is None else bool(allow_stdin)
+    return allowed, input_handler or _ask_user
+
+
+def _interactive() -> bool:
+    """Whether a person can answer here: a terminal on stdin, or a running IPython."""
+    ipython = sys.modules.get("IPython")
+    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
+        return True
+    stdin = sys.stdin
+    try:
+        return stdin is not None and stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def _ask_user(prompt: str, password: bool) -> str:
+    """The default ``input_handler``: this process's own input() or getpass()."""
+    return getpass.getpass(prompt) if password else builtins.input(prompt)
 
 
 def _failure(note: Mapping[str, object]) -> str:

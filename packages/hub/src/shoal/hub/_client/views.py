@@ -636,6 +636,97 @@ class DirectView(View[TargetsT]):
             result.get(10)
 
     @overload
+    def complete(
+        self: DirectView[int],
+        text: str,
+        cursor_pos: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, object]: ...
+    @overload
+    def complete(
+        self: DirectView[_Many],
+        text: str,
+        cursor_pos: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[dict[str, object]]: ...
+    def complete(
+        self, text: str, cursor_pos: int | None = None, *, timeout: float | None = None
+    ) -> dict[str, object] | list[dict[str, object]]:
+        """Complete ``text`` at ``cursor_pos`` (default: its end) in the engines'
+        namespaces: Jupyter's ``complete_reply`` content, ``matches``, ``cursor_start``,
+        ``cursor_end``, ``metadata`` (one dict, or one per engine).
+
+        Examples
+        --------
+        >>> rc[0].complete("import os; os.pa")["matches"]  # doctest: +SKIP
+        ['os.pardir', 'os.path', 'os.pathconf', 'os.pathconf_names', 'os.pathsep']
+
+        .. versionadded:: 0.6
+        """
+        content = {"code": text, "cursor_pos": _cursor(text, cursor_pos, "complete")}
+        return self._ask(MsgType.COMPLETE_REQUEST, content, timeout)
+
+    @overload
+    def inspect(
+        self: DirectView[int],
+        name_or_code: str,
+        cursor_pos: int | None = None,
+        detail_level: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, object]: ...
+    @overload
+    def inspect(
+        self: DirectView[_Many],
+        name_or_code: str,
+        cursor_pos: int | None = None,
+        detail_level: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> list[dict[str, object]]: ...
+    def inspect(
+        self,
+        name_or_code: str,
+        cursor_pos: int | None = None,
+        detail_level: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, object] | list[dict[str, object]]:
+        """What the engines know of the name at ``cursor_pos`` (default: the end) of
+        ``name_or_code``: Jupyter's ``inspect_reply`` content, ``found`` and ``data``
+        (a mime bundle: type, value, signature, docstring; ``detail_level=1`` adds the
+        source). One dict, or one per engine.
+
+        .. versionadded:: 0.6
+        """
+        if detail_level not in (0, 1) or isinstance(detail_level, bool):
+            raise ValueError(f"inspect(detail_level=...) takes 0 or 1, got {detail_level!r}")
+        content = {
+            "code": name_or_code,
+            "cursor_pos": _cursor(name_or_code, cursor_pos, "inspect"),
+            "detail_level": detail_level,
+        }
+        return self._ask(MsgType.INSPECT_REQUEST, content, timeout)
+
+    def _ask(
+        self, msg_type: str, content: dict[str, object], timeout: float | None
+    ) -> dict[str, object] | list[dict[str, object]]:
+        """Send one request to each engine and wait: the whole reply contents."""
+
+        def make(ids: list[str]) -> AsyncResult[Any]:
+            result: AsyncResult[Any] = AsyncResult(
+                self.client, ids, single=self._single, label=msg_type
+            )
+            result._object = True  # the value is the reply content itself
+            return result
+
+        requests = [(engine_route(t), msg_type, content, None) for t in self._ids]
+        value = self.client._submit(requests, make).get(timeout)
+        return cast("dict[str, object] | list[dict[str, object]]", value)
+
+    @overload
     def status(self: DirectView[int]) -> dict[str, object]: ...
     @overload
     def status(self: DirectView[_Many]) -> list[dict[str, object]]: ...
@@ -662,6 +753,22 @@ class DirectView(View[TargetsT]):
         from .._cli.magics import activate  # noqa: PLC0415
 
         activate(self, suffix)
+
+
+def _cursor(code: object, cursor_pos: object, method: str) -> int:
+    """``cursor_pos`` checked against ``code``; its end when None."""
+    if not isinstance(code, str):
+        raise TypeError(f"{method}() needs the code as a str, got {type(code).__name__}")
+    if cursor_pos is None:
+        return len(code)
+    if not isinstance(cursor_pos, int) or isinstance(cursor_pos, bool):
+        raise TypeError(f"{method}(cursor_pos=...) takes an int, got {type(cursor_pos).__name__}")
+    if not 0 <= cursor_pos <= len(code):
+        raise ValueError(
+            f"{method}(cursor_pos=...) must be between 0 and len(code) = {len(code)},"
+            f" got {cursor_pos}"
+        )
+    return cursor_pos
 
 
 class LoadBalancedView(View[int]):

@@ -63,7 +63,7 @@ from typing import Any, cast
 
 import zmq
 
-from shoal.engine import HUB_REQUESTS, PING, PONG, MsgType, reply_type
+from shoal.engine import HUB_REQUESTS, OUTPUT_NOTICES, PING, PONG, MsgType, reply_type
 from shoal.util import integer_loglevel, is_url, set_hwm, validate_url
 from shoal.wire import (
     DELIMITER,
@@ -783,7 +783,7 @@ class Hub:
         relayed = frames[2:]
         parent = envelope.parent_header
         metadata = envelope.metadata
-        if envelope.msg_type != MsgType.STREAM and parent is not None:
+        if envelope.msg_type not in OUTPUT_NOTICES and parent is not None:  # a reply
             started, completed = metadata.get("started"), metadata.get("completed")
             relay = self.scheduler.finished(
                 engine.id,
