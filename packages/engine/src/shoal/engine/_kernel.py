@@ -25,8 +25,9 @@ returns. Its rules:
 * Jupyter's shell requests (``kernel_info``, ``complete``, ``inspect``, ``is_complete``,
   ``history``, ``comm_info``) are answered with the content of the Jupyter messaging
   protocol 5.3, plus ``status``. With ``ipython`` (``None``: when IPython is importable)
-  code runs through an in-process IPython shell (:mod:`._ipython`), made on the first
-  request that needs it, whose user namespace is this Kernel's: magics, ``!cmd``,
+  code runs through an in-process IPython shell (:mod:`._ipython`), made by
+  :meth:`Kernel.prepare` (an engine calls it as it starts) or else on the first request
+  that needs it, whose user namespace is this Kernel's: magics, ``!cmd``,
   ``x?`` and rich display work, and every other request sees the same names.
 * Rich output (``display()``, an execute's result) goes to ``on_display(msg_type,
   content)`` as Jupyter's ``display_data``, ``update_display_data``, ``execute_result``
@@ -313,6 +314,22 @@ class Kernel:
                     builtins.input, getpass.getpass = saved_input
         except BaseException as exc:  # every failure becomes a reply
             return error_reply(exc, engine_id=self.engine_id, serializer=self._serializer)
+
+    def prepare(self) -> None:
+        """Make the IPython shell now, when code runs through IPython: the first request
+        then does not wait for it, and ``display()`` in any request (an applied function
+        too) finds it. A shell that cannot be made leaves the Kernel on plain Python,
+        and the error propagates for the caller to report.
+
+        .. versionadded:: 0.7
+        """
+        if not self.ipython or self._shell is not None:
+            return
+        try:
+            self._ipython_shell()
+        except BaseException:
+            self.ipython = False  # plain Python, rather than failing every execute
+            raise
 
     # -- dispatch ---------------------------------------------------------------------
 
