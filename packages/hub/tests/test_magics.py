@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -519,3 +520,40 @@ def test_load_ext_finds_the_running_default_cluster(tmp_path: Path) -> None:
         assert found.returncode == 0, found.stdout + found.stderr
         assert "runs on 1 engine(s)" in found.stdout
         assert _values(found.stdout) == {0: [str(engine_pids(rc)[0])]}
+
+
+def test_in_a_jupyter_kernel_a_failing_cell_is_an_error_reply(tmp_path: Path) -> None:
+    """In an ipykernel (what a notebook runs), %load_ext finds the cluster, %px output
+    arrives as stream messages, and a %px that raised on the engines answers
+    status "error" with every engine's traceback: what stops "Run All"."""
+    manager = pytest.importorskip("jupyter_client.manager")
+    env = {
+        **os.environ,
+        "SHOAL_DIR": str(tmp_path),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",  # jupyter_core's current folders, without its warning
+    }
+    with running_cluster(tmp_path / "profile_default", 2):
+        km, kc = manager.start_new_kernel(kernel_name="python3", env=env, startup_timeout=60)
+        try:
+
+            def run(code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                messages: list[dict[str, Any]] = []
+                reply = kc.execute_interactive(code, timeout=60, output_hook=messages.append)
+                return reply["content"], messages
+
+            content, _ = run("%load_ext shoal.hub")
+            assert content["status"] == "ok"
+            content, messages = run("%px print('hi', 'a  b')")
+            assert content["status"] == "ok"
+            streams = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+            assert "[stdout:0] hi a  b\n[stdout:1] hi a  b\n" in streams
+            content, messages = run("%px 1 / 0")
+            assert content["status"] == "error"
+            assert content["ename"] == "CompositeError"
+            (error,) = [m["content"] for m in messages if m["msg_type"] == "error"]
+            assert "[engine 0] ZeroDivisionError: division by zero" in error["traceback"]
+            assert "[engine 1] ZeroDivisionError: division by zero" in error["traceback"]
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
