@@ -522,10 +522,10 @@ def test_load_ext_finds_the_running_default_cluster(tmp_path: Path) -> None:
         assert _values(found.stdout) == {0: [str(engine_pids(rc)[0])]}
 
 
-def test_in_a_jupyter_kernel_a_failing_cell_is_an_error_reply(tmp_path: Path) -> None:
+def test_in_a_jupyter_kernel_output_is_rich_and_a_failing_cell_an_error(tmp_path: Path) -> None:
     """In an ipykernel (what a notebook runs), %load_ext finds the cluster, %px output
-    arrives as stream messages, and a %px that raised on the engines answers
-    status "error" with every engine's traceback: what stops "Run All"."""
+    arrives as stream and rich display messages, and a %px that raised on the engines
+    answers status "error" with every engine's traceback: what stops "Run All"."""
     manager = pytest.importorskip("jupyter_client.manager")
     env = {
         **os.environ,
@@ -548,6 +548,24 @@ def test_in_a_jupyter_kernel_a_failing_cell_is_an_error_reply(tmp_path: Path) ->
             assert content["status"] == "ok"
             streams = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
             assert "[stdout:0] hi a  b\n[stdout:1] hi a  b\n" in streams
+            content, messages = run(
+                "%px from IPython.display import HTML, display; display(HTML('<b>rich</b>'))"
+            )
+            assert content["status"] == "ok"
+            html = [
+                m["content"]["data"].get("text/html")
+                for m in messages
+                if m["msg_type"] == "display_data"
+            ]
+            assert html == ["<b>rich</b>", "<b>rich</b>"]  # one per engine, as HTML
+            content, messages = run("%px 6 * 7")
+            shown = [
+                m["content"].get("text") or m["content"]["data"]["text/plain"]
+                for m in messages
+                if m["msg_type"] in ("stream", "display_data", "execute_result")
+            ]
+            assert sorted(_values("\n".join(shown))) == [0, 1]
+            assert all(v == ["42"] for v in _values("\n".join(shown)).values())  # once each
             content, messages = run("%px 1 / 0")
             assert content["status"] == "error"
             assert content["ename"] == "CompositeError"
