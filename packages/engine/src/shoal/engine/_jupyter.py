@@ -137,6 +137,7 @@ class JupyterGateway:
         self.received = 0  # verified messages
         self.sent = 0
         self._detached = threading.Event()
+        self._tag = uuid.uuid4().hex  # names its inproc pipes: never a closed one's name
         ctx = engine.context
         self._socks: dict[str, zmq.Socket[Any]] = {}
         ports: dict[str, int] = {}
@@ -164,16 +165,17 @@ class JupyterGateway:
         # may come from any thread of user code).
         self._out_lock = threading.Lock()
         self._pull: zmq.Socket[Any] = ctx.socket(zmq.PULL)
-        self._pull.bind(f"inproc://shoal-jupyter-{id(self)}")
+        self._pull.bind(f"inproc://shoal-jupyter-{self._tag}")
         self._push: zmq.Socket[Any] | None = ctx.socket(zmq.PUSH)
         self._push.linger = 0
-        self._push.connect(f"inproc://shoal-jupyter-{id(self)}")
+        self._push.connect(f"inproc://shoal-jupyter-{self._tag}")
         self._hb_stop: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
-        self._hb_stop.bind(f"inproc://shoal-jupyter-hb-{id(self)}")
+        self._hb_stop.bind(f"inproc://shoal-jupyter-hb-{self._tag}")
         hb_ctrl: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
-        hb_ctrl.connect(f"inproc://shoal-jupyter-hb-{id(self)}")
+        hb_ctrl.connect(f"inproc://shoal-jupyter-hb-{self._tag}")
         self._inbox: collections.deque[tuple[list[bytes], dict[str, Any]]] = collections.deque()
-        self._input_replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        # (the msg_id of the input_request answered, the input_reply's content)
+        self._input_replies: queue.Queue[tuple[object, dict[str, Any]]] = queue.Queue()
         self._signatures: collections.deque[bytes] = collections.deque()
         self._seen: set[bytes] = set()
         self._running: str | None = None  # msg_id of the gateway request running now
@@ -228,9 +230,10 @@ class JupyterGateway:
         content: Mapping[str, Any],
         parent: Mapping[str, Any] | None,
         identities: list[bytes] | None = None,
+        msg_id: str | None = None,
     ) -> list[bytes]:
         header = {
-            "msg_id": uuid.uuid4().hex,
+            "msg_id": msg_id or uuid.uuid4().hex,
             "msg_type": msg_type,
             "username": "shoal",
             "session": self.session,
@@ -317,7 +320,9 @@ class JupyterGateway:
                                 self._wake()
                         elif sock is stdin:
                             if received[1]["header"]["msg_type"] == "input_reply":
-                                self._input_replies.put(received[1]["content"])
+                                parent = received[1]["parent_header"]
+                                asked = parent.get("msg_id") if isinstance(parent, dict) else None
+                                self._input_replies.put((asked, received[1]["content"]))
                         else:
                             self._on_control(*received)
                         if self._detached.is_set():
@@ -526,14 +531,17 @@ class JupyterGateway:
         while not self._input_replies.empty():  # answers to an earlier, interrupted ask
             self._input_replies.get_nowait()
         request = {"prompt": prompt, "password": password}
-        self._send("stdin", self._encode("input_request", request, parent, identities))
+        msg_id = uuid.uuid4().hex
+        self._send("stdin", self._encode("input_request", request, parent, identities, msg_id))
         while True:
             if self.closed:
                 raise EOFError("the Jupyter console detached while input() waited")
             try:
-                answer = self._input_replies.get(timeout=_POLL_MS / 1000)
+                asked, answer = self._input_replies.get(timeout=_POLL_MS / 1000)
             except queue.Empty:
                 continue
+            if asked and asked != msg_id:  # jupyter_client names no parent: then any goes
+                continue  # the answer to another (earlier, interrupted) input_request
             value = answer.get("value")
             if not isinstance(value, str):
                 raise EOFError(  # noqa: TRY004 - input() callers expect EOFError
