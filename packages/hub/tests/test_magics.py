@@ -318,6 +318,22 @@ def test_ctrl_c_stops_the_engines_and_shows_what_they_printed(
     assert time.monotonic() - began < 50  # neither waited for the 60 s sleep
 
 
+def test_stream_still_shows_rich_output_and_values_once(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the streamed lines, --stream shows the rich output and each value once."""
+    _ok(
+        ip,
+        "%%px --stream\nfrom IPython.display import HTML, display\n"
+        "display(HTML('<b>x</b>'))\nprint('line')\n6 * 7",
+    )
+    out = capsys.readouterr().out
+    assert "[stdout:0] line\n" in out
+    assert "[stdout:1] line\n" in out
+    assert out.count("<IPython.core.display.HTML object>") == 2  # its text/plain, here
+    assert _values(out) == {0: ["42"], 1: ["42"]}
+
+
 def test_verbose(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     """--verbose says where the code runs; --no-verbose does not."""
     _ok(ip, "%px --verbose --targets 1 pass")

@@ -44,7 +44,7 @@ import contextlib
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -54,7 +54,7 @@ from IPython.core.magic import Magics, no_var_expand
 
 from shoal.engine import MsgType
 
-from .._client.asyncresult import AsyncResult
+from .._client.asyncresult import AsyncResult, _ipython_publisher, _show_output
 from .._client.client import Client, current_client
 from .._client.views import DirectView
 
@@ -318,18 +318,31 @@ def _stop(result: AsyncResult[Any], engines: list[int]) -> None:
     result.cancel()
 
 
+def _rich_outputs(result: AsyncResult[Any]) -> list[list[dict[str, Any]]]:
+    """Each request's rich outputs (``display()``, an execute's result), in order."""
+    outputs = result.outputs
+    return cast("list[list[dict[str, Any]]]", outputs if _many(result) else [outputs])
+
+
+def _many(result: AsyncResult[Any]) -> bool:
+    return isinstance(result.engine_id, list)
+
+
 def _results_shown(result: AsyncResult[Any]) -> list[bool]:
-    """Per request, whether ``display_outputs`` showed its value (an ``execute_result``
-    among its rich outputs, where the engines send them)."""
-    outputs = getattr(result, "outputs", None)  # rich outputs: engines of 0.7 and later
-    if not isinstance(outputs, list):
-        return [False] * len(result.msg_ids)
-    per_request = outputs if isinstance(result.engine_id, list) else [outputs]
+    """Per request, whether its value was shown as rich output (an ``execute_result``,
+    from engines that send them)."""
     return [
-        isinstance(outs, list)
-        and any(isinstance(o, dict) and o.get("msg_type") == "execute_result" for o in outs)
-        for outs in per_request
+        any(o.get("msg_type") == "execute_result" for o in outs) for outs in _rich_outputs(result)
     ]
+
+
+def _show_rich(result: AsyncResult[Any], engines: list[int]) -> None:
+    """Show the rich outputs of a streamed ``%px`` (its streams are shown already), as
+    ``display_outputs`` shows them."""
+    publish = _ipython_publisher()
+    for i, outs in enumerate(_rich_outputs(result)):
+        for output in outs:
+            _show_output(engines[i] if i < len(engines) else "?", output, publish)
 
 
 # -- the magics ---------------------------------------------------------------------------
@@ -522,10 +535,11 @@ class ParallelMagics(Magics):
             if not stream:  # what it printed before it was stopped
                 result.display_outputs(groupby)
             raise
-        shown = [False] * len(result.msg_ids)
-        if not stream:
+        if stream:
+            _show_rich(result, engines)
+        else:
             result.display_outputs(groupby)
-            shown = _results_shown(result)
+        shown = _results_shown(result)
         value = result.get()  # the engines' error, if any, fails the cell here
         engines = _as_list(result.engine_id)
         for engine, v, seen in zip(engines, _as_list(value), shown, strict=False):
