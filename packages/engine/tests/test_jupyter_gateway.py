@@ -168,10 +168,10 @@ def test_interrupt_from_control_spares_the_engine(km: KernelManager, info: dict[
     serves the manager's requests after it."""
     kc = _client(info)
     try:
-        msg_id = kc.execute("while True: pass")
+        msg_id = kc.execute("print('spinning')\nwhile True: pass")
         while True:
             msg = kc.get_iopub_msg(timeout=_TIMEOUT)
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 break
         kc.control_channel.send(kc.session.msg("interrupt_request", {}))
         assert kc.get_control_msg(timeout=_TIMEOUT)["content"]["status"] == "ok"

@@ -258,10 +258,10 @@ def test_interrupt_while_true_and_cluster_tasks_around_it(
     meanwhile waits in the engine's queue and runs after it, as do tasks before."""
     rc = attached.client
     assert rc[0].apply_sync(lambda: "before") == "before"
-    msg_id = kc.execute("while True: pass")
-    while True:  # the engine runs it once execute_input is out
+    msg_id = kc.execute("print('spinning')\nwhile True: pass")
+    while True:  # its output says user code runs: an interrupt now lands in it
         msg = kc.get_iopub_msg(timeout=_TIMEOUT)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
             break
     during = rc[0].apply_async(lambda: "during")
     assert not during.done()
