@@ -377,13 +377,15 @@ def test_shutdown_detaches_and_the_engine_runs_on(
 
 
 def test_jupyter_console_attaches(
-    attached: RunningCluster, capsys: pytest.CaptureFixture[str]
+    attached: RunningCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """``jupyter console --existing FILE`` under a pseudo-terminal: ``1+1`` shows ``2``,
     and ``shoal engine interrupt`` stops its ``while True``."""
     pexpect = pytest.importorskip("pexpect")
     path = _connect_info(attached, capsys)
     env = {**os.environ, "TERM": "dumb", "JUPYTER_PLATFORM_DIRS": "1"}
+    for name in ("IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        env[name] = str(tmp_path / name.lower())  # the console leaves the home folder alone
     child = pexpect.spawn(
         sys.executable,
         ["-m", "jupyter_console", "--existing", str(path), "--simple-prompt"],
