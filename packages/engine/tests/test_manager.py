@@ -308,3 +308,23 @@ def test_freed_object_returns_its_memory(km: KernelManager) -> None:
     assert km.request("decref_request", {"id": ref["id"]})["refcount"] == 0
     after = km.status()["memory_rss"]
     assert holding - after > 48 * 1024 * 1024
+
+
+def test_rich_output_reaches_on_display(km: KernelManager) -> None:
+    """An engine process sends display() and results as mime bundles, before the reply,
+    and tells in kernel_info whether IPython runs its code."""
+    pytest.importorskip("IPython")
+    shown: list[tuple[str, dict[str, Any]]] = []
+    km.on_display = lambda kind, content: shown.append((kind, content))
+    code = "from IPython.display import HTML, display\ndisplay(HTML('<b>rich</b>'))\n'done'"
+    assert km.execute(code) == "done"
+    assert [kind for kind, _ in shown] == ["display_data", "execute_result"]
+    assert shown[0][1]["data"]["text/html"] == "<b>rich</b>"
+    assert km.request("kernel_info_request", {}, 10)["ipython"] is True
+
+
+def test_input_without_a_front_end_fails_at_once(km: KernelManager) -> None:
+    """input() in an engine whose requester allows no stdin raises EOFError, never hangs."""
+    with pytest.raises(EOFError, match="no front end"):
+        km.execute("input('anyone? ')", timeout=30)
+    assert km.execute("1 + 1") == 2
