@@ -37,11 +37,8 @@ Its rules:
 
 from __future__ import annotations
 
-import builtins
 import collections
 import contextlib
-import datetime
-import getpass
 import hashlib
 import hmac
 import json
@@ -183,6 +180,7 @@ class JupyterGateway:
         # thread gets one, not one per request (the pipe would fill and block).
         self._woken = False
         self._saw_result = False
+        self._kernel_info: dict[str, Any] | None = None  # the Kernel's, once asked on shell
         threading.Thread(
             target=_echo,
             args=(self._socks.pop("hb"), hb_ctrl),
@@ -237,7 +235,7 @@ class JupyterGateway:
             "msg_type": msg_type,
             "username": "shoal",
             "session": self.session,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "date": _now(),
             "version": PROTOCOL_VERSION,
         }
         parts = [
@@ -374,7 +372,7 @@ class JupyterGateway:
                 reply["detached"] = True
                 reply["engine_running"] = True
         elif kind == "kernel_info_request":
-            reply = _kernel_info_fallback()
+            reply = self._kernel_info or _kernel_info_fallback()
         else:
             reply = _error("ValueError", f"unknown control request {kind!r}")
         reply_type = kind.removesuffix("_request") + "_reply"
@@ -479,33 +477,9 @@ class JupyterGateway:
         self._saw_result = False
         # Output, rich output and input() of this request are the console's, not the
         # cluster client's: the Kernel's callbacks point here while it runs.
-        mine: dict[str, object] = {
-            "on_stream": stream,
-            "on_display": display,
-            "on_input": ask,
-            "allow_stdin": allow_stdin,
-        }
-        saved = {name: getattr(kernel, name) for name in mine if hasattr(kernel, name)}
-        for name in saved:
-            setattr(kernel, name, mine[name])
-        plain_input = builtins.input, getpass.getpass
-        if "on_input" not in saved:  # a Kernel that does not ask on_input: ask here
-
-            def ask_input(prompt: object = "") -> str:
-                return ask_plain(str(prompt), False)
-
-            def ask_password(prompt: str = "Password: ", stream: object = None) -> str:
-                return ask_plain(prompt, True)
-
-            def ask_plain(prompt: str, password: bool) -> str:
-                if not allow_stdin:
-                    raise EOFError(
-                        "input() has no front end to answer it: the Jupyter client did not"
-                        " allow stdin (allow_stdin)"
-                    )
-                return ask(prompt, password)
-
-            builtins.input, getpass.getpass = ask_input, ask_password
+        saved = kernel.on_stream, kernel.on_display, kernel.on_input, kernel.allow_stdin
+        kernel.on_stream, kernel.on_display, kernel.on_input = stream, display, ask
+        kernel.allow_stdin = allow_stdin
         try:
             try:
                 engine._in_user_code = True
@@ -519,9 +493,7 @@ class JupyterGateway:
             self._running = None
             engine.running = None
             engine._interrupt_ids.discard(msg_id)
-            for name, value in saved.items():
-                setattr(kernel, name, value)
-            builtins.input, getpass.getpass = plain_input
+            kernel.on_stream, kernel.on_display, kernel.on_input, kernel.allow_stdin = saved
         return reply
 
     def _ask(
@@ -593,10 +565,7 @@ class JupyterGateway:
         self._inbox.extendleft(reversed(keep))
 
     def _reply_of(self, kind: str, reply: dict[str, Any]) -> dict[str, Any]:
-        """The Kernel's reply in Jupyter's shape: JSON data only, a traceback as lines;
-        kernel_info answered here while the Kernel does not know it."""
-        if kind == "kernel_info_request" and _unknown(reply):
-            return _kernel_info_fallback()
+        """The Kernel's reply in Jupyter's shape: JSON data only, a traceback as lines."""
         reply = {k: v for k, v in reply.items() if k not in ("exception", "result")}
         if reply.get("status") == "error":
             tb = reply.get("traceback")
@@ -607,6 +576,8 @@ class JupyterGateway:
             reply["ename"] = str(reply.get("ename", "Error"))
             reply["evalue"] = str(reply.get("evalue", ""))
         cleaned: dict[str, Any] = json.loads(_dumps(reply))
+        if kind == "kernel_info_request" and cleaned.get("status") == "ok":
+            self._kernel_info = cleaned  # what control answers from now on
         return cleaned
 
 
@@ -651,8 +622,15 @@ def open_gateway(engine: EngineProcess, content: object) -> dict[str, Any]:
         return error_reply(exc, engine_id=engine.engine_id, serializer=None)
 
 
+def _now() -> str:
+    """The time now in ISO 8601, UTC, to the microsecond (what Jupyter's headers say)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
 def _kernel_info_fallback() -> dict[str, Any]:
-    """kernel_info for a Kernel that does not answer it itself."""
+    """kernel_info on control before the Kernel gave it on shell (the main thread may be
+    busy for long: control answers at once)."""
     from importlib.metadata import version  # noqa: PLC0415 - only when asked
 
     v = sys.version_info
@@ -673,11 +651,6 @@ def _kernel_info_fallback() -> dict[str, Any]:
         "banner": f"shoal engine (pid {os.getpid()}), Python {sys.version.split()[0]}",
         "help_links": [],
     }
-
-
-def _unknown(reply: Mapping[str, Any]) -> bool:
-    """Whether ``reply`` is the Kernel's error for a request type it does not know."""
-    return reply.get("status") == "error" and "unknown msg_type" in str(reply.get("evalue"))
 
 
 def _error(ename: str, evalue: str) -> dict[str, Any]:
