@@ -225,7 +225,7 @@ class Kernel:
         engine_id: int | None = None,
         on_stream: Callable[[str, str], None] | None = None,
         objects: ObjectStore | None = None,
-        on_display: Callable[[str, dict[str, Any]], None] | None = None,
+        on_display: Callable[[str, dict[str, object]], None] | None = None,
         on_input: Callable[[str, bool], str] | None = None,
         ipython: bool | None = False,
     ) -> None:

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import ParamSpec, TypeVar, cast, overload
 
 import zmq
 
@@ -68,10 +68,11 @@ def _print_stream(name: str, text: str) -> None:
     stream.flush()
 
 
-def _print_display(msg_type: str, content: dict[str, Any]) -> None:
+def _print_display(msg_type: str, content: dict[str, object]) -> None:
     """``display()`` on the engine, as its plain text here; results are returned."""
-    if msg_type in ("display_data", "update_display_data"):
-        text = content.get("data", {}).get("text/plain")
+    data = content.get("data")
+    if msg_type in ("display_data", "update_display_data") and isinstance(data, dict):
+        text = data.get("text/plain")
         if text is not None:
             _print_stream("stdout", f"{text}\n")
 
@@ -111,7 +112,7 @@ class KernelManager:
         self,
         *,
         on_stream: Callable[[str, str], None] | None = None,
-        on_display: Callable[[str, dict[str, Any]], None] | None = None,
+        on_display: Callable[[str, dict[str, object]], None] | None = None,
         startup_timeout: float = 30.0,
         interrupt_grace: float = 1.0,
     ) -> None:

@@ -298,7 +298,7 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         return texts[0] if self._single else texts
 
     @property
-    def outputs(self) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+    def outputs(self) -> list[dict[str, object]] | list[list[dict[str, object]]]:
         """The rich output of the request(s), in the order it came: ``display()``
         (``display_data``, ``update_display_data``), ``clear_output`` and an execute's
         result (``execute_result``), each a dict with ``msg_type`` and the message's
@@ -308,7 +308,9 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
         .. versionadded:: 0.6
         """
         rich = self._rich or {}
-        lists = [list(rich.get(i, ())) for i in range(len(self.msg_ids))]
+        lists: list[list[dict[str, object]]] = [
+            list(rich.get(i, ())) for i in range(len(self.msg_ids))
+        ]
         return lists[0] if self._single else lists
 
     def display_outputs(self, groupby: str = "engine") -> None:
