@@ -226,3 +226,37 @@ def test_a_failed_execute_aborts_those_queued_behind_it(
     finally:
         sock.close(linger=0)
     assert km.pull(["'ran_after' in globals()", "ran_later"]) == [False, 1]
+
+
+def test_stream_output_comes_whole_in_few_messages_and_in_time(
+    info: dict[str, Any], tmp_path: Any
+) -> None:
+    """20,000 print()s arrive whole, in order, as a few stream messages; and output of a
+    cell that still runs arrives while it runs."""
+    kc = _client(info)
+    try:
+        texts: list[str] = []
+
+        def keep(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                texts.append(msg["content"]["text"])
+
+        reply = kc.execute_interactive(
+            "for i in range(20000): print(i)", timeout=_TIMEOUT, output_hook=keep
+        )
+        assert reply["content"]["status"] == "ok"
+        assert "".join(texts) == "".join(f"{i}\n" for i in range(20000))
+        assert len(texts) < 100
+        gate = tmp_path / "gate"
+        code = f"import os, time\nprint('early')\nwhile not os.path.exists({str(gate)!r}):\n"
+        msg_id = kc.execute(code + "    time.sleep(0.01)")
+        while True:  # the cell waits for the gate, which opens only once 'early' is here
+            msg = kc.get_iopub_msg(timeout=_TIMEOUT)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                assert msg["content"]["text"] == "early\n"
+                break
+        gate.touch()
+        while kc.get_shell_msg(timeout=_TIMEOUT)["parent_header"].get("msg_id") != msg_id:
+            pass
+    finally:
+        kc.stop_channels()

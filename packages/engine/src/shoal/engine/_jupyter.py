@@ -76,6 +76,11 @@ _MAX_BYTES: Final = 64 * 1024 * 1024  # per message; zmq drops (and disconnects)
 _REPLAY_HISTORY: Final = 1 << 16  # signatures remembered against replays
 _LOG_EVERY: Final = 10.0  # seconds between two log lines about drops of one reason
 _POLL_MS: Final = 200  # how often a wait for input looks whether the gateway detached
+# Stream output is sent in pieces at most this old or this large: a loop of print()s is
+# a few messages, not two per call (a PUB drops what a slow subscriber cannot take).
+_STREAM_EVERY_S: Final = 0.05
+_STREAM_BYTES: Final = 64 * 1024
+_IOPUB_HWM: Final = 100_000  # messages queued for a slow front end before PUB drops
 
 #: Shell requests of the Jupyter protocol and their replies (the others are refused).
 SHELL_REPLIES: Final = {
@@ -94,9 +99,10 @@ _COMMS: Final = frozenset({"comm_open", "comm_msg", "comm_close"})
 class _Drops:
     """Dropped messages counted by reason, logged at most once per period per reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "dropped") -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self._logged: dict[str, float] = {}
+        self._what = what
 
     def drop(self, reason: str) -> None:
         self.counts[reason] += 1
@@ -104,7 +110,7 @@ class _Drops:
         if now - self._logged.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
             self._logged[reason] = now
             log.warning(
-                "jupyter gateway: dropped a message (%s; %d so far)", reason, self.counts[reason]
+                "jupyter gateway: %s %s (%d so far)", self._what, reason, self.counts[reason]
             )
 
 
@@ -130,34 +136,13 @@ class JupyterGateway:
         self.key = secrets.token_hex(32).encode("ascii")
         self.session = uuid.uuid4().hex
         self.ip = ip
-        self.drops = _Drops()
+        self.drops = _Drops("dropped a message:")
         self.received = 0  # verified messages
         self.sent = 0
         self._detached = threading.Event()
         self._tag = uuid.uuid4().hex  # names its inproc pipes: never a closed one's name
         ctx = engine.context
-        self._socks: dict[str, zmq.Socket[Any]] = {}
-        ports: dict[str, int] = {}
-        try:
-            for name, kind in (
-                ("shell", zmq.ROUTER),
-                ("iopub", zmq.PUB),
-                ("stdin", zmq.ROUTER),
-                ("control", zmq.ROUTER),
-                ("hb", zmq.ROUTER),
-            ):
-                sock: zmq.Socket[Any] = ctx.socket(kind)
-                sock.linger = 1000
-                if kind == zmq.ROUTER:
-                    sock.maxmsgsize = _MAX_BYTES  # the first cap, before any Python work
-                self._socks[name] = sock
-                url = bind(sock, f"tcp://{ip}:*", insecure=insecure)
-                ports[name] = int(url.rsplit(":", 1)[1])
-        except BaseException:
-            for sock in self._socks.values():
-                sock.close(linger=0)
-            raise
-        self.ports = ports
+        self._socks, self.ports = _bind_sockets(ctx, ip, insecure)
         # The main thread's way to the sockets: an inproc pipe, used under a lock (output
         # may come from any thread of user code).
         self._out_lock = threading.Lock()
@@ -165,6 +150,16 @@ class JupyterGateway:
         self._pull.bind(f"inproc://shoal-jupyter-{self._tag}")
         self._push: zmq.Socket[Any] | None = ctx.socket(zmq.PUSH)
         self._push.linger = 0
+        # A full pipe (the gateway's thread starved of the GIL) holds the sender back a
+        # while rather than dropping at once, never forever (a detach needs the lock).
+        self._push.sndtimeo = 1000
+        self._push.sndhwm = _IOPUB_HWM
+        self._lost = _Drops("could not send")  # the main thread's, apart from the thread's
+        # Stream output not sent yet, under the lock: [name, parent header, texts], and
+        # when the oldest piece came.
+        self._streams: list[tuple[str, Mapping[str, Any], list[str]]] = []
+        self._stream_bytes = 0
+        self._stream_since = 0.0
         self._push.connect(f"inproc://shoal-jupyter-{self._tag}")
         self._hb_stop: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
         self._hb_stop.bind(f"inproc://shoal-jupyter-hb-{self._tag}")
@@ -301,7 +296,7 @@ class JupyterGateway:
             poller.register(sock, zmq.POLLIN)
         try:
             while not self._detached.is_set():
-                for sock, _ in poller.poll():
+                for sock, _ in poller.poll(int(_STREAM_EVERY_S * 1000)):
                     if sock is self._pull:
                         self._forward()
                         continue
@@ -325,6 +320,7 @@ class JupyterGateway:
                             self._on_control(*received)
                         if self._detached.is_set():
                             break
+                self._flush_streams_if_due()
         except zmq.ContextTerminated:
             pass
         except Exception:
@@ -400,12 +396,56 @@ class JupyterGateway:
     # -- the engine's main thread -----------------------------------------------------------
     def _send(self, channel: str, frames: list[bytes]) -> None:
         with self._out_lock:
-            if self._push is None:
-                return  # detached: nobody listens
-            try:
-                self._push.send_multipart([channel.encode(), *frames], zmq.NOBLOCK)
-            except zmq.Again:
-                log.warning("jupyter gateway: dropped a %s message (the pipe is full)", channel)
+            self._streams_to_pipe()  # output written before this message goes first
+            self._push_locked(channel, frames)
+
+    def _push_locked(self, channel: str, frames: list[bytes]) -> None:
+        if self._push is None:
+            return  # detached: nobody listens
+        try:
+            self._push.send_multipart([channel.encode(), *frames])
+        except zmq.Again:
+            self._lost.drop(f"a {channel} message: the gateway's pipe stayed full")
+
+    def stream(self, name: str, text: str, parent: Mapping[str, Any]) -> None:
+        """Output of a running request (any thread): sent with the next message, when
+        it is :data:`_STREAM_EVERY_S` old, or when there is :data:`_STREAM_BYTES` of it."""
+        with self._out_lock:
+            streams = self._streams
+            if streams and streams[-1][0] == name and streams[-1][1] is parent:
+                streams[-1][2].append(text)
+            else:
+                if not streams:
+                    self._stream_since = time.monotonic()
+                streams.append((name, parent, [text]))
+            self._stream_bytes += len(text)
+            if self._stream_bytes >= _STREAM_BYTES:
+                self._streams_to_pipe()
+
+    def _take_streams(self) -> list[list[bytes]]:
+        """The stream output kept so far, encoded, and none kept (the lock held)."""
+        streams, self._streams, self._stream_bytes = self._streams, [], 0
+        return [
+            self._encode("stream", {"name": name, "text": "".join(texts)}, parent)
+            for name, parent, texts in streams
+        ]
+
+    def _streams_to_pipe(self) -> None:
+        """Queue the stream output kept so far (the lock held)."""
+        for frames in self._take_streams():
+            self._push_locked("iopub", frames)
+
+    def _flush_streams_if_due(self) -> None:
+        """The gateway's thread: send stream output that waited long enough, after what
+        the main thread queued before it."""
+        if not self._streams or time.monotonic() - self._stream_since < _STREAM_EVERY_S:
+            return
+        with self._out_lock:  # the main thread adds nothing meanwhile: order holds
+            self._forward()
+            for frames in self._take_streams():
+                with contextlib.suppress(zmq.ZMQError):
+                    self._socks["iopub"].send_multipart(frames)
+                    self.sent += 1
 
     def publish(self, msg_type: str, content: Mapping[str, Any], parent: Mapping[str, Any]) -> None:
         """Send one message on iopub (any thread)."""
@@ -461,7 +501,7 @@ class JupyterGateway:
         allow_stdin = bool(content.get("allow_stdin", False)) and identities is not None
 
         def stream(name: str, text: str) -> None:
-            self.publish("stream", {"name": name, "text": text}, header)
+            self.stream(name, text, header)
 
         def display(msg_type: str, content: dict[str, Any]) -> None:
             if msg_type == "execute_result":
@@ -626,6 +666,36 @@ def _now() -> str:
     """The time now in ISO 8601, UTC, to the microsecond (what Jupyter's headers say)."""
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+def _bind_sockets(
+    ctx: zmq.Context[Any], ip: str, insecure: bool
+) -> tuple[dict[str, zmq.Socket[Any]], dict[str, int]]:
+    """A Jupyter kernel's five sockets bound on ``ip`` at free ports, and the ports."""
+    socks: dict[str, zmq.Socket[Any]] = {}
+    ports: dict[str, int] = {}
+    try:
+        for name, kind in (
+            ("shell", zmq.ROUTER),
+            ("iopub", zmq.PUB),
+            ("stdin", zmq.ROUTER),
+            ("control", zmq.ROUTER),
+            ("hb", zmq.ROUTER),
+        ):
+            sock: zmq.Socket[Any] = ctx.socket(kind)
+            sock.linger = 1000
+            if kind == zmq.PUB:
+                sock.sndhwm = _IOPUB_HWM
+            else:
+                sock.maxmsgsize = _MAX_BYTES  # the first cap, before any Python work
+            socks[name] = sock
+            url = bind(sock, f"tcp://{ip}:*", insecure=insecure)
+            ports[name] = int(url.rsplit(":", 1)[1])
+    except BaseException:
+        for sock in socks.values():
+            sock.close(linger=0)
+        raise
+    return socks, ports
 
 
 def _kernel_info_fallback() -> dict[str, Any]:
