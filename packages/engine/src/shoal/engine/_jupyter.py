@@ -28,7 +28,8 @@ Its rules:
   the engine's main thread, which is woken through its pipe and runs it between cluster
   requests (:meth:`JupyterGateway.serve_next`), through the same ``Kernel.handle``, in
   the same namespace. While it runs, its output (``stream``), rich output and result go
-  to iopub with ``status`` busy/idle around it, and ``input()`` asks on stdin. A failed
+  to iopub with ``status`` busy/idle around it (stream writes joined into pieces at
+  most 50 ms old), and ``input()`` asks on stdin. A failed
   execute aborts the execute requests queued behind it (Jupyter's ``stop_on_error``).
 * **Control answers at once.** ``interrupt_request`` interrupts the running gateway
   request (the engine's targeted interrupt: never a cluster task), ``shutdown_request``
