@@ -120,7 +120,8 @@ class Transport:
         self._context: zmq.Context[Any] = zmq.Context()
         self._connect(beat_url)
         self._send_lock = threading.Lock()
-        self._reading = threading.Lock()
+        # Reentrant only so that its owner can be asked (wait() never nests reading).
+        self._reading = threading.RLock()
         self._waiters = 0  # callers who want `_reading`
         self._last_waited = 0.0  # when a caller last stopped reading (monotonic)
         self._waiters_changed = threading.Condition()
@@ -357,29 +358,38 @@ class Transport:
         if threading.current_thread() is self._io:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._waiters_changed:
-            self._waiters += 1
+        reading = self._reading
+        # A Ctrl-C may raise KeyboardInterrupt anywhere, even just after an acquire
+        # returned: the finally asks the lock whether this thread holds it, else a lock
+        # or a waiter count left behind would stop the client's reading for good.
+        nested = reading._is_owned()  # type: ignore[attr-defined]  # a callback waits
+        counted = False
         try:
-            if not self._reading.acquire(blocking=False):
+            with self._waiters_changed:
+                self._waiters += 1
+                counted = True  # no check for signals between these two lines
+            if nested or not reading.acquire(blocking=False):
                 self.wake()  # the I/O thread leaves its poll and yields
-                while not self._reading.acquire(timeout=0.002):
+                while nested or not reading.acquire(timeout=0.002):
                     if done() or (deadline is not None and time.monotonic() > deadline):
                         return
-            try:
-                while not done() and not self.closed and self.lost is None:
-                    left = self.ping_period
-                    if deadline is not None:
-                        left = min(left, deadline - time.monotonic())
-                        if left <= 0:
-                            return
-                    self._pump(left)
-            finally:
-                self._reading.release()
+                    if nested:  # as before: it cannot read, it waits for others
+                        time.sleep(0.002)
+            while not done() and not self.closed and self.lost is None:
+                left = self.ping_period
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        return
+                self._pump(left)
         finally:
-            with self._waiters_changed:
-                self._waiters -= 1
-                # The I/O thread is not woken: it comes back by itself after _LINGER.
-                self._last_waited = time.monotonic()
+            if not nested and reading._is_owned():  # type: ignore[attr-defined]
+                reading.release()
+            if counted:
+                with self._waiters_changed:
+                    self._waiters -= 1
+                    # The I/O thread is not woken: it comes back by itself after _LINGER.
+                    self._last_waited = time.monotonic()
 
     def _pump(self, timeout: float) -> None:
         """One round of reading: a ping when due, then whatever arrives within
