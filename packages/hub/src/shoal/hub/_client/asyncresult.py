@@ -10,6 +10,14 @@ request, or with a :class:`CompositeError` listing every error. Callers wait wit
 ``get``/``result``/``wait``, ``await`` it, or iterate over it to take results as they
 arrive. The client holds an AsyncResult only until its replies are in: the results are
 freed when the user drops it.
+
+Stopping: :meth:`AsyncResult.abort` and :meth:`AsyncResult.cancel` drop the requests
+not started and interrupt the running ones on their engines (a targeted
+``interrupt_request``: only these requests, never another client's), waiting a bounded
+time for the engines' answers. A Ctrl-C while a thread waits in ``result``/``get``/
+``wait`` (so ``apply_sync``, ``map_sync``...) does the same for the requests awaited,
+logs one line saying so, and raises ``KeyboardInterrupt``: an engine is never left
+running what nobody waits for.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -26,12 +35,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from shoal.engine import RemoteError
 
-from .errors import CompositeError
+from .errors import CompositeError, HubLost, TaskAborted
 
 if TYPE_CHECKING:
     from .client import Client
 
 __all__ = ["AsyncMapResult", "AsyncResult"]
+
+log = logging.getLogger("shoal.hub.client")
+_STOP_WAIT = 5.0  # seconds abort()/cancel() wait for running requests to stop
+_CTRL_C_WAIT = 2.0  # the same after a Ctrl-C: the user wants the prompt back
 
 T = TypeVar("T")
 
@@ -95,6 +108,11 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
     msg_ids : list of str
         One per request.
     """
+
+    # Class defaults, so that a result costs nothing more until it is stopped.
+    _task = True  # its requests are tasks on engines (not hub or control requests)
+    _holding = False  # cancel() is deciding: the last reply does not resolve the future
+    _held = False  # the last reply came while holding
 
     def __init__(
         self,
@@ -179,6 +197,11 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
 
     def _finish(self) -> None:
         self._completed = time.time()
+        if self._holding:
+            with self._arrived:
+                if self._holding:  # cancel() resolves it, or cancels it
+                    self._held = True
+                    return
         with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
             self._resolve()
 
@@ -209,8 +232,12 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
     def result(self, timeout: float | None = None) -> T:
         """The result (``concurrent.futures.Future.result``), read in this thread."""
         start = time.monotonic()
-        self._client._wait(self, timeout)
-        return super().result(_left(timeout, start))
+        try:
+            self._client._wait(self, timeout)
+            return super().result(_left(timeout, start))
+        except KeyboardInterrupt:
+            self._ctrl_c()
+            raise
 
     def get(self, timeout: float | None = None) -> T:
         """The result, waiting up to ``timeout`` seconds; raises the remote error.
@@ -232,8 +259,12 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the result, at most ``timeout`` seconds; whether it is ready."""
         start = time.monotonic()
-        self._client._wait(self, timeout)
-        concurrent.futures.wait([self], _left(timeout, start))
+        try:
+            self._client._wait(self, timeout)
+            concurrent.futures.wait([self], _left(timeout, start))
+        except KeyboardInterrupt:
+            self._ctrl_c()
+            raise
         return self.done()
 
     def ready(self) -> bool:
@@ -398,23 +429,136 @@ class AsyncResult(concurrent.futures.Future[T], Generic[T]):
             else:
                 print(f"\r{self.progress}/{total} tasks, {self.elapsed:.1f} s", file=sys.stderr)
 
-    def abort(self) -> None:
-        """Drop the requests that have not started: they fail with TaskAborted."""
-        pending = [m for i, m in enumerate(self.msg_ids) if self._results[i] is _MISSING]
-        if pending:
-            self._client.abort(pending)
+    def _unanswered(self) -> list[str]:
+        return [m for i, m in enumerate(self.msg_ids) if not self._answered(i)]
+
+    def _answered(self, i: int) -> bool:
+        return self._results[i] is not _MISSING or self._errors[i] is not None
+
+    def _stopped(self, i: int) -> bool:
+        """Whether request ``i`` was stopped: dropped before it ran, interrupted, or not
+        answered (after :meth:`Client._stop` said that it will never start)."""
+        error = self._errors[i]
+        if not self._answered(i) or isinstance(error, TaskAborted):
+            return True
+        return isinstance(error, RemoteError) and error.ename == "KeyboardInterrupt"
+
+    def _stop(self, timeout: float) -> bool:
+        """Stop the requests not answered yet; whether each one stopped or never started."""
+        left = self._unanswered()
+        if not left:
+            return True
+        try:
+            return self._client._stop(left, timeout)
+        except (HubLost, RuntimeError, TimeoutError):  # lost or closed: nothing to stop
+            log.debug("stopping %s failed", self._label, exc_info=True)
+            return False
+
+    def abort(self) -> bool:
+        """Stop the requests not answered yet, waiting (at most a few seconds) for them
+        to stop.
+
+        Requests that have not started are dropped: they fail with
+        :class:`~shoal.hub.TaskAborted`. A running one is interrupted on its engine
+        (``KeyboardInterrupt`` raised in it; another client's work is never hit): it
+        fails with a :class:`~shoal.engine.RemoteError` whose ``ename`` is
+        ``"KeyboardInterrupt"``, and the engine serves on. The result stays a future that
+        resolves with those errors; :meth:`cancel` cancels it instead.
+
+        Returns
+        -------
+        bool
+            True when every request was stopped or never started; False when one
+            finished (before or meanwhile), or still ran after a few seconds because it
+            ignores ``KeyboardInterrupt`` (stuck in C code, or catching it).
+
+        .. versionchanged:: 0.6
+           Running requests are interrupted too (before: they ran on); returns a bool.
+        """
+        gone = self._stop(_STOP_WAIT)
+        with self._arrived:
+            return gone and all(self._stopped(i) for i in range(len(self.msg_ids)))
 
     def cancel(self) -> bool:
-        """Abort the requests not answered yet and mark this future cancelled.
+        """Stop this future's requests and cancel it: True only when they were stopped.
 
-        The requests that had not started are dropped; one already running finishes on
-        its engine, and its result is discarded.
+        Queued requests are dropped, running ones are interrupted on their engines (as
+        :meth:`abort` does), and when every one was stopped or never started the future
+        is cancelled (``cancelled()``; ``result()`` raises ``CancelledError``). Waits a
+        few seconds at most for the engines' answers.
+
+        Unlike a ``concurrent.futures`` thread pool, whose running futures cannot be
+        cancelled, a running task *can* be stopped here, so ``cancel()`` of a running
+        task returns True when it was stopped. It returns False, and the future resolves
+        as usual, when a request had already finished (nothing is then stopped), when
+        one finished meanwhile, or when one ignored the interrupt for a few seconds.
+        An already cancelled future returns True, a finished one False.
+
+        .. versionchanged:: 0.6
+           A running task is interrupted (before: it ran on, its result dropped, and
+           ``cancel()`` said True).
         """
-        self.abort()
-        if not super().cancel():
-            return False
-        self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait/as_completed
-        return True
+        with self._arrived:
+            if self.done():
+                return self.cancelled()
+            if self._remaining < len(self.msg_ids):  # one finished: too late to cancel
+                return False
+            self._holding = True
+        gone = False
+        try:
+            gone = self._stop(_STOP_WAIT)
+        finally:
+            cancelled = self._end_holding(gone)
+        return cancelled
+
+    def _end_holding(self, gone: bool) -> bool:
+        """Cancel the future if every request stopped (``gone``: the others will never
+        start), else resolve it with what came; whether it was cancelled."""
+        with self._arrived:
+            self._holding = False
+            held, self._held = self._held, False
+            stopped = gone and all(self._stopped(i) for i in range(len(self.msg_ids)))
+            cancelled = stopped and super().cancel()
+        if cancelled:
+            self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait/as_completed
+        elif held:  # every reply is in: resolve with them
+            self._finish()
+        return cancelled
+
+    def _ctrl_c(self) -> None:
+        """A Ctrl-C came while this thread waited: stop the requests awaited, and say so
+        in one line. A second Ctrl-C leaves them as they are."""
+        if not self._task:
+            return  # a hub or control request: nothing runs on an engine for it
+        left = self._unanswered()
+        if not left:
+            return
+        try:
+            gone = self._stop(_CTRL_C_WAIT)
+        except KeyboardInterrupt:
+            log.warning("Ctrl-C again: %d task(s) left as they were", len(left))
+            return
+        with self._arrived:
+            stopped = [self._index[m] for m in left if self._stopped(self._index[m])]
+            hit = sum(isinstance(self._errors[i], RemoteError) for i in stopped)
+        n = len(left)
+        tasks = f"the {n} tasks" if n > 1 else "the task"
+        if gone and len(stopped) == n:
+            log.warning(
+                "Ctrl-C: stopped %s this wait was for (%d interrupted, %d dropped before"
+                " they ran); without Ctrl-C: AsyncResult.cancel(), view.interrupt()",
+                tasks,
+                hit,
+                n - hit,
+            )
+        else:
+            log.warning(
+                "Ctrl-C: interrupted %s this wait was for; %d finished or still run (code"
+                " that ignores KeyboardInterrupt): view.interrupt() tries again,"
+                " client.remove_engines() ends an engine",
+                tasks,
+                n - len(stopped),
+            )
 
     def __await__(self) -> Generator[object, None, T]:
         return asyncio.wrap_future(self).__await__()
@@ -460,13 +604,17 @@ class AsyncMapResult(AsyncResult[list[T]]):
 
     def __iter__(self) -> Iterator[T]:
         for n in range(len(self.msg_ids)):
-            if self.ordered:
-                i = n
-                self._wait_for(i, None)
-            else:
-                with self._arrived:
-                    self._arrived.wait_for(lambda n=n: len(self._finish_order) > n)  # type: ignore[misc]
-                    i = self._finish_order[n]
+            try:
+                if self.ordered:
+                    i = n
+                    self._wait_for(i, None)
+                else:
+                    with self._arrived:
+                        self._arrived.wait_for(lambda n=n: len(self._finish_order) > n)  # type: ignore[misc]
+                        i = self._finish_order[n]
+            except KeyboardInterrupt:
+                self._ctrl_c()
+                raise
             error = self._errors[i]
             if error is not None:
                 raise error

@@ -20,12 +20,14 @@ import builtins
 import collections
 import contextlib
 import contextvars
+import functools
 import getpass
 import logging
 import math
 import os
 import sys
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,6 +87,8 @@ class TaskRecord(TypedDict):
 
 
 _REFS_EVERY = 0.05  # seconds between batches of reference count changes
+_STOP_AGAIN = 0.5  # seconds between two interrupts of a task that does not stop (_stop)
+_IN_FLIGHT = 0.1  # seconds for the reply of a task that ended as it was interrupted
 
 
 class Client:
@@ -400,6 +404,52 @@ class Client:
                 on_engines.setdefault(str(engine), []).append(msg_id)
         content = {"msg_ids": list(msg_ids), "on_engines": on_engines}
         self._hub_request(MsgType.ABORT_REQUEST, content)
+
+    def _stop(self, msg_ids: Sequence[str], timeout: float) -> bool:
+        """Stop requests ``msg_ids``: drop those not started (:meth:`abort`), then send
+        each engine that may run one a targeted ``interrupt_request`` (it interrupts only
+        one of ``msg_ids``: never another client's work), and wait for their replies.
+        Again every ``_STOP_AGAIN`` seconds while one still runs (it started after the
+        abort, swallowed an interrupt, or was retried by the hub), for at most
+        ``timeout`` seconds. True when each was answered or will never start (its
+        engine, which runs none of them, holds it aborted: its reply comes when the
+        engine gets to it); False when one still ran at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [m for m in msg_ids if m in self._pending]
+            if left:
+                self.abort(left)  # answers at once what waits here or in the hub
+                left = [m for m in left if m in self._pending]
+            if not left:
+                return True
+            # The engine is known for what this client sent straight to one; a task the
+            # hub scheduled may be on any. An engine acts on an abort before a later
+            # interrupt (one control queue), so "not running" means "will not run".
+            where = {self._sent_to.get(m) for m in left}
+            engines = self.ids if None in where else sorted(e for e in where if e is not None)
+            content = {"msg_ids": left}
+            asked = [self._control(e, MsgType.INTERRUPT_REQUEST, content) for e in engines]
+            self._transport.wait(
+                functools.partial(_all_done, asked), max(0.0, deadline - time.monotonic())
+            )
+            unsure = not _all_done(asked)
+            running = any(
+                a.done() and a.exception() is None and a.result(0).get("interrupted") for a in asked
+            )
+            # The stopped ones answer now; so does one that ended as the interrupt came.
+            grace = _STOP_AGAIN if running or unsure else _IN_FLIGHT
+            self._transport.wait(
+                functools.partial(self._answered, left),
+                max(0.0, min(grace, deadline - time.monotonic())),
+            )
+            if not running and not unsure:
+                return True
+            if time.monotonic() >= deadline:
+                return self._answered(msg_ids)
+
+    def _answered(self, msg_ids: Iterable[str]) -> bool:
+        """Whether every request of ``msg_ids`` was answered."""
+        return all(m not in self._pending for m in msg_ids)
 
     def add_engines(self, n: int = 1) -> list[int]:
         """Ask the hub to start ``n`` more engines with its launcher; returns the pids of
@@ -725,8 +775,7 @@ class Client:
         self, msg_type: str, content: dict[str, Any], timeout: float | None = 10.0
     ) -> dict[str, Any]:
         result: AsyncResult[dict[str, object]] = self._submit(
-            [(HUB, msg_type, content, None)],
-            lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
+            [(HUB, msg_type, content, None)], lambda ids: self._reply_of(ids, msg_type)
         )
         return dict(result.get(timeout))
 
@@ -735,8 +784,15 @@ class Client:
     ) -> AsyncResult[dict[str, object]]:
         return self._submit(
             [(control_route(engine_id), msg_type, content, None)],
-            lambda ids: AsyncResult(self, ids, single=True, label=msg_type),
+            lambda ids: self._reply_of(ids, msg_type),
         )
+
+    def _reply_of(self, ids: list[str], label: str) -> AsyncResult[dict[str, object]]:
+        """The result of a hub or control request: no task, so a Ctrl-C while it is
+        awaited has nothing to stop."""
+        result: AsyncResult[dict[str, object]] = AsyncResult(self, ids, single=True, label=label)
+        result._task = False
+        return result
 
     # -- receiving (the transport's reader) ---------------------------------------------
     @property
@@ -971,6 +1027,10 @@ class Client:
 
 
 _clients: list[weakref.ref[Client]] = []
+
+
+def _all_done(results: Iterable[AsyncResult[Any]]) -> bool:
+    return all(r.done() for r in results)
 
 
 _RICH_OUTPUT = frozenset(

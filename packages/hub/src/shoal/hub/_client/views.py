@@ -26,6 +26,7 @@ import builtins
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import math
 import os
 import sys
@@ -48,8 +49,8 @@ from shoal.engine import MsgType
 from shoal.wire import copy_buffer, default_shared_memory, shared_memory_enabled
 
 from .._protocol import LB, engine_route
-from .asyncresult import AsyncMapResult, AsyncResult
-from .errors import MAP_INPUT_NOTE, short_repr
+from .asyncresult import _CTRL_C_WAIT, AsyncMapResult, AsyncResult
+from .errors import MAP_INPUT_NOTE, HubLost, short_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from .client import Client
 
 __all__ = ["DirectView", "LoadBalancedView", "View", "concatenate_shared", "empty_shared"]
+
+log = logging.getLogger("shoal.hub.client")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -630,7 +633,8 @@ class DirectView(View[TargetsT]):
         self.client.abort(msg_ids)
 
     def interrupt(self) -> None:
-        """Raise KeyboardInterrupt in whatever the view's engines are running."""
+        """Raise KeyboardInterrupt in whatever the view's engines are running, whoever sent
+        it (``AsyncResult.cancel()`` and ``abort()`` stop only their own requests)."""
         results = [self.client._control(t, MsgType.INTERRUPT_REQUEST, {}) for t in self._ids]
         for result in results:
             result.get(10)
@@ -938,15 +942,36 @@ def _imap(
             exhausted = not submit()
         if not outstanding:
             return
-        if ordered:
-            done = outstanding.pop(0)
-        else:
-            finished, _ = concurrent.futures.wait(
-                outstanding, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            done = next(r for r in outstanding if r in finished)
-            outstanding.remove(done)
-        yield from done.get()
+        try:
+            if ordered:
+                done = outstanding.pop(0)
+            else:
+                finished, _ = concurrent.futures.wait(
+                    outstanding, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                done = next(r for r in outstanding if r in finished)
+                outstanding.remove(done)
+            values = done.get()
+        except KeyboardInterrupt:  # the chunks sent ahead are waited for too: stop them
+            _stop_ahead(view.client, outstanding)
+            raise
+        yield from values
+
+
+def _stop_ahead(client: Client, results: Sequence[AsyncResult[Any]]) -> None:
+    """After a Ctrl-C in an ``imap``: stop the chunks it had submitted ahead, say so."""
+    ahead = [m for r in results for m in r._unanswered()]
+    if not ahead:
+        return
+    try:
+        stopped = client._stop(ahead, _CTRL_C_WAIT)
+    except (KeyboardInterrupt, HubLost, RuntimeError, TimeoutError):  # again, or lost
+        return
+    log.warning(
+        "Ctrl-C: %s the %d chunk(s) imap had submitted ahead",
+        "stopped" if stopped else "interrupted (some still run)",
+        len(ahead),
+    )
 
 
 def _msg_ids(deps: Dependencies) -> list[str]:
