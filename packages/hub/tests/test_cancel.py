@@ -171,6 +171,39 @@ def test_abort_interrupts_a_running_task_and_resolves_with_its_error(
     _serves_again(client, 1)
 
 
+def _stubborn(gate: str, started: str) -> str:
+    """Runs on an engine: swallow every KeyboardInterrupt until ``gate`` exists."""
+    import os  # runs on the engine
+    import time
+
+    open(started, "w").close()
+    while True:
+        try:
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            continue  # wherever it landed: on with the loop
+        return "done"
+
+
+def test_cancel_of_a_task_that_ignores_the_interrupt_returns_false(
+    client: Client, tmp_path: Path
+) -> None:
+    """A task that swallows KeyboardInterrupt is not stopped: cancel() says False after
+    its bounded wait, and the future resolves as usual once the task ends."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    ar = client[1].apply_async(_stubborn, str(gate), str(started))
+    try:
+        wait_until(started.exists, timeout=30)
+        begun = time.monotonic()
+        assert ar.cancel() is False
+        assert time.monotonic() - begun < 30  # bounded (a few seconds)
+        assert not ar.cancelled()
+    finally:
+        gate.touch()
+    assert ar.get(30) == "done"
+
+
 def test_cancel_of_a_task_on_every_engine(client: Client, tmp_path: Path) -> None:
     """One result with a running task on each engine: all are stopped, all engines serve."""
     ar = client[:].apply_async(_spin, str(tmp_path / "started"))
@@ -244,6 +277,9 @@ _CLIENT = textwrap.dedent(
             rc[0].apply_sync(spin, started)
         elif how == "map_sync":
             rc.load_balanced_view().map_sync(spin, [started] * 2, chunksize=1)
+        elif how == "imap":
+            for _ in rc.load_balanced_view().imap(spin, [started] * 2):
+                pass
         else:
             rc[:].apply_async(spin, started).wait()
     except KeyboardInterrupt:
@@ -286,8 +322,9 @@ def ctrl_c_client(
         ("apply_sync", 1, "stopped the task this wait was for (1 interrupted"),
         ("map_sync", 2, "stopped the 2 tasks this wait was for (2 interrupted"),
         ("wait", 2, "stopped the 2 tasks this wait was for (2 interrupted"),
+        ("imap", 2, "stopped the task this wait was for (1 interrupted"),
     ],
-    ids=["apply_sync", "map_sync", "wait"],
+    ids=["apply_sync", "map_sync", "wait", "imap"],
 )
 def test_ctrl_c_in_a_blocking_wait_stops_the_tasks_it_waited_for(
     client: Client,
@@ -317,6 +354,9 @@ def test_ctrl_c_in_a_blocking_wait_stops_the_tasks_it_waited_for(
     assert proc.returncode == 3, (out, err)
     assert "KeyboardInterrupt raised" in out
     lines = [line for line in err.splitlines() if "Ctrl-C" in line]
+    if how == "imap":  # and the chunk it had submitted ahead, on a line of its own
+        assert lines[1:] == ["Ctrl-C: stopped the 1 chunk(s) imap had submitted ahead"], err
+        del lines[1:]
     assert len(lines) == 1, err
     assert said in lines[0], err
     assert "view.interrupt()" in lines[0]
