@@ -52,8 +52,6 @@ from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, no_var_expand
 
-from shoal.engine import MsgType
-
 from .._client.asyncresult import AsyncResult, _ipython_publisher, _show_output
 from .._client.client import Client, current_client
 from .._client.views import DirectView
@@ -69,8 +67,6 @@ GROUPINGS = ("engine", "type", "order")
 
 #: How often a streaming %px looks for new output while it waits, in seconds.
 _STREAM_EVERY = 0.05
-#: Seconds a Ctrl-C waits for the interrupted requests' replies (their output's end).
-_STOP_WAIT = 2.0
 
 
 # -- options ------------------------------------------------------------------------------
@@ -305,17 +301,12 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _stop(result: AsyncResult[Any], engines: list[int]) -> None:
-    """Stop ``result``'s requests after a Ctrl-C: interrupt them on ``engines`` (the
-    engine interrupts only a request of these ids, never another client's), wait a
-    little for their replies, and drop those that had not started."""
-    content = {"msg_ids": list(result.msg_ids)}
-    for engine in sorted(set(engines)):
-        with contextlib.suppress(Exception):  # a lost engine or hub runs none of them
-            result._client._control(engine, MsgType.INTERRUPT_REQUEST, content)
+def _stop(result: AsyncResult[Any]) -> None:
+    """Stop ``result``'s requests after a Ctrl-C: ``abort()`` drops those not started and
+    interrupts the running ones on their engines (only requests of these ids, never
+    another client's), waiting a little for their replies."""
     with contextlib.suppress(Exception):  # a lost hub: nothing more to stop or wait for
-        result.wait(_STOP_WAIT)
-    result.cancel()
+        result.abort()
 
 
 def _rich_outputs(result: AsyncResult[Any]) -> list[list[dict[str, Any]]]:
@@ -531,7 +522,7 @@ class ParallelMagics(Magics):
             else:
                 result.wait()
         except KeyboardInterrupt:
-            _stop(result, engines)
+            _stop(result)
             if not stream:  # what it printed before it was stopped
                 result.display_outputs(groupby)
             raise
