@@ -324,10 +324,6 @@ class EngineProcess:
                 handler.setFormatter(_RECORD_FORMAT)
         if self.register and not self._register(control):
             return 2
-        try:  # the IPython shell, before the engine says it is ready
-            self.kernel.prepare()
-        except Exception:
-            log.exception("the IPython shell could not be made: running plain Python")
         # Say hello on every channel: the peer's ROUTERs can address this engine on a
         # channel only once they have heard from it there.
         hello = {"pid": os.getpid(), "engine_id": self.engine_id}

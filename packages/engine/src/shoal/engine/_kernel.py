@@ -47,6 +47,7 @@ import getpass
 import importlib.util
 import io
 import linecache
+import logging
 import platform
 import signal
 import sys
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
     from ._objects import ObjectStore
 
 __all__ = ["Kernel"]
+
+log = logging.getLogger("shoal.engine.kernel")
 
 _Handler = Callable[[Mapping[str, Any]], dict[str, object]]
 
@@ -284,6 +287,19 @@ class Kernel:
             or an error reply: ``status``, ``ename``, ``evalue``, ``traceback``,
             ``engine_id`` and ``exception``.
         """
+        if (
+            self.ipython
+            and self._shell is None
+            and (msg_type == "execute_request" or "IPython" in sys.modules)
+        ):
+            # Made by the first code cell, or the first request once IPython is imported
+            # (an applied function that uses IPython.display imports it as it loads), not
+            # at start: importing IPython takes ~0.3 s of CPU, which 100 engines on a few
+            # cores cannot spare all at once.
+            try:
+                self.prepare()
+            except Exception:
+                log.exception("the IPython shell could not be made: running plain Python")
         try:
             handler = self._handler(msg_type)
             if not isinstance(content, Mapping):
@@ -316,9 +332,9 @@ class Kernel:
             return error_reply(exc, engine_id=self.engine_id, serializer=self._serializer)
 
     def prepare(self) -> None:
-        """Make the IPython shell now, when code runs through IPython: the first request
-        then does not wait for it, and ``display()`` in any request (an applied function
-        too) finds it. A shell that cannot be made leaves the Kernel on plain Python,
+        """Make the IPython shell now, when code runs through IPython (``handle`` makes it
+        at the first request otherwise), so that ``display()`` in any request (an applied
+        function too) finds it. A shell that cannot be made leaves the Kernel on plain Python,
         and the error propagates for the caller to report.
 
         .. versionadded:: 0.7
