@@ -5,6 +5,7 @@ input() answered by the client or refused clearly, and IPython's magics on engin
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import textwrap
@@ -103,23 +104,26 @@ def test_display_outputs_groups_rich_output_by_engine(client: Client) -> None:
     out = io.StringIO()
     with redirect_stdout(out):
         ar.display_outputs()
-    assert out.getvalue().splitlines() == [
+    # The execution count depends on what ran on the shared cluster before: not checked.
+    lines = [re.sub(r"^Out\[(\d+):\d+\]", r"Out[\1:n]", x) for x in out.getvalue().splitlines()]
+    assert lines == [
         "[stdout:0] printed",
         "[output:0] <IPython.core.display.HTML object>",
-        "Out[0:1]: 1",
+        "Out[0:n]: 1",
         "[stdout:1] printed",
         "[output:1] <IPython.core.display.HTML object>",
-        "Out[1:1]: 1",
+        "Out[1:n]: 1",
     ]
     with redirect_stdout(out := io.StringIO()):
         ar.display_outputs(groupby="type")
-    assert [line.split("]")[0] for line in out.getvalue().splitlines()] == [
+    lines = [re.sub(r"^Out\[(\d+):\d+\]", r"Out[\1:n]", x) for x in out.getvalue().splitlines()]
+    assert [line.split("]")[0] for line in lines] == [
         "[stdout:0",
         "[stdout:1",
         "[output:0",
-        "Out[0:1",
+        "Out[0:n",
         "[output:1",
-        "Out[1:1",
+        "Out[1:n",
     ]
 
 
