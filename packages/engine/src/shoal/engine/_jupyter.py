@@ -360,8 +360,9 @@ class JupyterGateway:
                 reply = _error(
                     "NotImplementedError",
                     "an attached console cannot restart a shoal engine: its cluster owns"
-                    " it (client[i].restart() or the cluster's tools); shutdown without"
-                    " restart detaches the console and leaves the engine running",
+                    " it (replace it with client.remove_engines([i]) and"
+                    " client.add_engines(1)); shutdown without restart detaches the"
+                    " console and leaves the engine running",
                 )
                 reply["restart"] = True
             else:
