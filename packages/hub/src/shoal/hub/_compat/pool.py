@@ -63,8 +63,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, cast
 
-from shoal.engine import MsgType
-
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client
 from .._client.errors import MAP_INPUT_NOTE, CompositeError, HubLost, TaskAborted, short_repr
@@ -702,48 +700,16 @@ class Pool(_Tracking):
         for iterator in iterators:
             iterator._abandon(TaskAborted(why))
         if pending:
+            # Dropped if not started, else interrupted on its engine by id (another
+            # client's task is spared), again while one still runs, up to _STOP_WAIT s.
             with contextlib.suppress(HubLost, RuntimeError, TimeoutError):
-                self._client.abort([m for f in pending for m in f.msg_ids])
-                self._stop_running(pending)
-        self._finalizer()
-
-    def _stop_running(self, pending: list[AsyncResult[Any]]) -> None:
-        """Interrupt, on each engine of the pool, whichever of ``pending``'s tasks it
-        runs, until they are all done (aborted, interrupted or finished) or
-        ``_STOP_WAIT`` seconds passed; again every half second, for a task that started
-        after the abort was sent or that swallowed one interrupt."""
-        deadline = time.monotonic() + _STOP_WAIT
-        while True:
-            left = [f for f in pending if not f.done()]
-            if not left:
-                return
-            # The engine checks the id of what it runs: another client's task is spared.
-            content = {"msg_ids": [m for f in left for m in f.msg_ids]}
-            replies = []
-            for engine_id in self._targets:
-                try:
-                    replies.append(
-                        self._client._control(engine_id, MsgType.INTERRUPT_REQUEST, content)
+                if not self._client._stop([m for f in pending for m in f.msg_ids], _STOP_WAIT):
+                    log.warning(
+                        "terminate(): some of the pool's tasks still run after %s s: they"
+                        " ignore KeyboardInterrupt",
+                        _STOP_WAIT,
                     )
-                except (KeyError, ValueError, RuntimeError):  # gone: it runs nothing of ours
-                    log.debug("terminate(): engine %s is gone", engine_id, exc_info=True)
-            for reply in replies:
-                try:
-                    reply.result(max(0.1, deadline - time.monotonic()))
-                except (HubLost, TimeoutError):
-                    raise
-                except Exception:  # an engine that died or left runs nothing of ours
-                    log.debug("terminate(): an interrupt failed", exc_info=True)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning(
-                    "terminate(): %d of the pool's tasks still run after %s s: they ignore"
-                    " KeyboardInterrupt",
-                    sum(not f.done() for f in left),
-                    _STOP_WAIT,
-                )
-                return
-            concurrent.futures.wait(left, timeout=min(0.5, remaining))
+        self._finalizer()
 
     def join(self) -> None:
         """Wait for every task and callback; call ``close`` or ``terminate`` first."""
