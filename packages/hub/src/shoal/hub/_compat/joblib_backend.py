@@ -57,9 +57,8 @@ import concurrent.futures
 import logging
 import queue
 import threading
-import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from joblib.parallel import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -69,8 +68,6 @@ from joblib.parallel import (  # type: ignore[import-untyped, import-not-found, 
     ThreadingBackend,
     register_parallel_backend,
 )
-
-from shoal.engine import MsgType
 
 from .._client.asyncresult import AsyncResult
 from .._client.client import Client, current_client
@@ -83,9 +80,6 @@ log = logging.getLogger("shoal.hub.joblib")
 
 #: Seconds ``abort_everything`` waits for the interrupted batches to end.
 _STOP_WAIT = 10.0
-#: Seconds between two interrupts of batches still running (one that started after the
-#: abort was sent, or that swallowed one KeyboardInterrupt).
-_REINTERRUPT = 0.5
 
 _Callback = Callable[[object], object]
 
@@ -339,8 +333,13 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         if not pending or client is None:
             return
         try:
-            client.abort([m for f in pending for m in f.msg_ids])
-            _stop_running(client, pending)
+            # Dropped if not started, else interrupted on its engine by id (others'
+            # tasks are spared), again while one still runs, up to _STOP_WAIT seconds.
+            if not client._stop([m for f in pending for m in f.msg_ids], _STOP_WAIT):
+                log.warning(
+                    "joblib abort: batches still run after %s s: they ignore KeyboardInterrupt",
+                    _STOP_WAIT,
+                )
         except (HubLost, RuntimeError, TimeoutError):  # a lost hub runs nothing of ours
             log.debug("abort_everything: the cluster did not answer", exc_info=True)
 
@@ -363,40 +362,6 @@ def _open_client() -> Client | None:
         return current_client()
     except RuntimeError:
         return None
-
-
-def _stop_running(client: Client, pending: Sequence[AsyncResult[Any]]) -> None:
-    """Interrupt, on every engine, whichever of ``pending``'s tasks it runs, until they
-    are all done or ``_STOP_WAIT`` seconds passed (pool.py's terminate does the same)."""
-    deadline = time.monotonic() + _STOP_WAIT
-    while True:
-        left = [f for f in pending if not f.done()]
-        if not left:
-            return
-        # The engine interrupts only a running request named here: others' are spared.
-        content = {"msg_ids": [m for f in left for m in f.msg_ids]}
-        replies = []
-        for engine_id in client.ids:
-            try:
-                replies.append(client._control(engine_id, MsgType.INTERRUPT_REQUEST, content))
-            except (KeyError, ValueError, RuntimeError):  # gone: it runs nothing of ours
-                log.debug("abort_everything: engine %s is gone", engine_id, exc_info=True)
-        for reply in replies:
-            try:
-                reply.result(max(0.1, deadline - time.monotonic()))
-            except (HubLost, TimeoutError):
-                raise
-            except Exception:  # an engine that died or left runs nothing of ours
-                log.debug("abort_everything: an interrupt failed", exc_info=True)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            log.warning(
-                "joblib abort: %d batches still run after %s s: they ignore KeyboardInterrupt",
-                sum(not f.done() for f in left),
-                _STOP_WAIT,
-            )
-            return
-        concurrent.futures.wait(left, timeout=min(_REINTERRUPT, remaining))
 
 
 def register_joblib_backend(name: str = "shoal", make_default: bool = False) -> None:
