@@ -175,13 +175,20 @@ def test_return_as_generator(shoal_backend: Client, tmp_path: Path) -> None:
     gen = Parallel(n_jobs=2, return_as="generator")(delayed(square)(i) for i in range(50))
     assert not isinstance(gen, list)
     assert list(gen) == [i * i for i in range(50)]
-    for return_as, first in (("generator", "slow"), ("generator_unordered", "fast")):
-        path = str(tmp_path / return_as)
+    for return_as in ("generator", "generator_unordered"):
+        ran = tmp_path / f"{return_as}.fast"
+        release = tmp_path / f"{return_as}.release"  # the slow call ends once it exists
         gen = Parallel(n_jobs=2, batch_size=1, return_as=return_as)(
-            [delayed(wait_for)(path), delayed(touch)(path)]
+            [delayed(wait_for)(str(release)), delayed(touch)(str(ran))]
         )
-        assert next(gen) == first
-        assert sorted([first, *gen]) == ["fast", "slow"]
+        if return_as == "generator_unordered":
+            assert next(gen) == "fast"  # the slow call cannot end before the release
+            release.touch()
+            assert list(gen) == ["slow"]
+        else:
+            wait_until(ran.exists, timeout=30)  # the fast call ended first ...
+            release.touch()
+            assert list(gen) == ["slow", "fast"]  # ... yet the calls' order comes back
 
 
 # -- errors ------------------------------------------------------------------------------
