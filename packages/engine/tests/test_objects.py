@@ -322,13 +322,14 @@ def test_memory_returned_at_zero(store: ObjectStore) -> None:
         assert reply["ref"]["type"] == "numpy.ndarray"
         del array, reply
         held, _ = tracemalloc.get_traced_memory()
-        assert held >= 50 * 2**20
+        assert held >= 50 * 2**20 - 64 * 2**10
         assert store.handle("decref_request", {"id": 1})["refcount"] == 0
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert held - after >= 50 * 2**20
+    # Other threads allocate and free a little meanwhile (traced too): 64 KiB of slack.
+    assert held - after >= 50 * 2**20 - 64 * 2**10
 
 
 def test_decref_unknown_and_below_zero(store: ObjectStore) -> None:
