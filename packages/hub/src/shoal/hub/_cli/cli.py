@@ -333,17 +333,21 @@ _KERNEL_FIELDS = (
 )
 
 
+def _check_engine(client: Client, engine_id: int, profile: str) -> None:
+    if engine_id not in client.ids:
+        raise CommandError(
+            f"engine {engine_id} is not in the cluster on profile {profile}; its engines:"
+            f" {client.ids}"
+        )
+
+
 def _connect_info(args: argparse.Namespace) -> int:
     name, folder, option = _folder(args)
     content: dict[str, Any] = {"ip": args.ip}
     if args.insecure:
         content["insecure"] = True
     with _connect(folder, name, option, args.timeout) as client:
-        if args.id not in client.ids:
-            raise CommandError(
-                f"engine {args.id} is not in the cluster on profile {name}; its engines:"
-                f" {client.ids}"
-            )
+        _check_engine(client, args.id, name)
         try:
             reply = dict(
                 client._control(args.id, MsgType.JUPYTER_GATEWAY_REQUEST, content).get(args.timeout)
@@ -373,11 +377,7 @@ def _connect_info(args: argparse.Namespace) -> int:
 def _interrupt(args: argparse.Namespace) -> int:
     name, folder, option = _folder(args)
     with _connect(folder, name, option, args.timeout) as client:
-        if args.id not in client.ids:
-            raise CommandError(
-                f"engine {args.id} is not in the cluster on profile {name}; its engines:"
-                f" {client.ids}"
-            )
+        _check_engine(client, args.id, name)
         try:
             reply = client._control(args.id, MsgType.INTERRUPT_REQUEST, {}).get(args.timeout)
         except Exception as exc:
